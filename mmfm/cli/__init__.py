@@ -1,0 +1,1 @@
+"""The `mmfm` command."""

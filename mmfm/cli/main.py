@@ -1,0 +1,47 @@
+"""`mmfm`: the command-line entry point. Subcommands live in small modules and register here."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from mmfm.errors import MMFMError
+
+app = typer.Typer(
+    name="mmfm",
+    help="Multimodal foundation models from the model code up, trainable on an embedded world of shapes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the mmfm version."""
+    import mmfm
+
+    typer.echo(mmfm.__version__)
+
+
+def _register() -> None:
+    from mmfm.cli import quickstart, world
+
+    app.add_typer(world.app, name="world")
+    app.command(name="quickstart")(quickstart.quickstart)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        app()
+    except MMFMError as e:  # typed errors are the user's to fix: one clear line, no traceback
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Typed exceptions: every bad input raises one of these, with a message that says what was
+wrong and what to do about it. They all derive from `MMFMError`, so a caller can catch one type."""
+
+
+class MMFMError(Exception):
+    """Base class of every error mmfm raises on purpose."""
+
+
+class InvalidImage(MMFMError, ValueError):
+    """An image could not be read or is not usable (corrupt, truncated, too large, wrong shape)."""
+
+
+class InvalidText(MMFMError, ValueError):
+    """A text input is empty, too long or otherwise unusable."""
+
+
+class InvalidPrompt(MMFMError, ValueError):
+    """A prompt (points, boxes, masks, chat messages, labels) is malformed."""
+
+
+class CheckpointError(MMFMError, ValueError):
+    """A checkpoint is missing, corrupt, unsafe, or does not match its config."""
+
+
+class ConfigError(MMFMError, ValueError):
+    """A configuration value is invalid or inconsistent."""
+
+
+class ProgramError(MMFMError, ValueError):
+    """A generated program does not parse, does not validate, or failed while running."""
+
+
+class DependencyError(MMFMError, ImportError):
+    """An optional dependency needed for this feature is not installed."""
+
+
+__all__ = [
+    "MMFMError",
+    "InvalidImage",
+    "InvalidText",
+    "InvalidPrompt",
+    "CheckpointError",
+    "ConfigError",
+    "ProgramError",
+    "DependencyError",
+]

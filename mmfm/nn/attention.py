@@ -1,0 +1,174 @@
+"""Multi-head attention on `F.scaled_dot_product_attention`: self-attention with a fused qkv projection,
+cross-attention, grouped-query heads, rotary positions, boolean or additive masks, and a KV cache.
+
+Mask convention everywhere in mmfm: a boolean mask is True where attention is ALLOWED (SDPA's own
+convention), broadcastable to (B, heads, Tq, Tk). Helpers below build and combine such masks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ------------------------------------------------------------------------------------------- masks
+def causal_mask(tq: int, tk: int | None = None, device=None) -> torch.Tensor:
+    """(Tq, Tk) bool: query i (the last Tq of Tk positions) sees keys 0 .. Tk - Tq + i."""
+    tk = tq if tk is None else tk
+    q = torch.arange(tk - tq, tk, device=device)[:, None]
+    k = torch.arange(tk, device=device)[None, :]
+    return k <= q
+
+
+def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, Tk) with 1 = real token, 0 = padding -> (B, 1, 1, Tk) bool."""
+    return attention_mask.bool()[:, None, None, :]
+
+
+def combine_masks(*masks: torch.Tensor | None) -> torch.Tensor | None:
+    """AND of boolean masks (None = no constraint). A query row left with no allowed key (a padding
+    query under left padding) is opened to every key so SDPA returns finite values; such rows are
+    padding and their outputs are never used."""
+    out = None
+    for m in masks:
+        if m is None:
+            continue
+        out = m if out is None else out & m
+    if out is not None:
+        out = out | ~out.any(-1, keepdim=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- cache
+class KVCache:
+    """Preallocated keys/values of one attention layer: (B, Hkv, max_len, Dh). `update` writes the new
+    positions in place and returns views of everything so far: no per-step concatenation."""
+
+    def __init__(self, batch: int, kv_heads: int, max_len: int, head_dim: int, dtype=torch.float32, device=None):
+        self.k = torch.empty(batch, kv_heads, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.empty_like(self.k)
+        self.pos = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = k.shape[2]
+        if self.pos + t > self.max_len:
+            raise RuntimeError(f"KV cache full: {self.pos} + {t} > {self.max_len} positions")
+        self.k[:, :, self.pos : self.pos + t] = k
+        self.v[:, :, self.pos : self.pos + t] = v
+        self.pos += t
+        return self.k[:, :, : self.pos], self.v[:, :, : self.pos]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search)."""
+        self.k = self.k.index_select(0, index)
+        self.v = self.v.index_select(0, index)
+
+
+# ------------------------------------------------------------------------------------------- rotary
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoFormer; Llama's rotate-half layout). Returns cos, sin of shape
+    (T, Dh) for positions `offset .. offset + T`."""
+
+    def __init__(self, head_dim: int, theta: float = 10000.0, max_len: int = 4096):
+        super().__init__()
+        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv, persistent=False)
+        self.max_len = max_len
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[..., None] * self.inv_freq
+        emb = torch.cat([freqs, freqs], -1)
+        return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, Dh); cos/sin: (T, Dh) or (B, T, Dh)."""
+    if cos.ndim == 3:
+        cos, sin = cos[:, None], sin[:, None]
+    half = x.shape[-1] // 2
+    rot = torch.cat([-x[..., half:], x[..., :half]], -1)
+    return (x * cos + rot * sin).to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------------- attention
+class Attention(nn.Module):
+    """Multi-head attention. Self-attention uses one fused `qkv` projection; with `kv_dim` set it is
+    cross-attention (`q` from x, `kv` from the context). `kv_heads` < `heads` gives grouped-query
+    attention. Shapes: x (B, Tq, dim), context (B, Tk, kv_dim) -> (B, Tq, dim)."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        head_dim: int | None = None,
+        kv_heads: int | None = None,
+        kv_dim: int | None = None,
+        bias: bool = True,
+        out_bias: bool | None = None,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.heads = heads
+        self.kv_heads = kv_heads or heads
+        if heads % self.kv_heads:
+            raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        self.head_dim = head_dim or dim // heads
+        if head_dim is None and dim % heads:
+            raise ValueError(f"dim ({dim}) is not divisible by heads ({heads})")
+        self.cross = kv_dim is not None
+        q_out, kv_out = heads * self.head_dim, 2 * self.kv_heads * self.head_dim
+        if self.cross:
+            self.q = nn.Linear(dim, q_out, bias=bias)
+            self.kv = nn.Linear(kv_dim, kv_out, bias=bias)
+        else:
+            self.qkv = nn.Linear(dim, q_out + kv_out, bias=bias)
+        self.out = nn.Linear(q_out, dim, bias=bias if out_bias is None else out_bias)
+        self.dropout = dropout
+
+    def _split(self, t: torch.Tensor, heads: int) -> torch.Tensor:
+        b, n, _ = t.shape
+        return t.view(b, n, heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        hd_q = self.heads * self.head_dim
+        hd_kv = self.kv_heads * self.head_dim
+        if self.cross:
+            if context is None:
+                raise ValueError("cross-attention needs a context")
+            q = self.q(x)
+            k, v = self.kv(context).split([hd_kv, hd_kv], -1)
+        else:
+            q, k, v = self.qkv(x).split([hd_q, hd_kv, hd_kv], -1)
+        q, k, v = self._split(q, self.heads), self._split(k, self.kv_heads), self._split(v, self.kv_heads)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v)
+        if is_causal and (k.shape[2] != t or mask is not None):
+            # SDPA's is_causal aligns top-left; with a cache or an extra mask, build the mask ourselves.
+            mask = combine_masks(mask, causal_mask(t, k.shape[2], device=x.device))
+            is_causal = False
+        if is_causal and t == 1:
+            is_causal = False
+        if self.kv_heads != self.heads:
+            rep = self.heads // self.kv_heads
+            k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(y.transpose(1, 2).reshape(b, t, hd_q))

@@ -1,0 +1,171 @@
+"""Feed-forward layers, norms and transformer blocks shared by every model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from mmfm.nn.attention import Attention, KVCache
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the activation of OpenAI's original CLIP weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {
+    "gelu": lambda: nn.GELU(),
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "quick_gelu": QuickGELU,
+    "relu": lambda: nn.ReLU(),
+    "silu": lambda: nn.SiLU(),
+}
+
+
+def activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; use one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class MLP(nn.Module):
+    """fc1 -> activation -> fc2. (B, T, dim) -> (B, T, out_dim or dim)."""
+
+    def __init__(self, dim: int, hidden: int, act: str = "gelu", bias: bool = True, out_dim: int | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.act = activation(act)
+        self.fc2 = nn.Linear(hidden, out_dim or dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)), as Llama. (B, T, dim) -> (B, T, dim)."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = False, act: str = "silu"):
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden, bias=bias)
+        self.up = nn.Linear(dim, hidden, bias=bias)
+        self.down = nn.Linear(hidden, dim, bias=bias)
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.gate(x)) * self.up(x))
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in fp32 and cast back (Llama's numerics)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def norm(kind: str, dim: int, eps: float | None = None) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=1e-5 if eps is None else eps)
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps=1e-6 if eps is None else eps)
+    raise ValueError(f"unknown norm {kind!r}; use layernorm or rmsnorm")
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init: float):
+        super().__init__()
+        self.gamma = nn.Parameter(init * torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block: x + attn(norm1(x)), then x + mlp(norm2(x)). With `cross_dim` it also has a
+    cross-attention sub-layer between the two (x + xattn(norm_x(x), context)), as a decoder layer.
+    Shapes: x (B, T, dim) -> (B, T, dim)."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        act: str = "gelu",
+        norm_kind: str = "layernorm",
+        norm_eps: float | None = None,
+        mlp_kind: str = "mlp",
+        hidden: int | None = None,
+        kv_heads: int | None = None,
+        head_dim: int | None = None,
+        bias: bool = True,
+        mlp_bias: bool | None = None,
+        cross_dim: int | None = None,
+        layer_scale: float | None = None,
+    ):
+        super().__init__()
+        hidden = hidden or int(dim * mlp_ratio)
+        self.norm1 = norm(norm_kind, dim, norm_eps)
+        self.attn = Attention(dim, heads, head_dim=head_dim, kv_heads=kv_heads, bias=bias)
+        self.cross = None
+        if cross_dim is not None:
+            self.norm_x = norm(norm_kind, dim, norm_eps)
+            self.cross = Attention(dim, heads, head_dim=head_dim, kv_dim=cross_dim, bias=bias)
+        self.norm2 = norm(norm_kind, dim, norm_eps)
+        mlp_bias = bias if mlp_bias is None else mlp_bias
+        if mlp_kind == "swiglu":
+            self.mlp = SwiGLU(dim, hidden, bias=mlp_bias)
+        else:
+            self.mlp = MLP(dim, hidden, act, bias=mlp_bias)
+        self.ls1 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
+        self.ls2 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        rope=None,
+        cache: KVCache | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rope=rope, cache=cache))
+        if self.cross is not None:
+            x = x + self.cross(self.norm_x(x), context=context, mask=context_mask)
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class Transformer(nn.Module):
+    """A stack of TransformerBlocks with optional gradient checkpointing. Returns the final hidden
+    state and, when asked, every layer's input and the final output (layers + 1 tensors)."""
+
+    def __init__(self, layers: int, dim: int, heads: int, **block_kwargs):
+        super().__init__()
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, **block_kwargs) for _ in range(layers))
+        self.grad_checkpointing = False
+
+    def forward(self, x, mask=None, is_causal=False, rope=None, caches=None, context=None,
+                context_mask=None, output_hidden_states: bool = False):
+        hidden = [x] if output_hidden_states else None
+        for i, blk in enumerate(self.blocks):
+            cache = caches[i] if caches is not None else None
+            if self.grad_checkpointing and self.training and cache is None:
+                x = checkpoint(blk, x, mask, is_causal, rope, None, context, context_mask, use_reentrant=False)
+            else:
+                x = blk(x, mask, is_causal, rope, cache, context, context_mask)
+            if hidden is not None:
+                hidden.append(x)
+        return x, (tuple(hidden) if hidden is not None else None)
+
+
+__all__ = ["MLP", "SwiGLU", "RMSNorm", "QuickGELU", "LayerScale", "TransformerBlock", "Transformer", "norm", "activation"]

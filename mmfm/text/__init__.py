@@ -1,0 +1,1 @@
+"""Text: tokenizers, chat/interleaved templates, point formats."""

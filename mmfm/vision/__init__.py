@@ -1,0 +1,1 @@
+"""Vision: safe image loading, preprocessing matching the references, masks and drawing."""
