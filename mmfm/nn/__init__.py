@@ -9,7 +9,17 @@ from mmfm.nn.attention import (
     combine_masks,
     padding_mask,
 )
-from mmfm.nn.blocks import MLP, LayerScale, QuickGELU, RMSNorm, SwiGLU, Transformer, TransformerBlock, activation, norm
+from mmfm.nn.blocks import (
+    MLP,
+    LayerScale,
+    QuickGELU,
+    RMSNorm,
+    SwiGLU,
+    Transformer,
+    TransformerBlock,
+    activation,
+    norm,
+)
 from mmfm.nn.text import TextOutput, TextTransformer
 from mmfm.nn.vit import VisionTransformer, ViTOutput, resize_pos_embed
 

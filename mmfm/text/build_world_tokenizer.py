@@ -12,7 +12,15 @@ from pathlib import Path
 
 from tokenizers import pre_tokenizers, trainers
 
-from mmfm.text.tokenizer import EOT, SOT, _bytes_to_unicode, bpe_model, clip_pipeline
+from mmfm.text.tokenizer import (
+    EOT,
+    SOT,
+    _bytes_to_unicode,
+    basic_clean,
+    bpe_model,
+    clip_pipeline,
+    whitespace_clean,
+)
 
 ASSETS = Path(__file__).parent / "assets"
 VOCAB_SIZE = 1024
@@ -34,27 +42,29 @@ def world_corpus(n: int = 3000, seed: int = 0):
                 yield f"{prompt} {answer}"
 
 
-def build(n: int = 3000, vocab_size: int = VOCAB_SIZE):
-    """Returns (vocab, merges) in CLIP's layout: the 256 byte symbols, the same with `</w>`, one token
-    per merge, then SOT and EOT last. Every byte has a token, so no text ever maps to the unknown id."""
+def train_clip_bpe(texts, vocab_size: int = VOCAB_SIZE, min_frequency: int = 2):
+    """Train a byte-level BPE with CLIP's cleaning and split pattern. Returns (vocab, merges) in CLIP's
+    layout: the 256 byte symbols, the same with `</w>`, one token per merge, then SOT and EOT last.
+    Every byte has a token, so no text ever maps to the unknown id."""
     tok = clip_pipeline(bpe_model({}, []))
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        min_frequency=2,
+        min_frequency=min_frequency,
         show_progress=False,
         special_tokens=[],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         end_of_word_suffix="</w>",
     )
-    from mmfm.text.tokenizer import basic_clean, whitespace_clean
-
-    texts = [whitespace_clean(basic_clean(t)).lower() for t in world_corpus(n)]
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok.train_from_iterator([whitespace_clean(basic_clean(t)).lower() for t in texts], trainer=trainer)
     state = json.loads(tok.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in state["merges"]]
     base = list(_bytes_to_unicode().values())
     tokens = list(dict.fromkeys(base + [b + "</w>" for b in base] + ["".join(m) for m in merges]))
     return {t: i for i, t in enumerate(tokens + [SOT, EOT])}, merges
+
+
+def build(n: int = 3000, vocab_size: int = VOCAB_SIZE):
+    return train_clip_bpe(world_corpus(n), vocab_size)
 
 
 def main() -> None:

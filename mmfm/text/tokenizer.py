@@ -96,7 +96,7 @@ class CLIPTokenizer:
         the same with `</w>`, one entry per merge (the first 48,894 lines after the header), then the
         two special tokens."""
         lines = gzip.open(path).read().decode("utf-8").split("\n")
-        merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
+        merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1] if m.strip()]
         base = list(_bytes_to_unicode().values())
         tokens = base + [b + "</w>" for b in base] + ["".join(m) for m in merges] + [SOT, EOT]
         return cls(clip_pipeline(bpe_model({t: i for i, t in enumerate(tokens)}, merges)), **kw)

@@ -42,11 +42,14 @@ def load_image(src, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise InvalidImage(f"cannot read an image from a {type(src).__name__}; pass a path, bytes, PIL image or array")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # our own limit is checked from the header below; PIL's warning would only repeat it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             try:
                 img = Image.open(fp)
-            except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-                raise InvalidImage(f"{name}: not a readable image ({e}); pass a PNG, JPEG, WebP, BMP, GIF or TIFF file") from e
+            except Image.DecompressionBombError as e:
+                raise InvalidImage(f"{name}: refused before decoding: {e}; downscale the image") from e
+            except UnidentifiedImageError as e:
+                raise InvalidImage(f"{name}: not a readable image; pass a PNG, JPEG, WebP, BMP, GIF or TIFF file") from e
             except (OSError, ValueError, SyntaxError) as e:
                 raise InvalidImage(f"{name}: not a readable image ({e})") from e
             return _to_rgb(img, max_pixels, name)

@@ -39,15 +39,19 @@ def resize_shortest(img: Image.Image, size: int, resample=Image.BICUBIC) -> Imag
     return img.resize((new_w, new_h), resample)
 
 
-def center_crop(img: Image.Image, size: int) -> Image.Image:
-    """torchvision's center crop: pads with zeros when the image is smaller, rounds the offset."""
+def center_crop(img: Image.Image, size: int, rounding: str = "round") -> Image.Image:
+    """Center crop, padding with zeros when the image is smaller. The references disagree by one pixel
+    when the margin is odd: torchvision (OpenAI CLIP, open_clip) rounds the offset (`rounding="round"`),
+    transformers' CLIPImageProcessor floors it (`rounding="floor"`)."""
     w, h = img.size
     if w < size or h < size:
         canvas = Image.new(img.mode, (max(w, size), max(h, size)))
         canvas.paste(img, ((max(w, size) - w) // 2, (max(h, size) - h) // 2))
         img, (w, h) = canvas, canvas.size
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
+    if rounding == "floor":
+        top, left = (h - size) // 2, (w - size) // 2
+    else:
+        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
     return img.crop((left, top, left + size, top + size))
 
 
@@ -59,9 +63,11 @@ class CLIPPreprocess:
     mean: tuple = OPENAI_CLIP_MEAN
     std: tuple = OPENAI_CLIP_STD
     resample: int = Image.BICUBIC
+    crop_rounding: str = "round"  # "floor" reproduces transformers' CLIPImageProcessor
 
     def __call__(self, image) -> torch.Tensor:
-        img = center_crop(resize_shortest(load_image(image), self.size, self.resample), self.size)
+        img = resize_shortest(load_image(image), self.size, self.resample)
+        img = center_crop(img, self.size, self.crop_rounding)
         x = to_tensor(img)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)

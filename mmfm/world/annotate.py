@@ -88,10 +88,18 @@ def _join(items: list[str]) -> str:
 
 
 def interior_points(r: Rendered) -> np.ndarray:
-    """(N, 2) pixel (x, y) per object: the visible pixel deepest inside its mask (nearest the centroid
-    among the deepest), so a point always lands on the object even when it is partly hidden."""
+    """(N, 2) pixel (x, y) per object, always on its visible mask: the object's center when it and the
+    pixels half a radius around it are visible (the common case, and cheap), else the visible pixel
+    deepest inside the mask (nearest the centroid among the deepest), found by erosion."""
     pts = np.full((len(r.scene.objects), 2), np.nan)
+    size = r.size
     for i in visible_objects(r):
+        o = r.scene.objects[i]
+        cx, cy, h = int(o.x * size), int(o.y * size), max(1, int(0.5 * o.r * size))
+        probe = [(cx, cy), (cx - h, cy), (cx + h, cy), (cx, cy - h), (cx, cy + h)]
+        if all(0 <= x < size and 0 <= y < size and r.masks[i, y, x] for x, y in probe):
+            pts[i] = (cx + 0.5, cy + 0.5)
+            continue
         x0, y0, x1, y1 = r.boxes[i]
         m = np.pad(r.masks[i, y0 : y1 + 1, x0 : x1 + 1], 1)
         while True:
@@ -114,6 +122,7 @@ class Annotator:
 
     def __init__(self, pairs):
         self.pairs = tuple(pairs)
+        self._rel_cands = None
         self.pair_set = frozenset(self.pairs)
         self.colors = tuple(c for c in COLOR_NAMES if any(p[0] == c for p in self.pairs))
         self.shapes = tuple(s for s in SHAPES if any(p[1] == s for p in self.pairs))
@@ -131,6 +140,7 @@ class Annotator:
             ann.captions.append(Caption("an empty background", "total", (("count", None, None, None, 0),)))
             return ann
         objs = r.scene.objects
+        self._rel_cands = None  # relation candidates, computed once per scene on first use
         ann.captions = self.captions(r, vis, rng)
         ann.regions = [(_a(_name(objs[i].color, objs[i].shape, objs[i].size)), r.boxes[i].tolist()) for i in vis]
         ann.qa = self.questions(r, vis, rng)
@@ -189,16 +199,13 @@ class Annotator:
 
     def _relation(self, r: Rendered, vis, rng):
         """A random clearly-true relation between two uniquely named objects, or None."""
-        uniq = self._unique(r, vis)
         objs = r.scene.objects
-        cands = [
-            (i, rel, j)
-            for i in uniq
-            for j in uniq
-            if i != j
-            for rel in RELATIONS
-            if relation_holds(r, i, rel, j)
-        ]
+        if self._rel_cands is None:
+            uniq = self._unique(r, vis)
+            self._rel_cands = [
+                (i, rel, j) for i in uniq for j in uniq if i != j for rel in RELATIONS if relation_holds(r, i, rel, j)
+            ]
+        cands = self._rel_cands
         if not cands:
             return None
         i, rel, j = cands[rng.integers(len(cands))]

@@ -1,0 +1,34 @@
+"""The `mmfm` command, run for real in a subprocess."""
+
+import shutil
+import subprocess
+import sys
+
+import mmfm
+
+
+def run(*args, timeout=180):
+    exe = shutil.which("mmfm")
+    cmd = [exe, *args] if exe else [sys.executable, "-m", "mmfm.cli.main", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_and_version():
+    res = run("--help")
+    assert res.returncode == 0 and "world" in res.stdout and "quickstart" in res.stdout
+    res = run("version")
+    assert res.returncode == 0 and res.stdout.strip() == mmfm.__version__
+
+
+def test_bad_option_is_a_clear_error(tmp_path):
+    res = run("world", "sample", "--n", "0", "--out", str(tmp_path))
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    res = run("world", "sample", "--n", "2", "--split", "nope", "--out", str(tmp_path))
+    assert res.returncode == 2 and "unknown split" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_quickstart(tmp_path):
+    res = run("quickstart", "--out", str(tmp_path / "qs"))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "qs" / "world" / "grid.png").is_file()
+    assert "scenes per second" in res.stdout
