@@ -148,6 +148,12 @@ def test_captions_answers_are_true_and_negatives_false(split):
             if n.kind in ("attribute_swap", "replace"):
                 assert not mentioned_pairs(n.text) <= present, n.text
             assert mentioned_pairs(n.positive) <= present
+        for i, rel, j in a.relations:  # every clearly separated pair, by object index
+            xi, yi = r.centroids[i]
+            xj, yj = r.centroids[j]
+            m = MARGIN * 64
+            assert {"left of": xi + m < xj, "right of": xi > xj + m, "above": yi + m < yj, "below": yi > yj + m}[rel]
+            kinds.add(("rel", rel))
         for p in a.points:
             words = p.query.split()
             c = words[0] if words[0] in COLORS else None
@@ -160,6 +166,7 @@ def test_captions_answers_are_true_and_negatives_false(split):
     expected = {("caption", k) for k in ("listing", "object", "attribute", "total", "relation")}
     expected |= {("qa", k) for k in ("count", "color", "shape", "existence", "relation")}
     expected |= {("neg", k) for k in ("attribute_swap", "relation_swap", "replace")}
+    expected |= {("rel", k) for k in ("left of", "right of", "above", "below")}
     assert expected <= kinds
 
 

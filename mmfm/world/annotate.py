@@ -64,6 +64,7 @@ class Annotations:
     qa: list[QA] = field(default_factory=list)
     negatives: list[Negative] = field(default_factory=list)
     points: list[PointQuery] = field(default_factory=list)
+    relations: list[tuple[int, str, int]] = field(default_factory=list)  # (i, relation, j), object indices
 
     def texts(self) -> list[str]:
         """Every string a model could be trained on, for leak checks."""
@@ -146,6 +147,7 @@ class Annotator:
         ann.qa = self.questions(r, vis, rng)
         ann.negatives = self.negatives(r, vis, rng)
         ann.points = self.point_queries(r, vis, rng)
+        ann.relations = [(i, rel, j) for i in vis for j in vis if i != j for rel in RELATIONS if relation_holds(r, i, rel, j)]
         return ann
 
     # ------------------------------------------------------------------------------------ captions

@@ -37,6 +37,7 @@ def sample_record(s: Sample) -> dict:
         "tags": list(r.scene.tags), "objects": objects,
         "captions": [{"text": c.text, "kind": c.kind} for c in a.captions],
         "regions": [{"text": t, "box": b} for t, b in a.regions],
+        "relations": [{"subject": i, "relation": rel, "object": j} for i, rel, j in a.relations],
         "qa": [{"question": q.question, "answer": q.answer, "kind": q.kind} for q in a.qa],
         "negatives": [{"text": n.text, "positive": n.positive, "kind": n.kind} for n in a.negatives],
         "points": [{"query": p.query, "points": [list(x) for x in p.points], "answer": p.answer} for p in a.points],
