@@ -12,3 +12,18 @@ from mmfm.errors import (  # noqa: E402,F401
     MMFMError,
     ProgramError,
 )
+
+
+def load(path_or_id, **kwargs):
+    """Load a checkpoint folder or file in any format mmfm knows (mmfm, HF transformers, open_clip)."""
+    from mmfm.interop.detect import load as _load
+
+    return _load(path_or_id, **kwargs)
+
+
+def __getattr__(name):  # the model classes, imported on first use so `import mmfm` stays light
+    if name in ("CLIP", "CLIPConfig"):
+        from mmfm.models import clip
+
+        return getattr(clip, name)
+    raise AttributeError(f"module 'mmfm' has no attribute {name!r}")

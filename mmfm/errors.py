@@ -30,6 +30,10 @@ class ProgramError(MMFMError, ValueError):
     """A generated program does not parse, does not validate, or failed while running."""
 
 
+class TrainingError(MMFMError, RuntimeError):
+    """Training cannot go on (a non-finite loss, a checkpoint from another run)."""
+
+
 class DependencyError(MMFMError, ImportError):
     """An optional dependency needed for this feature is not installed."""
 
@@ -42,5 +46,6 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "ProgramError",
+    "TrainingError",
     "DependencyError",
 ]

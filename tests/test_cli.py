@@ -1,5 +1,6 @@
 """The `mmfm` command, run for real in a subprocess."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -27,8 +28,13 @@ def test_bad_option_is_a_clear_error(tmp_path):
     assert res.returncode == 2 and "unknown split" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_quickstart(tmp_path):
-    res = run("quickstart", "--out", str(tmp_path / "qs"))
+def test_quickstart_runs_end_to_end_when_shortened(tmp_path):
+    """The real pipeline with a tiny budget (the full one is the README's first command)."""
+    res = run("quickstart", "--out", str(tmp_path / "qs"), "--steps", "3", "--scenes", "512", "--eval-n", "60", timeout=600)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "qs" / "world" / "grid.png").is_file()
-    assert "scenes per second" in res.stdout
+    assert "ensemble" in res.stdout and "heldout" in res.stdout
+    report = json.loads((tmp_path / "qs" / "clip" / "report.json").read_text())
+    assert set(report["zeroshot"]) == {"seen", "heldout"} and "linear_probe" in report
+    assert (tmp_path / "qs" / "clip" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "qs" / "clip" / "curves.png").is_file()

@@ -25,10 +25,19 @@ def version() -> None:
     typer.echo(mmfm.__version__)
 
 
+train_app = typer.Typer(help="Train a model on the Shapes world.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate a model.", no_args_is_help=True)
+
+
 def _register() -> None:
-    from mmfm.cli import quickstart, world
+    from mmfm.cli import clip, quickstart, world
 
     app.add_typer(world.app, name="world")
+    app.add_typer(train_app, name="train")
+    app.add_typer(eval_app, name="eval")
+    train_app.command(name="clip")(clip.train_clip)
+    eval_app.command(name="clip")(clip.eval_clip)
+    app.command(name="classify")(clip.classify)
     app.command(name="quickstart")(quickstart.quickstart)
 
 

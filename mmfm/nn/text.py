@@ -33,6 +33,7 @@ class TextTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         act: str = "gelu",
         output_dim: int | None = 512,
+        mlp_dim: int | None = None,
         eot_token_id: int = 49407,
         norm_eps: float = 1e-5,
         causal: bool = True,
@@ -41,7 +42,8 @@ class TextTransformer(nn.Module):
         self.context_length, self.eot_token_id, self.causal = context_length, eot_token_id, causal
         self.token_embed = nn.Embedding(vocab_size, width)
         self.pos_embed = nn.Parameter(0.01 * torch.randn(context_length, width))
-        self.transformer = Transformer(layers, width, heads, mlp_ratio=mlp_ratio, act=act, norm_eps=norm_eps)
+        self.transformer = Transformer(layers, width, heads, mlp_ratio=mlp_ratio, hidden=mlp_dim, act=act,
+                                       norm_eps=norm_eps)
         self.ln_final = norm("layernorm", width, norm_eps)
         self.proj = nn.Linear(width, output_dim, bias=False) if output_dim else None
         nn.init.normal_(self.token_embed.weight, std=0.02)

@@ -33,6 +33,7 @@ class VisionTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         act: str = "gelu",
         output_dim: int | None = 512,
+        mlp_dim: int | None = None,
         class_token: bool = True,
         ln_pre: bool = True,
         pool: str = "cls",  # cls | mean | none
@@ -51,8 +52,8 @@ class VisionTransformer(nn.Module):
         n_tokens = self.grid**2 + (1 if class_token else 0)
         self.pos_embed = nn.Parameter(scale * torch.randn(n_tokens, width))
         self.ln_pre = norm("layernorm", width, norm_eps) if ln_pre else nn.Identity()
-        self.transformer = Transformer(layers, width, heads, mlp_ratio=mlp_ratio, act=act, norm_eps=norm_eps,
-                                       layer_scale=layer_scale)
+        self.transformer = Transformer(layers, width, heads, mlp_ratio=mlp_ratio, hidden=mlp_dim, act=act,
+                                       norm_eps=norm_eps, layer_scale=layer_scale)
         self.ln_post = norm("layernorm", width, norm_eps)
         self.pool = pool
         self.proj = nn.Linear(width, output_dim, bias=False) if output_dim else None
@@ -66,7 +67,7 @@ class VisionTransformer(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, T, width), position embedding added (resized when H, W differ)."""
-        x = self.patch_embed(images.to(self.patch_embed.weight.dtype))
+        x = self.patch_embed(images.to(self.pos_embed.dtype))
         gh, gw = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)
         if self.class_token is not None:
@@ -113,3 +114,4 @@ def resize_pos_embed(pos: torch.Tensor, new_grid: tuple[int, int], num_prefix_to
     g = F.interpolate(g, size=tuple(new_grid), mode="bicubic", align_corners=False)
     g = g.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(pos.dtype)
     return torch.cat([prefix, g], 0)
+

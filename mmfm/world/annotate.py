@@ -150,6 +150,14 @@ class Annotator:
         ann.relations = [(i, rel, j) for i in vis for j in vis if i != j for rel in RELATIONS if relation_holds(r, i, rel, j)]
         return ann
 
+    def captions_only(self, r: Rendered, rng: np.random.Generator) -> list[Caption]:
+        """The captions of `__call__`, without the other annotations (same rng use, same result)."""
+        vis = visible_objects(r)
+        if not vis:
+            return [Caption("an empty background", "total", (("count", None, None, None, 0),))]
+        self._rel_cands = None
+        return self.captions(r, vis, rng)
+
     # ------------------------------------------------------------------------------------ captions
     def captions(self, r: Rendered, vis: list[int], rng) -> list[Caption]:
         objs = r.scene.objects

@@ -106,6 +106,12 @@ class World:
         r = render(self.scene(split, index), self.size)
         return Sample(r, self._annotators[split](r, self.rng(split, index, 1)), split, index)
 
+    def captioned(self, split: str, index: int):
+        """A scene and only its captions (annotate.Caption, with their kinds): the cheap path for
+        contrastive training (the same captions as `sample(split, index).ann.captions`)."""
+        r = render(self.scene(split, index), self.size)
+        return r, self._annotators[split].captions_only(r, self.rng(split, index, 1))
+
     # -------------------------------------------------------------------------------- tasks
     def classification(self, split: str, index: int) -> tuple[Rendered, int]:
         """One object on a background; label indexes `ALL_PAIRS` (class_names()). heldout gives only

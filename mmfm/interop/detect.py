@@ -1,0 +1,72 @@
+"""Which format is this checkpoint? One place that looks at a folder or file and calls the right loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmfm.checkpoint import read_json
+from mmfm.errors import CheckpointError
+
+
+def detect(path: Path) -> str:
+    """'mmfm-clip', 'hf-clip', 'open_clip', or raise CheckpointError saying what was found."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            cfg = read_json(path / "config.json")
+            mt = cfg.get("model_type")
+            if mt == "mmfm-clip":
+                return "mmfm-clip"
+            if mt == "clip":
+                return "hf-clip"
+            raise CheckpointError(f"{path}: config.json has model_type {mt!r}, which mmfm does not load yet")
+        if (path / "open_clip_config.json").is_file():
+            return "open_clip"
+        raise CheckpointError(f"{path}: no config.json or open_clip_config.json; not a checkpoint folder mmfm knows")
+    if path.is_file():
+        return "open_clip"  # a bare state-dict file: open_clip's layout, with a config passed beside it
+    raise CheckpointError(f"{path}: no such file or folder")
+
+
+def load_clip(path: Path, **overrides):
+    from mmfm.interop.hf_clip import load_hf
+    from mmfm.interop.open_clip import load_open_clip
+    from mmfm.models.clip import load_mmfm_clip
+
+    kind = detect(path)
+    if kind == "mmfm-clip":
+        model = load_mmfm_clip(path, **overrides)
+    elif kind == "hf-clip":
+        model = load_hf(path, **overrides)
+    else:
+        config = overrides.pop("config", None)
+        model = load_open_clip(path, config=config, **overrides)
+    model.tokenizer = _tokenizer_for(path, model)
+    return model.eval()
+
+
+def _tokenizer_for(path: Path, model):
+    from mmfm.text.tokenizer import CLIPTokenizer
+
+    t = model.config.text
+    tok = None
+    if path.is_dir() and ((path / "vocab.json").is_file() or (path / "tokenizer.json").is_file()):
+        tok = CLIPTokenizer.from_pretrained(path, context_length=t.context_length, pad_id=t.pad_token_id)
+    elif model.config.tokenizer == "world":
+        tok = CLIPTokenizer.world(context_length=t.context_length)
+    if tok is not None:
+        if tok.eot_token_id != t.eot_token_id or tok.sot_token_id != t.sot_token_id:
+            raise CheckpointError(
+                f"{path}: the tokenizer's start/end ids ({tok.sot_token_id}, {tok.eot_token_id}) differ from the "
+                f"model config's ({t.sot_token_id}, {t.eot_token_id}); the text tower would pool the wrong token"
+            )
+        if tok.vocab_size > t.vocab_size:
+            raise CheckpointError(f"{path}: tokenizer has {tok.vocab_size} tokens, the model only {t.vocab_size}")
+    return tok
+
+
+def load(path_or_id, **kwargs):
+    """Load any checkpoint mmfm knows (mmfm, HF transformers, open_clip), detected from its files."""
+    from mmfm.checkpoint import resolve
+
+    return load_clip(resolve(path_or_id), **kwargs)

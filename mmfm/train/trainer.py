@@ -1,0 +1,243 @@
+"""Trainer shared by every model: AdamW (no weight decay on norms, biases, embeddings, temperatures),
+linear warmup + cosine, gradient clipping, accumulation, bf16 autocast, a progress bar, metrics as
+JSONL + a PNG of the curves, atomic checkpoints that resume exactly, a guard against non-finite
+losses, and DistributedDataParallel under torchrun.
+
+A run is defined by three things: the `module` (an nn.Module whose forward(batch) returns
+(loss, metrics) and whose `.model` is what gets saved), `batch_fn(step, micro, rank, world)` (a pure
+function of the step, so the data position *is* the step and a resumed run sees the same batches),
+and a TrainConfig.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mmfm.errors import TrainingError
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 256  # global batch, across ranks and accumulation steps
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    weight_decay: float = 0.1
+    warmup: int = 100
+    betas: tuple = (0.9, 0.98)
+    eps: float = 1e-6
+    grad_clip: float | None = 1.0
+    accum: int = 1
+    bf16: bool = True
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 0  # 0: only at the end
+    progress: bool = True
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices only: not on norms, biases, embeddings (token, position,
+    class token) or the temperature."""
+    no_decay_modules = (nn.LayerNorm, nn.Embedding)
+    decay, no_decay, seen = [], [], set()
+    for mod in model.modules():
+        for name, p in mod.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            skip = (isinstance(mod, no_decay_modules) or type(mod).__name__ == "RMSNorm" or p.ndim < 2
+                    or name in ("bias", "pos_embed", "class_token", "logit_scale", "logit_bias") or "embed" in name
+                    and isinstance(mod, nn.Embedding))
+            (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / max(1, cfg.warmup)
+        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        floor = cfg.min_lr / cfg.lr if cfg.lr else 0.0
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+class Trainer:
+    def __init__(self, module: nn.Module, config: TrainConfig, batch_fn, out_dir, on_save=None):
+        self.cfg = config
+        self.out = Path(out_dir)
+        self.batch_fn = batch_fn
+        self.on_save = on_save  # called with (model, out_dir, step) on rank 0 after each checkpoint
+        self.rank, self.world = 0, 1
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            if not dist.is_initialized():
+                dist.init_process_group("gloo")
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if config.batch_size % (self.world * config.accum):
+            raise TrainingError(f"batch size {config.batch_size} is not divisible by ranks x accumulation "
+                                f"({self.world} x {config.accum})")
+        self.module = module
+        self.model = module.model
+        self.wrapped = module
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.wrapped = DistributedDataParallel(module)
+        self.opt = torch.optim.AdamW(param_groups(module, config.weight_decay), lr=config.lr, betas=tuple(config.betas),
+                                     eps=config.eps)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(config))
+        self.step = 0
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def save(self) -> None:
+        if self.rank == 0:
+            state = {
+                "step": self.step,
+                "model": self.module.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "rng": _rng_state(),
+                "train_config": asdict(self.cfg),
+            }
+            tmp = self.ckpt_path.with_suffix(".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, self.ckpt_path)  # atomic: a kill never leaves a half-written checkpoint
+            self.plot()
+            if self.on_save is not None:
+                self.on_save(self.model, self.out, self.step)
+        if self.world > 1:
+            dist.barrier()
+
+    def load(self) -> None:
+        if not self.ckpt_path.is_file():
+            raise TrainingError(f"--resume: no checkpoint at {self.ckpt_path}")
+        state = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+        saved = state["train_config"]
+        for key in ("steps", "batch_size", "lr", "seed", "accum"):
+            if saved.get(key) != asdict(self.cfg).get(key):
+                raise TrainingError(f"--resume: the checkpoint was made with {key}={saved.get(key)}, "
+                                    f"this run asks for {asdict(self.cfg).get(key)}; use the same settings")
+        self.module.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.step = state["step"]
+        metrics = self.out / "metrics.jsonl"
+        if metrics.is_file() and self.rank == 0:  # drop what the killed run logged after its checkpoint
+            keep = [ln for ln in metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
+            metrics.write_text("".join(ln + "\n" for ln in keep))
+
+    # ------------------------------------------------------------------------------------- loop
+    def train(self, resume: bool = False) -> list[dict]:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.load()
+        else:
+            torch.manual_seed(cfg.seed)
+            np.random.seed(cfg.seed)
+            random.seed(cfg.seed)
+            (self.out / "metrics.jsonl").write_text("") if self.rank == 0 else None
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress or self.rank != 0,
+                   desc=f"train {type(self.model).__name__}", dynamic_ncols=True)
+        history, t0, seen = [], time.perf_counter(), 0
+        self.module.train()
+        while self.step < cfg.steps:
+            metrics = self._one_step()
+            self.step += 1
+            seen += cfg.batch_size
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                dt = time.perf_counter() - t0
+                rec = {"step": self.step, **metrics, "lr": self.sched.get_last_lr()[0], "samples_per_s": seen / dt}
+                history.append(rec)
+                if self.rank == 0:
+                    with open(self.out / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                t0, seen = time.perf_counter(), 0
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                self.save()
+            if os.environ.get("MMFM_FAULT_KILL_AT_STEP") == str(self.step):
+                # fault injection for the kill-and-resume test: die like a killed job, no cleanup
+                os.kill(os.getpid(), signal.SIGKILL)
+        bar.close()
+        self.save()
+        return history
+
+    def _one_step(self) -> dict:
+        cfg = self.cfg
+        self.opt.zero_grad(set_to_none=True)
+        total, sums = 0.0, {}
+        for micro in range(cfg.accum):
+            batch = self.batch_fn(self.step, micro, self.rank, self.world)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss, metrics = self.wrapped(batch)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss is {loss.item()} at step {self.step}: training diverged. Lower the learning rate, "
+                    f"turn off bf16, or check the data; the last good checkpoint is {self.ckpt_path}"
+                )
+            (loss / cfg.accum).backward()
+            total += loss.item() / cfg.accum
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / cfg.accum
+        if cfg.grad_clip:
+            sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip))
+        if self.world > 1:  # log the global-batch loss, not this rank's share
+            t = torch.tensor([total], dtype=torch.float64)
+            dist.all_reduce(t)
+            total = t.item() / self.world
+        self.opt.step()
+        self.sched.step()
+        if hasattr(self.module, "after_step"):
+            self.module.after_step()
+        return {"loss": total, **sums}
+
+    def plot(self) -> None:
+        from mmfm.vision.plot import line_plot
+
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        recs = [json.loads(ln) for ln in path.read_text().splitlines() if ln]
+        if not recs:
+            return
+        series = {"loss": [(r["step"], r["loss"]) for r in recs]}
+        line_plot(series, title=f"{type(self.model).__name__} training loss", xlabel="step").save(self.out / "curves.png")
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [int(py_state[0]), torch.tensor(py_state[1], dtype=torch.int64)],
+    }
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate((s["python"][0], tuple(int(v) for v in s["python"][1].tolist()), None))

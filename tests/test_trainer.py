@@ -1,0 +1,107 @@
+"""The trainer: a killed run resumes and reproduces the uninterrupted run's losses exactly; under
+torchrun (2 processes, gloo, DDP) the global-batch losses equal one process's; non-finite losses stop
+with a clear error; weight decay skips norms, biases, embeddings and the temperature."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from mmfm.errors import TrainingError
+from mmfm.train.trainer import TrainConfig, Trainer, param_groups
+
+SMALL = ["--steps", "12", "--batch-size", "32", "--scenes", "256", "--no-eval", "--log-every", "1"]
+
+
+def train_cli(out, *extra, env=None, check=True):
+    cmd = [sys.executable, "-m", "mmfm.cli.main", "train", "clip", "--out", str(out), *SMALL, *extra]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+    if check:
+        assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def losses(out):
+    return [json.loads(ln)["loss"] for ln in (out / "metrics.jsonl").read_text().splitlines() if ln]
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train_cli(a, "--save-every", "4")
+    full = losses(a)
+    assert len(full) == 12 and full[-1] < full[0]
+    killed = train_cli(b, "--save-every", "4", env={"MMFM_FAULT_KILL_AT_STEP": "7"}, check=False)
+    assert killed.returncode == -9  # SIGKILL, mid-way: checkpoint at step 4, steps 5-7 lost
+    assert torch.load(b / "checkpoint.pt", weights_only=True)["step"] == 4
+    assert not (b / "model").exists()
+    train_cli(b, "--save-every", "4", "--resume")
+    assert losses(b) == full  # bit for bit
+    assert (b / "model" / "model.safetensors").is_file() and (b / "curves.png").is_file()
+    # resuming with other settings is refused, not silently mixed
+    res = train_cli(b, "--resume", "--lr", "0.5", check=False)
+    assert res.returncode == 2 and "lr" in res.stderr
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def test_torchrun_ddp_matches_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--steps", "3", "--batch-size", "16", "--scenes", "64", "--no-eval", "--log-every", "1", "--fp32"]
+    subprocess.run([sys.executable, "-m", "mmfm.cli.main", "train", "clip", "--out", str(one), *args],
+                   check=True, capture_output=True, timeout=300)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          _free_port(), "-m", "mmfm.cli.main", "train", "clip", "--out", str(two), *args],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = losses(one), losses(two)
+    assert len(a) == len(b) == 3
+    assert all(abs(x - y) < 1e-4 for x, y in zip(a, b)), (a, b)
+
+
+class _Toy(nn.Module):
+    def __init__(self, bad_after: int | None = None):
+        super().__init__()
+        self.model = nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4), nn.Linear(4, 1))
+        self.logit_scale = nn.Parameter(torch.tensor(1.0))
+        self.bad_after, self.calls = bad_after, 0
+
+    def forward(self, batch):
+        self.calls += 1
+        loss = self.model(batch).pow(2).mean() * self.logit_scale
+        if self.bad_after is not None and self.calls > self.bad_after:
+            loss = loss * float("nan")
+        return loss, {}
+
+
+def test_nan_guard(tmp_path):
+    cfg = TrainConfig(steps=5, batch_size=4, lr=1e-2, warmup=1, progress=False, log_every=1)
+    tr = Trainer(_Toy(bad_after=2), cfg, lambda s, m, r, w: torch.randint(0, 10, (4,)), tmp_path)
+    with pytest.raises(TrainingError, match="step 2"):
+        tr.train()
+
+
+def test_weight_decay_groups():
+    toy = _Toy()
+    decay, no_decay = param_groups(toy, 0.1)
+    names = {id(p): n for n, p in toy.named_parameters()}
+    assert [names[id(p)] for p in decay["params"]] == ["model.2.weight"]
+    assert {names[id(p)] for p in no_decay["params"]} == {"model.0.weight", "model.1.weight", "model.1.bias",
+                                                           "model.2.bias", "logit_scale"}
+    from mmfm.models.clip import CLIP, CLIPConfig
+
+    clip = CLIP(CLIPConfig(embed_dim=8, vision=dict(image_size=16, patch_size=8, width=16, layers=1, heads=2),
+                           text=dict(vocab_size=20, context_length=8, width=16, layers=1, heads=2, sot_token_id=18,
+                                     eot_token_id=19)))
+    d, nd = param_groups(clip, 0.1)
+    nd_names = {n for n, p in clip.named_parameters() if any(p is q for q in nd["params"])}
+    assert {"logit_scale", "visual.pos_embed", "visual.class_token", "text.pos_embed", "text.token_embed.weight"} <= nd_names
+    assert all(p.ndim >= 2 for p in d["params"])
