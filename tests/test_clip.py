@@ -138,3 +138,29 @@ def test_eval_cli_zeroshot(model_dir, tmp_path):
     assert res.returncode == 0, res.stderr
     z = json.loads((tmp_path / "z.json").read_text())
     assert set(z) == {"seen", "heldout"} and 0 <= z["seen"]["ensemble"]["top1"] <= 1
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_same_features():
+    m = tiny()
+    x, ids = torch.randn(2, 3, 32, 32), m.tokenizer(["a red circle", "two blue stars"])
+    want_i, want_t = m.encode_image(x), m.encode_text(ids)
+    m.compile_towers()
+    assert torch.allclose(m.encode_image(x), want_i, atol=1e-5)
+    assert torch.allclose(m.encode_text(ids), want_t, atol=1e-5)
+
+
+def test_gradient_checkpointing_same_gradients():
+    m = tiny().train()
+    x, ids = torch.randn(4, 3, 32, 32), m.tokenizer(["a red circle", "two blue stars", "a cross", "a white heart"])
+
+    def grads():
+        m.zero_grad()
+        li, _ = m(x, ids)
+        F.cross_entropy(li, torch.arange(4)).backward()
+        return [p.grad.clone() for p in m.parameters() if p.grad is not None]
+
+    a = grads()
+    m.set_grad_checkpointing(True)
+    b = grads()
+    assert all(torch.allclose(u, v, atol=1e-6) for u, v in zip(a, b))
