@@ -33,7 +33,8 @@ def hf_and_ours(vision: dict, embed_dim: int):
     from transformers import CLIPConfig, CLIPModel
 
     from mmfm.interop.hf_clip import config_from_hf, state_dict_from_hf
-    from mmfm.models.clip import CLIP, CLIPConfig as OurConfig
+    from mmfm.models.clip import CLIP
+    from mmfm.models.clip import CLIPConfig as OurConfig
 
     text = dict(vocab_size=1000, hidden_size=64, intermediate_size=256, num_hidden_layers=1, num_attention_heads=2,
                 max_position_embeddings=16, bos_token_id=998, eos_token_id=999, pad_token_id=0)
@@ -54,11 +55,11 @@ def bench_encode(name: str, vision: dict, batch: int, embed_dim: int, reps: int)
     for dtype in ("fp32", "bf16"):
         ctx = dict(device_type="cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
 
-        def run_hf():
+        def run_hf(ctx=ctx):
             with torch.no_grad(), torch.autocast(**ctx):
                 hf.visual_projection(hf.vision_model(pixel_values=x).pooler_output)
 
-        def run_ours():
+        def run_ours(ctx=ctx):
             with torch.no_grad(), torch.autocast(**ctx):
                 ours.encode_image(x)
 
