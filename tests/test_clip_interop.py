@@ -200,3 +200,17 @@ def test_unsafe_or_broken_checkpoints(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError):
         mmfm.load(tmp_path / "empty")
+
+
+def test_hybrid_tower_does_not_export_to_references(tmp_path):
+    from mmfm.models.clip import CLIP
+    from mmfm.train.clip import world_tiny_config
+
+    m = CLIP(world_tiny_config())  # conv stem
+    for fmt in ("hf", "open_clip"):
+        with pytest.raises(CheckpointError, match="conv stem"):
+            m.save_pretrained(tmp_path / fmt, format=fmt)
+    m.save_pretrained(tmp_path / "mmfm")
+    again = mmfm.load(tmp_path / "mmfm")
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(again.encode_image(x), m.eval().encode_image(x))  # BatchNorm running stats included

@@ -198,3 +198,11 @@ def test_bf16_autocast_runs_and_is_close():
         y = vit(x).pooled
     assert y.dtype == torch.bfloat16
     assert F.cosine_similarity(ref, y.float()).min() > 0.99
+
+
+def test_conv_stem_keeps_the_token_grid():
+    vit = VisionTransformer(64, 8, 48, 1, 4, output_dim=8, stem="conv")
+    out = vit(torch.randn(2, 3, 64, 64), output_hidden_states=True)
+    assert out.hidden_states[0].shape == (2, 65, 48)
+    with pytest.raises(ValueError):
+        VisionTransformer(60, 6, 48, 1, 4, stem="conv")

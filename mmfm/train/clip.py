@@ -22,11 +22,14 @@ from mmfm.train.losses import clip_loss
 from mmfm.train.trainer import TrainConfig
 
 
-def world_tiny_config() -> CLIPConfig:
+def world_tiny_config(stem: str = "conv") -> CLIPConfig:
+    """The world-tiny CLIP. Its image tower is a hybrid ViT (a 3-stage CNN makes the 8x8 tokens): the
+    plain ViT (`stem="patch"`, preset world-tiny-vit) learns color at once but shape too slowly for a
+    2-core, 10-minute budget (see bench/RESULTS.md)."""
     tok = CLIPTokenizer.world()
     return CLIPConfig(
         embed_dim=128,
-        vision=dict(image_size=64, patch_size=8, width=96, layers=4, heads=3),
+        vision=dict(image_size=64, patch_size=8, width=96, layers=4, heads=3, stem=stem),
         text=dict(vocab_size=tok.vocab_size, context_length=24, width=96, layers=2, heads=3,
                   sot_token_id=tok.sot_token_id, eot_token_id=tok.eot_token_id, pad_token_id=0),
         tokenizer="world",
@@ -36,6 +39,11 @@ def world_tiny_config() -> CLIPConfig:
 PRESETS = {
     "world-tiny": dict(
         model=world_tiny_config,
+        train=dict(steps=800, batch_size=256, lr=1.5e-3, weight_decay=0.1, warmup=80, min_lr=1e-5),
+        scenes=24_000, max_objects=4,
+    ),
+    "world-tiny-vit": dict(  # the plain-ViT tower: exports to transformers / open_clip
+        model=lambda: world_tiny_config(stem="patch"),
         train=dict(steps=1000, batch_size=256, lr=1.5e-3, weight_decay=0.1, warmup=100, min_lr=1e-5),
         scenes=24_000, max_objects=4,
     ),
