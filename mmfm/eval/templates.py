@@ -35,10 +35,9 @@ SIMPLE_IMAGENET_TEMPLATES = (
     "a {} in a video game.", "art of the {}.", "a photo of the small {}.",
 )
 
-WORLD_TEMPLATES = (
-    "a photo of {a} {}", "{a} {}", "a picture of {a} {}", "an image of {a} {}", "a drawing of {a} {}",
-    "a small {}", "a large {}", "there is {a} {}",
-)
+# The world's caption phrasings. Size words ("a small {}") are left out on purpose: on the quickstart
+# model they pulled class embeddings toward size and cost 3-7 points of top-1.
+WORLD_TEMPLATES = ("a photo of {a} {}", "{a} {}", "a picture of {a} {}", "an image of {a} {}", "a drawing of {a} {}")
 
 TEMPLATE_SETS = {
     "openai": OPENAI_IMAGENET_TEMPLATES,
