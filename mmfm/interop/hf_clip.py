@@ -105,7 +105,8 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                     idx, rest = k[len(hf_prefix) + 1 :].split(".", 1)
                     sub, _, kind = rest.rpartition(".")
                     if sub in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
-                        qkv.setdefault(f"{ours}.{idx}.attn.qkv.{kind}", {})[sub[-6]] = v
+                        letter = sub.split(".")[1][0]  # "self_attn.q_proj" -> "q"
+                        qkv.setdefault(f"{ours}.{idx}.attn.qkv.{kind}", {})[letter] = v
                         new = ""
                     elif sub in _BLOCK:
                         new = f"{ours}.{idx}.{_BLOCK[sub]}.{kind}"

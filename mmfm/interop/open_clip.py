@@ -31,7 +31,7 @@ _PROJ = {"visual.proj": "visual.proj.weight", "text_projection": "text.proj.weig
 _TOWERS = {"visual.transformer.resblocks": "visual.transformer.blocks", "transformer.resblocks": "text.transformer.blocks"}
 # open_clip options whose non-default values change the architecture in ways mmfm's CLIP does not have
 _UNSUPPORTED_VISION = {"ls_init_value": None, "attentional_pool": False, "no_ln_pre": False, "pool_type": "tok",
-                       "final_ln_after_pool": False, "timm_model_name": None, "patch_dropout": 0.0}
+                       "final_ln_after_pool": False, "timm_model_name": None}
 _UNSUPPORTED_TEXT = {"ls_init_value": None, "embed_cls": False, "no_causal_mask": False, "pool_type": "argmax",
                      "proj_bias": False, "hf_model_name": None, "final_ln_after_pool": False}
 
@@ -44,7 +44,7 @@ def config_from_open_clip(oc: dict, preprocess: dict | None = None) -> dict:
             raise CheckpointError("ResNet image towers (layers given as a list) are not supported by mmfm CLIP")
         for d, table, name in ((v, _UNSUPPORTED_VISION, "vision_cfg"), (t, _UNSUPPORTED_TEXT, "text_cfg")):
             for key, default in table.items():
-                if d.get(key, default) not in (default, None) and not (key == "patch_dropout"):
+                if d.get(key, default) not in (default, None):
                     raise CheckpointError(f"open_clip {name}.{key}={d[key]!r} is not supported by mmfm CLIP")
         act = "quick_gelu" if oc.get("quick_gelu", False) else "gelu"
         vw, tw = v.get("width", 768), t.get("width", 512)

@@ -58,8 +58,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
                 continue
             seen.add(id(p))
             skip = (isinstance(mod, no_decay_modules) or type(mod).__name__ == "RMSNorm" or p.ndim < 2
-                    or name in ("bias", "pos_embed", "class_token", "logit_scale", "logit_bias") or "embed" in name
-                    and isinstance(mod, nn.Embedding))
+                    or name in ("bias", "pos_embed", "class_token", "logit_scale", "logit_bias"))
             (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
