@@ -72,7 +72,8 @@ def read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: unreadable config ({e})") from e
 
 
-def load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+def load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint",
+                assign: bool = False) -> None:
     """load_state_dict(strict=True) with a CheckpointError that lists missing, unexpected and
     mis-shaped keys (at most a few of each), instead of a RuntimeError wall."""
     own = module.state_dict()
@@ -85,4 +86,5 @@ def load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: st
             if items:
                 parts.append(f"{name} ({len(items)}): " + ", ".join(items[:4]) + (" ..." if len(items) > 4 else ""))
         raise CheckpointError(f"{source} does not match the model config: " + "; ".join(parts))
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+    # assign=True adopts the given tensors (no second copy of the weights: a model built on the meta device)
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True, assign=assign)

@@ -38,6 +38,14 @@ class DependencyError(MMFMError, ImportError):
     """An optional dependency needed for this feature is not installed."""
 
 
+class LLMError(MMFMError, RuntimeError):
+    """A language-model service answered with an error, or an unusable answer."""
+
+
+class LLMTimeout(LLMError, TimeoutError):
+    """A language-model service did not answer in time (after the retries)."""
+
+
 __all__ = [
     "MMFMError",
     "InvalidImage",
@@ -48,4 +56,6 @@ __all__ = [
     "ProgramError",
     "TrainingError",
     "DependencyError",
+    "LLMError",
+    "LLMTimeout",
 ]

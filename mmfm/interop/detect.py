@@ -65,8 +65,26 @@ def _tokenizer_for(path: Path, model):
     return tok
 
 
+LM_MODEL_TYPES = ("llama", "mmfm-lm")
+
+
+def is_language_model(path: Path) -> bool:
+    """A GGUF file, or a folder whose config.json names a decoder LM mmfm loads."""
+    if path.is_file():
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF" or path.suffix == ".gguf"
+    cfg = path / "config.json"
+    return cfg.is_file() and read_json(cfg).get("model_type") in LM_MODEL_TYPES
+
+
 def load(path_or_id, **kwargs):
-    """Load any checkpoint mmfm knows (mmfm, HF transformers, open_clip), detected from its files."""
+    """Load any checkpoint mmfm knows (CLIP: mmfm, HF transformers, open_clip; language models: GGUF,
+    HF Llama, mmfm), detected from its files."""
     from mmfm.checkpoint import resolve
 
-    return load_clip(resolve(path_or_id), **kwargs)
+    path = resolve(path_or_id)
+    if is_language_model(path):
+        from mmfm.lm import load_lm
+
+        return load_lm(path, **kwargs)
+    return load_clip(path, **kwargs)

@@ -76,9 +76,15 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, theta: float = 10000.0, max_len: int = 4096):
         super().__init__()
-        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv, persistent=False)
-        self.max_len = max_len
+        self.head_dim, self.theta, self.max_len = head_dim, theta, max_len
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+
+    def _inv_freq(self) -> torch.Tensor:
+        return 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+
+    def reset_buffers(self) -> None:
+        """Recompute inv_freq (after a model built on the meta device is materialised)."""
+        self.inv_freq = self._inv_freq().to(self.inv_freq.device)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[..., None] * self.inv_freq
@@ -165,10 +171,19 @@ class Attention(nn.Module):
             is_causal = False
         if is_causal and t == 1:
             is_causal = False
-        if self.kv_heads != self.heads:
-            rep = self.heads // self.kv_heads
-            k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = self._sdpa(q, k, v, mask, is_causal)
         return self.out(y.transpose(1, 2).reshape(b, t, hd_q))
+
+    def _sdpa(self, q, k, v, mask, is_causal):
+        p = self.dropout if self.training else 0.0
+        if self.kv_heads == self.heads:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p)
+        rep = self.heads // self.kv_heads
+        b, _, t, d = q.shape
+        if t == 1 and (mask is None or mask.shape[1] == 1 and mask.shape[2] == 1):
+            # One query per sequence (a decode step): fold the `rep` query heads that share a key/value head
+            # into that head's query axis. One SDPA over the cache as it is, no copy of keys or values
+            # (bf16's GQA path on CPU is ~6x slower than this).
+            y = F.scaled_dot_product_attention(q.view(b, self.kv_heads, rep, d), k, v, attn_mask=mask, dropout_p=p)
+            return y.view(b, self.heads, 1, d)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p, enable_gqa=True)

@@ -45,17 +45,19 @@ class MLP(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)), as Llama. (B, T, dim) -> (B, T, dim)."""
+    """down(silu(gate(x)) * up(x)), as Llama. gate and up are one fused (dim -> 2 * hidden) matmul,
+    stored gate first; loaders concatenate Llama's separate gate_proj / up_proj. (B, T, dim) -> (B, T, dim)."""
 
     def __init__(self, dim: int, hidden: int, bias: bool = False, act: str = "silu"):
         super().__init__()
-        self.gate = nn.Linear(dim, hidden, bias=bias)
-        self.up = nn.Linear(dim, hidden, bias=bias)
+        self.hidden = hidden
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=bias)
         self.down = nn.Linear(hidden, dim, bias=bias)
         self.act = activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(self.act(self.gate(x)) * self.up(x))
+        gate, up = self.gate_up(x).split(self.hidden, -1)
+        return self.down(self.act(gate) * up)
 
 
 class RMSNorm(nn.Module):

@@ -1,0 +1,49 @@
+"""`mmfm chat` and `mmfm serve-llm`."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+
+def _load(model: str | None, dtype: str):
+    from mmfm.lm import default, load_lm
+
+    return default(dtype) if model in (None, "default") else load_lm(model, dtype=dtype)
+
+
+def chat(
+    prompt: str = typer.Argument(..., help="What to ask."),
+    model: str = typer.Option(None, "--model", help="GGUF file, HF Llama folder or mmfm folder (default: SmolLM2-135M-Instruct)."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Most new tokens."),
+    system: str = typer.Option(None, "--system", help="System message."),
+    seed: int = typer.Option(None, "--seed", help="Seed for sampling."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 (fast path) or float32."),
+) -> None:
+    """Ask the language model; the answer streams as it is generated."""
+    from mmfm.errors import InvalidText
+
+    if not prompt.strip():
+        raise InvalidText("the prompt is empty; write a question, e.g. mmfm chat \"What is the capital of France?\"")
+    lm = _load(model, dtype)
+    for piece in lm.stream(prompt, system=system, max_new_tokens=max_tokens, temperature=temperature,
+                           top_p=top_p, seed=seed):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def serve_llm(
+    port: int = typer.Option(8000, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    model: str = typer.Option(None, "--model", help="GGUF file, HF Llama folder or mmfm folder (default: SmolLM2-135M-Instruct)."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 or float32."),
+    api_key: str = typer.Option(None, "--api-key", envvar="MMFM_API_KEY", help="Require this bearer key."),
+) -> None:
+    """Serve the language model over the OpenAI chat-completions API."""
+    from mmfm.serve.openai_api import serve
+
+    serve(_load(model, dtype), host=host, port=port, api_key=api_key)

