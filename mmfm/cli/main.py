@@ -30,7 +30,7 @@ eval_app = typer.Typer(help="Evaluate a model.", no_args_is_help=True)
 
 
 def _register() -> None:
-    from mmfm.cli import clip, lm, quickstart, world
+    from mmfm.cli import clip, lm, quickstart, sam, world
 
     app.add_typer(world.app, name="world")
     app.add_typer(train_app, name="train")
@@ -39,6 +39,9 @@ def _register() -> None:
     eval_app.command(name="clip")(clip.eval_clip)
     app.command(name="classify")(clip.classify)
     app.command(name="quickstart")(quickstart.quickstart)
+    train_app.command(name="sam")(sam.train_sam)
+    eval_app.command(name="sam")(sam.eval_sam)
+    app.command(name="segment")(sam.segment)
     app.command(name="chat")(lm.chat)
     app.command(name="serve-llm")(lm.serve_llm)
 

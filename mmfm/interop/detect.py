@@ -87,4 +87,34 @@ def load(path_or_id, **kwargs):
         from mmfm.lm import load_lm
 
         return load_lm(path, **kwargs)
+    sam = _load_sam(path, **kwargs)
+    if sam is not None:
+        return sam
     return load_clip(path, **kwargs)
+
+
+def _load_sam(path: Path, **kwargs):
+    """A SAM checkpoint (mmfm folder, HF SamModel folder, official state-dict file), else None."""
+    from mmfm.checkpoint import load_state_dict
+
+    if path.is_dir():
+        mt = read_json(path / "config.json").get("model_type") if (path / "config.json").is_file() else None
+        if mt == "mmfm-sam":
+            from mmfm.models.sam.model import load_mmfm_sam
+
+            return load_mmfm_sam(path)
+        if mt == "sam":
+            from mmfm.interop.sam import load_hf_sam
+
+            return load_hf_sam(path)
+        if (path / "sam.pth").is_file():
+            path = path / "sam.pth"
+        else:
+            return None
+    if path.is_file() and path.suffix in (".pth", ".pt", ".bin", ".safetensors"):
+        sd = load_state_dict(path)
+        if any(k.startswith("image_encoder.") for k in sd) and any(k.startswith("mask_decoder.") for k in sd):
+            from mmfm.interop.sam import load_official
+
+            return load_official(path, config=kwargs.get("config"), sd=sd)
+    return None

@@ -75,6 +75,22 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of a (B, C, H, W) map (SAM's necks and upscalers, ConvNeXt)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
 def norm(kind: str, dim: int, eps: float | None = None) -> nn.Module:
     if kind == "layernorm":
         return nn.LayerNorm(dim, eps=1e-5 if eps is None else eps)
@@ -170,4 +186,4 @@ class Transformer(nn.Module):
         return x, (tuple(hidden) if hidden is not None else None)
 
 
-__all__ = ["MLP", "SwiGLU", "RMSNorm", "QuickGELU", "LayerScale", "TransformerBlock", "Transformer", "norm", "activation"]
+__all__ = ["MLP", "SwiGLU", "RMSNorm", "LayerNorm2d", "QuickGELU", "LayerScale", "TransformerBlock", "Transformer", "norm", "activation"]

@@ -1,0 +1,148 @@
+"""`mmfm segment`, `mmfm train sam`, `mmfm eval sam`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from mmfm.errors import InvalidPrompt
+
+
+def _numbers(text: str, n: int, what: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InvalidPrompt(f"{what} {text!r}: expected {n} comma-separated numbers") from None
+    if len(vals) != n:
+        raise InvalidPrompt(f"{what} {text!r}: expected {n} comma-separated numbers, got {len(vals)}")
+    return vals
+
+
+def parse_point(text: str) -> tuple[float, float, int]:
+    """'X,Y' (foreground) or 'X,Y:LABEL' with LABEL 1, 0 or -1."""
+    xy, _, label = text.partition(":")
+    x, y = _numbers(xy, 2, "point")
+    try:
+        lab = int(label) if label else 1
+    except ValueError:
+        raise InvalidPrompt(f"point {text!r}: the label after ':' must be 1, 0 or -1") from None
+    return x, y, lab
+
+
+def segment(
+    image: Path = typer.Argument(..., help="Image file."),
+    model: str = typer.Option(..., "--model", help="SAM: mmfm folder, HF SamModel folder or official .pth."),
+    point: list[str] = typer.Option(None, "--point", help="X,Y[:LABEL] (1 foreground, 0 background); repeatable."),
+    box: str = typer.Option(None, "--box", help="X0,Y0,X1,Y1"),
+    auto: bool = typer.Option(False, "--auto", help="Automatic masks for the whole image."),
+    text: str = typer.Option(None, "--text", help="Segment what this text describes (needs --clip)."),
+    clip: str = typer.Option(None, "--clip", help="CLIP model for --text."),
+    single: bool = typer.Option(False, "--single", help="One mask instead of three."),
+    points_per_side: int = typer.Option(32, "--points-per-side", help="--auto grid density."),
+    out: Path = typer.Option(Path("segment.png"), "-o", "--out", help="Overlay PNG; masks go beside it."),
+    scale: int = typer.Option(1, "--scale", help="Upsample the overlay (small images)."),
+) -> None:
+    """Segment an image with points / a box, automatically (--auto), or from text (--text)."""
+    import numpy as np
+    from PIL import Image
+
+    import mmfm
+    from mmfm.models.sam.amg import SamAutomaticMaskGenerator
+    from mmfm.models.sam.predictor import SamPredictor
+    from mmfm.vision.draw import overlay
+    from mmfm.vision.io import load_image
+    from mmfm.vision.masks import coco_rle
+
+    modes = sum([bool(point) or bool(box), auto, text is not None])
+    if modes != 1:
+        raise InvalidPrompt("give prompts (--point / --box), or --auto, or --text: exactly one kind")
+    parsed = [parse_point(p) for p in point or []]
+    bx = _numbers(box, 4, "box") if box else None
+    arr = np.asarray(load_image(image))  # InvalidImage before any model work
+    sam = mmfm.load(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stem = out.with_suffix("")
+    if auto:
+        recs = SamAutomaticMaskGenerator(sam, points_per_side=points_per_side, output_mode="coco_rle").generate(arr)
+        from mmfm.vision.masks import rle_decode
+
+        masks = [rle_decode(r["segmentation"]) for r in recs]
+        overlay(arr, np.stack(masks) if masks else None, scale=scale).save(out)
+        Path(f"{stem}.json").write_text(json.dumps(recs, indent=1))
+        typer.echo(f"{len(recs)} masks -> {out}, {stem}.json (COCO RLE)")
+        return
+    if text is not None:
+        if clip is None:
+            raise InvalidPrompt("--text needs a CLIP model: --clip DIR")
+        from mmfm.models.sam.text import segment as text_segment
+
+        res = text_segment(sam, arr, text, clip=mmfm.load(clip))
+        overlay(arr, res["mask"][None], boxes=[res["box"]], labels=[text], scale=scale).save(out)
+        Image.fromarray(res["mask"].astype(np.uint8) * 255).save(f"{stem}_mask.png")
+        Path(f"{stem}.json").write_text(json.dumps({k: v for k, v in res.items() if k != "mask"} |
+                                                   {"segmentation": coco_rle(res["mask"])}, indent=1))
+        typer.echo(f"best region score {res['score']:.3f} -> {out}")
+        return
+    predictor = SamPredictor(sam)
+    predictor.set_image(arr)
+    coords = np.array([[x, y] for x, y, _ in parsed]) if parsed else None
+    labels = np.array([lab for _, _, lab in parsed]) if parsed else None
+    masks, scores, _ = predictor.predict(point_coords=coords, point_labels=labels, box=bx, multimask_output=not single)
+    order = np.argsort(-scores)
+    overlay(arr, masks[order[:1]], boxes=[bx] if bx else None, points=[(x, y) for x, y, _ in parsed], scale=scale).save(out)
+    for rank, i in enumerate(order):
+        Image.fromarray(masks[i].astype(np.uint8) * 255).save(f"{stem}_mask{rank}.png")
+    Path(f"{stem}.json").write_text(json.dumps([{"score": float(scores[i]), "segmentation": coco_rle(masks[i])} for i in order], indent=1))
+    for rank, i in enumerate(order):
+        typer.echo(f"mask {rank}: predicted IoU {scores[i]:.3f}, area {int(masks[i].sum())} -> {stem}_mask{rank}.png")
+
+
+def train_sam(
+    preset: str = typer.Option("world-tiny", help="Training preset."),
+    steps: int = typer.Option(None, help="Optimizer steps."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per step."),
+    lr: float = typer.Option(None, help="Peak learning rate."),
+    rounds: int = typer.Option(None, help="Interactive rounds per step (the paper: 11)."),
+    seed: int = typer.Option(None, help="Seed."),
+    out: Path = typer.Option(Path("runs/sam"), "--out", help="Run folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint.pt."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate after training."),
+) -> None:
+    """Train SAM on the Shapes world with interactive prompting."""
+    from mmfm.train.sam import train_world_sam
+
+    report = train_world_sam(preset, out, resume=resume, evaluate=evaluate, steps=steps, batch_size=batch_size,
+                             lr=lr, seed=seed, rounds=rounds)
+    if "eval" in report:
+        print_sam_report(report["eval"])
+    typer.echo(f"model: {out / 'model'}   report: {out / 'report.json'}   curves: {out / 'curves.png'}")
+
+
+def eval_sam(
+    model: str = typer.Option(..., "--model", help="SAM checkpoint."),
+    n: int = typer.Option(300, help="Held-out world scenes."),
+    amg_images: int = typer.Option(20, "--amg-images", help="Scenes for automatic-mask recall."),
+    out: Path = typer.Option(None, "--out", help="Write the JSON here."),
+) -> None:
+    """mIoU from one point (best of 3, oracle, single) and from a box on held-out world scenes, on all
+    objects and on overlapping ones; automatic-mask recall."""
+    import mmfm
+    from mmfm.eval.sam_world import evaluate_sam_world
+
+    res = evaluate_sam_world(mmfm.load(model), n=n, amg_images=amg_images)
+    print_sam_report(res)
+    if out:
+        out.write_text(json.dumps(res, indent=2))
+
+
+def print_sam_report(r: dict) -> None:
+    typer.echo(f"{'prompt':24s} {'all':>7s} {'overlapping':>12s}   ({r['objects']} objects, {r['overlapping_objects']} overlapping)")
+    for k, name in (("best3", "1 point, best of 3"), ("oracle", "1 point, oracle of 3"), ("single", "1 point, single mask"),
+                    ("box", "box")):
+        ov = r[f"miou_{k}_overlapping"]
+        typer.echo(f"{name:24s} {r[f'miou_{k}']:7.3f} {ov if ov is None else f'{ov:12.3f}'}")
+    if "amg_recall@0.5" in r:
+        typer.echo(f"automatic masks: recall@0.5 {r['amg_recall@0.5']:.3f}, @0.75 {r['amg_recall@0.75']:.3f}, "
+                   f"{r['amg_masks_per_image']} masks/image")

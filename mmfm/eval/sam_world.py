@@ -1,0 +1,98 @@
+"""SAM on held-out world scenes (the `test` split, never trained on):
+
+- one point at the object's centre (the pixel farthest from its boundary), 3 masks: the one SAM
+  rates best (predicted IoU) and the oracle best; and the single-mask output for the same point;
+- the object's box, single mask;
+- the same on the subset of objects that overlap another object (where one point is ambiguous);
+- automatic masks (reference defaults) and the recall of ground-truth objects at IoU 0.5 / 0.75.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmfm.train.sam import mask_ious
+
+
+def center_point(mask: torch.Tensor) -> tuple[float, float]:
+    """(x, y) of the pixel deepest inside `mask` (H, W) bool: erode until one more step would empty
+    it, then take the survivor closest to the centroid."""
+    m = mask.float()[None, None]
+    prev = m
+    while m.sum() > 0:
+        prev = m
+        m = -F.max_pool2d(-m, 3, stride=1, padding=1)  # erosion (outside the image counts as background)
+        m = m * F.pad(torch.ones(1, 1, mask.shape[0] - 2, mask.shape[1] - 2), (1, 1, 1, 1))
+    ys, xs = prev[0, 0].nonzero(as_tuple=True)
+    cy, cx = mask.nonzero().float().mean(0)
+    j = int(((ys.float() - cy) ** 2 + (xs.float() - cx) ** 2).argmin())
+    return float(xs[j]), float(ys[j])
+
+
+@torch.inference_mode()
+def evaluate_sam_world(model, n: int = 300, seed: int = 0, split: str = "test", amg_images: int = 20,
+                       min_area: int = 12, batch: int = 32) -> dict:
+    from mmfm.world import World
+    from mmfm.world.scene import render
+
+    size = model.image_size
+    world = World(seed=seed, size=size)
+    scenes = [render(world.scene(split, i), size) for i in range(n)]
+    rows = {"best3": [], "oracle": [], "single": [], "box": []}
+    overlap = []
+    for start in range(0, n, batch):
+        chunk = scenes[start : start + batch]
+        x = torch.from_numpy(np.stack([r.image for r in chunk])).permute(0, 3, 1, 2).float()
+        emb = model.encode_image(model.preprocess(x))
+        for j, r in enumerate(chunk):
+            keep = np.flatnonzero(r.areas >= min_area)
+            if len(keep) == 0:
+                continue
+            gt = torch.from_numpy(r.masks[keep])
+            pts = torch.tensor([center_point(g) for g in gt])[:, None]
+            labels = torch.ones(len(keep), 1, dtype=torch.int)
+            e = emb[j : j + 1]
+            post = lambda low: model.postprocess_masks(low, (size, size), (size, size)) > model.mask_threshold  # noqa: E731
+            low3, iou3 = model.decode(e, points=(pts, labels), multimask_output=True)
+            ious3 = mask_ious(post(low3), gt[:, None].expand(-1, low3.shape[1], -1, -1))
+            rows["best3"] += ious3.gather(1, iou3.argmax(1, keepdim=True))[:, 0].tolist()
+            rows["oracle"] += ious3.max(1).values.tolist()
+            low1, _ = model.decode(e, points=(pts, labels), multimask_output=False)
+            rows["single"] += mask_ious(post(low1)[:, 0], gt).tolist()
+            lowb, _ = model.decode(e, boxes=torch.from_numpy(r.boxes[keep]).float(), multimask_output=False)
+            rows["box"] += mask_ious(post(lowb)[:, 0], gt).tolist()
+            full = torch.from_numpy(r.full_masks)
+            inter = (full[:, None] & full[None]).flatten(2).any(-1)
+            inter.fill_diagonal_(False)
+            overlap += inter.any(1)[torch.from_numpy(keep)].tolist()
+    ov = np.array(overlap, dtype=bool)
+    res = {"objects": len(ov), "overlapping_objects": int(ov.sum())}
+    for k, v in rows.items():
+        v = np.array(v)
+        res[f"miou_{k}"] = round(float(v.mean()), 4)
+        res[f"miou_{k}_overlapping"] = round(float(v[ov].mean()), 4) if ov.any() else None
+    if amg_images:
+        res.update(amg_recall(model, scenes[:amg_images], min_area))
+    return res
+
+
+def amg_recall(model, scenes, min_area: int = 12, **amg_kwargs) -> dict:
+    from mmfm.models.sam.amg import SamAutomaticMaskGenerator
+
+    gen = SamAutomaticMaskGenerator(model, **amg_kwargs)
+    hits5 = hits75 = total = masks = 0
+    for r in scenes:
+        recs = gen.generate(r.image)
+        masks += len(recs)
+        gt = torch.from_numpy(r.masks[r.areas >= min_area])
+        total += len(gt)
+        if not recs or not len(gt):
+            continue
+        pred = torch.from_numpy(np.stack([rec["segmentation"] for rec in recs]))
+        best = mask_ious(gt[:, None], pred[None]).max(1).values
+        hits5 += int((best >= 0.5).sum())
+        hits75 += int((best >= 0.75).sum())
+    return {"amg_images": len(scenes), "amg_masks_per_image": round(masks / max(1, len(scenes)), 2),
+            "amg_recall@0.5": round(hits5 / max(1, total), 4), "amg_recall@0.75": round(hits75 / max(1, total), 4)}
