@@ -264,3 +264,23 @@ def test_cli_segment_points_box_auto(tmp_path, pair, image):
     assert bad.returncode == 2 and "inverted" in bad.stderr
     bad = run("--point", "1,2:7")
     assert bad.returncode == 2 and "labels" in bad.stderr
+
+
+def test_text_prompt_pipeline_runs_with_a_world_clip(pair, image):
+    from mmfm.models.clip import CLIP
+    from mmfm.models.sam.text import segment
+    from mmfm.text.tokenizer import CLIPTokenizer
+    from mmfm.train.clip import world_tiny_config
+
+    _, ours = pair
+    clip = CLIP(world_tiny_config()).eval()
+    clip.tokenizer = CLIPTokenizer.world(context_length=clip.config.text.context_length)
+    res = segment(ours, image, "red circle", clip=clip, amg=dict(points_per_side=6, pred_iou_thresh=0.0,
+                                                                  stability_score_thresh=0.0))
+    assert res["mask"].shape == image.shape[:2] and res["mask"].dtype == bool
+    scores = [c["score"] for c in res["candidates"]]
+    assert scores == sorted(scores, reverse=True) and abs(scores[0] - res["score"]) < 1e-4
+    x0, y0, x1, y1 = res["box"]
+    assert 0 <= x0 <= x1 <= image.shape[1] and 0 <= y0 <= y1 <= image.shape[0]
+    with pytest.raises(InvalidPrompt, match="empty"):
+        segment(ours, image, "  ", clip=clip)

@@ -96,3 +96,32 @@ def amg_recall(model, scenes, min_area: int = 12, **amg_kwargs) -> dict:
         hits75 += int((best >= 0.75).sum())
     return {"amg_images": len(scenes), "amg_masks_per_image": round(masks / max(1, len(scenes)), 2),
             "amg_recall@0.5": round(hits5 / max(1, total), 4), "amg_recall@0.75": round(hits75 / max(1, total), 4)}
+
+
+@torch.inference_mode()
+def text_prompt_world(sam, clip, n: int = 50, seed: int = 0, split: str = "test", min_area: int = 40) -> dict:
+    """Text prompts on held-out scenes: for one object per scene (one whose color x shape is unique in
+    the scene), segment '<color> <shape>' and score the mask against that object: mIoU and the share
+    of scenes where the right object was picked (IoU >= 0.5)."""
+    from mmfm.models.sam.text import segment
+    from mmfm.world import World
+    from mmfm.world.scene import render
+
+    world = World(seed=seed, size=sam.image_size)
+    ious = []
+    for i in range(n):
+        r = render(world.scene(split, i), sam.image_size)
+        names = [f"{o.color} {o.shape}" for o in r.scene.objects]
+        ok = [j for j, nm in enumerate(names) if names.count(nm) == 1 and r.areas[j] >= min_area]
+        if not ok:
+            continue
+        j = ok[i % len(ok)]
+        try:
+            res = segment(sam, r.image, names[j], clip=clip)
+            iou = float(mask_ious(torch.from_numpy(res["mask"]), torch.from_numpy(r.masks[j])))
+        except Exception:  # noqa: BLE001 - no candidate region counts as a miss
+            iou = 0.0
+        ious.append(iou)
+    v = np.array(ious)
+    return {"text_scenes": len(v), "text_miou": round(float(v.mean()), 4) if len(v) else None,
+            "text_hit@0.5": round(float((v >= 0.5).mean()), 4) if len(v) else None}

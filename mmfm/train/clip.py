@@ -64,10 +64,11 @@ class WorldCLIPData:
     std: torch.Tensor
     batch_size: int
     seed: int = 0
+    negatives: torch.Tensor | None = None  # (N, T): per scene, one of its objects with the shape changed
 
     @classmethod
     def build(cls, config: CLIPConfig, n: int, batch_size: int, seed: int = 0, max_objects: int = 4,
-              split: str = "train", progress: bool = True) -> WorldCLIPData:
+              split: str = "train", progress: bool = True, hard_negatives: bool = False) -> WorldCLIPData:
         from tqdm.auto import tqdm
 
         from mmfm.world import World
@@ -75,11 +76,13 @@ class WorldCLIPData:
         world = World(seed=seed, size=config.vision.image_size, max_objects=max_objects)
         tok = CLIPTokenizer.world(context_length=config.text.context_length)
         images = torch.empty(n, 3, world.size, world.size, dtype=torch.uint8)
-        caps = []
+        caps, negs = [], []
         for i in tqdm(range(n), desc=f"world {split} scenes", disable=not progress, dynamic_ncols=True):
             r, c = world.captioned(split, i)
             images[i] = torch.from_numpy(r.image).permute(2, 0, 1)
             caps.append(c)
+            if hard_negatives:
+                negs.append(shape_negative(r, world.pairs(split), np.random.default_rng([seed, i, 7])))
         k = max(len(c) for c in caps)
         flat = [c[j % len(c)].text for c in caps for j in range(k)]
         ids = tok(flat).view(n, k, -1)
@@ -88,7 +91,8 @@ class WorldCLIPData:
         w[:, -1] = 1.0
         mean = torch.tensor(config.image_mean).view(1, 3, 1, 1)
         std = torch.tensor(config.image_std).view(1, 3, 1, 1)
-        return cls(images, ids, w, mean, std, batch_size, seed)
+        neg_ids = tok(negs) if hard_negatives else None
+        return cls(images, ids, w, mean, std, batch_size, seed, neg_ids)
 
     def pixels(self, idx: torch.Tensor) -> torch.Tensor:
         return (self.images[idx].float() / 255.0 - self.mean) / self.std
@@ -105,7 +109,26 @@ class WorldCLIPData:
         local = self.batch_size // (world * accum)
         part = slice((rank * accum + micro) * local, (rank * accum + micro + 1) * local)
         idx, which = idx[part], which[part]
-        return {"pixels": self.pixels(idx), "input_ids": self.captions[idx, which]}
+        out = {"pixels": self.pixels(idx), "input_ids": self.captions[idx, which]}
+        if self.negatives is not None:
+            out["negative_ids"] = self.negatives[idx]
+        return out
+
+
+def shape_negative(r, allowed_pairs, rng) -> str:
+    """'a <color> <shape>' that is false of the scene: one of its objects with another shape. Only
+    compositions of the training split are used, so held-out pairs never appear in training text."""
+    from mmfm.world.vocab import SHAPES
+
+    objs = [o for o, a in zip(r.scene.objects, r.areas) if a > 0] or list(r.scene.objects)
+    present = {(o.color, o.shape) for o in objs}
+    allowed = set(map(tuple, allowed_pairs))
+    o = objs[rng.integers(len(objs))]
+    options = [s for s in SHAPES if s != o.shape and (o.color, s) in allowed and (o.color, s) not in present]
+    if not options:
+        return "an empty background"
+    shape = options[rng.integers(len(options))]
+    return f"{'an' if o.color[0] in 'aeiou' else 'a'} {o.color} {shape}"
 
 
 class CLIPTrainModule(nn.Module):
@@ -118,8 +141,11 @@ class CLIPTrainModule(nn.Module):
     def forward(self, batch: dict):
         img = F.normalize(self.model.encode_image(batch["pixels"]), dim=-1)
         txt = F.normalize(self.model.encode_text(batch["input_ids"]), dim=-1)
+        neg = None
+        if "negative_ids" in batch:  # NegCLIP-style hard negatives: extra texts for the image -> text side
+            neg = F.normalize(self.model.encode_text(batch["negative_ids"]), dim=-1).float()
         scale = self.model.scale()
-        loss = clip_loss(img.float(), txt.float(), scale)
+        loss = clip_loss(img.float(), txt.float(), scale, negatives=neg)
         return loss, {"logit_scale": scale.detach()}
 
 
@@ -157,7 +183,8 @@ def train_world_clip(preset_name: str = "world-tiny", out="runs/clip", resume: b
     out = Path(out)
     t0 = time.perf_counter()
     data = WorldCLIPData.build(config, scenes or extra["scenes"], tcfg.batch_size, seed=tcfg.seed,
-                               max_objects=extra["max_objects"], progress=progress)
+                               max_objects=extra["max_objects"], progress=progress,
+                               hard_negatives=extra.get("hard_negatives", False))
     torch.manual_seed(tcfg.seed)
     model = CLIP(config)
     model.tokenizer = CLIPTokenizer.world(context_length=config.text.context_length)
