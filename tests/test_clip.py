@@ -164,3 +164,25 @@ def test_gradient_checkpointing_same_gradients():
     m.set_grad_checkpointing(True)
     b = grads()
     assert all(torch.allclose(u, v, atol=1e-6) for u, v in zip(a, b))
+
+
+def test_world_hard_negatives_are_false_and_never_held_out():
+    import numpy as np
+
+    from mmfm.train.clip import WorldCLIPData, shape_negative, world_tiny_config
+    from mmfm.world import World
+    from mmfm.world.vocab import HELD_OUT_PAIRS
+
+    world = World(seed=0, size=64)
+    for i in range(200):
+        r, _ = world.captioned("train", i)
+        neg = shape_negative(r, world.pairs("train"), np.random.default_rng([0, i, 7]))
+        if neg == "an empty background":
+            continue
+        color, shape = neg.split()[1:]
+        assert (color, shape) not in HELD_OUT_PAIRS
+        assert (color, shape) not in {(o.color, o.shape) for o in r.scene.objects}  # false of the scene
+        assert color in {o.color for o in r.scene.objects}  # same color as an object: a hard negative
+    data = WorldCLIPData.build(world_tiny_config(), 64, 16, progress=False, hard_negatives=True)
+    batch = data.batch(0)
+    assert batch["negative_ids"].shape == batch["input_ids"].shape
