@@ -11,6 +11,8 @@ from mmfm.nn.attention import (
 )
 from mmfm.nn.blocks import (
     MLP,
+    AttentionalPooler,
+    CrossAttentionBlock,
     LayerNorm2d,
     LayerScale,
     QuickGELU,
@@ -26,6 +28,6 @@ from mmfm.nn.vit import VisionTransformer, ViTOutput, resize_pos_embed
 
 __all__ = [
     "Attention", "KVCache", "RotaryEmbedding", "apply_rotary", "causal_mask", "combine_masks", "padding_mask",
-    "MLP", "SwiGLU", "RMSNorm", "LayerNorm2d", "QuickGELU", "LayerScale", "Transformer", "TransformerBlock", "activation", "norm",
+    "MLP", "SwiGLU", "RMSNorm", "LayerNorm2d", "CrossAttentionBlock", "AttentionalPooler", "QuickGELU", "LayerScale", "Transformer", "TransformerBlock", "activation", "norm",
     "TextTransformer", "TextOutput", "VisionTransformer", "ViTOutput", "resize_pos_embed",
 ]

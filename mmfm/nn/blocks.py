@@ -163,6 +163,42 @@ class TransformerBlock(nn.Module):
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
+class CrossAttentionBlock(nn.Module):
+    """x + xattn(norm_q(x), norm_kv(context)), then x + mlp(norm2(x)): a residual cross-attention
+    block with its own MLP (open_clip's multimodal decoder layers, CoCa). x (B, T, dim), context
+    (B, S, context_dim or dim) -> (B, T, dim)."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None, mlp_ratio: float = 4.0,
+                 act: str = "gelu", norm_eps: float | None = None, hidden: int | None = None):
+        super().__init__()
+        context_dim = context_dim or dim
+        self.norm_q = norm("layernorm", dim, norm_eps)
+        self.norm_kv = norm("layernorm", context_dim, norm_eps)
+        self.attn = Attention(dim, heads, kv_dim=context_dim)
+        self.norm2 = norm("layernorm", dim, norm_eps)
+        self.mlp = MLP(dim, hidden or int(dim * mlp_ratio), act)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm_q(x), context=self.norm_kv(context), mask=context_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class AttentionalPooler(nn.Module):
+    """`queries` learned vectors attend to a token sequence (CoCa, open_clip): (B, S, context_dim) ->
+    (B, queries, dim). Keys are LayerNorm'd, queries too."""
+
+    def __init__(self, dim: int, context_dim: int, heads: int = 8, queries: int = 256):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(queries, dim))
+        self.attn = Attention(dim, heads, kv_dim=context_dim)
+        self.ln_q = nn.LayerNorm(dim)
+        self.ln_k = nn.LayerNorm(context_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.ln_q(self.query).to(x.dtype).expand(x.shape[0], -1, -1)
+        return self.attn(q, context=self.ln_k(x))
+
+
 class Transformer(nn.Module):
     """A stack of TransformerBlocks with optional gradient checkpointing. Returns the final hidden
     state and, when asked, every layer's input and the final output (layers + 1 tensors)."""
@@ -186,4 +222,4 @@ class Transformer(nn.Module):
         return x, (tuple(hidden) if hidden is not None else None)
 
 
-__all__ = ["MLP", "SwiGLU", "RMSNorm", "LayerNorm2d", "QuickGELU", "LayerScale", "TransformerBlock", "Transformer", "norm", "activation"]
+__all__ = ["MLP", "SwiGLU", "RMSNorm", "LayerNorm2d", "CrossAttentionBlock", "AttentionalPooler", "QuickGELU", "LayerScale", "TransformerBlock", "Transformer", "norm", "activation"]

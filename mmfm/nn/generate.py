@@ -274,6 +274,8 @@ def beam_search(
     forward_kwargs = forward_kwargs or {}
     b, t = _check_inputs(input_ids, inputs_embeds, cfg)
     rep = lambda x: None if x is None else x.repeat_interleave(nb, 0)  # noqa: E731
+    # per-row conditioning (image tokens...) follows its row into every beam; beams of a row share it
+    forward_kwargs = {k: rep(v) if torch.is_tensor(v) and v.shape[0] == b else v for k, v in forward_kwargs.items()}
     logits, caches, full_mask, pos = _prefill(model, rep(input_ids), rep(inputs_embeds), rep(attention_mask),
                                               t + cfg.max_new_tokens, forward_kwargs)
     scores = torch.zeros(b, nb)

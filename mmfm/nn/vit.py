@@ -36,7 +36,7 @@ class VisionTransformer(nn.Module):
         mlp_dim: int | None = None,
         class_token: bool = True,
         ln_pre: bool = True,
-        pool: str = "cls",  # cls | mean | none
+        pool: str = "cls",  # cls | mean | none (ln_post on every token) | tokens (no head: a model pools itself)
         norm_eps: float = 1e-5,
         patch_bias: bool = False,
         layer_scale: float | None = None,
@@ -60,9 +60,10 @@ class VisionTransformer(nn.Module):
         self.ln_pre = norm("layernorm", width, norm_eps) if ln_pre else nn.Identity()
         self.transformer = Transformer(layers, width, heads, mlp_ratio=mlp_ratio, hidden=mlp_dim, act=act,
                                        norm_eps=norm_eps, layer_scale=layer_scale)
-        self.ln_post = norm("layernorm", width, norm_eps)
         self.pool = pool
-        self.proj = nn.Linear(width, output_dim, bias=False) if output_dim else None
+        head = pool != "tokens"
+        self.ln_post = norm("layernorm", width, norm_eps) if head else None
+        self.proj = nn.Linear(width, output_dim, bias=False) if output_dim and head else None
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -88,6 +89,8 @@ class VisionTransformer(nn.Module):
     def forward(self, images: torch.Tensor, output_hidden_states: bool = False) -> ViTOutput:
         x = self.ln_pre(self.embed(images))
         x, hidden = self.transformer(x, output_hidden_states=output_hidden_states)
+        if self.pool == "tokens":
+            return ViTOutput(x, x, hidden)
         if self.pool == "cls":
             pooled = self.ln_post(x[:, 0])
         elif self.pool == "mean":

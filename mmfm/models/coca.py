@@ -1,0 +1,222 @@
+"""CoCa (Yu et al., 2022): a contrastive captioner. CLIP's two towers, plus a multimodal decoder that
+reads the image tokens by cross-attention and predicts the caption.
+
+    image (B, 3, H, W) -> ViT tokens -> attentional pooling -> (pooled -> proj: contrastive embedding,
+                                                                other queries: image tokens for the decoder)
+    ids (B, T) + [CLS] -> causal text tower -> CLS -> ln -> proj: contrastive embedding
+                                            -> token states -> decoder (self-attn, cross-attn to the image
+                                               tokens, each with its own MLP) -> vocabulary logits
+
+`pooler="single"` is open_clip's layout (one pooler whose first query is the contrastive one, loads
+its coca_* checkpoints); `pooler="separate"` is the paper's (one query for the contrastive embedding,
+`queries` for the decoder). Loss: contrastive x 1.0 + captioning cross-entropy x 2.0 (configurable).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmfm.errors import ConfigError
+from mmfm.models.clip import CLIPTextConfig, CLIPVisionConfig
+from mmfm.nn import (
+    AttentionalPooler,
+    CrossAttentionBlock,
+    KVCache,
+    TextTransformer,
+    TransformerBlock,
+    VisionTransformer,
+)
+from mmfm.train.losses import clip_loss
+from mmfm.vision.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+
+@dataclass
+class CoCaDecoderConfig:
+    layers: int = 12
+    heads: int = 8
+    mlp_dim: int | None = None  # None: 4 x width (the text width)
+
+
+@dataclass
+class CoCaConfig:
+    embed_dim: int = 512
+    vision: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
+    text: CLIPTextConfig = field(default_factory=lambda: CLIPTextConfig(context_length=76))
+    decoder: CoCaDecoderConfig = field(default_factory=CoCaDecoderConfig)
+    pooler: str = "single"  # single (open_clip) | separate (the paper)
+    pooler_queries: int = 256
+    pooler_heads: int = 8
+    legacy_cls_mask: bool = True  # open_clip's released weights shift the text padding mask by one
+    norm_eps: float = 1e-5
+    init_logit_scale: float = math.log(1 / 0.07)
+    max_logit_scale: float = math.log(100.0)
+    clip_loss_weight: float = 1.0
+    caption_loss_weight: float = 2.0
+    image_mean: tuple = OPENAI_CLIP_MEAN
+    image_std: tuple = OPENAI_CLIP_STD
+    tokenizer: str = "clip"
+
+    def __post_init__(self):
+        if isinstance(self.vision, dict):
+            self.vision = CLIPVisionConfig(**self.vision)
+        if isinstance(self.text, dict):
+            self.text = CLIPTextConfig(**self.text)
+        if isinstance(self.decoder, dict):
+            self.decoder = CoCaDecoderConfig(**self.decoder)
+        if self.pooler not in ("single", "separate"):
+            raise ConfigError(f"pooler must be 'single' or 'separate', got {self.pooler!r}")
+        if self.embed_dim % self.pooler_heads or self.text.width % self.decoder.heads:
+            raise ConfigError("embed_dim must be divisible by pooler_heads and the text width by decoder.heads")
+        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CoCaConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known - {"model_type"}
+        if unknown:
+            raise ConfigError(f"unknown CoCa config keys: {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class CoCaOutput:
+    image_features: torch.Tensor  # (B, D), L2-normalised
+    text_features: torch.Tensor  # (B, D), L2-normalised
+    logits: torch.Tensor  # (B, T - 1, vocab): caption logits, teacher-forced
+    labels: torch.Tensor  # (B, T - 1): the next tokens
+    logit_scale: torch.Tensor
+
+
+class CoCa(nn.Module):
+    def __init__(self, config: CoCaConfig | None = None):
+        super().__init__()
+        self.config = c = config or CoCaConfig()
+        v, t, d = c.vision, c.text, c.decoder
+        self.visual = VisionTransformer(image_size=v.image_size, patch_size=v.patch_size, width=v.width, layers=v.layers,
+                                        heads=v.heads, mlp_dim=v.mlp_dim, act=v.act, output_dim=None, pool="tokens",
+                                        norm_eps=c.norm_eps, stem=v.stem)
+        self.attn_pool = AttentionalPooler(c.embed_dim, v.width, c.pooler_heads, c.pooler_queries)
+        self.attn_pool_contrastive = (AttentionalPooler(c.embed_dim, v.width, c.pooler_heads, 1)
+                                      if c.pooler == "separate" else None)
+        self.ln_post = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
+        self.proj = nn.Linear(c.embed_dim, c.embed_dim, bias=False)
+        self.text = TextTransformer(vocab_size=t.vocab_size, context_length=t.context_length, width=t.width,
+                                    layers=t.layers, heads=t.heads, mlp_dim=t.mlp_dim, act=t.act, output_dim=c.embed_dim,
+                                    eot_token_id=t.eot_token_id, norm_eps=c.norm_eps, embed_cls=True,
+                                    pad_token_id=t.pad_token_id, legacy_cls_mask=c.legacy_cls_mask)
+        hidden = d.mlp_dim or 4 * t.width
+        self.decoder_blocks = nn.ModuleList(
+            TransformerBlock(t.width, d.heads, hidden=hidden, act=t.act, norm_eps=c.norm_eps) for _ in range(d.layers))
+        self.decoder_cross = nn.ModuleList(
+            CrossAttentionBlock(t.width, d.heads, context_dim=c.embed_dim, hidden=hidden, act=t.act, norm_eps=c.norm_eps)
+            for _ in range(d.layers))
+        self.decoder_norm = nn.LayerNorm(t.width, eps=c.norm_eps)
+        self.lm_head = nn.Linear(t.width, t.vocab_size, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(float(c.init_logit_scale)))
+        self.tokenizer = None
+
+    # ------------------------------------------------------------------------------ towers
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.clamp(max=self.config.max_logit_scale).exp()
+
+    def encode_image_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (contrastive embedding (B, D) before normalisation, image tokens for the decoder (B, Q, D))."""
+        x = self.visual(pixels).last_hidden_state
+        if self.attn_pool_contrastive is None:  # open_clip: the first query is the contrastive one
+            x = self.ln_post(self.attn_pool(x))
+            pooled, tokens = x[:, 0], x[:, 1:]
+        else:
+            pooled = self.ln_post(self.attn_pool_contrastive(x)[:, 0])
+            tokens = self.ln_post(self.attn_pool(x))
+        return self.proj(pooled), tokens
+
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.encode_image_tokens(pixels)[0]
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, input_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.text(input_ids).pooled
+        return F.normalize(x, dim=-1) if normalize else x
+
+    # ------------------------------------------------------------------------------ decoder
+    def decode(self, token_states: torch.Tensor, image_tokens: torch.Tensor, caches: list[KVCache] | None = None,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Text-tower token states (B, T, W) + image tokens (B, Q, D) -> logits (B, T, vocab)."""
+        x = token_states
+        causal = caches is None or x.shape[1] > 1
+        for i, (blk, cross) in enumerate(zip(self.decoder_blocks, self.decoder_cross)):
+            cache = caches[i] if caches is not None else None
+            x = blk(x, mask=mask, is_causal=causal and mask is None, cache=cache)
+            x = cross(x, image_tokens)
+        return self.lm_head(self.decoder_norm(x))
+
+    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor) -> CoCaOutput:
+        latent, tokens = self.encode_image_tokens(pixels)
+        text = self.text(input_ids)
+        logits = self.decode(text.last_hidden_state[:, :-1], tokens)
+        return CoCaOutput(F.normalize(latent, dim=-1), F.normalize(text.pooled, dim=-1), logits, input_ids[:, 1:],
+                          self.scale())
+
+    def loss(self, out: CoCaOutput) -> tuple[torch.Tensor, dict]:
+        c = self.config
+        contrastive = clip_loss(out.image_features.float(), out.text_features.float(), out.logit_scale)
+        caption = F.cross_entropy(out.logits.float().transpose(1, 2), out.labels, ignore_index=c.text.pad_token_id)
+        total = c.clip_loss_weight * contrastive + c.caption_loss_weight * caption
+        return total, {"contrastive_loss": contrastive.detach(), "caption_loss": caption.detach()}
+
+    # ------------------------------------------------------------------------------ generation
+    def captioner(self) -> CoCaCaptioner:
+        return CoCaCaptioner(self)
+
+
+class CoCaCaptioner(nn.Module):
+    """The text tower + multimodal decoder as a causal LM for mmfm.nn.generate, with a KV cache in both
+    (open_clip recomputes the whole prefix every step). The image tokens come as a forward kwarg."""
+
+    def __init__(self, coca: CoCa):
+        super().__init__()
+        self.coca = coca
+
+    def new_caches(self, batch: int, max_len: int) -> list[KVCache]:
+        c = self.coca.config
+        t, d = c.text, c.decoder
+        if max_len > t.context_length:
+            raise ConfigError(f"{max_len} positions exceed the text context of {t.context_length}")
+        dt, dev = self.coca.lm_head.weight.dtype, self.coca.lm_head.weight.device
+        text = [KVCache(batch, t.heads, max_len, t.width // t.heads, dtype=dt, device=dev) for _ in range(t.layers)]
+        dec = [KVCache(batch, d.heads, max_len, t.width // d.heads, dtype=dt, device=dev) for _ in range(d.layers)]
+        return text + dec
+
+    def forward(self, input_ids=None, *, inputs_embeds=None, attention_mask=None, position_ids=None, caches=None,
+                logits_to_keep: int = 0, image_tokens=None):
+        text = self.coca.text
+        n_text = len(text.transformer.blocks)
+        x = text.token_embed(input_ids) + text.pos_embed[position_ids].to(text.token_embed.weight.dtype)
+        t = x.shape[1]
+        mask = None
+        if attention_mask is not None:
+            from mmfm.nn.attention import causal_mask, combine_masks
+
+            past = caches[0].pos if caches else 0
+            mask = combine_masks(causal_mask(t, past + t, device=x.device)[None, None],
+                                 attention_mask.bool()[:, None, None, : past + t])
+        x, _ = text.transformer(x, mask=mask, is_causal=mask is None and t > 1,
+                                caches=caches[:n_text] if caches is not None else None)
+        logits = self.coca.decode(x, image_tokens, caches[n_text:] if caches is not None else None, mask=mask)
+        return _Out(logits[:, -logits_to_keep:] if logits_to_keep else logits)
+
+
+@dataclass
+class _Out:
+    logits: torch.Tensor
+
+
+__all__ = ["CoCa", "CoCaConfig", "CoCaDecoderConfig", "CoCaOutput", "CoCaCaptioner"]
