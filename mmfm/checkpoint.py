@@ -59,6 +59,22 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return sd
 
 
+def load_folder_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The weights of a HF-style folder: model.safetensors, pytorch_model.bin (weights_only), or the
+    shards listed by model.safetensors.index.json."""
+    folder = Path(folder)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return load_state_dict(folder / name)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        sd = {}
+        for shard in sorted(set(read_json(index).get("weight_map", {}).values())):
+            sd.update(load_state_dict(folder / shard))
+        return sd
+    raise CheckpointError(f"{folder}: no model.safetensors, pytorch_model.bin or model.safetensors.index.json")
+
+
 def save_safetensors(sd: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
     from safetensors.torch import save_file
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mmfm.checkpoint import load_state_dict, load_strict, read_json, save_safetensors
+from mmfm.checkpoint import load_folder_weights, load_strict, read_json, save_safetensors
 from mmfm.errors import CheckpointError, ConfigError
 
 _BLOCK = {"layer_norm1": "norm1", "layer_norm2": "norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
@@ -169,13 +169,7 @@ def load_hf(folder: Path, **overrides):
     except ConfigError as e:
         raise CheckpointError(f"{folder}: {e}") from e
     model = CLIP(config)
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).is_file():
-            sd = load_state_dict(folder / name)
-            break
-    else:
-        raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
-    load_strict(model, state_dict_from_hf(sd), str(folder))
+    load_strict(model, state_dict_from_hf(load_folder_weights(folder)), str(folder))
     return model
 
 

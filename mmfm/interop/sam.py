@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mmfm.checkpoint import load_state_dict, load_strict, read_json, save_safetensors
+from mmfm.checkpoint import load_folder_weights, load_state_dict, load_strict, read_json, save_safetensors
 from mmfm.errors import CheckpointError
 from mmfm.models.sam.config import SAMConfig
 
@@ -200,12 +200,7 @@ def load_hf_sam(folder: Path):
     if cfg.get("model_type") != "sam":
         raise CheckpointError(f"{folder}: model_type {cfg.get('model_type')!r}, expected 'sam'")
     config = config_from_hf(cfg)
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).is_file():
-            sd = load_state_dict(folder / name)
-            break
-    else:
-        raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
+    sd = load_folder_weights(folder)
     model = SAM(config)
     load_strict(model, from_hf_state_dict(sd, config), str(folder))
     return model.eval()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from mmfm.checkpoint import load_state_dict, read_json, save_safetensors
+from mmfm.checkpoint import load_folder_weights, read_json, save_safetensors
 from mmfm.errors import CheckpointError
 from mmfm.nn.decoder import DecoderConfig
 
@@ -74,26 +74,6 @@ def config_to_hf(c: DecoderConfig) -> dict:
     }
 
 
-def _weights_file(folder: Path) -> Path:
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).is_file():
-            return folder / name
-    if (folder / "model.safetensors.index.json").is_file():
-        return folder / "model.safetensors.index.json"
-    raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
-
-
-def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
-    f = _weights_file(folder)
-    if f.name.endswith(".index.json"):
-        shards = sorted(set(read_json(f)["weight_map"].values()))
-        sd = {}
-        for s in shards:
-            sd.update(load_state_dict(folder / s))
-        return sd
-    return load_state_dict(f)
-
-
 def state_dict_from_hf(sd: dict[str, torch.Tensor], c: DecoderConfig) -> dict[str, torch.Tensor]:
     def take(k):
         if k not in sd:
@@ -154,7 +134,7 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], c: DecoderConfig) -> dict[str,
 def read_hf_llama(folder: str | Path):
     folder = Path(folder)
     config = config_from_hf(read_json(folder / "config.json"), str(folder / "config.json"))
-    sd = state_dict_from_hf(_load_weights(folder), config)
+    sd = state_dict_from_hf(load_folder_weights(folder), config)
     return config, sd
 
 

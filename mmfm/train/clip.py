@@ -172,13 +172,7 @@ def train_world_clip(preset_name: str = "world-tiny", out="runs/clip", resume: b
     from mmfm.train.trainer import Trainer
 
     config, tcfg, extra = preset(preset_name)
-    for k, v in overrides.items():
-        if v is not None:
-            if not hasattr(tcfg, k):
-                from mmfm.errors import ConfigError
-
-                raise ConfigError(f"unknown training option {k!r}")
-            setattr(tcfg, k, v)
+    tcfg.update(**overrides)
     tcfg.progress = progress
     out = Path(out)
     t0 = time.perf_counter()

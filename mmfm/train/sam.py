@@ -217,15 +217,10 @@ def train_world_sam(preset_name: str = "world-tiny", out="runs/sam", resume: boo
     import time
     from pathlib import Path
 
-    from mmfm.errors import ConfigError
     from mmfm.train.trainer import Trainer
 
     config, tcfg, extra = preset(preset_name)
-    for k, v in overrides.items():
-        if v is not None:
-            if not hasattr(tcfg, k):
-                raise ConfigError(f"unknown training option {k!r}")
-            setattr(tcfg, k, v)
+    tcfg.update(**overrides)
     if rounds is not None:
         extra["rounds"] = rounds
     tcfg.progress = progress

@@ -46,6 +46,18 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     progress: bool = True
 
+    def update(self, **overrides) -> TrainConfig:
+        """Set the given fields (None = keep the preset's); an unknown name is a ConfigError."""
+        from mmfm.errors import ConfigError
+
+        for k, v in overrides.items():
+            if v is None:
+                continue
+            if not hasattr(self, k):
+                raise ConfigError(f"unknown training option {k!r}")
+            setattr(self, k, v)
+        return self
+
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on weight matrices only: not on norms, biases, embeddings (token, position,
