@@ -222,11 +222,6 @@ def unpermute_rotary(w, heads: int):
     return w.reshape(heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def permute_rotary(w, heads: int):
-    """llama.cpp's converter permutation (the inverse of unpermute_rotary)."""
-    half = w.shape[0] // heads // 2
-    return w.reshape(heads, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
 
 def read_metadata(path: str | Path) -> dict:
     """The key/value metadata of a GGUF file (architecture, tokenizer, chat template, ...)."""
@@ -277,4 +272,4 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
     return config, sd, tokenizer, meta
 
 
-__all__ = ["read_gguf", "read_metadata", "open_gguf", "GGUFHeader", "permute_rotary", "unpermute_rotary", "config_from_metadata"]
+__all__ = ["read_gguf", "read_metadata", "open_gguf", "GGUFHeader", "unpermute_rotary", "config_from_metadata"]

@@ -104,15 +104,17 @@ class LMTokenizer:
         if (folder / "chat_template.jinja").is_file():
             template = (folder / "chat_template.jinja").read_text()
 
-        def tid(key, fallback):
+        def token_id(key, given):
+            """An id passed by the caller wins; else the token named in tokenizer_config.json."""
+            if given is not None:
+                return given
             t = cfg.get(key)
-            if isinstance(t, dict):
-                t = t.get("content")
-            i = tok.token_to_id(t) if isinstance(t, str) else None
-            return fallback if fallback is not None else i
+            t = t.get("content") if isinstance(t, dict) else t
+            return tok.token_to_id(t) if isinstance(t, str) else None
 
-        return cls(tok, bos_token_id=tid("bos_token", bos_token_id), eos_token_id=tid("eos_token", eos_token_id),
-                   pad_token_id=tid("pad_token", pad_token_id), chat_template=template,
+        return cls(tok, bos_token_id=token_id("bos_token", bos_token_id),
+                   eos_token_id=token_id("eos_token", eos_token_id),
+                   pad_token_id=token_id("pad_token", pad_token_id), chat_template=template,
                    add_bos=bool(cfg.get("add_bos_token", False)))
 
     def _set_post_processor(self) -> None:

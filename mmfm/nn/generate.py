@@ -239,19 +239,21 @@ def generate(
         return beam_search(model, input_ids, attention_mask, inputs_embeds=inputs_embeds, config=cfg,
                            forward_kwargs=forward_kwargs)
     b = (input_ids if input_ids is not None else inputs_embeds).shape[0]
-    rows: list[list[int]] = [[] for _ in range(b)]
-    reasons = ["length"] * b
+    steps, actives = [], []
     hit_strings: list[str | None] = [None] * b
     for nxt, active, hits in stream_tokens(model, input_ids, attention_mask, inputs_embeds=inputs_embeds,
                                            config=cfg, decode=decode, forward_kwargs=forward_kwargs):
         if on_tokens is not None:
             on_tokens(nxt, active)
-        for r in active.nonzero().flatten().tolist():
-            tok = int(nxt[r])
-            rows[r].append(tok)
-            if tok in cfg.eos_token_ids or hits[r] is not None:
-                reasons[r] = "stop"
-                hit_strings[r] = hits[r]
+        steps.append(nxt)
+        actives.append(active)
+        if cfg.stop_strings:
+            hit_strings = [h if h is not None else old for h, old in zip(hits, hit_strings)]
+    # rows are assembled once at the end, not token by token
+    tokens, kept = torch.stack(steps, 1), torch.stack(actives, 1)
+    rows = [t[k].tolist() for t, k in zip(tokens, kept)]
+    reasons = ["stop" if (r and r[-1] in cfg.eos_token_ids) or h is not None else "length"
+               for r, h in zip(rows, hit_strings)]
     return GenerationOutput(tokens=rows, finish_reasons=reasons, stop_string_hit=hit_strings)
 
 

@@ -196,7 +196,8 @@ class SamAutomaticMaskGenerator:
         points = self.point_grids[layer] * np.array(size)[None, ::-1]
         parts = [self._process_batch(points[i : i + self.points_per_batch], size, crop_box, orig)
                  for i in range(0, len(points), self.points_per_batch)]
-        self.predictor.reset_image()
+        if tuple(crop_box) != (0, 0, orig[1], orig[0]):
+            self.predictor.reset_image()  # the whole-image embedding stays: callers may prompt it further
         data = _cat(parts)
         if len(data["rles"]):
             data = _filter(data, batched_nms(data["boxes"].float(), data["iou_preds"], torch.zeros(len(data["boxes"])),

@@ -14,7 +14,6 @@ from PIL import Image
 
 from mmfm.errors import InvalidPrompt
 from mmfm.models.sam.amg import SamAutomaticMaskGenerator
-from mmfm.models.sam.predictor import SamPredictor
 
 
 def _crop(image: np.ndarray, mask: np.ndarray, box, pad: float = 0.15) -> Image.Image:
@@ -48,7 +47,8 @@ def segment(sam, image, text: str, clip, templates=("a photo of a {}.", "a {}.",
         raise InvalidPrompt(f"the text prompt has {len(text)} characters; keep it under 300")
     arr = image if isinstance(image, np.ndarray) else np.asarray(load_image(image))
     settings = {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.85, **(amg or {})}
-    records = SamAutomaticMaskGenerator(sam, **settings).generate(arr)
+    gen = SamAutomaticMaskGenerator(sam, **settings)
+    records = gen.generate(arr)
     if not records:
         raise InvalidPrompt("no candidate region found in the image (the automatic mask generator kept none)")
     crops = [_crop(arr, r["segmentation"], r["bbox"]) for r in records]
@@ -62,8 +62,9 @@ def segment(sam, image, text: str, clip, templates=("a photo of a {}.", "a {}.",
     best = records[int(order[0])]
     x0, y0, bw, bh = best["bbox"]
     box = np.array([x0, y0, x0 + bw, y0 + bh], dtype=float)
-    predictor = SamPredictor(sam)
-    predictor.set_image(arr)
+    predictor = gen.predictor  # still holds this image's embedding: no second encoding
+    if not predictor.is_image_set:
+        predictor.set_image(arr)
     masks, iou, _ = predictor.predict(box=box, multimask_output=False)
     return {"mask": masks[0], "box": box.tolist(), "score": float(scores[int(order[0])]), "predicted_iou": float(iou[0]),
             "candidates": [{"bbox": records[i]["bbox"], "score": round(float(scores[i]), 4)} for i in order[:top_k]]}
