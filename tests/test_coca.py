@@ -102,3 +102,57 @@ def test_paper_pooler_layout_runs():
     m = CoCa(CoCaConfig.from_dict(c.to_dict()))
     img, toks = m.encode_image_tokens(torch.randn(2, 3, 32, 32))
     assert img.shape == (2, 24) and toks.shape == (2, 5, 24)
+
+
+def test_open_clip_folder_and_file_load_through_mmfm_load(pair, tmp_path):
+    import json
+
+    import mmfm
+    from mmfm.checkpoint import save_safetensors
+
+    ref, ours = pair
+    folder = tmp_path / "oc"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": CFG}))
+    save_safetensors(ref.state_dict(), folder / "open_clip_model.safetensors")
+    torch.save(ref.state_dict(), tmp_path / "coca.pt")
+    x = torch.randn(2, 3, 32, 32)
+    for loaded in (mmfm.load(folder), mmfm.load(tmp_path / "coca.pt", config=CFG)):
+        assert isinstance(loaded, CoCa)
+        with torch.no_grad():
+            assert (loaded(x, IDS[:2]).logits - ref(x, IDS[:2])["logits"]).abs().max() <= 1e-5
+
+
+def test_conversion_back_to_open_clip_and_mmfm_folders(pair, tmp_path):
+    import json
+
+    import mmfm
+    from open_clip.coca_model import CoCa as RefCoCa
+
+    from mmfm.checkpoint import load_state_dict
+
+    ref, ours = pair
+    ours.save_pretrained(tmp_path / "back", format="open_clip")
+    cfg = json.loads((tmp_path / "back" / "open_clip_config.json").read_text())["model_cfg"]
+    cfg.pop("quick_gelu")
+    again = RefCoCa(**cfg).eval()
+    again.load_state_dict(load_state_dict(tmp_path / "back" / "open_clip_model.safetensors"))
+    ours.save_pretrained(tmp_path / "mine")
+    mine = mmfm.load(tmp_path / "mine")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        want = ref(x, IDS)
+        assert (again(x, IDS)["logits"] - want["logits"]).abs().max() <= 1e-5
+        assert (again(x, IDS)["image_features"] - want["image_features"]).abs().max() <= 1e-5
+        assert torch.equal(mine(x, IDS).logits, ours(x, IDS).logits)
+
+
+def test_a_clip_checkpoint_is_not_taken_for_a_coca(tmp_path):
+    from mmfm.errors import CheckpointError
+    from mmfm.models.clip import CLIP, CLIPConfig
+
+    CLIP(CLIPConfig(embed_dim=16, vision=dict(image_size=16, patch_size=8, width=16, layers=1, heads=2),
+                    text=dict(vocab_size=50, context_length=8, width=16, layers=1, heads=2, eot_token_id=49,
+                              sot_token_id=48))).save_pretrained(tmp_path / "clip")
+    with pytest.raises(CheckpointError, match="not a CoCa"):
+        CoCa.from_pretrained(tmp_path / "clip")

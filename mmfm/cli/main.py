@@ -30,7 +30,7 @@ eval_app = typer.Typer(help="Evaluate a model.", no_args_is_help=True)
 
 
 def _register() -> None:
-    from mmfm.cli import clip, lm, quickstart, sam, world
+    from mmfm.cli import clip, coca, lm, quickstart, sam, world
 
     app.add_typer(world.app, name="world")
     app.add_typer(train_app, name="train")
@@ -42,6 +42,9 @@ def _register() -> None:
     train_app.command(name="sam")(sam.train_sam)
     eval_app.command(name="sam")(sam.eval_sam)
     app.command(name="segment")(sam.segment)
+    train_app.command(name="coca")(coca.train_coca)
+    eval_app.command(name="coca")(coca.eval_coca)
+    app.command(name="caption")(coca.caption)
     app.command(name="chat")(lm.chat)
     app.command(name="serve-llm")(lm.serve_llm)
 

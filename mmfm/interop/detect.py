@@ -78,8 +78,8 @@ def is_language_model(path: Path) -> bool:
 
 
 def load(path_or_id, **kwargs):
-    """Load any checkpoint mmfm knows (CLIP: mmfm, HF transformers, open_clip; language models: GGUF,
-    HF Llama, mmfm), detected from its files."""
+    """Load any checkpoint mmfm knows (CLIP: mmfm, HF transformers, open_clip; CoCa: mmfm, open_clip;
+    SAM: mmfm, HF, official; language models: GGUF, HF Llama, mmfm), detected from its files."""
     from mmfm.checkpoint import resolve
 
     path = resolve(path_or_id)
@@ -90,7 +90,41 @@ def load(path_or_id, **kwargs):
     sam = _load_sam(path, **kwargs)
     if sam is not None:
         return sam
+    coca = _load_coca(path, **kwargs)
+    if coca is not None:
+        return coca
     return load_clip(path, **kwargs)
+
+
+def _load_coca(path: Path, config=None, **_):
+    """A CoCa checkpoint (mmfm folder, open_clip coca_* folder, or an open_clip state-dict file with
+    `config`), else None."""
+    from mmfm.checkpoint import load_state_dict
+
+    if path.is_dir():
+        if (path / "config.json").is_file() and read_json(path / "config.json").get("model_type") == "mmfm-coca":
+            from mmfm.models.coca import load_mmfm_coca
+
+            model = load_mmfm_coca(path)
+        elif (path / "open_clip_config.json").is_file():
+            full = read_json(path / "open_clip_config.json")
+            if "multimodal_cfg" not in full.get("model_cfg", full):
+                return None
+            from mmfm.interop.coca import load_open_clip_coca
+
+            model = load_open_clip_coca(path)
+        else:
+            return None
+    elif path.is_file() and path.suffix in (".pth", ".pt", ".bin", ".safetensors"):
+        if not any(k.startswith("text_decoder.") for k in load_state_dict(path)):
+            return None
+        from mmfm.interop.coca import load_open_clip_coca
+
+        model = load_open_clip_coca(path, config=config)
+    else:
+        return None
+    model.tokenizer = _tokenizer_for(path, model)
+    return model.eval()
 
 
 def _load_sam(path: Path, **kwargs):

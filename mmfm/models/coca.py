@@ -14,19 +14,23 @@ its coca_* checkpoints); `pooler="separate"` is the paper's (one query for the c
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfm.errors import ConfigError
+from mmfm.checkpoint import load_state_dict, load_strict, read_json, save_safetensors
+from mmfm.errors import CheckpointError, ConfigError
 from mmfm.models.clip import CLIPTextConfig, CLIPVisionConfig
 from mmfm.nn import (
     AttentionalPooler,
     CrossAttentionBlock,
     KVCache,
+    StaticKV,
     TextTransformer,
     TransformerBlock,
     VisionTransformer,
@@ -123,6 +127,14 @@ class CoCa(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(c.init_logit_scale)))
         self.tokenizer = None
 
+    @property
+    def preprocess(self):
+        """image (path, PIL, array) -> (3, S, S) normalised: CLIP's resize + center crop."""
+        from mmfm.vision.transforms import CLIPPreprocess
+
+        c = self.config
+        return CLIPPreprocess(c.vision.image_size, c.image_mean, c.image_std)
+
     # ------------------------------------------------------------------------------ towers
     def scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(max=self.config.max_logit_scale).exp()
@@ -147,15 +159,17 @@ class CoCa(nn.Module):
         return F.normalize(x, dim=-1) if normalize else x
 
     # ------------------------------------------------------------------------------ decoder
-    def decode(self, token_states: torch.Tensor, image_tokens: torch.Tensor, caches: list[KVCache] | None = None,
-               mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Text-tower token states (B, T, W) + image tokens (B, Q, D) -> logits (B, T, vocab)."""
+    def decode(self, token_states: torch.Tensor, image_tokens: torch.Tensor | None, caches: list[KVCache] | None = None,
+               mask: torch.Tensor | None = None, cross_caches: list[StaticKV] | None = None) -> torch.Tensor:
+        """Text-tower token states (B, T, W) + image tokens (B, Q, D) -> logits (B, T, vocab).
+        caches: self-attention KV caches per layer; cross_caches: the image tokens' keys/values per
+        layer, projected on the first call and reused after (then image_tokens may be None)."""
         x = token_states
         causal = caches is None or x.shape[1] > 1
         for i, (blk, cross) in enumerate(zip(self.decoder_blocks, self.decoder_cross)):
             cache = caches[i] if caches is not None else None
             x = blk(x, mask=mask, is_causal=causal and mask is None, cache=cache)
-            x = cross(x, image_tokens)
+            x = cross(x, image_tokens, cache=cross_caches[i] if cross_caches is not None else None)
         return self.lm_head(self.decoder_norm(x))
 
     def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor) -> CoCaOutput:
@@ -176,10 +190,73 @@ class CoCa(nn.Module):
     def captioner(self) -> CoCaCaptioner:
         return CoCaCaptioner(self)
 
+    @torch.inference_mode()
+    def generate(self, pixels: torch.Tensor, num_beams: int = 1, max_new_tokens: int | None = None,
+                 top_p: float = 1.0, do_sample: bool = False, seed: int | None = None,
+                 image_tokens: torch.Tensor | None = None) -> list[list[int]]:
+        """pixels (B, 3, H, W) normalised -> B token lists (start token excluded, end token dropped).
+        Starts every row from the start-of-text token, stops at end-of-text; cached decoding."""
+        from mmfm.nn.generate import GenerationConfig, generate
+
+        t = self.config.text
+        if image_tokens is None:
+            image_tokens = self.encode_image_tokens(pixels)[1]
+        limit = t.context_length - 1
+        cfg = GenerationConfig(max_new_tokens=min(max_new_tokens or limit, limit), num_beams=num_beams, top_p=top_p,
+                               do_sample=do_sample, seed=seed, eos_token_ids=(t.eot_token_id,),
+                               pad_token_id=t.pad_token_id)
+        start = torch.full((image_tokens.shape[0], 1), t.sot_token_id, dtype=torch.long, device=image_tokens.device)
+        out = generate(self.captioner(), start, config=cfg, forward_kwargs={"image_tokens": image_tokens})
+        return [[i for i in row if i != t.eot_token_id] for row in out.tokens]
+
+    def caption(self, pixels: torch.Tensor, **kwargs) -> list[str]:
+        """pixels (B, 3, H, W) normalised -> B captions (kwargs as `generate`); needs `self.tokenizer`."""
+        if self.tokenizer is None:
+            raise ConfigError("this CoCa has no tokenizer: load it from a folder with tokenizer files")
+        return [self.tokenizer.decode(row) for row in self.generate(pixels, **kwargs)]
+
+    # ------------------------------------------------------------------------------ files
+    def save_pretrained(self, folder, format: str = "mmfm") -> Path:  # noqa: A002 - the natural name
+        """format "mmfm": config.json (model_type mmfm-coca) + model.safetensors + the tokenizer's files;
+        "open_clip": open_clip_config.json + open_clip_model.safetensors (open_clip's CoCa loads it)."""
+        folder = Path(folder)
+        if format == "open_clip":
+            from mmfm.interop.coca import save_open_clip_coca
+
+            return save_open_clip_coca(self, folder)
+        if format != "mmfm":
+            raise ConfigError(f"unknown format {format!r}; use mmfm or open_clip")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps({"model_type": "mmfm-coca", **self.config.to_dict()}, indent=2))
+        save_safetensors(self.state_dict(), folder / "model.safetensors", metadata={"format": "pt"})
+        if self.tokenizer is not None:
+            self.tokenizer.save(folder)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, path_or_id) -> CoCa:
+        """An mmfm CoCa folder, or an open_clip CoCa (folder with open_clip_config.json)."""
+        import mmfm
+
+        model = mmfm.load(path_or_id)
+        if not isinstance(model, cls):
+            raise CheckpointError(f"{path_or_id} holds a {type(model).__name__}, not a CoCa")
+        return model
+
+
+def load_mmfm_coca(folder: Path) -> CoCa:
+    cfg = read_json(folder / "config.json")
+    if cfg.pop("model_type", None) != "mmfm-coca":
+        raise CheckpointError(f"{folder}: config.json is not an mmfm CoCa config")
+    model = CoCa(CoCaConfig.from_dict(cfg))
+    load_strict(model, load_state_dict(folder / "model.safetensors"), str(folder))
+    return model
+
 
 class CoCaCaptioner(nn.Module):
     """The text tower + multimodal decoder as a causal LM for mmfm.nn.generate, with a KV cache in both
-    (open_clip recomputes the whole prefix every step). The image tokens come as a forward kwarg."""
+    and the image tokens' cross-attention keys/values projected once (open_clip recomputes the whole
+    prefix and re-projects the image tokens every step). The image tokens come as a forward kwarg."""
 
     def __init__(self, coca: CoCa):
         super().__init__()
@@ -193,7 +270,7 @@ class CoCaCaptioner(nn.Module):
         dt, dev = self.coca.lm_head.weight.dtype, self.coca.lm_head.weight.device
         text = [KVCache(batch, t.heads, max_len, t.width // t.heads, dtype=dt, device=dev) for _ in range(t.layers)]
         dec = [KVCache(batch, d.heads, max_len, t.width // d.heads, dtype=dt, device=dev) for _ in range(d.layers)]
-        return text + dec
+        return text + dec + [StaticKV() for _ in range(d.layers)]
 
     def forward(self, input_ids=None, *, inputs_embeds=None, attention_mask=None, position_ids=None, caches=None,
                 logits_to_keep: int = 0, image_tokens=None):
@@ -210,7 +287,9 @@ class CoCaCaptioner(nn.Module):
                                  attention_mask.bool()[:, None, None, : past + t])
         x, _ = text.transformer(x, mask=mask, is_causal=mask is None and t > 1,
                                 caches=caches[:n_text] if caches is not None else None)
-        logits = self.coca.decode(x, image_tokens, caches[n_text:] if caches is not None else None, mask=mask)
+        n_dec = len(self.coca.decoder_blocks)
+        logits = self.coca.decode(x, image_tokens, caches[n_text : n_text + n_dec] if caches is not None else None,
+                                  mask=mask, cross_caches=caches[n_text + n_dec :] if caches is not None else None)
         return _Out(logits[:, -logits_to_keep:] if logits_to_keep else logits)
 
 
@@ -219,4 +298,4 @@ class _Out:
     logits: torch.Tensor
 
 
-__all__ = ["CoCa", "CoCaConfig", "CoCaDecoderConfig", "CoCaOutput", "CoCaCaptioner"]
+__all__ = ["CoCa", "CoCaConfig", "CoCaDecoderConfig", "CoCaOutput", "CoCaCaptioner", "load_mmfm_coca"]

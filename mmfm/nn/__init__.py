@@ -4,6 +4,7 @@ from mmfm.nn.attention import (
     Attention,
     KVCache,
     RotaryEmbedding,
+    StaticKV,
     apply_rotary,
     causal_mask,
     combine_masks,
@@ -27,7 +28,7 @@ from mmfm.nn.text import TextOutput, TextTransformer
 from mmfm.nn.vit import VisionTransformer, ViTOutput, resize_pos_embed
 
 __all__ = [
-    "Attention", "KVCache", "RotaryEmbedding", "apply_rotary", "causal_mask", "combine_masks", "padding_mask",
+    "Attention", "KVCache", "StaticKV", "RotaryEmbedding", "apply_rotary", "causal_mask", "combine_masks", "padding_mask",
     "MLP", "SwiGLU", "RMSNorm", "LayerNorm2d", "CrossAttentionBlock", "AttentionalPooler", "QuickGELU", "LayerScale", "Transformer", "TransformerBlock", "activation", "norm",
     "TextTransformer", "TextOutput", "VisionTransformer", "ViTOutput", "resize_pos_embed",
 ]

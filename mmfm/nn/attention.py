@@ -69,6 +69,24 @@ class KVCache:
         self.v = self.v.index_select(0, index)
 
 
+class StaticKV:
+    """Keys/values of a fixed context for cross-attention (image tokens during captioning): computed
+    from the context on first use, then reused at every decoding step instead of re-projected."""
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    @property
+    def filled(self) -> bool:
+        return self.k is not None
+
+    def reorder(self, index: torch.Tensor) -> None:
+        if self.k is not None:
+            self.k = self.k.index_select(0, index)
+            self.v = self.v.index_select(0, index)
+
+
 # ------------------------------------------------------------------------------------------- rotary
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (RoFormer; Llama's rotate-half layout). Returns cos, sin of shape
@@ -147,23 +165,31 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | StaticKV | None = None,
     ) -> torch.Tensor:
+        """cache: a KVCache (self-attention, grows each step) or, for cross-attention, a StaticKV
+        (the context's keys/values, projected once; `context` may then be None)."""
         b, t, _ = x.shape
         hd_q = self.heads * self.head_dim
         hd_kv = self.kv_heads * self.head_dim
         if self.cross:
-            if context is None:
-                raise ValueError("cross-attention needs a context")
-            q = self.q(x)
-            k, v = self.kv(context).split([hd_kv, hd_kv], -1)
+            q = self._split(self.q(x), self.heads)
+            if isinstance(cache, StaticKV) and cache.filled:
+                k, v = cache.k, cache.v
+            else:
+                if context is None:
+                    raise ValueError("cross-attention needs a context")
+                k, v = self.kv(context).split([hd_kv, hd_kv], -1)
+                k, v = self._split(k, self.kv_heads), self._split(v, self.kv_heads)
+                if isinstance(cache, StaticKV):
+                    cache.k, cache.v = k, v
         else:
             q, k, v = self.qkv(x).split([hd_q, hd_kv, hd_kv], -1)
-        q, k, v = self._split(q, self.heads), self._split(k, self.kv_heads), self._split(v, self.kv_heads)
+            q, k, v = self._split(q, self.heads), self._split(k, self.kv_heads), self._split(v, self.kv_heads)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
+        if isinstance(cache, KVCache):
             k, v = cache.update(k, v)
         if is_causal and (k.shape[2] != t or mask is not None):
             # SDPA's is_causal aligns top-left; with a cache or an extra mask, build the mask ourselves.

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mmfm.nn.attention import Attention, KVCache
+from mmfm.nn.attention import Attention, KVCache, StaticKV
 
 
 class QuickGELU(nn.Module):
@@ -178,8 +178,11 @@ class CrossAttentionBlock(nn.Module):
         self.norm2 = norm("layernorm", dim, norm_eps)
         self.mlp = MLP(dim, hidden or int(dim * mlp_ratio), act)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm_q(x), context=self.norm_kv(context), mask=context_mask)
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None, context_mask: torch.Tensor | None = None,
+                cache: StaticKV | None = None) -> torch.Tensor:
+        """cache: a StaticKV holding the context's keys/values after the first call (decoding)."""
+        ctx = None if cache is not None and cache.filled else self.norm_kv(context)
+        x = x + self.attn(self.norm_q(x), context=ctx, mask=context_mask, cache=cache)
         return x + self.mlp(self.norm2(x))
 
 

@@ -1,0 +1,122 @@
+"""`mmfm train coca`, `mmfm eval coca`, `mmfm caption`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from mmfm.errors import InvalidPrompt
+
+
+def train_coca(
+    preset: str = typer.Option("world-tiny", help="Training preset."),
+    steps: int = typer.Option(None, help="Optimizer steps (default: the preset's)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Global batch size."),
+    lr: float = typer.Option(None, help="Peak learning rate."),
+    seed: int = typer.Option(None, help="Seed of the data and the initialisation."),
+    out: Path = typer.Option(Path("runs/coca"), "--out", help="Run folder: checkpoint, metrics, model/, report."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint.pt."),
+    save_every: int = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
+    bf16: bool = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (default on)."),
+    scenes: int = typer.Option(None, help="Training scenes in the cache (default: the preset's)."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate after training."),
+    eval_n: int = typer.Option(500, "--eval-n", help="Scenes per split for the captioning evaluation."),
+    log_every: int = typer.Option(None, "--log-every", help="Log metrics every N steps."),
+) -> None:
+    """Train a CoCa on the Shapes world (contrastive + captioning); works under torchrun (DDP)."""
+    from mmfm.train.coca import train_world_coca
+
+    report = train_world_coca(preset, out, resume=resume, scenes=scenes, evaluate=evaluate, eval_n=eval_n, steps=steps,
+                              batch_size=batch_size, lr=lr, seed=seed, save_every=save_every, bf16=bf16,
+                              log_every=log_every)
+    if "captioning" in report:
+        print_captioning(report["captioning"])
+        print_zeroshot(report["zeroshot"])
+    typer.echo(f"model: {out / 'model'}   report: {out / 'report.json'}   curves: {out / 'curves.png'}")
+
+
+def print_captioning(res: dict) -> None:
+    typer.echo(f"\n{'captions on':<14}{'BLEU-4':>9}{'CIDEr-D':>9}   example")
+    for name, r in res.items():
+        ex = r["examples"][0]["caption"] if r.get("examples") else ""
+        typer.echo(f"{name:<14}{r['BLEU-4']:>9.3f}{r['CIDEr-D']:>9.3f}   {ex}")
+
+
+def print_zeroshot(zs: dict) -> None:
+    typer.echo(f"\n{'zero-shot':<14}{'1 template':>12}{'ensemble':>12}")
+    for name, row in zs.items():
+        typer.echo(f"{name:<14}{row['single']['top1']:>12.3f}{row['ensemble']['top1']:>12.3f}")
+
+
+def _load_coca(model: Path):
+    import mmfm
+    from mmfm.errors import CheckpointError
+    from mmfm.models.coca import CoCa
+
+    m = mmfm.load(model)
+    if not isinstance(m, CoCa):
+        raise CheckpointError(f"{model} holds a {type(m).__name__}, not a CoCa")
+    if m.tokenizer is None:
+        raise CheckpointError(f"{model} has no tokenizer files; captions need one")
+    return m
+
+
+def eval_coca(
+    model: Path = typer.Option(..., "--model", help="A CoCa folder (mmfm or open_clip)."),
+    task: str = typer.Option("captioning", help="captioning | zeroshot"),
+    n: int = typer.Option(500, help="Evaluation scenes per split."),
+    beams: int = typer.Option(1, "--beams", help="Beam width for captioning."),
+    out: Path = typer.Option(None, "--out", help="JSON file for the results (default: next to the model)."),
+) -> None:
+    """Evaluate a CoCa on the Shapes world: BLEU-4 / CIDEr-D of its captions, or zero-shot top-1."""
+    from mmfm.eval.clip_world import zeroshot_world
+    from mmfm.eval.coca_world import captioning_world
+
+    if task not in ("captioning", "zeroshot"):
+        raise InvalidPrompt(f"unknown task {task!r}; use captioning or zeroshot")
+    if beams < 1:
+        raise InvalidPrompt(f"--beams must be >= 1, got {beams}")
+    m = _load_coca(model)
+    if task == "captioning":
+        res = captioning_world(m, n=n, num_beams=beams)
+        print_captioning(res)
+    else:
+        res = zeroshot_world(m, m.tokenizer, n=n)
+        print_zeroshot(res)
+    path = out or (model / f"eval_{task}.json")
+    path.write_text(json.dumps(res, indent=2))
+    typer.echo(f"wrote {path}")
+
+
+def caption(
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    model: Path = typer.Option(..., "--model", help="A CoCa folder (mmfm or open_clip)."),
+    beams: int = typer.Option(1, "--beams", help="Beam width (1 = greedy)."),
+    max_tokens: int = typer.Option(None, "--max-tokens", help="At most this many tokens per caption."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling when < 1 (with --seed)."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of lines."),
+) -> None:
+    """Caption images with a CoCa."""
+    import torch
+
+    from mmfm.vision.io import load_image
+
+    if beams < 1 or (max_tokens is not None and max_tokens < 1):
+        raise InvalidPrompt("--beams and --max-tokens must be >= 1")
+    if not 0 < top_p <= 1:
+        raise InvalidPrompt(f"--top-p must be in (0, 1], got {top_p}")
+    if top_p < 1 and beams > 1:
+        raise InvalidPrompt("choose beam search (--beams) or nucleus sampling (--top-p), not both")
+    pics = [load_image(p) for p in images]  # InvalidImage before any model work
+    m = _load_coca(model)
+    with torch.inference_mode():
+        x = torch.stack([m.preprocess(p) for p in pics])
+        caps = m.caption(x, num_beams=beams, max_new_tokens=max_tokens, top_p=top_p, do_sample=top_p < 1, seed=seed)
+    if as_json:
+        typer.echo(json.dumps([{"image": str(p), "caption": c} for p, c in zip(images, caps)], indent=2))
+        return
+    for p, c in zip(images, caps):
+        typer.echo(f"{p}: {c}")
