@@ -77,7 +77,7 @@ def bench_train_step(batch: int, reps: int) -> None:
     from mmfm.train.clip import world_tiny_config
     from mmfm.train.losses import clip_loss
 
-    cfg = world_tiny_config()
+    cfg = world_tiny_config(stem="patch", pool="cls")  # the layout both libraries can run
     torch.manual_seed(0)
     ours = CLIP(cfg).train()
     ref = OpenCLIP(**config_to_open_clip(cfg)).train()

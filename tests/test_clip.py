@@ -186,3 +186,34 @@ def test_world_hard_negatives_are_false_and_never_held_out():
     data = WorldCLIPData.build(world_tiny_config(), 64, 16, progress=False, hard_negatives=True)
     batch = data.batch(0)
     assert batch["negative_ids"].shape == batch["input_ids"].shape
+
+
+def test_attentional_pool_option_pools_with_one_learned_query(tmp_path):
+    import pytest
+
+    from mmfm.errors import CheckpointError
+    from mmfm.models.clip import CLIP, CLIPConfig
+
+    cfg = CLIPConfig(embed_dim=16, vision=dict(image_size=16, patch_size=8, width=24, layers=1, heads=2, pool="attn",
+                                               attn_pool_heads=2),
+                     text=dict(vocab_size=50, context_length=8, width=16, layers=1, heads=2, eot_token_id=49,
+                               sot_token_id=48))
+    torch.manual_seed(0)
+    m = CLIP(cfg).eval()
+    x = torch.randn(2, 3, 16, 16)
+    v = m.visual
+    with torch.no_grad():
+        tokens = v.transformer(v.ln_pre(v.embed(x)))[0]
+        want = v.proj(v.ln_post(v.attn_pool(tokens)[:, 0]))
+        assert torch.allclose(m.encode_image(x), want, atol=1e-6)
+    m.lock_image_tower()  # LiT: the whole tower, pooler included
+    assert not any(p.requires_grad for p in v.parameters())
+    m.lock_image_tower(unlocked_layers=1)  # the last block and the head (pooler, ln_post, proj) train
+    assert all(p.requires_grad for p in v.attn_pool.parameters())
+    m.save_pretrained(tmp_path / "mine")
+    import mmfm
+
+    assert torch.allclose(mmfm.load(tmp_path / "mine").encode_image(x), m.encode_image(x), atol=1e-6)
+    for fmt in ("hf", "open_clip"):
+        with pytest.raises(CheckpointError, match="class token"):
+            m.save_pretrained(tmp_path / fmt, format=fmt)

@@ -206,7 +206,7 @@ def test_hybrid_tower_does_not_export_to_references(tmp_path):
     from mmfm.models.clip import CLIP
     from mmfm.train.clip import world_tiny_config
 
-    m = CLIP(world_tiny_config())  # conv stem
+    m = CLIP(world_tiny_config(pool="cls"))  # conv stem
     for fmt in ("hf", "open_clip"):
         with pytest.raises(CheckpointError, match="conv stem"):
             m.save_pretrained(tmp_path / fmt, format=fmt)

@@ -174,6 +174,8 @@ def load_hf(folder: Path, **overrides):
 
 
 def save_hf(model, folder: Path) -> None:
+    if model.config.vision.pool != "cls":
+        raise CheckpointError("transformers' CLIP pools the class token: only pool='cls' models export here")
     if model.config.vision.stem != "patch":
         raise CheckpointError("transformers' CLIP has no conv stem: only patch-stem models export to HF")
     (folder / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2))

@@ -176,6 +176,8 @@ def load_open_clip(path: Path, config: dict | str | Path | None = None, **overri
 
 
 def save_open_clip(model, folder: Path) -> None:
+    if model.config.vision.pool != "cls":
+        raise CheckpointError("this exporter pools the class token: only pool='cls' models export here")
     if model.config.vision.stem != "patch":
         raise CheckpointError("open_clip's CLIP has no conv stem: only patch-stem models export to open_clip")
     c = model.config

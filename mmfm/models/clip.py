@@ -38,6 +38,8 @@ class CLIPVisionConfig:
     mlp_dim: int | None = None  # None: 4 x width
     act: str = "gelu"
     stem: str = "patch"  # patch (CLIP's ViT) | conv (hybrid: a small CNN makes the tokens)
+    pool: str = "cls"  # cls (CLIP's class token) | attn (open_clip's attentional pooler, one learned query)
+    attn_pool_heads: int = 8
 
 
 @dataclass
@@ -109,7 +111,8 @@ class CLIP(nn.Module):
         v, t = c.vision, c.text
         self.visual = VisionTransformer(
             image_size=v.image_size, patch_size=v.patch_size, width=v.width, layers=v.layers, heads=v.heads,
-            mlp_dim=v.mlp_dim, act=v.act, output_dim=c.embed_dim, norm_eps=c.norm_eps, stem=v.stem,
+            mlp_dim=v.mlp_dim, act=v.act, output_dim=c.embed_dim, norm_eps=c.norm_eps, stem=v.stem, pool=v.pool,
+            attn_pool_heads=v.attn_pool_heads,
         )
         self.text = TextTransformer(
             vocab_size=t.vocab_size, context_length=t.context_length, width=t.width, layers=t.layers, heads=t.heads,
@@ -155,7 +158,8 @@ class CLIP(nn.Module):
     # ------------------------------------------------------------------------------------- training knobs
     def lock_image_tower(self, unlocked_layers: int = 0) -> None:
         """Freeze the image tower (LiT), except its last `unlocked_layers` blocks and the projection."""
-        _lock(self.visual, self.visual.transformer.blocks, unlocked_layers, (self.visual.ln_post, self.visual.proj))
+        heads = [m for m in (self.visual.attn_pool, self.visual.ln_post, self.visual.proj) if m is not None]
+        _lock(self.visual, self.visual.transformer.blocks, unlocked_layers, heads)
 
     def lock_text_tower(self, unlocked_layers: int = 0) -> None:
         _lock(self.text, self.text.transformer.blocks, unlocked_layers, (self.text.ln_final, self.text.proj))

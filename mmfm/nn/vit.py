@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfm.nn.blocks import Transformer, norm
+from mmfm.nn.blocks import AttentionalPooler, Transformer, norm
 
 
 @dataclass
@@ -36,11 +36,12 @@ class VisionTransformer(nn.Module):
         mlp_dim: int | None = None,
         class_token: bool = True,
         ln_pre: bool = True,
-        pool: str = "cls",  # cls | mean | none (ln_post on every token) | tokens (no head: a model pools itself)
+        pool: str = "cls",  # cls | mean | attn (a learned query) | none (ln_post on every token) | tokens (no head)
         norm_eps: float = 1e-5,
         patch_bias: bool = False,
         layer_scale: float | None = None,
         stem: str = "patch",  # patch: one strided conv (ViT, CLIP); conv: a small CNN (hybrid ViT)
+        attn_pool_heads: int = 8,
     ):
         super().__init__()
         if image_size % patch_size:
@@ -62,8 +63,17 @@ class VisionTransformer(nn.Module):
                                        norm_eps=norm_eps, layer_scale=layer_scale)
         self.pool = pool
         head = pool != "tokens"
-        self.ln_post = norm("layernorm", width, norm_eps) if head else None
-        self.proj = nn.Linear(width, output_dim, bias=False) if output_dim and head else None
+        self.attn_pool = None
+        if pool == "attn":  # open_clip's attentional_pool with one query: attention pooling, then ln_post, proj
+            dim = output_dim or width
+            self.attn_pool = AttentionalPooler(dim, width, attn_pool_heads, 1)
+            self.ln_post = norm("layernorm", dim, norm_eps)
+            self.proj = nn.Linear(dim, dim, bias=False) if output_dim else None
+        elif pool in ("cls", "mean", "none", "tokens"):
+            self.ln_post = norm("layernorm", width, norm_eps) if head else None
+            self.proj = nn.Linear(width, output_dim, bias=False) if output_dim and head else None
+        else:
+            raise ValueError(f"unknown pool {pool!r}; use cls, mean, attn, none or tokens")
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -95,6 +105,8 @@ class VisionTransformer(nn.Module):
             pooled = self.ln_post(x[:, 0])
         elif self.pool == "mean":
             pooled = self.ln_post(x[:, self.num_prefix_tokens :].mean(1))
+        elif self.pool == "attn":
+            pooled = self.ln_post(self.attn_pool(x)[:, 0])
         else:
             pooled = self.ln_post(x)
         if self.proj is not None:
