@@ -54,7 +54,7 @@ def print_report(report: dict) -> None:
 
 def eval_clip(
     model: Path = typer.Option(..., "--model", help="A CLIP folder (mmfm, HF or open_clip)."),
-    task: str = typer.Option("zeroshot", help="zeroshot | retrieval | linear-probe"),
+    task: str = typer.Option("zeroshot", help="zeroshot | retrieval | linear-probe | concepts"),
     templates: str = typer.Option("ensemble", help="single | ensemble"),
     prompts: Path = typer.Option(None, "--prompts", help="CuPL-style JSON {class: [sentences]} for zeroshot."),
     n: int = typer.Option(1000, help="Evaluation images per split."),
@@ -68,7 +68,9 @@ def eval_clip(
     if m.tokenizer is None:
         raise InvalidPrompt(f"{model} has no tokenizer files; zero-shot needs one")
     if task == "zeroshot":
-        extra = json.loads(Path(prompts).read_text()) if prompts else None
+        from mmfm.chain.cupl import load_prompts
+
+        extra = load_prompts(prompts) if prompts else None
         res = zeroshot_world(m, m.tokenizer, n=n, prompts=extra)
         key = "single" if templates == "single" else "ensemble"
         typer.echo(f"{'compositions':<14}{'top-1':>8}{'top-5':>8}{'per-class':>11}" + ("   prompts top-1" if extra else ""))
@@ -82,12 +84,21 @@ def eval_clip(
         res = retrieval_world(m, m.tokenizer, n=n)
         for k, v in res.items():
             typer.echo(f"{k:<32}{v:.3f}")
+    elif task == "concepts":
+        from mmfm.chain.cupl import load_prompts
+        from mmfm.eval.clip_world import concepts_world
+
+        res = concepts_world(m, m.tokenizer, n=n, prompts=load_prompts(prompts) if prompts else None)
+        typer.echo(f"composite concepts ({len(res['classes'])} classes), top-1:")
+        for k in ("names", "descriptions", "both", "definitions"):
+            if k in res:
+                typer.echo(f"  {k:<14}{res[k]['top1']:.3f}")
     elif task == "linear-probe":
         res = linear_probe_world(m, n_test=n)
         for name, r in res.items():
             typer.echo(f"{name:<10} top-1 {r['top1']:.3f} (weight decay {r['weight_decay']:g})")
     else:
-        raise InvalidPrompt(f"unknown task {task!r}; use zeroshot, retrieval or linear-probe")
+        raise InvalidPrompt(f"unknown task {task!r}; use zeroshot, retrieval, linear-probe or concepts")
     path = out or (model / f"eval_{task}.json")
     path.write_text(json.dumps(res, indent=2))
     typer.echo(f"wrote {path}")

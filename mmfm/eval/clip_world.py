@@ -78,3 +78,26 @@ def retrieval_world(model, tokenizer, n: int = 1000, seed: int = 0, kinds=("list
     img = encode_images(model, _pixels(model, rendered))
     txt = encode_texts(model, tokenizer, texts)
     return recall_at_k(img, txt, torch.tensor(owner))
+
+
+@torch.no_grad()
+def concepts_world(model, tokenizer, n: int = 700, seed: int = 0, prompts: dict | None = None) -> dict:
+    """CuPL's claim on the world's composite concepts (snowman, traffic light, ...), which never appear
+    by name in training text: top-1 over the concept classes from their names in templates, from
+    LLM descriptions (`prompts`, CuPL's JSON), from both pooled, and from the world's own definitions
+    (the upper bound: a perfect describer)."""
+    from mmfm.chain.cupl import cupl_classifier
+    from mmfm.world.vocab import CONCEPT_NAMES, CONCEPTS
+
+    world = World(seed=seed, size=model.config.vision.image_size)
+    items = [world.concept(i) for i in range(n)]
+    f = encode_images(model, _pixels(model, [r for r, _ in items]))
+    y = torch.tensor([k for _, k in items])
+    classes = list(CONCEPT_NAMES)
+    out = {"classes": classes, "names": evaluate(f, y, cupl_classifier(model, tokenizer, classes, mode="templates"))}
+    if prompts:
+        for mode in ("descriptions", "both"):
+            out[mode] = evaluate(f, y, cupl_classifier(model, tokenizer, classes, prompts, mode=mode))
+    defs = {c: [CONCEPTS[c]] for c in classes}
+    out["definitions"] = evaluate(f, y, cupl_classifier(model, tokenizer, classes, defs, mode="descriptions"))
+    return out

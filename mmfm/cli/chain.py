@@ -1,0 +1,111 @@
+"""Chaining commands. `mmfm visprog`: an LLM writes a program for the request (or `--program FILE`
+gives one), the interpreter runs it on the image(s), and the result and the visual rationale (HTML)
+are written. `mmfm cupl generate`: LLM-written class descriptions in CuPL's JSON format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from mmfm.errors import InvalidPrompt, ProgramError
+
+
+def _llm(base_url: str | None, model: str | None):
+    from mmfm.chain.llm import LocalLLM, OpenAICompatibleLLM
+
+    if base_url:
+        return OpenAICompatibleLLM(model=model or "default", base_url=base_url)
+    return LocalLLM(model=model, dtype="bfloat16")
+
+
+def visprog(
+    request: str = typer.Argument(None, help="What to do, e.g. \"Hide the face of the astronaut with a smiley\"."),
+    image: list[Path] = typer.Option(..., "--image", help="The image; give two (LEFT then RIGHT) for a statement."),
+    program: Path = typer.Option(None, "--program", help="Run this program instead of asking the LLM."),
+    task: str = typer.Option(None, help="edit | tag | image_question | two_images (default: from the images)."),
+    out: Path = typer.Option(Path("visprog_out"), "--out", help="Folder for result.png / result.json and rationale.html."),
+    clip: Path = typer.Option(None, "--clip", help="CLIP folder for Loc/Select/Classify on open-vocabulary queries."),
+    sam: Path = typer.Option(None, "--sam", help="SAM checkpoint for Seg."),
+    llm_url: str = typer.Option(None, "--llm-url", help="OpenAI-compatible base URL (default: the local SmolLM2)."),
+    llm_model: str = typer.Option(None, "--llm-model", help="Model name at --llm-url, or a local GGUF / folder."),
+    step_timeout: float = typer.Option(120.0, "--step-timeout", help="Seconds allowed per step."),
+) -> None:
+    """Visual programming: run a program of vision modules, write the result and its rationale."""
+    import mmfm
+    from mmfm.chain.visprog import VisProg, parse, write_html
+    from mmfm.vision.io import load_image
+
+    if not 1 <= len(image) <= 2:
+        raise InvalidPrompt("give one --image, or two (LEFT and RIGHT) for a two-image statement")
+    task = task or ("two_images" if len(image) == 2 else "edit")
+    names = ["LEFT", "RIGHT"] if len(image) == 2 else ["IMAGE"]
+    images = {n: load_image(p) for n, p in zip(names, image)}
+    if program is None and not (request or "").strip():
+        raise InvalidPrompt("say what to do (the request), or give --program FILE")
+    loaders = {}
+    if clip is not None:
+        loaders["clip"] = lambda: mmfm.load(clip)
+    if sam is not None:
+        loaders["sam"] = lambda: mmfm.load(sam)
+    loaders["llm"] = lambda: _llm(llm_url, llm_model)
+    vp = VisProg(loaders=loaders, step_timeout=step_timeout)
+    if program is not None:
+        if not program.is_file():
+            raise InvalidPrompt(f"{program}: no such program file")
+        prog = parse(program.read_text(encoding="utf-8", errors="replace"))
+    else:
+        prog = vp.write_program(request, task).program
+        typer.echo(f"program:\n{prog.source}\n")
+    run = vp.run_program(prog, images, task)
+    out.mkdir(parents=True, exist_ok=True)
+    page = write_html(run, out / "rationale.html", title=request or str(program))
+    if not run.ok:
+        typer.echo(f"rationale (partial): {page}", err=True)
+        raise run.error
+    from PIL import Image
+
+    if isinstance(run.result, Image.Image):
+        run.result.save(out / "result.png")
+        typer.echo(f"result: {out / 'result.png'}")
+    else:
+        value = run.result if isinstance(run.result, (str, int, float, bool, list)) else repr(run.result)
+        if isinstance(value, list):
+            value = [getattr(v, "box", v) for v in value]
+        (out / "result.json").write_text(json.dumps({"result": value}, default=str))
+        typer.echo(f"result: {value}")
+    typer.echo(f"rationale: {page}")
+
+
+cupl_app = typer.Typer(help="CuPL: LLM-written class descriptions for zero-shot classification.", no_args_is_help=True)
+
+
+@cupl_app.command("generate")
+def cupl_generate(
+    classes: Path = typer.Option(..., "--classes", help="Class names: one per line, or a JSON list."),
+    out: Path = typer.Option(Path("prompts.json"), "--out", help="Where to write {class: [sentences]}."),
+    n: int = typer.Option(10, "--n", help="Answers per class and prompt."),
+    temperature: float = typer.Option(0.99, "--temperature"),
+    max_tokens: int = typer.Option(50, "--max-tokens"),
+    seed: int = typer.Option(0, "--seed"),
+    llm_url: str = typer.Option(None, "--llm-url", help="OpenAI-compatible base URL (default: the local SmolLM2)."),
+    llm_model: str = typer.Option(None, "--llm-model", help="Model name at --llm-url, or a local GGUF / folder."),
+) -> None:
+    """Ask an LLM CuPL's five questions about each class; write CuPL's JSON."""
+    from mmfm.chain.cupl import generate_descriptions, save_prompts
+
+    if not classes.is_file():
+        raise InvalidPrompt(f"{classes}: no such file")
+    text = classes.read_text(encoding="utf-8", errors="replace")
+    try:
+        names = json.loads(text) if text.lstrip().startswith("[") else [x.strip() for x in text.splitlines() if x.strip()]
+    except ValueError as e:
+        raise InvalidPrompt(f"{classes}: not a JSON list ({e})") from None
+    prompts = generate_descriptions(_llm(llm_url, llm_model), names, n=n, temperature=temperature,
+                                    max_tokens=max_tokens, seed=seed)
+    save_prompts(out, prompts)
+    typer.echo(f"wrote {out}: {sum(map(len, prompts.values()))} descriptions of {len(prompts)} classes")
+
+
+__all__ = ["visprog", "cupl_app"]
