@@ -128,8 +128,17 @@ def locate(ctx: Context, image: Image.Image, object: str) -> list[Region]:  # no
     s = clip_scores(ctx, [c.crop(image) for c in cands], [query, "a background", "an object"])
     probs = np.exp(s - s.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
-    keep = [Region(c.box, query, float(p), c.mask) for c, p in zip(cands, probs[:, 0]) if p > 0.5]
-    return sorted(keep, key=lambda r: -r.score)
+    keep = sorted((Region(c.box, query, float(p), c.mask) for c, p in zip(cands, probs[:, 0]) if p > 0.5),
+                  key=lambda r: -r.score)
+    if len(keep) > 1:  # overlapping windows / masks of one object count once
+        import torch
+
+        from mmfm.vision.masks import nms
+
+        idx = nms(torch.tensor([r.box for r in keep], dtype=torch.float32),
+                  torch.tensor([r.score for r in keep]), iou_threshold=0.5)
+        keep = [keep[i] for i in sorted(idx.tolist())]
+    return keep
 
 
 def segment(ctx: Context, image: Image.Image) -> list[Region]:
