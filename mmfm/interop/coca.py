@@ -181,26 +181,13 @@ def config_to_open_clip(c) -> dict:
 def load_open_clip_coca(path: Path, config: dict | str | Path | None = None):
     """A folder with open_clip_config.json (+ open_clip_model.safetensors / open_clip_pytorch_model.bin),
     or a state-dict file with its model config given as `config`."""
-    from mmfm.checkpoint import load_state_dict, load_strict, read_json
+    from mmfm.checkpoint import load_state_dict, load_strict
+    from mmfm.interop.open_clip import read_open_clip_checkpoint
     from mmfm.models.coca import CoCa
 
-    path = Path(path)
-    if path.is_dir():
-        full = read_json(path / "open_clip_config.json")
-        oc = full.get("model_cfg", full)
-        weights = next((path / n for n in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-                        if (path / n).is_file()), None)
-        if weights is None:
-            raise CheckpointError(f"{path}: no open_clip_model.safetensors or open_clip_pytorch_model.bin")
-    else:
-        if config is None:
-            raise CheckpointError(f"{path}: an open_clip CoCa checkpoint file needs its model config (config=...)")
-        oc = config if isinstance(config, dict) else read_json(Path(config))
-        oc = oc.get("model_cfg", oc)
-        weights = path
-    sd = load_state_dict(weights)
+    oc, _, weights = read_open_clip_checkpoint(path, config)
     model = CoCa(config_from_open_clip(oc))
-    load_strict(model, from_open_clip(sd), str(path))
+    load_strict(model, from_open_clip(load_state_dict(weights)), str(path))
     return model
 
 

@@ -148,27 +148,29 @@ def state_dict_to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
+def read_open_clip_checkpoint(path: Path, config: dict | str | Path | None = None) -> tuple[dict, dict | None, Path]:
+    """-> (model config, preprocess config or None, weights file) of an open_clip folder
+    (open_clip_config.json + open_clip_model.safetensors / open_clip_pytorch_model.bin) or of a
+    checkpoint file whose model config is given as `config` (dict or JSON path). CLIP and CoCa share it."""
+    path = Path(path)
+    if path.is_dir():
+        full = read_json(path / "open_clip_config.json")
+        for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors"):
+            if (path / name).is_file():
+                return full.get("model_cfg", full), full.get("preprocess_cfg"), path / name
+        raise CheckpointError(f"{path}: no open_clip_model.safetensors or open_clip_pytorch_model.bin")
+    if config is None:
+        raise CheckpointError(f"{path}: an open_clip checkpoint file needs its model config (config=...)")
+    oc = config if isinstance(config, dict) else read_json(Path(config))
+    return oc.get("model_cfg", oc), None, path
+
+
 def load_open_clip(path: Path, config: dict | str | Path | None = None, **overrides):
     """A folder with open_clip_config.json + open_clip_model.safetensors (or open_clip_pytorch_model.bin),
     or a checkpoint file with its model config given as `config` (dict or JSON path)."""
     from mmfm.models.clip import CLIP, CLIPConfig, apply_overrides
 
-    preprocess = None
-    if path.is_dir():
-        full = read_json(path / "open_clip_config.json")
-        oc, preprocess = full.get("model_cfg", full), full.get("preprocess_cfg")
-        for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors"):
-            if (path / name).is_file():
-                weights = path / name
-                break
-        else:
-            raise CheckpointError(f"{path}: no open_clip_model.safetensors or open_clip_pytorch_model.bin")
-    else:
-        if config is None:
-            raise CheckpointError(f"{path}: an open_clip checkpoint file needs its model config (config=...)")
-        oc = config if isinstance(config, dict) else read_json(Path(config))
-        oc = oc.get("model_cfg", oc)
-        weights = path
+    oc, preprocess, weights = read_open_clip_checkpoint(path, config)
     cfg = apply_overrides(config_from_open_clip(oc, preprocess), overrides, str(path))
     model = CLIP(CLIPConfig.from_dict(cfg))
     load_strict(model, state_dict_from_open_clip(load_state_dict(weights)), str(path))

@@ -158,12 +158,10 @@ class CLIPTrainModule(nn.Module):
 
 
 def preset(name: str) -> tuple[CLIPConfig, TrainConfig, dict]:
-    from mmfm.errors import ConfigError
+    from mmfm.train.trainer import split_preset
 
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    p = PRESETS[name]
-    return p["model"](), TrainConfig(**p["train"]), {k: v for k, v in p.items() if k not in ("model", "train")}
+    model, train, extra = split_preset(PRESETS, name, "CLIP")
+    return model(), train, extra
 
 
 def train_world_clip(preset_name: str = "world-tiny", out="runs/clip", resume: bool = False, progress: bool = True,

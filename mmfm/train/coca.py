@@ -53,12 +53,10 @@ class CoCaTrainModule(nn.Module):
 
 
 def preset(name: str) -> tuple[CoCaConfig, TrainConfig, dict]:
-    from mmfm.errors import ConfigError
+    from mmfm.train.trainer import split_preset
 
-    if name not in PRESETS:
-        raise ConfigError(f"unknown CoCa preset {name!r}; known: {', '.join(PRESETS)}")
-    p = PRESETS[name]
-    return p["model"](), TrainConfig(**p["train"]), {k: v for k, v in p.items() if k not in ("model", "train")}
+    model, train, extra = split_preset(PRESETS, name, "CoCa")
+    return model(), train, extra
 
 
 def train_world_coca(preset_name: str = "world-tiny", out="runs/coca", resume: bool = False, progress: bool = True,

@@ -20,7 +20,6 @@ from torch import nn
 
 from mmfm.models.sam.config import sam_config
 from mmfm.models.sam.model import SAM
-from mmfm.train.trainer import TrainConfig
 
 PRESETS = {
     "world-tiny": dict(
@@ -200,12 +199,10 @@ class SAMTrainModule(nn.Module):
 
 
 def preset(name: str):
-    from mmfm.errors import ConfigError
+    from mmfm.train.trainer import split_preset
 
-    if name not in PRESETS:
-        raise ConfigError(f"unknown SAM preset {name!r}; known: {', '.join(PRESETS)}")
-    p = PRESETS[name]
-    return sam_config(p["model"]), TrainConfig(**p["train"]), {k: v for k, v in p.items() if k not in ("model", "train")}
+    model, train, extra = split_preset(PRESETS, name, "SAM")
+    return sam_config(model), train, extra
 
 
 def train_world_sam(preset_name: str = "world-tiny", out="runs/sam", resume: bool = False, progress: bool = True,

@@ -252,3 +252,14 @@ def _set_rng_state(s: dict) -> None:
     keys, pos, has_gauss, cached = s["numpy"]
     np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate((s["python"][0], tuple(int(v) for v in s["python"][1].tolist()), None))
+
+
+def split_preset(presets: dict, name: str, kind: str):
+    """A training preset {"model": ..., "train": {...}, **extra} -> (its model entry, TrainConfig, extra).
+    An unknown name raises ConfigError listing the known ones."""
+    from mmfm.errors import ConfigError
+
+    if name not in presets:
+        raise ConfigError(f"unknown {kind} preset {name!r}; known: {', '.join(presets)}")
+    p = presets[name]
+    return p["model"], TrainConfig(**p["train"]), {k: v for k, v in p.items() if k not in ("model", "train")}
