@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from mmfm.errors import InvalidPrompt, ProgramError
+from mmfm.errors import InvalidPrompt
 
 
 def _llm(base_url: str | None, model: str | None):
