@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
+from _timing import timed  # bench/ is on sys.path when a script runs
 
 CONFIGS = {
     # the world-tiny CoCa's shape with a patch stem and embed_dim = text width (open_clip's constraint)
@@ -41,16 +41,6 @@ CONFIGS = {
                                         embed_cls=True, output_tokens=True),
                           multimodal_cfg=dict(context_length=76, vocab_size=49408, width=512, heads=8, layers=12)),
 }
-
-
-def timed(fn, repeats: int):
-    out = fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts), out
 
 
 def main() -> None:

@@ -26,4 +26,8 @@ def __getattr__(name):  # the model classes, imported on first use so `import mm
         from mmfm.models import clip
 
         return getattr(clip, name)
+    if name in ("Llava", "LlavaConfig"):
+        from mmfm.models import llava
+
+        return getattr(llava, name)
     raise AttributeError(f"module 'mmfm' has no attribute {name!r}")

@@ -51,16 +51,10 @@ def print_zeroshot(zs: dict) -> None:
 
 
 def _load_coca(model: Path):
-    import mmfm
-    from mmfm.errors import CheckpointError
+    from mmfm.cli import load_model
     from mmfm.models.coca import CoCa
 
-    m = mmfm.load(model)
-    if not isinstance(m, CoCa):
-        raise CheckpointError(f"{model} holds a {type(m).__name__}, not a CoCa")
-    if m.tokenizer is None:
-        raise CheckpointError(f"{model} has no tokenizer files; captions need one")
-    return m
+    return load_model(model, CoCa, "a CoCa", "captions")
 
 
 def eval_coca(

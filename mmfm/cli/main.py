@@ -30,7 +30,7 @@ eval_app = typer.Typer(help="Evaluate a model.", no_args_is_help=True)
 
 
 def _register() -> None:
-    from mmfm.cli import chain, clip, coca, lm, quickstart, sam, world
+    from mmfm.cli import chain, clip, coca, llava, lm, quickstart, sam, world
 
     app.add_typer(world.app, name="world")
     app.add_typer(train_app, name="train")
@@ -45,6 +45,10 @@ def _register() -> None:
     train_app.command(name="coca")(coca.train_coca)
     eval_app.command(name="coca")(coca.eval_coca)
     app.command(name="caption")(coca.caption)
+    train_app.command(name="llava")(llava.train_llava)
+    eval_app.command(name="llava")(llava.eval_llava)
+    app.command(name="ask")(llava.ask)
+    app.command(name="point")(llava.point)
     app.command(name="visprog")(chain.visprog)
     app.add_typer(chain.cupl_app, name="cupl")
     app.command(name="chat")(lm.chat)

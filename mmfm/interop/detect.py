@@ -87,6 +87,9 @@ def load(path_or_id, **kwargs):
         from mmfm.lm import load_lm
 
         return load_lm(path, **kwargs)
+    llava = _load_llava(path, **kwargs)
+    if llava is not None:
+        return llava
     sam = _load_sam(path, **kwargs)
     if sam is not None:
         return sam
@@ -94,6 +97,23 @@ def load(path_or_id, **kwargs):
     if coca is not None:
         return coca
     return load_clip(path, **kwargs)
+
+
+def _load_llava(path: Path, dtype="float32", **_):
+    """An mmfm LLaVA folder or a transformers LlavaForConditionalGeneration folder, else None."""
+    if not (path.is_dir() and (path / "config.json").is_file()):
+        return None
+    mt = read_json(path / "config.json").get("model_type")
+    if mt == "mmfm-llava":
+        from mmfm.models.llava import load_mmfm_llava
+
+        return load_mmfm_llava(path, dtype=dtype)
+    if mt == "llava":
+        from mmfm.interop.hf_llava import load_hf_llava
+        from mmfm.lm.model import as_dtype
+
+        return load_hf_llava(path, dtype=as_dtype(dtype))
+    return None
 
 
 def _load_coca(path: Path, config=None, **_):

@@ -46,13 +46,13 @@ class MLP(nn.Module):
 
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x)), as Llama. gate and up are one fused (dim -> 2 * hidden) matmul,
-    stored gate first; loaders concatenate Llama's separate gate_proj / up_proj. (B, T, dim) -> (B, T, dim)."""
+    stored gate first; loaders concatenate Llama's separate gate_proj / up_proj. (B, T, dim) -> (B, T, out_dim or dim)."""
 
-    def __init__(self, dim: int, hidden: int, bias: bool = False, act: str = "silu"):
+    def __init__(self, dim: int, hidden: int, bias: bool = False, act: str = "silu", out_dim: int | None = None):
         super().__init__()
         self.hidden = hidden
         self.gate_up = nn.Linear(dim, 2 * hidden, bias=bias)
-        self.down = nn.Linear(hidden, dim, bias=bias)
+        self.down = nn.Linear(hidden, out_dim or dim, bias=bias)
         self.act = activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -78,7 +78,7 @@ class DecoderConfig:
 
 @dataclass
 class DecoderOutput:
-    logits: torch.Tensor  # (B, T', vocab)
+    logits: torch.Tensor | None  # (B, T', vocab); None with compute_logits=False
     last_hidden: torch.Tensor  # (B, T, dim), after the final norm
     hidden_states: tuple[torch.Tensor, ...] | None = None  # layers + 1, before the final norm
 
@@ -135,7 +135,10 @@ class DecoderLM(nn.Module):
         caches: list[KVCache] | None = None,
         logits_to_keep: int = 0,
         output_hidden_states: bool = False,
+        compute_logits: bool = True,
     ) -> DecoderOutput:
+        """compute_logits=False skips the LM head (logits is None): a trainer that needs logits only at
+        its supervised positions applies `lm_head` to those rows of `last_hidden` itself."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)
@@ -166,7 +169,9 @@ class DecoderLM(nn.Module):
         h, hidden = self.transformer(x, mask=mask, is_causal=is_causal, rope=rope, caches=caches,
                                      output_hidden_states=output_hidden_states)
         h = self.norm(h)
-        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
+        logits = None
+        if compute_logits:
+            logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
         return DecoderOutput(logits=logits, last_hidden=h, hidden_states=hidden)
 
     @staticmethod

