@@ -27,10 +27,11 @@ def version() -> None:
 
 train_app = typer.Typer(help="Train a model on the Shapes world.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate a model.", no_args_is_help=True)
+experiment_app = typer.Typer(help="Experiments that reproduce a claim of the course.", no_args_is_help=True)
 
 
 def _register() -> None:
-    from mmfm.cli import chain, clip, coca, llava, lm, quickstart, sam, world
+    from mmfm.cli import chain, clip, coca, compositionality, llava, lm, quickstart, sam, world
 
     app.add_typer(world.app, name="world")
     app.add_typer(train_app, name="train")
@@ -49,6 +50,10 @@ def _register() -> None:
     eval_app.command(name="llava")(llava.eval_llava)
     app.command(name="ask")(llava.ask)
     app.command(name="point")(llava.point)
+    eval_app.command(name="compositionality")(compositionality.eval_compositionality)
+    train_app.command(name="negclip")(compositionality.train_negclip)
+    app.add_typer(experiment_app, name="experiment")
+    experiment_app.command(name="batch-size")(compositionality.batch_size_experiment)
     app.command(name="visprog")(chain.visprog)
     app.add_typer(chain.cupl_app, name="cupl")
     app.command(name="chat")(lm.chat)

@@ -1,0 +1,89 @@
+"""`mmfm eval compositionality`, `mmfm train negclip`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mmfm.errors import CheckpointError
+
+
+def eval_compositionality(
+    model: Path = typer.Option(..., "--model", help="A CLIP folder (mmfm, transformers or open_clip)."),
+    suite: list[str] = typer.Option(["world"], "--suite", help="winoground, aro-relation, aro-attribution, "
+                                    "aro-coco-order, aro-flickr-order, sugarcrepe, crepe, world (repeatable)."),
+    data: Path = typer.Option(None, "--data", help="The folder with the suite's files (not needed for world)."),
+    n: int = typer.Option(500, help="World suite: items per kind."),
+    out: Path = typer.Option(None, "--out", help="Folder for compositionality.json / .csv (default: next to the model)."),
+) -> None:
+    """Compositionality benchmarks with their published scoring; results as a table, JSON and CSV."""
+    import mmfm
+    from mmfm.eval.compositionality import clip_scorer, flatten, run_suite, write_results
+    from mmfm.models.clip import CLIP
+
+    m = mmfm.load(model)
+    if not isinstance(m, CLIP) or m.tokenizer is None:
+        raise CheckpointError(f"{model}: compositionality suites score a CLIP with its tokenizer")
+    scorer = clip_scorer(m.float().eval())
+    results = {}
+    for s in suite:
+        results[s] = run_suite(s, data, scorer, **({"n": n} if s == "world" else {}))
+    js, cs = write_results(results, out or model)
+    typer.echo(f"{'suite':<18}{'metric':<34}{'value':>8}")
+    for s, res in results.items():
+        for k, v in flatten(res).items():
+            typer.echo(f"{s:<18}{k:<34}{v:>8.3f}")
+        if res.get("skipped"):
+            typer.echo(f"{s:<18}{res['skipped']} item(s) skipped: first: {res['skipped_items'][0]}")
+    typer.echo(f"wrote {js} and {cs}")
+
+
+def train_negclip(
+    init: Path = typer.Option(..., "--from", help="The CLIP to fine-tune (e.g. runs/quickstart/clip/model)."),
+    out: Path = typer.Option(Path("runs/negclip"), "--out", help="Run folder."),
+    preset: str = typer.Option("world-tiny", help="Training preset."),
+    steps: int = typer.Option(None, help="Optimizer steps (default: the preset's)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Global batch (half scenes, half their neighbours)."),
+    lr: float = typer.Option(None, help="Peak learning rate."),
+    seed: int = typer.Option(None, help="Seed."),
+    scenes: int = typer.Option(None, help="Training scenes (default: the preset's)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint.pt."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="World suite and zero-shot before and after."),
+    eval_n: int = typer.Option(500, "--eval-n", help="World-suite items per kind."),
+    bf16: bool = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (default on)."),
+    log_every: int = typer.Option(None, "--log-every", help="Log metrics every N steps."),
+) -> None:
+    """Fine-tune a CLIP with NegCLIP's hard negatives (captions and neighbour images); works under torchrun."""
+    from mmfm.train.negclip import train_negclip as run
+
+    report = run(init, out, preset, scenes=scenes, resume=resume, evaluate=evaluate, eval_n=eval_n, steps=steps,
+                 batch_size=batch_size, lr=lr, seed=seed, bf16=bf16, log_every=log_every)
+    for when in ("before", "after"):
+        if when in report:
+            r = report[when]
+            suite = "  ".join(f"{k} {v['accuracy']:.3f}" for k, v in r["world_suite"].items())
+            zs = "  ".join(f"{k} {v:.3f}" for k, v in r["zeroshot"].items())
+            typer.echo(f"{when:<7} swaps: {suite}   zero-shot: {zs}")
+    typer.echo(f"model: {out / 'model'}   report: {out / 'report.json'}")
+
+
+def batch_size_experiment(
+    out: Path = typer.Option(Path("runs/batch_size"), "--out", help="Folder: one run per batch size, results.json, batch_size.png."),
+    batches: str = typer.Option("8,32,128,512", help="Batch sizes, comma-separated."),
+    pairs: int = typer.Option(51_200, help="Image-text pairs seen by every run (a multiple of each batch)."),
+    eval_n: int = typer.Option(500, "--eval-n", help="Evaluation items per split / kind."),
+    seed: int = typer.Option(0, help="Seed."),
+    scenes: int = typer.Option(24_000, help="Training scenes in the cache."),
+) -> None:
+    """Train the world CLIP at several batch sizes on the same pairs; fine-grained zero-shot and swaps vs batch."""
+    from mmfm.errors import ConfigError
+    from mmfm.train.batch_size import format_results, run_batch_size_experiment
+
+    try:
+        bs = tuple(int(b) for b in batches.split(","))
+    except ValueError as e:
+        raise ConfigError(f"--batches {batches!r}: comma-separated integers, e.g. 8,32,128,512") from e
+    results = run_batch_size_experiment(out, bs, pairs=pairs, seed=seed, eval_n=eval_n, scenes=scenes)
+    typer.echo(format_results(results))
+    typer.echo(f"wrote {out / 'results.json'} and {out / 'batch_size.png'}")
