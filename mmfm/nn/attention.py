@@ -76,6 +76,7 @@ class StaticKV:
     def __init__(self):
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
+        self.layout: tuple | None = None  # what a user needs to read k / v (Flamingo: media count, latents each)
 
     @property
     def filled(self) -> bool:
