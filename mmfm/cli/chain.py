@@ -28,6 +28,9 @@ def visprog(
     out: Path = typer.Option(Path("visprog_out"), "--out", help="Folder for result.png / result.json and rationale.html."),
     clip: Path = typer.Option(None, "--clip", help="CLIP folder for Loc/Select/Classify on open-vocabulary queries."),
     sam: Path = typer.Option(None, "--sam", help="SAM checkpoint for Seg."),
+    vqa: Path = typer.Option(None, "--vqa", help="LLaVA folder for Vqa (e.g. the shipped world LLaVA for world scenes)."),
+    inpaint_model: Path = typer.Option(None, "--inpaint-model", help="A local diffusers inpainting pipeline for Replace "
+                                       "(default: OpenCV inpainting)."),
     llm_url: str = typer.Option(None, "--llm-url", help="OpenAI-compatible base URL (default: the local SmolLM2)."),
     llm_model: str = typer.Option(None, "--llm-model", help="Model name at --llm-url, or a local GGUF / folder."),
     step_timeout: float = typer.Option(120.0, "--step-timeout", help="Seconds allowed per step."),
@@ -49,6 +52,14 @@ def visprog(
         loaders["clip"] = lambda: mmfm.load(clip)
     if sam is not None:
         loaders["sam"] = lambda: mmfm.load(sam)
+    if vqa is not None:
+        from mmfm.chain.visprog.backends import llava_vqa
+
+        loaders["vqa"] = lambda: llava_vqa(mmfm.load(vqa))
+    if inpaint_model is not None:
+        from mmfm.chain.visprog.backends import diffusers_inpainter
+
+        loaders["inpaint"] = lambda: diffusers_inpainter(inpaint_model)
     loaders["llm"] = lambda: _llm(llm_url, llm_model)
     vp = VisProg(loaders=loaders, step_timeout=step_timeout)
     if program is not None:
