@@ -41,9 +41,9 @@ def ask(
     typer.echo(json.dumps({"image": str(image), "question": question, "answer": answer}) if as_json else answer)
 
 
-def crop_window(width: int, height: int, size: int) -> tuple[float, float, float]:
-    """Where the model's square view lies in the original image (shortest side resized to `size`, then
-    center-cropped): (left, top, side) in original pixels."""
+def crop_window(width: int, height: int) -> tuple[float, float, float]:
+    """Where the model's square view lies in the original image (shortest side resized, then
+    center-cropped): (left, top, side) in original pixels, whatever the model's input size."""
     side = float(min(width, height))
     return (width - side) / 2.0, (height - side) / 2.0, side
 
@@ -67,7 +67,7 @@ def point(
     q = query.strip()
     q = q[4:] if q.lower().startswith("the ") else q
     answer = m.ask(pic, f"Point to the {q}.", max_new_tokens=200)
-    left, top, side = crop_window(pic.width, pic.height, m.config.vision.image_size)
+    left, top, side = crop_window(pic.width, pic.height)
     pts = [(left + x * side / 100.0, top + y * side / 100.0) for x, y in parse_points(answer)]
     scale = max(1, 256 // max(pic.width, pic.height))
     overlay(pic, points=pts, scale=scale).save(out)

@@ -55,7 +55,8 @@ def point_question(query: str) -> str:
     return f"Point to the {query}."
 
 
-def _count_fact(qa):
+def count_fact(qa) -> tuple:
+    """(color, shape, true count) of a count question (None for a missing color or shape)."""
     (_, c, s, _, n), = [f for f in qa.facts if f[0] == "count"][:1]
     return c, s, n
 
@@ -91,7 +92,7 @@ def conversation(sample, stage: int, rng: np.random.Generator, image_token: str 
         pq = ann.points[rng.integers(len(ann.points))]
         return [{"role": "user", "content": img + point_question(pq.query)}, {"role": "assistant", "content": pq.answer}]
     count_qa = [q for q in qas if q.kind == "count"][0]
-    c, s, n = _count_fact(count_qa)
+    c, s, n = count_fact(count_qa)
     subject = count_subject(c, s)
     if rng.random() < 0.5:
         return [{"role": "user", "content": img + direct_count_question(subject)}, {"role": "assistant", "content": str(n)}]
@@ -153,5 +154,5 @@ def collate(rows: list[list[int]], labels: list[list[int]], pixels: torch.Tensor
     return {"input_ids": ids, "labels": lab, "pixels": pixels}
 
 
-__all__ = ["conversation", "WorldInstructions", "collate", "world_pixels", "count_subject", "count_points",
+__all__ = ["conversation", "count_fact", "WorldInstructions", "collate", "world_pixels", "count_subject", "count_points",
            "direct_count_question", "pointing_count_question", "point_question", "QA_KINDS"]

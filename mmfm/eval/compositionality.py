@@ -104,10 +104,6 @@ def winoground_scores(s: np.ndarray) -> dict:
     return {"text": float(text.mean()), "image": float(image.mean()), "group": float((text & image).mean()), "n": len(s)}
 
 
-def pairwise_accuracy(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    return pos > neg
-
-
 def macro_accuracy(correct, groups) -> float:
     by = defaultdict(list)
     for c, g in zip(correct, groups):
@@ -126,7 +122,7 @@ def eval_winoground(root: Path, scorer) -> dict:
     path = root / "examples.jsonl"
     if not path.is_file():
         raise ConfigError(f"{path} not found: Winoground's examples.jsonl and images/ go in {root}")
-    skips, sims, tags = Skips(), [], []
+    skips, sims = Skips(), []
     for n, line in enumerate(path.read_text().splitlines()):
         if not line.strip():
             continue
@@ -138,7 +134,6 @@ def eval_winoground(root: Path, scorer) -> dict:
             skips.add(f"line {n + 1}", str(e))
             continue
         sims.append(scorer(imgs, [ex["caption_0"], ex["caption_1"]]).T)  # (caption, image)
-        tags.append(ex.get("tag", ""))
     out = winoground_scores(np.array(sims)) if sims else {"n": 0}
     return {**out, **skips.report()}
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from mmfm.data.llava_world import (
     QA_KINDS,
+    count_fact,
     count_subject,
     direct_count_question,
     point_question,
@@ -77,7 +78,7 @@ def evaluate_llava_world(model, n: int = 100, seed: int = 0, out=None, splits=("
         # counting: the same scenes and subjects, asked directly and asked to point first
         subjects, truths, gts = [], [], []
         for r, q in counts:
-            (_, c, s, _, k), = [f for f in q.facts if f[0] == "count"][:1]
+            c, s, k = count_fact(q)
             subjects.append(count_subject(c, s))
             truths.append(k)
             gts.append((r, c, s))
