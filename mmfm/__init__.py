@@ -30,4 +30,8 @@ def __getattr__(name):  # the model classes, imported on first use so `import mm
         from mmfm.models import llava
 
         return getattr(llava, name)
+    if name in ("Flamingo", "FlamingoConfig"):
+        from mmfm.models import flamingo
+
+        return getattr(flamingo, name)
     raise AttributeError(f"module 'mmfm' has no attribute {name!r}")

@@ -96,3 +96,67 @@ def test_masked_cross_attention_all_previous_media():
     only_first = attn(x, media[:, :1], media_time(loc).clamp(max=1))
     assert torch.allclose(full[:, :2], only_first[:, :2], atol=1e-6)  # before image 2: image 1 only
     assert not torch.allclose(full[:, 2:], only_first[:, 2:])
+
+
+def test_whole_model_parity_with_open_flamingo_both_directions(tmp_path):
+    """OpenFlamingo's Flamingo (tiny open_clip ViT + tiny HF Llama, gated blocks every 2nd layer) saved
+    as its three parts (open_clip folder, HF Llama folder, checkpoint.pt) -> mmfm.interop.load_open_flamingo
+    -> the same logits; and mmfm's state written back under OpenFlamingo's names -> the same logits."""
+    import json
+
+    from open_clip.model import CLIP as OpenCLIP
+    from open_flamingo.src.flamingo import Flamingo as OFFlamingo
+    from open_flamingo.src.flamingo_lm import FlamingoLMMixin
+    from open_flamingo.src.utils import extend_instance
+    from safetensors.torch import save_file
+
+    from mmfm.interop.open_flamingo import load_open_flamingo, open_flamingo_state_dict
+    from tests.lm_helpers import save_hf_folder, tiny_llama, tiny_tokenizer
+
+    V = 384
+
+    def reference(seed):
+        torch.manual_seed(seed)
+        oc_cfg = {"embed_dim": 24, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 48, "layers": 2, "head_width": 16},
+                  "text_cfg": {"context_length": 16, "vocab_size": 99, "width": 40, "heads": 5, "layers": 2}}
+        clip = OpenCLIP(**oc_cfg).eval()
+        lm = tiny_llama(V, seed=seed, tie=False, layers=4)
+        return oc_cfg, clip, lm
+
+    oc_cfg, clip, lm = reference(0)
+    (tmp_path / "oc").mkdir()
+    (tmp_path / "oc" / "open_clip_config.json").write_text(json.dumps({"model_cfg": oc_cfg, "preprocess_cfg": {}}))
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, tmp_path / "oc" / "open_clip_model.safetensors")
+    save_hf_folder(lm, tmp_path / "llama", tiny_tokenizer(V)[0])
+
+    def wrap(clip, lm):
+        clip.visual.output_tokens = True
+        extend_instance(lm, FlamingoLMMixin)
+        lm.set_decoder_layers_attr_name("model.layers")
+        lm.resize_token_embeddings(V + 3)  # <|endofchunk|>, <image>, <PAD>, as OpenFlamingo's factory adds them
+        return OFFlamingo(clip, lm, eoc_token_id=V, media_token_id=V + 1, vis_dim=48, cross_attn_every_n_layers=2).eval()
+
+    ref = wrap(clip, lm)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.endswith(("attn_gate", "ff_gate")):
+                p.fill_(0.6)
+            elif name.startswith("perceiver.") or "gated_cross_attn" in name:
+                p.add_(0.02 * torch.randn_like(p))
+    torch.save(ref.state_dict(), tmp_path / "checkpoint.pt")
+    ours = load_open_flamingo(tmp_path / "checkpoint.pt", tmp_path / "oc", tmp_path / "llama")
+    assert ours.config.cross_attn_every_n_layers == 2 and ours.config.num_latents == 64
+    assert (ours.config.image_token_id, ours.config.eoc_token_id, ours.config.new_tokens) == (V + 1, V, 3)
+    ids = torch.tensor([[5, V + 1, 7, 8, V, V + 1, 9, 10, 11, V, 12]])
+    vx = torch.randn(1, 2, 1, 3, 32, 32)
+    with torch.no_grad():
+        want = ref(vx, ids).logits
+        got = ours(ids, vx).logits
+    assert got.shape == want.shape
+    assert (got - want).abs().max() <= 1e-5
+    # and back: a fresh OpenFlamingo model with the same frozen parts takes mmfm's learned parts by name
+    back = wrap(*reference(0)[1:])
+    missing, unexpected = back.load_state_dict(open_flamingo_state_dict(ours), strict=False)
+    assert not unexpected and not any(k.startswith("perceiver.") or "gated" in k for k in missing)
+    with torch.no_grad():
+        assert (back(vx, ids).logits - want).abs().max() <= 1e-5

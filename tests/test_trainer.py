@@ -107,3 +107,20 @@ def test_weight_decay_groups():
     nd_names = {n for n, p in clip.named_parameters() if any(p is q for q in nd["params"])}
     assert {"logit_scale", "visual.pos_embed", "visual.class_token", "text.pos_embed", "text.token_embed.weight"} <= nd_names
     assert all(p.ndim >= 2 for p in d["params"])
+
+
+def test_lr_scale_groups_follow_the_schedule(tmp_path):
+    """A parameter with `lr_scale` (Flamingo's gated blocks) learns at lr * scale, warmup and cosine included."""
+    toy = _Toy()
+    toy.model[2].weight.lr_scale = 10.0
+    toy.model[2].bias.lr_scale = 10.0
+    groups = param_groups(toy, 0.1, lr=1e-3)
+    assert len(groups) == 4
+    scaled = [g for g in groups if "lr" in g]
+    assert {g["weight_decay"] for g in scaled} == {0.1, 0.0} and all(g["lr"] == 1e-2 for g in scaled)
+    with pytest.raises(ValueError):
+        param_groups(toy, 0.1)
+    cfg = TrainConfig(steps=4, batch_size=4, lr=1e-3, warmup=2, progress=False, log_every=1)
+    tr = Trainer(toy, cfg, lambda s, m, r, w: torch.randint(0, 10, (4,)), tmp_path)
+    lrs = [g["lr"] for g in tr.opt.param_groups]
+    assert sorted(lrs) == [5e-4, 5e-4, 5e-3, 5e-3]  # warmup step 1 of 2: half of each group's lr

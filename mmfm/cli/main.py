@@ -31,7 +31,7 @@ experiment_app = typer.Typer(help="Experiments that reproduce a claim of the cou
 
 
 def _register() -> None:
-    from mmfm.cli import chain, clip, coca, compositionality, llava, lm, quickstart, sam, world
+    from mmfm.cli import chain, clip, coca, compositionality, flamingo, llava, lm, quickstart, sam, world
 
     app.add_typer(world.app, name="world")
     app.add_typer(train_app, name="train")
@@ -50,6 +50,10 @@ def _register() -> None:
     eval_app.command(name="llava")(llava.eval_llava)
     app.command(name="ask")(llava.ask)
     app.command(name="point")(llava.point)
+    train_app.command(name="flamingo")(flamingo.train_flamingo)
+    eval_app.command(name="flamingo")(flamingo.eval_flamingo)
+    app.command(name="fewshot", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+        flamingo.fewshot)
     eval_app.command(name="compositionality")(compositionality.eval_compositionality)
     train_app.command(name="negclip")(compositionality.train_negclip)
     app.add_typer(experiment_app, name="experiment")

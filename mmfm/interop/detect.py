@@ -100,10 +100,14 @@ def load(path_or_id, **kwargs):
 
 
 def _load_llava(path: Path, dtype="float32", **_):
-    """An mmfm LLaVA folder or a transformers LlavaForConditionalGeneration folder, else None."""
+    """An mmfm LLaVA or Flamingo folder or a transformers LlavaForConditionalGeneration folder, else None."""
     if not (path.is_dir() and (path / "config.json").is_file()):
         return None
     mt = read_json(path / "config.json").get("model_type")
+    if mt == "mmfm-flamingo":
+        from mmfm.models.flamingo import load_mmfm_flamingo
+
+        return load_mmfm_flamingo(path, dtype=dtype)
     if mt == "mmfm-llava":
         from mmfm.models.llava import load_mmfm_llava
 

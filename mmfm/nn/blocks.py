@@ -212,9 +212,13 @@ class Transformer(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x, mask=None, is_causal=False, rope=None, caches=None, context=None,
-                context_mask=None, output_hidden_states: bool = False):
+                context_mask=None, output_hidden_states: bool = False, before_layer=None):
+        """before_layer(i, x) -> x, when given, runs before block i (Flamingo's gated cross-attention
+        sits there, outside the frozen blocks)."""
         hidden = [x] if output_hidden_states else None
         for i, blk in enumerate(self.blocks):
+            if before_layer is not None:
+                x = before_layer(i, x)
             cache = caches[i] if caches is not None else None
             if self.grad_checkpointing and self.training and cache is None:
                 x = checkpoint(blk, x, mask, is_causal, rope, None, context, context_mask, use_reentrant=False)

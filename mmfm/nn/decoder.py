@@ -136,9 +136,11 @@ class DecoderLM(nn.Module):
         logits_to_keep: int = 0,
         output_hidden_states: bool = False,
         compute_logits: bool = True,
+        before_layer=None,
     ) -> DecoderOutput:
         """compute_logits=False skips the LM head (logits is None): a trainer that needs logits only at
-        its supervised positions applies `lm_head` to those rows of `last_hidden` itself."""
+        its supervised positions applies `lm_head` to those rows of `last_hidden` itself.
+        before_layer(i, x) -> x runs before block i (Flamingo inserts its gated cross-attention there)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)
@@ -167,7 +169,7 @@ class DecoderLM(nn.Module):
         else:
             x = x + self.pos_embed(position_ids)
         h, hidden = self.transformer(x, mask=mask, is_causal=is_causal, rope=rope, caches=caches,
-                                     output_hidden_states=output_hidden_states)
+                                     output_hidden_states=output_hidden_states, before_layer=before_layer)
         h = self.norm(h)
         logits = None
         if compute_logits:

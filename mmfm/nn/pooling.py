@@ -72,9 +72,10 @@ class PerceiverLayer(nn.Module):
 
 class PerceiverResampler(nn.Module):
     def __init__(self, dim: int, depth: int = 6, dim_head: int = 64, heads: int = 8, num_latents: int = 64,
-                 max_num_media: int | None = None, max_num_frames: int | None = None, ff_mult: int = 4):
+                 max_num_media: int | None = None, max_num_frames: int | None = None, ff_mult: int = 4,
+                 latent_init_std: float = 1.0):
         super().__init__()
-        self.latents = nn.Parameter(torch.randn(num_latents, dim))
+        self.latents = nn.Parameter(torch.randn(num_latents, dim) * latent_init_std)  # OpenFlamingo: N(0, 1)
         self.frame_embs = nn.Parameter(torch.randn(max_num_frames, dim)) if max_num_frames else None
         self.media_time_embs = nn.Parameter(torch.randn(max_num_media, 1, dim)) if max_num_media else None
         self.layers = nn.ModuleList(PerceiverLayer(dim, dim_head, heads, ff_mult) for _ in range(depth))

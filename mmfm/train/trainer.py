@@ -59,11 +59,13 @@ class TrainConfig:
         return self
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict]:
     """Weight decay on weight matrices only: not on norms, biases, embeddings (token, position,
-    class token) or the temperature."""
+    class token) or the temperature. A parameter with an `lr_scale` attribute (Flamingo's gates) gets
+    its own group at lr * lr_scale."""
     no_decay_modules = (nn.LayerNorm, nn.Embedding)
-    decay, no_decay, seen = [], [], set()
+    groups: dict[tuple, list] = {}
+    seen = set()
     for mod in model.modules():
         for name, p in mod.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
@@ -71,8 +73,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             seen.add(id(p))
             skip = (isinstance(mod, no_decay_modules) or type(mod).__name__ == "RMSNorm" or p.ndim < 2
                     or name in ("bias", "pos_embed", "class_token", "logit_scale", "logit_bias"))
-            (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups.setdefault((not skip, float(getattr(p, "lr_scale", 1.0))), []).append(p)
+    out = [{"params": groups.pop((True, 1.0), []), "weight_decay": weight_decay},
+           {"params": groups.pop((False, 1.0), []), "weight_decay": 0.0}]
+    for (decay, scale), params in sorted(groups.items()):
+        if lr is None:
+            raise ValueError("parameters with an lr_scale need the base lr")
+        out.append({"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale})
+    return out
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -107,7 +115,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.wrapped = DistributedDataParallel(module)
-        self.opt = torch.optim.AdamW(param_groups(module, config.weight_decay), lr=config.lr, betas=tuple(config.betas),
+        self.opt = torch.optim.AdamW(param_groups(module, config.weight_decay, config.lr), lr=config.lr, betas=tuple(config.betas),
                                      eps=config.eps)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(config))
         self.step = 0
