@@ -98,7 +98,7 @@ class WorldEpisodes:
         return ep
 
     def batch(self, step: int, micro: int = 0, rank: int = 0, world_size: int = 1, accum: int = 1) -> dict:
-        from mmfm.data.llava_world import world_pixels
+        from mmfm.data.llava_world import collate, world_pixels
 
         per = self.batch_size // (world_size * accum)
         start = ((step * accum + micro) * world_size + rank) * per
@@ -120,15 +120,4 @@ class WorldEpisodes:
         return collate(rows, labels, torch.stack(images), self.tokenizer.pad_token_id)
 
 
-def collate(rows: list[list[int]], labels: list[list[int]], pixels: torch.Tensor, pad_id: int) -> dict:
-    """Right-padded (causal attention needs no mask; padding carries IGNORE labels)."""
-    n = max(len(r) for r in rows)
-    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
-    lab = torch.full((len(rows), n), IGNORE, dtype=torch.long)
-    for k, (r, lb) in enumerate(zip(rows, labels)):
-        ids[k, : len(r)] = torch.tensor(r)
-        lab[k, : len(lb)] = torch.tensor(lb)
-    return {"input_ids": ids, "labels": lab, "pixels": pixels}
-
-
-__all__ = ["WorldEpisodes", "flamingo_labels", "chunk", "episode_prompt", "collate", "TRAIN_WORDS", "TASKS"]
+__all__ = ["WorldEpisodes", "flamingo_labels", "chunk", "episode_prompt", "TRAIN_WORDS", "TASKS"]
