@@ -124,3 +124,43 @@ def test_lr_scale_groups_follow_the_schedule(tmp_path):
     tr = Trainer(toy, cfg, lambda s, m, r, w: torch.randint(0, 10, (4,)), tmp_path)
     lrs = [g["lr"] for g in tr.opt.param_groups]
     assert sorted(lrs) == [5e-4, 5e-4, 5e-3, 5e-3]  # warmup step 1 of 2: half of each group's lr
+
+
+class _Frozen(_Toy):
+    checkpoint_trainable_only = True
+
+    def __init__(self):
+        super().__init__()
+        self.model[0].requires_grad_(False)  # a frozen embedding, as LLaVA's / Flamingo's LM
+
+
+def test_trainable_only_checkpoints_resume_exactly(tmp_path):
+    class Crash(Exception):
+        pass
+
+    def run(out, crash_at=None, resume=False):
+        torch.manual_seed(0)
+        m = _Frozen()
+        cfg = TrainConfig(steps=6, batch_size=4, lr=1e-2, warmup=1, progress=False, log_every=1, save_every=3)
+
+        def batch(s, mi, r, w):
+            if s == crash_at:
+                raise Crash  # dies after the step-3 checkpoint, as a killed run
+            return torch.arange(4) + s % 6
+
+        tr = Trainer(m, cfg, batch, out)
+        try:
+            tr.train(resume=resume)
+        except Crash:
+            pass
+        return m
+
+    full = run(tmp_path / "a")
+    run(tmp_path / "b", crash_at=4)
+    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 3
+    assert "model.0.weight" not in state["model"] and "model.2.weight" in state["model"]  # frozen table not saved
+    resumed = run(tmp_path / "b", resume=True)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)

@@ -80,6 +80,8 @@ def build_world_flamingo(vision_dir=None, lm=None, seed: int = 0, **model_kwargs
 
 
 class FlamingoTrainModule(nn.Module):
+    checkpoint_trainable_only = True  # the frozen LM and tower are rebuilt on resume
+
     def __init__(self, model: Flamingo):
         super().__init__()
         self.model = model

@@ -86,6 +86,8 @@ def build_world_llava(vision_dir=None, lm=None, seed: int = 0, **model_kwargs) -
 
 
 class LlavaTrainModule(nn.Module):
+    checkpoint_trainable_only = True  # the frozen LM and tower are rebuilt on resume
+
     def __init__(self, model: Llava):
         super().__init__()
         self.model = model

@@ -125,11 +125,21 @@ class Trainer:
     def ckpt_path(self) -> Path:
         return self.out / "checkpoint.pt"
 
+    def _model_state(self) -> dict:
+        """The module's state; without the frozen parameters when the module sets
+        `checkpoint_trainable_only` (LLaVA, Flamingo: the frozen LM is rebuilt from its package on
+        resume, and would make every checkpoint ~0.7 GB instead of a few tens of MB)."""
+        sd = self.module.state_dict()
+        if not getattr(self.module, "checkpoint_trainable_only", False):
+            return sd
+        frozen = {n for n, p in self.module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+        return {k: v for k, v in sd.items() if k not in frozen}
+
     def save(self) -> None:
         if self.rank == 0:
             state = {
                 "step": self.step,
-                "model": self.module.state_dict(),
+                "model": self._model_state(),
                 "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(),
                 "rng": _rng_state(),
@@ -153,7 +163,14 @@ class Trainer:
             if saved.get(key) != asdict(self.cfg).get(key):
                 raise TrainingError(f"--resume: the checkpoint was made with {key}={saved.get(key)}, "
                                     f"this run asks for {asdict(self.cfg).get(key)}; use the same settings")
-        self.module.load_state_dict(state["model"])
+        if getattr(self.module, "checkpoint_trainable_only", False):
+            missing, unexpected = self.module.load_state_dict(state["model"], strict=False)
+            learned = {n for n, p in self.module.named_parameters(remove_duplicate=False) if p.requires_grad}
+            if unexpected or learned & set(missing):
+                raise TrainingError(f"--resume: the checkpoint does not match this model (missing learned "
+                                    f"{sorted(learned & set(missing))[:3]}, unexpected {unexpected[:3]})")
+        else:
+            self.module.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
