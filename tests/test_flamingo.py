@@ -65,6 +65,11 @@ def test_at_init_logits_equal_the_frozen_lm_exactly_with_images():
         for b in m.xattn.values():
             b.attn_gate.fill_(1.0)
         assert (m(ids, pix).logits[..., :V] - ref)[:, 1:].abs().max() > 1e-3
+        # a text-only prompt gets the gated feed-forward whether no media or zero images are passed
+        for b in m.xattn.values():
+            b.ff_gate.fill_(0.5)
+        assert torch.equal(m(text).logits, m(text, pix[:, :0]).logits)
+        assert not torch.equal(m(text).logits[..., :V], m.lm(text).logits)
 
 
 def test_real_smollm2_flamingo_at_init_is_smollm2():

@@ -220,8 +220,6 @@ class Flamingo(nn.Module):
             if block is None:
                 return h
             kv = caches.media_kv[str(i)] if caches is not None else None
-            if media is None and (kv is None or not kv.filled):
-                return h  # no image anywhere: the block would add nothing (its text sees no image)
             return block(h, media, text_time, cache=kv)
 
         out = self.lm(inputs_embeds=x, attention_mask=attention_mask, position_ids=position_ids, caches=caches,

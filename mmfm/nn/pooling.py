@@ -147,7 +147,11 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff_gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, x, media, text_time, cache: StaticKV | None = None):
-        x = x + torch.tanh(self.attn_gate).to(x.dtype) * self.attn(x, media, text_time, cache)
+        """Without any media (None or zero images, and nothing cached) the attention term is skipped
+        (no text token could see an image); the gated feed-forward applies to every token, as in
+        OpenFlamingo, where it also runs on the text before the first image."""
+        if (cache is not None and cache.filled) or (media is not None and media.shape[1] > 0):
+            x = x + torch.tanh(self.attn_gate).to(x.dtype) * self.attn(x, media, text_time, cache)
         return x + torch.tanh(self.ff_gate).to(x.dtype) * self.ff(x)
 
 
