@@ -49,23 +49,32 @@ class Rices:
         x = torch.stack([self.pre(im) for im in images])
         return self.clip.encode_image(x, normalize=True).float()
 
+    def ranking(self, query, candidates) -> list[int]:
+        """Candidate indices, most similar to the query first."""
+        sims = self.embed(candidates) @ self.embed([query])[0]
+        return sims.argsort(descending=True).tolist()
+
     def top(self, query, candidates, k: int) -> list[int]:
         """Indices of the k candidates most similar to the query, least similar first."""
-        sims = self.embed(candidates) @ self.embed([query])[0]
-        return list(reversed(sims.argsort(descending=True)[:k].tolist()))
+        return list(reversed(self.ranking(query, candidates)[:k]))
 
 
-def _demos(world: World, split: str, index: int, task: str, shots: int, selection: str, rices: Rices | None):
-    """(query (image, prompt, answer), demonstrations [(image, prompt, answer)]) for one episode."""
+def _demos(world: World, split: str, index: int, task: str, shots: int, selection: str, rices: Rices | None,
+           ranked: dict):
+    """(query (image, prompt, answer), demonstrations [(image, prompt, answer)]) for one episode. RICES
+    ranks an episode's pool once (`ranked`, keyed by task and index) for every number of shots."""
     if selection == "random" or shots == 0:
         ep = world.episode(split, index, task, shots=max(shots, 2))
         return (ep.query[0].image, ep.query[1], ep.query[2]), [(r.image, p, a) for r, p, a in ep.demos]
     if selection != "rices":
         raise ConfigError(f"unknown demonstration selection {selection!r}; use random or rices")
-    ep = world.episode(split, index, task, shots=POOL)
-    pool = [(r.image, p, a) for r, p, a in ep.demos]
-    idx = rices.top(ep.query[0].image, [x[0] for x in pool], shots)
-    return (ep.query[0].image, ep.query[1], ep.query[2]), [pool[i] for i in idx]
+    if (task, index) not in ranked:
+        ep = world.episode(split, index, task, shots=POOL)
+        pool = [(r.image, p, a) for r, p, a in ep.demos]
+        order = rices.ranking(ep.query[0].image, [x[0] for x in pool])
+        ranked[(task, index)] = (ep.query[0].image, ep.query[1], ep.query[2]), [pool[i] for i in order]
+    query, by_similarity = ranked[(task, index)]
+    return query, list(reversed(by_similarity[:shots]))
 
 
 def fewshot_prompt(demos: list[tuple], query_prompt: str, shots: int) -> tuple[str, int]:
@@ -89,13 +98,14 @@ def evaluate_fewshot(model, tasks=EVAL_TASKS, shots=(0, 4, 8), n: int = 60, spli
     if "rices" in selections and rices is None:
         rices = Rices()
     results: dict = {"split": split, "n": n, "tasks": {}}
+    ranked: dict = {}
     bar = tqdm(total=len(tasks) * len(selections) * len(shots) * n, desc="few-shot", disable=not progress)
     for task in tasks:
         per_task = results["tasks"].setdefault(task, {})
         for sel in selections:
             row = per_task.setdefault(sel, {})
             for k in shots:
-                items = [_demos(world, split, offset + i, task, k, sel, rices) for i in range(n)]
+                items = [_demos(world, split, offset + i, task, k, sel, rices, ranked) for i in range(n)]
                 correct, answerable, examples = 0, 0, []
                 for b in range(0, n, batch_size):
                     chunk = items[b : b + batch_size]

@@ -137,6 +137,7 @@ def load_open_flamingo(checkpoint, vision, lm, *, image_token_id: int | None = N
     import mmfm
     from mmfm.checkpoint import load_strict
     from mmfm.interop.hf_llava import _after_meta
+    from mmfm.lm.frozen_base import tower_state
     from mmfm.lm.model import LanguageModel, as_dtype
     from mmfm.models.clip import CLIP
     from mmfm.models.flamingo import Flamingo, FlamingoConfig
@@ -178,9 +179,7 @@ def load_open_flamingo(checkpoint, vision, lm, *, image_token_id: int | None = N
         eoc_token_id=vocab if eoc_token_id is None else eoc_token_id)
     with torch.device("meta"):
         model = Flamingo(cfg)
-    state = {"vision." + k[len("visual."):]: v for k, v in clip.state_dict().items() if k.startswith("visual.")}
-    own = set(model.vision.state_dict())
-    state = {k: v for k, v in state.items() if k[len("vision."):] in own}
+    state = tower_state(clip, model.vision)  # the CLIP's head is not part of the tower
     state.update({"lm." + k: v for k, v in lm.model.state_dict().items()})
     state.update({"resampler." + k: v for k, v in resampler.items()})
     for i, block in gated.items():

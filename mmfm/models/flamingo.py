@@ -17,7 +17,6 @@ With the KV cache, the media's keys / values are projected once per generation (
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -313,17 +312,11 @@ class Flamingo(nn.Module):
     def save_pretrained(self, folder) -> Path:
         """config.json + model.safetensors (+ tokenizer). With base_lm set, the frozen LM's weights are
         left out: they come from their package."""
-        from mmfm.checkpoint import save_safetensors
+        from mmfm.lm.frozen_base import save_learned
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        sd = dict(self.state_dict())
-        if self.config.lm.tie_embeddings:
-            sd.pop("lm.lm_head.weight", None)
-        if self.config.base_lm:
-            sd = {k: v for k, v in sd.items() if not k.startswith("lm.")}
-        (folder / "config.json").write_text(json.dumps({"model_type": "mmfm-flamingo", **self.config.to_dict()}, indent=2))
-        save_safetensors(sd, folder / "model.safetensors", metadata={"format": "mmfm-flamingo"})
+        save_learned(self, folder, "mmfm-flamingo")
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder)
         return folder
@@ -357,35 +350,12 @@ def add_flamingo_tokens(tokenizer, vocab_size: int):
 
 
 def load_mmfm_flamingo(folder, dtype="float32") -> Flamingo:
-    from mmfm.checkpoint import load_state_dict, load_strict, read_json
-    from mmfm.interop.hf_llava import _after_meta
-    from mmfm.lm.model import as_dtype
-    from mmfm.lm.tokenizer import LMTokenizer
+    """An mmfm Flamingo folder; with base_lm set, the frozen LM comes from its package and gets the
+    two new tokens added to its tokenizer."""
+    from mmfm.lm.frozen_base import load_learned
 
-    folder = Path(folder)
-    dtype = as_dtype(dtype)
-    try:
-        config = FlamingoConfig.from_dict(read_json(folder / "config.json"))
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{folder}: bad Flamingo config: {e}") from e
-    sd = load_state_dict(folder / "model.safetensors")
-    tokenizer = LMTokenizer.from_pretrained(folder) if (folder / "tokenizer.json").is_file() else None
-    if config.base_lm == "smollm2":
-        from mmfm.lm.model import load_lm, smollm2_path
-
-        base = load_lm(smollm2_path(), dtype=dtype)
-        if base.config.to_dict() | {"extra": {}} != config.lm.to_dict() | {"extra": {}}:
-            raise CheckpointError(f"{folder}: the installed SmolLM2 does not have the LM config this model was trained on")
-        sd.update({"lm." + k: v for k, v in base.model.state_dict().items()})
-        tokenizer = tokenizer or add_flamingo_tokens(base.tokenizer, config.lm.vocab_size)
-    with torch.device("meta"):
-        model = Flamingo(config)
-    if config.lm.tie_embeddings:
-        sd["lm.lm_head.weight"] = sd["lm.embed.weight"]
-    load_strict(model, {k: v.to(dtype) for k, v in sd.items()}, str(folder), assign=True)
-    _after_meta(model)
-    model.tokenizer = tokenizer
-    return model.to(dtype).eval()
+    return load_learned(folder, Flamingo, FlamingoConfig, "Flamingo", dtype,
+                        base_tokenizer=lambda tok, c: add_flamingo_tokens(tok, c.lm.vocab_size))
 
 
 __all__ = ["Flamingo", "FlamingoConfig", "FlamingoCaches", "add_flamingo_tokens", "load_mmfm_flamingo",

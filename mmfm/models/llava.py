@@ -14,7 +14,6 @@ never embed it), so a pretrained LM is used as it is, without resizing its embed
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -291,8 +290,6 @@ class Llava(nn.Module):
         """mmfm: config.json + model.safetensors (+ the tokenizer). With base_lm set, the base LM's
         frozen weights are left out (they come from their package), so a LoRA-tuned model is a few MB.
         hf: a folder transformers' LlavaForConditionalGeneration loads (adapters merged)."""
-        from mmfm.checkpoint import save_safetensors
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if format == "hf":
@@ -300,13 +297,9 @@ class Llava(nn.Module):
 
             save_hf_llava(self, folder)
         elif format == "mmfm":
-            sd = {k: v for k, v in self.state_dict().items()}
-            if self.config.lm.tie_embeddings:
-                sd.pop("lm.lm_head.weight", None)
-            if self.config.base_lm:
-                sd = {k: v for k, v in sd.items() if not k.startswith("lm.") or k.endswith((".lora_a", ".lora_b"))}
-            (folder / "config.json").write_text(json.dumps({"model_type": "mmfm-llava", **self.config.to_dict()}, indent=2))
-            save_safetensors(sd, folder / "model.safetensors", metadata={"format": "mmfm-llava"})
+            from mmfm.lm.frozen_base import save_learned
+
+            save_learned(self, folder, "mmfm-llava", keep_lm=(".lora_a", ".lora_b"))
         else:
             raise ConfigError(f"unknown format {format!r}; use mmfm or hf")
         if self.tokenizer is not None:
@@ -326,36 +319,9 @@ class Llava(nn.Module):
 def load_mmfm_llava(folder, dtype="float32") -> Llava:
     """An mmfm LLaVA folder. With base_lm set, the base LM's weights come from that package and the
     folder's LoRA adapters, projector and vision tower are laid over them."""
-    from mmfm.checkpoint import load_state_dict, load_strict, read_json
-    from mmfm.interop.hf_llava import _after_meta
-    from mmfm.lm.model import as_dtype
-    from mmfm.lm.tokenizer import LMTokenizer
+    from mmfm.lm.frozen_base import load_learned
 
-    folder = Path(folder)
-    dtype = as_dtype(dtype)
-    cfg = read_json(folder / "config.json")
-    try:
-        config = LlavaConfig.from_dict(cfg)
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{folder}: bad LLaVA config: {e}") from e
-    sd = load_state_dict(folder / "model.safetensors")
-    tokenizer = LMTokenizer.from_pretrained(folder) if (folder / "tokenizer.json").is_file() else None
-    if config.base_lm == "smollm2":
-        from mmfm.lm.model import load_lm, smollm2_path
-
-        base = load_lm(smollm2_path(), dtype=dtype)
-        if base.config.to_dict() | {"extra": {}} != config.lm.to_dict() | {"extra": {}}:
-            raise CheckpointError(f"{folder}: the installed SmolLM2 does not have the LM config this model was trained on")
-        sd.update({"lm." + k: v for k, v in base.model.state_dict().items()})
-        tokenizer = tokenizer or base.tokenizer
-    with torch.device("meta"):
-        model = Llava(config)
-    if config.lm.tie_embeddings:
-        sd["lm.lm_head.weight"] = sd["lm.embed.weight"]
-    load_strict(model, {k: v.to(dtype) for k, v in sd.items()}, str(folder), assign=True)
-    _after_meta(model)
-    model.tokenizer = tokenizer
-    return model.to(dtype).eval()
+    return load_learned(folder, Llava, LlavaConfig, "LLaVA", dtype)
 
 
 __all__ = ["Llava", "LlavaConfig", "load_mmfm_llava"]

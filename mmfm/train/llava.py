@@ -55,6 +55,7 @@ def build_world_llava(vision_dir=None, lm=None, seed: int = 0, **model_kwargs) -
     a freshly initialised projector."""
     import mmfm
     from mmfm.interop.hf_llava import _after_meta
+    from mmfm.lm.frozen_base import tower_state
     from mmfm.lm.model import load_lm, smollm2_path
     from mmfm.models.clip import CLIP
     from mmfm.weights import path as weights_path
@@ -68,9 +69,7 @@ def build_world_llava(vision_dir=None, lm=None, seed: int = 0, **model_kwargs) -
                          vision_norm_eps=c.norm_eps, base_lm="smollm2", **model_kwargs)
     with torch.device("meta"):
         model = Llava(config)
-    sd = {"vision." + k[len("visual."):]: v for k, v in clip.state_dict().items() if k.startswith("visual.")}
-    own = set(model.vision.state_dict())
-    sd = {k: v for k, v in sd.items() if k[len("vision."):] in own}  # the CLIP head is not part of LLaVA
+    sd = tower_state(clip, model.vision)  # the CLIP's head is not part of the tower
     sd.update({"lm." + k: v for k, v in lm.model.state_dict().items()})
     torch.manual_seed(seed)
     with torch.device("cpu"):

@@ -1,0 +1,72 @@
+"""Folders of models built on a frozen decoder LM (LLaVA, Flamingo). With `config.base_lm` set
+("smollm2"), the folder holds only what the model learned (and its vision tower); the LM's weights are
+read from their package when it loads, and must have the config the model was trained on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from mmfm.errors import CheckpointError, ConfigError
+
+
+def tower_state(clip, tower, prefix: str = "vision.") -> dict[str, torch.Tensor]:
+    """A CLIP's `visual.*` weights renamed for a headless copy of its tower (`tower`); the CLIP's
+    head (pooler, ln_post, projection) is kept only where `tower` has it."""
+    own = set(tower.state_dict())
+    return {prefix + k[len("visual."):]: v for k, v in clip.state_dict().items()
+            if k.startswith("visual.") and k[len("visual."):] in own}
+
+
+def save_learned(model, folder: Path, model_type: str, keep_lm: tuple[str, ...] = ()) -> None:
+    """config.json + model.safetensors; a tied LM head is not written twice, and with base_lm set the
+    LM's weights are left out except keys ending in `keep_lm` (LoRA adapters)."""
+    from mmfm.checkpoint import save_safetensors
+
+    sd = dict(model.state_dict())
+    if model.config.lm.tie_embeddings:
+        sd.pop("lm.lm_head.weight", None)
+    if model.config.base_lm:
+        sd = {k: v for k, v in sd.items() if not k.startswith("lm.") or (keep_lm and k.endswith(keep_lm))}
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type, **model.config.to_dict()}, indent=2))
+    save_safetensors(sd, folder / "model.safetensors", metadata={"format": model_type})
+
+
+def load_learned(folder, model_cls, config_cls, what: str, dtype="float32", base_tokenizer=None):
+    """The inverse of save_learned: config, weights, the base LM from its package when base_lm is set,
+    the tokenizer of the folder (else the base LM's, passed through `base_tokenizer(tok, config)`)."""
+    from mmfm.checkpoint import load_state_dict, load_strict, read_json
+    from mmfm.interop.hf_llava import _after_meta
+    from mmfm.lm.model import as_dtype
+    from mmfm.lm.tokenizer import LMTokenizer
+
+    folder = Path(folder)
+    dtype = as_dtype(dtype)
+    try:
+        config = config_cls.from_dict(read_json(folder / "config.json"))
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{folder}: bad {what} config: {e}") from e
+    sd = load_state_dict(folder / "model.safetensors")
+    tokenizer = LMTokenizer.from_pretrained(folder) if (folder / "tokenizer.json").is_file() else None
+    if config.base_lm == "smollm2":
+        from mmfm.lm.model import load_lm, smollm2_path
+
+        base = load_lm(smollm2_path(), dtype=dtype)
+        if base.config.to_dict() | {"extra": {}} != config.lm.to_dict() | {"extra": {}}:
+            raise CheckpointError(f"{folder}: the installed SmolLM2 does not have the LM config this model was trained on")
+        sd.update({"lm." + k: v for k, v in base.model.state_dict().items()})
+        if tokenizer is None:
+            tokenizer = base_tokenizer(base.tokenizer, config) if base_tokenizer else base.tokenizer
+    with torch.device("meta"):
+        model = model_cls(config)
+    if config.lm.tie_embeddings:
+        sd["lm.lm_head.weight"] = sd["lm.embed.weight"]
+    load_strict(model, {k: v.to(dtype) for k, v in sd.items()}, str(folder), assign=True)
+    _after_meta(model)
+    model.tokenizer = tokenizer
+    return model.to(dtype).eval()
+
+
+__all__ = ["tower_state", "save_learned", "load_learned"]
