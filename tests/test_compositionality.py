@@ -165,6 +165,32 @@ def test_negclip_loss_equals_a_direct_computation():
     assert got > clip_loss(img, txt, scale)  # negatives only add competition
 
 
+def test_negclip_loss_drops_texts_identical_to_a_rows_caption():
+    from mmfm.train.losses import clip_loss, text_keys
+
+    g = torch.Generator().manual_seed(1)
+    img, txt, neg = (F.normalize(torch.randn(4, 8, generator=g), dim=-1) for _ in range(3))
+    # rows 0 and 1 share a caption; row 2's hard negative is row 3's caption (an attribute-swapped pair)
+    ids = torch.tensor([[5, 6, 7], [5, 6, 7], [8, 9, 10], [10, 9, 8]])
+    neg_ids = torch.tensor([[1, 2, 3], [2, 3, 4], [10, 9, 8], [4, 5, 6]])
+    keys, nkeys = text_keys(ids), text_keys(neg_ids)
+    assert keys[0] == keys[1] and nkeys[2] == keys[3] and len({*keys[1:].tolist(), *nkeys.tolist()}) == 6
+    scale = torch.tensor(10.0)
+    got = clip_loss(img, txt, scale, negatives=neg, keys=keys, negative_keys=nkeys)
+    cand_keys = torch.cat([keys, nkeys])
+    li, lt = [], []
+    for i in range(4):
+        row = torch.cat([txt, neg]) @ img[i] * 10
+        keep = (cand_keys != keys[i]) | (torch.arange(8) == i)
+        li.append(-(row[i] - torch.logsumexp(row[keep], 0)))
+        col = img @ txt[i] * 10
+        keep = (keys != keys[i]) | (torch.arange(4) == i)
+        lt.append(-(col[i] - torch.logsumexp(col[keep], 0)))
+    assert torch.allclose(got, (torch.stack(li).mean() + torch.stack(lt).mean()) / 2, atol=1e-6)
+    # without keys, row 3 is pushed away from its own caption (row 2's negative): a larger loss
+    assert clip_loss(img, txt, scale, negatives=neg) > got
+
+
 def test_negclip_batches_pair_scenes_with_neighbours_and_never_name_held_out_pairs():
     import mmfm
     from mmfm.train.negclip import NegCLIPData, names_held_out

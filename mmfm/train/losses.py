@@ -26,13 +26,39 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x), 0)
 
 
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """(B, ...) on each rank -> (world * B, ...), for tensors that carry no gradient (ids, keys)."""
+    rank, world = _world()
+    if world == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, 0)
+
+
+def text_keys(ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) token ids -> (B,) int64 keys, equal for identical rows (a polynomial hash mod 2**61 - 1)."""
+    p, m = 1_000_003, (1 << 61) - 1
+    key = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+    for t in range(ids.shape[1]):  # Horner's rule; every product stays below 2**63
+        key = ((key * p) % m + ids[:, t].long() + 1) % m
+    return key
+
+
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-              negatives: torch.Tensor | None = None) -> torch.Tensor:
+              negatives: torch.Tensor | None = None, keys: torch.Tensor | None = None,
+              negative_keys: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE, averaged over both directions: (CE(image->text) + CE(text->image)) / 2.
 
     features: (B, D) L2-normalised on this rank; logit_scale: the exp'd temperature. Across ranks the
     local rows are scored against the gathered global batch. `negatives` (N, D), if given, are extra
-    text embeddings that enter only the image->text softmax (NegCLIP's hard negatives)."""
+    text embeddings that enter only the image->text softmax (NegCLIP's hard negatives).
+
+    `keys` (B,) / `negative_keys` (N,) (e.g. `text_keys(ids)`) drop false negatives: a text identical to
+    a row's own caption is not scored against it (another image with the same caption, or another
+    row's hard negative that is this row's caption), and an image whose caption is the row's caption
+    is not a negative for that caption. Without them, a batch that holds a scene and its attribute-
+    swapped neighbour asks the model to push each image away from its own caption."""
     rank, world = _world()
     all_img = gather_with_grad(image_features)
     all_txt = gather_with_grad(text_features)
@@ -41,4 +67,14 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     texts = all_txt if negatives is None else torch.cat([all_txt, gather_with_grad(negatives)], 0)
     logits_i = logit_scale * image_features @ texts.T
     logits_t = logit_scale * text_features @ all_img.T
+    if keys is not None:
+        all_keys = gather_no_grad(keys)
+        cand = all_keys if negatives is None else torch.cat([all_keys, gather_no_grad(negative_keys)], 0)
+        rows = torch.arange(b, device=keys.device)
+        same_i = cand[None, :] == keys[:, None]
+        same_i[rows, labels] = False
+        same_t = all_keys[None, :] == keys[:, None]
+        same_t[rows, labels] = False
+        logits_i = logits_i.masked_fill(same_i, float("-inf"))
+        logits_t = logits_t.masked_fill(same_t, float("-inf"))
     return (F.cross_entropy(logits_i, labels) + F.cross_entropy(logits_t, labels)) / 2
