@@ -68,13 +68,12 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     logits_i = logit_scale * image_features @ texts.T
     logits_t = logit_scale * text_features @ all_img.T
     if keys is not None:
+        if negatives is not None and negative_keys is None:
+            raise ValueError("clip_loss: keys were given for the captions but not for the negatives")
         all_keys = gather_no_grad(keys)
         cand = all_keys if negatives is None else torch.cat([all_keys, gather_no_grad(negative_keys)], 0)
-        rows = torch.arange(b, device=keys.device)
-        same_i = cand[None, :] == keys[:, None]
-        same_i[rows, labels] = False
-        same_t = all_keys[None, :] == keys[:, None]
-        same_t[rows, labels] = False
-        logits_i = logits_i.masked_fill(same_i, float("-inf"))
-        logits_t = logits_t.masked_fill(same_t, float("-inf"))
+        same = cand[None, :] == keys[:, None]  # (B, candidates); the captions come first, images share their order
+        same[torch.arange(b, device=keys.device), labels] = False
+        logits_i = logits_i.masked_fill(same, float("-inf"))
+        logits_t = logits_t.masked_fill(same[:, : all_img.shape[0]], float("-inf"))
     return (F.cross_entropy(logits_i, labels) + F.cross_entropy(logits_t, labels)) / 2

@@ -154,9 +154,10 @@ class NegCLIPModule(nn.Module):
         txt = F.normalize(self.model.encode_text(batch["input_ids"]), dim=-1).float()
         neg = F.normalize(self.model.encode_text(batch["negative_ids"]), dim=-1).float()
         scale = self.model.scale()
-        keys = text_keys(batch["input_ids"]) if self.drop_false_negatives else None
-        neg_keys = text_keys(batch["negative_ids"]) if self.drop_false_negatives else None
-        return clip_loss(img, txt, scale, negatives=neg, keys=keys, negative_keys=neg_keys), {"logit_scale": scale.detach()}
+        keys = {}
+        if self.drop_false_negatives:
+            keys = {"keys": text_keys(batch["input_ids"]), "negative_keys": text_keys(batch["negative_ids"])}
+        return clip_loss(img, txt, scale, negatives=neg, **keys), {"logit_scale": scale.detach()}
 
 
 def evaluate_negclip(model, n: int = 500, seed: int = 0) -> dict:
