@@ -191,6 +191,39 @@ def test_negclip_loss_drops_texts_identical_to_a_rows_caption():
     assert clip_loss(img, txt, scale, negatives=neg) > got
 
 
+def test_hard_negative_term_is_each_rows_caption_against_its_own_negative():
+    from mmfm.train.losses import hard_negative_loss
+    from mmfm.train.negclip import NegCLIPModule
+
+    g = torch.Generator().manual_seed(2)
+    img, txt, neg = (F.normalize(torch.randn(4, 8, generator=g), dim=-1) for _ in range(3))
+    valid = torch.tensor([True, True, False, True])
+    got = hard_negative_loss(img, txt, neg, torch.tensor(10.0), valid=valid)
+    # -log sigmoid(s * (cos(i, caption) - cos(i, negative))), rows without a negative left out
+    direct = [-F.logsigmoid(10 * (img[i] @ txt[i] - img[i] @ neg[i])) for i in (0, 1, 3)]
+    assert torch.allclose(got, torch.stack(direct).mean(), atol=1e-6)
+    # a row whose negative scores above its caption costs more than one whose caption wins
+    swapped = hard_negative_loss(img, neg, txt, torch.tensor(10.0), valid=valid)
+    assert (got > swapped) == (sum(img[i] @ txt[i] - img[i] @ neg[i] for i in (0, 1, 3)) < 0)
+
+    class Towers(torch.nn.Module):  # fixed features in place of a CLIP: checks how the module adds the terms
+        def encode_image(self, x):
+            return img
+
+        def encode_text(self, ids):
+            return txt if ids[0, 0] == 1 else neg
+
+        def scale(self):
+            return torch.tensor(10.0)
+
+    ids, neg_ids = torch.ones(4, 3, dtype=torch.long), torch.full((4, 3), 2)
+    neg_ids[2] = 1  # row 2 has no negative: its caption is its "negative"
+    batch = {"pixels": torch.zeros(4, 3, 2, 2), "input_ids": ids, "negative_ids": neg_ids}
+    base, _ = NegCLIPModule(Towers(), drop_false_negatives=False)(batch)
+    both, logs = NegCLIPModule(Towers(), drop_false_negatives=False, hard_negative_weight=0.5)(batch)
+    assert torch.allclose(both, base + 0.5 * got, atol=1e-6) and torch.allclose(logs["hard_negative_loss"], got)
+
+
 def test_negclip_batches_pair_scenes_with_neighbours_and_never_name_held_out_pairs():
     import mmfm
     from mmfm.train.negclip import NegCLIPData, names_held_out

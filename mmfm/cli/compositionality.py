@@ -53,12 +53,17 @@ def train_negclip(
     eval_n: int = typer.Option(500, "--eval-n", help="World-suite items per kind."),
     bf16: bool = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (default on)."),
     log_every: int = typer.Option(None, "--log-every", help="Log metrics every N steps."),
+    hard_negative_weight: float = typer.Option(
+        None, "--hard-negative-weight",
+        help="Weight of the per-row caption-vs-own-negative term (0: NegCLIP's recipe as published; default: the preset's)."),
+    min_objects: int = typer.Option(None, "--min-objects", help="Fewest objects per training scene (default: the preset's)."),
 ) -> None:
     """Fine-tune a CLIP with NegCLIP's hard negatives (captions and neighbour images); works under torchrun."""
     from mmfm.train.negclip import train_negclip as run
 
     report = run(init, out, preset, scenes=scenes, resume=resume, evaluate=evaluate, eval_n=eval_n, steps=steps,
-                 batch_size=batch_size, lr=lr, seed=seed, bf16=bf16, log_every=log_every)
+                 batch_size=batch_size, lr=lr, seed=seed, bf16=bf16, log_every=log_every,
+                 hard_negative_weight=hard_negative_weight, min_objects=min_objects)
     for when in ("before", "after"):
         if when in report:
             r = report[when]

@@ -77,3 +77,21 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
         logits_i = logits_i.masked_fill(same, float("-inf"))
         logits_t = logits_t.masked_fill(same[:, : all_img.shape[0]], float("-inf"))
     return (F.cross_entropy(logits_i, labels) + F.cross_entropy(logits_t, labels)) / 2
+
+
+def hard_negative_loss(image_features: torch.Tensor, text_features: torch.Tensor, negatives: torch.Tensor,
+                       logit_scale: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Each row's caption against its own hard negative alone: CE over the two logits, averaged over
+    the rows that have a negative (`valid` (B,) bool; all rows if None). All inputs are this rank's rows
+    (B, D), L2-normalised; nothing is gathered, DDP averages the gradient.
+
+    In NegCLIP's softmax the hard negative is one of 2B candidates and a batch of easy ones swamps it:
+    on the world the text encoder stays on a bag-of-words plateau (caption and swap at cosine 0.998)
+    for as long as we could train; this term isolates the one comparison that teaches binding."""
+    logits = logit_scale * torch.stack([(image_features * text_features).sum(-1),
+                                        (image_features * negatives).sum(-1)], 1)
+    per_row = F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device), reduction="none")
+    if valid is None:
+        return per_row.mean()
+    valid = valid.to(per_row.dtype)
+    return (per_row * valid).sum() / valid.sum().clamp(min=1.0)
