@@ -204,20 +204,17 @@ class Attention(nn.Module):
                 k, v = self._split(k, self.kv_heads), self._split(v, self.kv_heads)
                 if isinstance(cache, StaticKV):
                     cache.k, cache.v = k, v
-        elif rope is not None:
-            # queries and keys are rotated together, as one (B, heads + kv_heads, T, Dh) view of the fused
-            # projection: half the small ops of rotating them apart, which a decode step pays per layer
+            if rope is not None:
+                q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        else:
+            # queries and keys stay one (B, heads + kv_heads, T, Dh) view of the fused projection and are
+            # rotated together: half the small ops of rotating them apart, which a decode step pays per layer
             qkv = self.qkv(x)
             qk = qkv[..., : hd_q + hd_kv].view(b, t, self.heads + self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = apply_rotary(qk, *rope).split([self.heads, self.kv_heads], 1)
+            if rope is not None:
+                qk = apply_rotary(qk, *rope)
+            q, k = qk.split([self.heads, self.kv_heads], 1)
             v = self._split(qkv[..., hd_q + hd_kv :], self.kv_heads)
-            rope = None
-        else:
-            q, k, v = self.qkv(x).split([hd_q, hd_kv, hd_kv], -1)
-            q, k, v = self._split(q, self.heads), self._split(k, self.kv_heads), self._split(v, self.kv_heads)
-        if rope is not None:
-            cos, sin = rope
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if isinstance(cache, KVCache):
             k, v = cache.update(k, v)
         if is_causal and (k.shape[2] != t or mask is not None):

@@ -164,12 +164,13 @@ class NegCLIPModule(nn.Module):
         txt = F.normalize(self.model.encode_text(batch["input_ids"]), dim=-1).float()
         neg = F.normalize(self.model.encode_text(batch["negative_ids"]), dim=-1).float()
         scale = self.model.scale()
-        pos_keys, neg_keys = text_keys(batch["input_ids"]), text_keys(batch["negative_ids"])
-        keys = {"keys": pos_keys, "negative_keys": neg_keys} if self.drop_false_negatives else {}
-        loss = clip_loss(img, txt, scale, negatives=neg, **keys)
+        keys = {}
+        if self.drop_false_negatives or self.hard_negative_weight:
+            keys = {"keys": text_keys(batch["input_ids"]), "negative_keys": text_keys(batch["negative_ids"])}
+        loss = clip_loss(img, txt, scale, negatives=neg, **(keys if self.drop_false_negatives else {}))
         logs = {"logit_scale": scale.detach()}
         if self.hard_negative_weight:
-            hard = hard_negative_loss(img, txt, neg, scale, valid=pos_keys != neg_keys)
+            hard = hard_negative_loss(img, txt, neg, scale, valid=keys["keys"] != keys["negative_keys"])
             loss = loss + self.hard_negative_weight * hard
             logs["hard_negative_loss"] = hard.detach()
         return loss, logs
