@@ -241,6 +241,62 @@ def test_negclip_batches_pair_scenes_with_neighbours_and_never_name_held_out_pai
     assert not any(names_held_out(t) for t in texts)
 
 
+def test_relation_captions_have_a_canonical_form_and_a_converse():
+    from mmfm.train.negclip import canonical, converse
+
+    assert converse("a red circle to the right of a blue square") == "a blue square to the left of a red circle"
+    assert converse("an orange star above a green cross") == "a green cross below an orange star"
+    assert canonical("an orange star below a green cross") == "a green cross above an orange star"
+    assert canonical("a red circle to the left of a blue square") == "a red circle to the left of a blue square"
+    assert canonical("two red circles") == "two red circles" and converse("two red circles") is None
+    for t in ("a red circle to the right of a blue square", "a pink heart above a white star"):
+        assert converse(converse(t)) == t
+
+
+def test_relation_phase_shows_canonical_relations_first_then_asks_for_the_converse():
+    import mmfm
+    from mmfm.train.negclip import KINDS, NegCLIPData, NegCLIPModule, canonical, converse
+    from mmfm.weights import path
+
+    model = mmfm.load(path("clip-world-tiny")).float().eval()
+    data = NegCLIPData.build(model, 64, 16, progress=False, min_objects=2)
+    rel = data.with_schedule(32, canonical_steps=3, relation_share=0.5)
+    has = data.relation >= 0
+    assert has.float().mean() > 0.5
+    assert (data.kinds[has].gather(1, data.relation[has, None]) == KINDS.index("relation_swap")).all()
+    dec = model.tokenizer.decode
+    early, late = rel.batch(0), rel.batch(3)
+    # half of the batch's scenes (8 of the 16 before their neighbours) show their relation swap:
+    # in canonical form first, then in all four relation words with the converse asked for
+    assert not early["converse_valid"].any() and late["converse_valid"][:8].all()
+    for i in range(8):
+        t, n = dec(early["input_ids"][i]), dec(early["negative_ids"][i])
+        assert converse(t) is not None and canonical(t) == t and canonical(n) == n and t != n
+    assert any(canonical(dec(t)) != dec(t) for t in late["input_ids"][:8])
+    for i in range(32):
+        if late["converse_valid"][i]:
+            assert dec(late["converse_ids"][i]) == converse(dec(late["input_ids"][i]))
+            assert dec(late["converse_negative_ids"][i]) == converse(dec(late["negative_ids"][i]))
+    assert len(set(early["pixels"][:8].flatten(1).sum(1).tolist()) & set(late["pixels"][:8].flatten(1).sum(1).tolist())) < 8
+    # every scene of the batch a relation scene, for more steps than there are such scenes
+    only = data.with_schedule(32, relation_share=1.0)
+    for step in (0, 1, 5):
+        b = only.batch(step)
+        assert b["converse_valid"][:16].all() and b["pixels"].shape[0] == 32
+
+    # the converse term is the two-way softmax text vs text, on the rows that have a converse
+    from mmfm.train.losses import hard_negative_loss
+
+    with torch.no_grad():
+        base, _ = NegCLIPModule(model, hard_negative_weight=1.0)(late)
+        both, logs = NegCLIPModule(model, hard_negative_weight=1.0, converse_weight=0.5)(late)
+        enc = lambda k: F.normalize(model.encode_text(late[k]), dim=-1)  # noqa: E731
+        direct = hard_negative_loss(enc("input_ids"), enc("converse_ids"), enc("converse_negative_ids"), model.scale(),
+                                    valid=late["converse_valid"])
+    assert torch.allclose(logs["converse_loss"], direct, atol=1e-5)
+    assert torch.allclose(both, base + 0.5 * direct, atol=1e-5)
+
+
 def _mmfm(*args):
     import subprocess
     import sys
@@ -261,10 +317,11 @@ def test_cli_world_suite_negclip_and_batch_size_run(tmp_path):
     r = _mmfm("eval", "compositionality", "--model", clip, "--suite", "winoground", "--data", tmp_path / "none")
     assert r.returncode == 2 and "not there" in r.stderr and "Traceback" not in r.stderr
     r = _mmfm("train", "negclip", "--from", clip, "--out", tmp_path / "neg", "--steps", "2", "--batch-size", "16",
-              "--scenes", "64", "--eval-n", "10")
+              "--scenes", "64", "--eval-n", "10", "--relation-steps", "2")
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads((tmp_path / "neg" / "report.json").read_text())
     assert {"before", "after"} <= set(rep) and (tmp_path / "neg" / "model" / "model.safetensors").is_file()
+    assert rep["relations"]["steps"] == 2 and len((tmp_path / "neg" / "relations" / "metrics.jsonl").read_text().splitlines()) >= 1
     r = _mmfm("experiment", "batch-size", "--out", tmp_path / "bs", "--batches", "4,8", "--pairs", "16",
               "--eval-n", "10", "--scenes", "64")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -289,7 +346,7 @@ def test_negclip_under_torchrun_matches_one_process(tmp_path):
               "--no-eval", "--out", tmp_path / "clip")
     assert r.returncode == 0, r.stderr[-2000:]
     args = ["train", "negclip", "--from", str(tmp_path / "clip" / "model"), "--steps", "3", "--batch-size", "16",
-            "--scenes", "64", "--no-eval", "--fp32", "--log-every", "1"]
+            "--scenes", "64", "--no-eval", "--fp32", "--log-every", "1", "--relation-steps", "2"]
     r = _mmfm(*args, "--out", tmp_path / "one")
     assert r.returncode == 0, r.stderr[-2000:]
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
@@ -298,3 +355,6 @@ def test_negclip_under_torchrun_matches_one_process(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(a) == len(b) == 3 and all(abs(x - y) < 1e-4 for x, y in zip(a, b)), (a, b)
+    # the relation phase (converse term included) too
+    a, b = losses(tmp_path / "one" / "relations"), losses(tmp_path / "two" / "relations")
+    assert len(a) == len(b) == 2 and all(abs(x - y) < 1e-4 for x, y in zip(a, b)), (a, b)

@@ -57,13 +57,16 @@ def train_negclip(
         None, "--hard-negative-weight",
         help="Weight of the per-row caption-vs-own-negative term (0: NegCLIP's recipe as published; default: the preset's)."),
     min_objects: int = typer.Option(None, "--min-objects", help="Fewest objects per training scene (default: the preset's)."),
+    relation_steps: int = typer.Option(
+        None, "--relation-steps", help="Steps of the preset's relation phase after the main one (0 skips it; default: the preset's)."),
 ) -> None:
     """Fine-tune a CLIP with NegCLIP's hard negatives (captions and neighbour images); works under torchrun."""
     from mmfm.train.negclip import train_negclip as run
 
     report = run(init, out, preset, scenes=scenes, resume=resume, evaluate=evaluate, eval_n=eval_n, steps=steps,
                  batch_size=batch_size, lr=lr, seed=seed, bf16=bf16, log_every=log_every,
-                 hard_negative_weight=hard_negative_weight, min_objects=min_objects)
+                 hard_negative_weight=hard_negative_weight, min_objects=min_objects,
+                 relation_steps=relation_steps)
     for when in ("before", "after"):
         if when in report:
             r = report[when]

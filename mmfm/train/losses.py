@@ -83,7 +83,8 @@ def hard_negative_loss(image_features: torch.Tensor, text_features: torch.Tensor
                        logit_scale: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Each row's caption against its own hard negative alone: CE over the two logits, averaged over
     the rows that have a negative (`valid` (B,) bool; all rows if None). All inputs are this rank's rows
-    (B, D), L2-normalised; nothing is gathered, DDP averages the gradient.
+    (B, D), L2-normalised; nothing is gathered but the count of valid rows, so that with DDP averaging
+    the gradient the loss is the mean over every rank's valid rows, as in one process.
 
     In NegCLIP's softmax the hard negative is one of 2B candidates and a batch of easy ones swamps it:
     on the world the text encoder stays on a bag-of-words plateau (caption and swap at cosine 0.998)
@@ -94,4 +95,9 @@ def hard_negative_loss(image_features: torch.Tensor, text_features: torch.Tensor
     if valid is None:
         return per_row.mean()
     valid = valid.to(per_row.dtype)
-    return (per_row * valid).sum() / valid.sum().clamp(min=1.0)
+    count = valid.sum().detach()
+    _, world = _world()
+    if world > 1:  # the mean over every rank's valid rows: DDP's gradient average then matches one process
+        dist.all_reduce(count)
+        count = count / world
+    return (per_row * valid).sum() / count.clamp(min=1.0 / world)

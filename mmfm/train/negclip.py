@@ -20,6 +20,17 @@ stays on a bag-of-words plateau (a caption and its attribute swap at cosine 0.99
 same 1500 steps take held-out attribute swaps from 0.52 to 0.84 and word order from 0.50 to 0.83.
 The preset also trains on scenes of 2-4 objects: a one-object scene has no swap to learn from.
 
+A third, the world preset's relation phase (PRESETS["world-tiny"]["relations"], run folder out/relations),
+after the main one: relation swaps ("A left of B" vs "B left of A") stayed at chance through every loss
+above, even with an exact one-hot code in place of the text encoder. Mixing "left of" with "right of"
+makes the image->text score a three-way product (relation word x which noun comes first x where the
+objects are), a saddle whose gradients all start near zero. The phase draws batches from scenes with a
+relation swap (hard_negative_weight 4; fp32, as in the runs that found the recipe) and first shows the
+relations in one canonical direction only ("B right of A" is written "A left of B", "below" as "above"),
+a two-way product the tower does learn; then all four words, with each caption asked to read like its
+converse ("A right of B" closer to "B left of A" than to "A left of B", `converse_weight`). A short consolidation on the ordinary mixture at a decaying rate (out/relations/
+consolidate) brings back zero-shot and the attribute swaps, which relation-only batches erode.
+
 Captions and their negatives, per scene (drawn among those the scene has, weighted by KIND_WEIGHTS):
 - the world's exact negatives (mmfm.world.annotate): attribute swap, relation swap, replacement;
 - word order: a relation caption with its nouns and adjectives shuffled;
@@ -34,7 +45,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,17 +57,46 @@ from mmfm.errors import ConfigError
 from mmfm.text.perturb import bindings, perturb, shuffle_nouns_adjectives
 from mmfm.train.losses import clip_loss, hard_negative_loss, text_keys
 from mmfm.train.trainer import TrainConfig
-from mmfm.world.vocab import COLOR_NAMES, SHAPES, is_held_out
+from mmfm.world.annotate import REL_PHRASE
+from mmfm.world.vocab import COLOR_NAMES, INVERSE_RELATION, SHAPES, is_held_out
 
 PRESETS = {
     "world-tiny": dict(train=dict(steps=1500, batch_size=128, lr=1e-3, weight_decay=0.1, warmup=100, min_lr=1e-6),
-                       scenes=40000, min_objects=2, hard_negative_weight=1.0),
+                       scenes=40000, min_objects=2, hard_negative_weight=1.0,
+                       relations=dict(train=dict(steps=1300, batch_size=64, lr=1e-3, weight_decay=0.0, warmup=50,
+                                                 min_lr=1e-3, bf16=False),
+                                      canonical_steps=600, relation_share=1.0, hard_negative_weight=4.0,
+                                      converse_weight=1.0, consolidate=dict(steps=300, batch_size=96, lr=3e-4, warmup=20,
+                                                                      min_lr=1e-5))),
 }
 # How often each kind of negative is drawn, relative to the others, among those a scene has. The swaps
 # get most of the batch: drawn uniformly (attribute swaps were ~13% of the negatives) the world CLIP
 # never learned to bind in 1500 steps, while swap-only fine-tuning binds after ~25k examples.
 KIND_WEIGHTS = {"attribute_swap": 3.0, "relation_swap": 3.0, "word_order": 2.0, "replace": 1.0, "caption": 1.0}
+KINDS = tuple(KIND_WEIGHTS)
 _PAIR = re.compile(r"\b(" + "|".join(COLOR_NAMES) + r")\s+(" + "|".join(SHAPES) + r")(?:e?s)?\b")
+
+
+_PHRASE_REL = {v: k for k, v in REL_PHRASE.items()}
+_RELATION = re.compile(r"(.+?) (" + "|".join(sorted(REL_PHRASE.values(), key=len, reverse=True)) + r") (.+)")
+
+
+def converse(text: str) -> str | None:
+    """"A to the right of B" -> "B to the left of A" (the same fact); None for a non-relation caption."""
+    m = _RELATION.fullmatch(text)
+    if m is None:
+        return None
+    a, phrase, b = m.groups()
+    return f"{b} {REL_PHRASE[INVERSE_RELATION[_PHRASE_REL[phrase]]]} {a}"
+
+
+def canonical(text: str) -> str:
+    """A relation caption said with "left of" or "above" (its converse when it uses "right of" or
+    "below"); any other text unchanged."""
+    m = _RELATION.fullmatch(text)
+    if m is None or _PHRASE_REL[m.group(2)] in ("left of", "above"):
+        return text
+    return converse(text)
 
 
 def names_held_out(text: str) -> bool:
@@ -88,11 +128,17 @@ class NegCLIPData:
     pos: torch.Tensor  # (N, K, T)
     neg: torch.Tensor  # (N, K, T)
     weights: torch.Tensor  # (N, K) probability of drawing each option (0 past the scene's options)
+    kinds: torch.Tensor  # (N, K) index into KINDS of each option, -1 past the scene's options
+    relation: torch.Tensor  # (N,) the option that is the scene's relation swap, -1 if none
+    relation_forms: torch.Tensor  # (N, 4, T) its canonical caption / negative, its converse caption / negative
     neighbor: torch.Tensor  # (N,) nearest other scene in the starting CLIP's image space
     mean: torch.Tensor
     std: torch.Tensor
     batch_size: int
     seed: int = 0
+    canonical_steps: int = 0  # relation captions in canonical form for the steps before this one
+    relation_share: float = 0.0  # this share of a batch's scenes: ones with a relation swap, showing it (and
+    # their neighbours showing theirs, where they have one)
 
     @classmethod
     def build(cls, model, n: int, batch_size: int, seed: int = 0, progress: bool = True,
@@ -116,6 +162,17 @@ class NegCLIPData:
         k = max(len(o) for o in options)
         pos = tok([o[j % len(o)][0] for o in options for j in range(k)]).view(n, k, -1)
         neg = tok([o[j % len(o)][1] for o in options for j in range(k)]).view(n, k, -1)
+        kinds = torch.full((n, k), -1, dtype=torch.long)
+        relation = torch.full((n,), -1, dtype=torch.long)
+        forms = []
+        for i, o in enumerate(options):
+            kinds[i, : len(o)] = torch.tensor([KINDS.index(kind) for _, _, kind in o])
+            j = next((j for j, (_, _, kind) in enumerate(o) if kind == "relation_swap"), None)
+            p, q = (o[j][0], o[j][1]) if j is not None else (o[0][0], o[0][0])
+            if j is not None:
+                relation[i] = j
+            forms += [canonical(p), canonical(q), converse(p) or p, converse(q) or q]
+        relation_forms = tok(forms).view(n, 4, -1)
         imgs = torch.stack(images)
         mean = torch.tensor(model.config.image_mean).view(1, 3, 1, 1)
         std = torch.tensor(model.config.image_std).view(1, 3, 1, 1)
@@ -130,34 +187,69 @@ class NegCLIPData:
             sim = emb[i : i + 1024] @ emb.T
             sim[torch.arange(sim.shape[0]), torch.arange(i, i + sim.shape[0])] = -2.0
             neighbor[i : i + 1024] = sim.argmax(1)
-        w = torch.zeros(n, k)
-        for i, o in enumerate(options):
-            w[i, : len(o)] = torch.tensor([KIND_WEIGHTS[kind] for _, _, kind in o])
-        return cls(imgs, pos, neg, w / w.sum(1, keepdim=True), neighbor, mean, std, batch_size, seed)
+        return cls(imgs, pos, neg, _option_weights(kinds, KIND_WEIGHTS), kinds, relation, relation_forms, neighbor,
+                   mean, std, batch_size, seed)
+
+    def with_schedule(self, batch_size: int, canonical_steps: int = 0, relation_share: float = 0.0) -> NegCLIPData:
+        """The same scenes with another batch size and the relation curriculum: `relation_share` of each
+        batch's scenes are scenes with a relation swap, showing that swap (and their neighbours theirs)."""
+        return replace(self, batch_size=batch_size, canonical_steps=canonical_steps, relation_share=relation_share)
 
     def batch(self, step: int, micro: int = 0, rank: int = 0, world: int = 1, accum: int = 1) -> dict:
         n = self.images.shape[0]
         half = self.batch_size // 2
-        per_epoch = n // half
-        epoch, k = divmod(step, per_epoch)
-        perm = torch.from_numpy(np.random.default_rng([self.seed, epoch]).permutation(n))
-        anchors = perm[k * half : (k + 1) * half]
+        nr = round(self.relation_share * half)
+        anchors = _epoch_slice(n, half - nr, step, [self.seed])
+        if nr:
+            pool = torch.nonzero(self.relation >= 0).squeeze(1)
+            if not len(pool):
+                raise ConfigError("the relation phase needs scenes with a relation swap; none of these scenes has one")
+            anchors = torch.cat([pool[_epoch_slice(len(pool), nr, step, [self.seed, 2])], anchors])
         idx = torch.cat([anchors, self.neighbor[anchors]])  # scenes, then their hard-negative images
         u = torch.from_numpy(np.random.default_rng([self.seed, step, 1]).random(len(idx))).float()
         which = torch.searchsorted(self.weights[idx].cumsum(1), u[:, None]).squeeze(1).clamp(max=self.pos.shape[1] - 1)
+        which[:nr] = self.relation[idx[:nr]]
+        near = self.relation[idx[half : half + nr]]  # their neighbours show theirs too, where they have one
+        which[half : half + nr] = torch.where(near >= 0, near, which[half : half + nr])
         local = self.batch_size // (world * accum)
         part = slice((rank * accum + micro) * local, (rank * accum + micro + 1) * local)
         idx, which = idx[part], which[part]
         pixels = (self.images[idx].float() / 255.0 - self.mean) / self.std
-        return {"pixels": pixels, "input_ids": self.pos[idx, which], "negative_ids": self.neg[idx, which]}
+        pos, neg = self.pos[idx, which], self.neg[idx, which]
+        rel = self.relation[idx] == which
+        forms = self.relation_forms[idx]
+        canon = rel & (step < self.canonical_steps)
+        pos = torch.where(canon[:, None], forms[:, 0], pos)
+        neg = torch.where(canon[:, None], forms[:, 1], neg)
+        return {"pixels": pixels, "input_ids": pos, "negative_ids": neg, "converse_ids": forms[:, 2],
+                "converse_negative_ids": forms[:, 3], "converse_valid": rel & ~canon}
+
+
+def _epoch_slice(n: int, size: int, step: int, seed: list) -> torch.Tensor:
+    """`size` indices of range(n) for this step: a fresh permutation every epoch (wrapping around when n < size)."""
+    if size == 0:
+        return torch.zeros(0, dtype=torch.long)
+    epoch, k = divmod(step, max(1, n // size))
+    perm = torch.from_numpy(np.random.default_rng([*seed, epoch]).permutation(n))
+    return perm[(k * size + torch.arange(size)) % n]
+
+
+def _option_weights(kinds: torch.Tensor, kind_weights: dict) -> torch.Tensor:
+    """(N, K) kind indices -> the probability of drawing each option of its scene."""
+    table = torch.tensor([kind_weights.get(k, 0.0) for k in KINDS] + [0.0])
+    w = table[kinds]  # index -1 reads the trailing 0
+    w = torch.where(w.sum(1, keepdim=True) > 0, w, (kinds >= 0).float())  # no weighted option: uniform
+    return w / w.sum(1, keepdim=True)
 
 
 class NegCLIPModule(nn.Module):
-    def __init__(self, model, drop_false_negatives: bool = True, hard_negative_weight: float = 0.0):
+    def __init__(self, model, drop_false_negatives: bool = True, hard_negative_weight: float = 0.0,
+                 converse_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.drop_false_negatives = drop_false_negatives
         self.hard_negative_weight = hard_negative_weight
+        self.converse_weight = converse_weight
 
     def forward(self, batch: dict):
         img = F.normalize(self.model.encode_image(batch["pixels"]), dim=-1).float()
@@ -173,6 +265,14 @@ class NegCLIPModule(nn.Module):
             hard = hard_negative_loss(img, txt, neg, scale, valid=keys["keys"] != keys["negative_keys"])
             loss = loss + self.hard_negative_weight * hard
             logs["hard_negative_loss"] = hard.detach()
+        if self.converse_weight and "converse_ids" in batch:
+            # a relation caption should read like its converse ("A right of B" ~ "B left of A"), not like
+            # its swap: the same two-way softmax, text against text
+            cv = F.normalize(self.model.encode_text(batch["converse_ids"]), dim=-1).float()
+            cn = F.normalize(self.model.encode_text(batch["converse_negative_ids"]), dim=-1).float()
+            conv = hard_negative_loss(txt, cv, cn, scale, valid=batch["converse_valid"])
+            loss = loss + self.converse_weight * conv
+            logs["converse_loss"] = conv.detach()
         return loss, logs
 
 
@@ -189,9 +289,11 @@ def evaluate_negclip(model, n: int = 500, seed: int = 0) -> dict:
 
 def train_negclip(init, out="runs/negclip", preset_name: str = "world-tiny", scenes: int | None = None,
                   resume: bool = False, progress: bool = True, evaluate: bool = True, eval_n: int = 500,
-                  hard_negative_weight: float | None = None, min_objects: int | None = None, **overrides) -> dict:
+                  hard_negative_weight: float | None = None, min_objects: int | None = None, relation_steps: int | None = None,
+                  **overrides) -> dict:
     """Fine-tune the CLIP at `init` with NegCLIP on world scenes; writes out/model and out/report.json
-    (world suite and zero-shot top-1, before and after)."""
+    (world suite and zero-shot top-1, before and after). `relation_steps` sets the length of the preset's
+    relation phase (written to out/relations; 0 skips it; its canonical part keeps its share)."""
     import mmfm
     from mmfm.models.clip import CLIP
     from mmfm.train.trainer import Trainer
@@ -218,6 +320,27 @@ def train_negclip(init, out="runs/negclip", preset_name: str = "world-tiny", sce
                              min_objects=mo)
     trainer = Trainer(NegCLIPModule(model, hard_negative_weight=hn), tcfg, lambda s, m, r, w: data.batch(s, m, r, w, tcfg.accum), out)
     trainer.train(resume=resume)
+    rp = p.get("relations")
+    if rp and relation_steps != 0:  # the relation phase (see the module docstring), in out/relations
+        rcfg = TrainConfig(**rp["train"])
+        scale = 1.0 if relation_steps is None else relation_steps / rcfg.steps
+        canonical_steps = int(rp["canonical_steps"] * scale)
+        rcfg.steps = round(rcfg.steps * scale)
+        rcfg.progress, rcfg.seed, rcfg.log_every = progress, tcfg.seed, tcfg.log_every
+        rdata = data.with_schedule(rcfg.batch_size, canonical_steps, rp["relation_share"])
+        module = NegCLIPModule(model, hard_negative_weight=rp["hard_negative_weight"], converse_weight=rp["converse_weight"])
+        trainer = Trainer(module, rcfg, lambda s, m, r, w: rdata.batch(s, m, r, w, rcfg.accum), out / "relations")
+        trainer.train(resume=resume)
+        # then the ordinary mixture again at a decaying rate, so that zero-shot and the other swaps recover
+        ccfg = TrainConfig(**{**rp["train"], **rp["consolidate"]})
+        ccfg.steps = max(1, round(ccfg.steps * scale))
+        ccfg.progress, ccfg.seed, ccfg.log_every = progress, tcfg.seed, tcfg.log_every
+        cdata = data.with_schedule(ccfg.batch_size)
+        trainer = Trainer(module, ccfg, lambda s, m, r, w: cdata.batch(s, m, r, w, ccfg.accum), out / "relations" / "consolidate")
+        trainer.train(resume=resume)
+        report["relations"] = {k: v for k, v in rp.items() if k not in ("train", "consolidate")} | {
+            "steps": rcfg.steps, "batch_size": rcfg.batch_size, "canonical_steps": canonical_steps,
+            "consolidate_steps": ccfg.steps, "consolidate_lr": ccfg.lr}
     report["train_seconds"] = round(time.perf_counter() - t0, 1)
     if trainer.rank == 0:
         model.save_pretrained(out / "model")
@@ -227,4 +350,5 @@ def train_negclip(init, out="runs/negclip", preset_name: str = "world-tiny", sce
     return report
 
 
-__all__ = ["train_negclip", "NegCLIPData", "NegCLIPModule", "scene_options", "names_held_out", "evaluate_negclip"]
+__all__ = ["train_negclip", "NegCLIPData", "NegCLIPModule", "scene_options", "names_held_out", "evaluate_negclip",
+           "canonical", "converse"]
