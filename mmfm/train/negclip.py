@@ -187,7 +187,8 @@ class NegCLIPData:
             sim = emb[i : i + 1024] @ emb.T
             sim[torch.arange(sim.shape[0]), torch.arange(i, i + sim.shape[0])] = -2.0
             neighbor[i : i + 1024] = sim.argmax(1)
-        return cls(imgs, pos, neg, _option_weights(kinds, KIND_WEIGHTS), kinds, relation, relation_forms, neighbor,
+        w = torch.tensor([KIND_WEIGHTS[kind] for kind in KINDS] + [0.0])[kinds]  # kind -1 (no option) reads the 0
+        return cls(imgs, pos, neg, w / w.sum(1, keepdim=True), kinds, relation, relation_forms, neighbor,
                    mean, std, batch_size, seed)
 
     def with_schedule(self, batch_size: int, canonical_steps: int = 0, relation_share: float = 0.0) -> NegCLIPData:
@@ -232,14 +233,6 @@ def _epoch_slice(n: int, size: int, step: int, seed: list) -> torch.Tensor:
     epoch, k = divmod(step, max(1, n // size))
     perm = torch.from_numpy(np.random.default_rng([*seed, epoch]).permutation(n))
     return perm[(k * size + torch.arange(size)) % n]
-
-
-def _option_weights(kinds: torch.Tensor, kind_weights: dict) -> torch.Tensor:
-    """(N, K) kind indices -> the probability of drawing each option of its scene."""
-    table = torch.tensor([kind_weights.get(k, 0.0) for k in KINDS] + [0.0])
-    w = table[kinds]  # index -1 reads the trailing 0
-    w = torch.where(w.sum(1, keepdim=True) > 0, w, (kinds >= 0).float())  # no weighted option: uniform
-    return w / w.sum(1, keepdim=True)
 
 
 class NegCLIPModule(nn.Module):
@@ -322,19 +315,20 @@ def train_negclip(init, out="runs/negclip", preset_name: str = "world-tiny", sce
     trainer.train(resume=resume)
     rp = p.get("relations")
     if rp and relation_steps != 0:  # the relation phase (see the module docstring), in out/relations
-        rcfg = TrainConfig(**rp["train"])
+        def phase_config(**fields) -> TrainConfig:  # the phase's own schedule; seed and logging as the main run's
+            return TrainConfig(**fields).update(progress=progress, seed=tcfg.seed, log_every=tcfg.log_every)
+
+        rcfg = phase_config(**rp["train"])
         scale = 1.0 if relation_steps is None else relation_steps / rcfg.steps
         canonical_steps = int(rp["canonical_steps"] * scale)
         rcfg.steps = round(rcfg.steps * scale)
-        rcfg.progress, rcfg.seed, rcfg.log_every = progress, tcfg.seed, tcfg.log_every
         rdata = data.with_schedule(rcfg.batch_size, canonical_steps, rp["relation_share"])
         module = NegCLIPModule(model, hard_negative_weight=rp["hard_negative_weight"], converse_weight=rp["converse_weight"])
         trainer = Trainer(module, rcfg, lambda s, m, r, w: rdata.batch(s, m, r, w, rcfg.accum), out / "relations")
         trainer.train(resume=resume)
         # then the ordinary mixture again at a decaying rate, so that zero-shot and the other swaps recover
-        ccfg = TrainConfig(**{**rp["train"], **rp["consolidate"]})
+        ccfg = phase_config(**{**rp["train"], **rp["consolidate"]})
         ccfg.steps = max(1, round(ccfg.steps * scale))
-        ccfg.progress, ccfg.seed, ccfg.log_every = progress, tcfg.seed, tcfg.log_every
         cdata = data.with_schedule(ccfg.batch_size)
         trainer = Trainer(module, ccfg, lambda s, m, r, w: cdata.batch(s, m, r, w, ccfg.accum), out / "relations" / "consolidate")
         trainer.train(resume=resume)
