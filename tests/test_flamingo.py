@@ -132,6 +132,8 @@ def test_only_new_parts_train():
     names = {k.split(".")[0] for k, p in m.named_parameters() if p.requires_grad}
     assert names == {"resampler", "xattn", "new_embed"}
     assert n == sum(p.numel() for k, p in m.named_parameters() if k.split(".")[0] in names)
+    m.train()
+    assert m.resampler.training and not m.vision.training  # the frozen tower stays in eval mode
     ids = torch.tensor([[IMG, 5, 6, EOC, IMG, 7, 8, EOC]])
     loss, k = m(ids, torch.randn(1, 2, 3, 32, 32), labels=torch.tensor([flamingo_labels(ids[0].tolist(), IMG, EOC)]))
     loss.backward()

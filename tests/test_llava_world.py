@@ -4,6 +4,7 @@ bench/RESULTS.md)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from mmfm.data.llava_world import conversation
 from mmfm.eval.vqa import parse_count, point_scores
 from mmfm.text.pointing import parse_points
+from mmfm.weights import path as weights_path
 from mmfm.world import World
 from mmfm.world.facts import select
 
@@ -51,6 +53,72 @@ def test_world_conversations_are_true_of_their_scenes():
                 assert int(qa.answer) == n == len(select(s.rendered, c, sh))
 
 
+def test_qa_weights_pick_the_question_types():
+    from mmfm.data.llava_world import parse_qa_weights
+    from mmfm.errors import ConfigError
+
+    assert parse_qa_weights("shape=3, color=2") == {"shape": 3.0, "color": 2.0}
+    assert parse_qa_weights(None) is None and parse_qa_weights({"count": 0}) == {"count": 0.0}
+    for bad in ("shapes=2", "shape=x", "shape=-1", "count=0,color=0,shape=0,existence=0,relation=0"):
+        with pytest.raises(ConfigError):
+            parse_qa_weights(bad)
+    world = World(seed=0)
+    only_shape = {k: 0.0 for k in ("count", "color", "existence", "relation")}
+    asked = {"uniform": [], "shape": []}
+    for i in range(60):
+        s = world.sample("train", i)
+        if "shape" not in {q.kind for q in s.ann.qa}:
+            continue
+        for name, w in (("uniform", None), ("shape", only_shape)):
+            msgs = conversation(s, 2, np.random.default_rng(i), kind="qa", qa_weights=w)
+            q = msgs[0]["content"].split("\n", 1)[1]
+            asked[name].append([x.kind for x in s.ann.qa if x.question == q][0])
+    assert len(asked["shape"]) > 30 and set(asked["shape"]) == {"shape"}
+    assert len(set(asked["uniform"])) >= 4  # without weights every type is asked
+
+
+def test_a_frozen_tower_does_not_drift_and_can_be_swapped(tmp_path):
+    import torch
+
+    import mmfm
+    from mmfm.errors import ConfigError
+    from mmfm.models.clip import CLIP
+    from mmfm.models.llava import Llava, LlavaConfig
+    from mmfm.nn.decoder import DecoderConfig
+    from mmfm.train.llava import prepare_stage, swap_tower
+    from mmfm.weights import path as weights_path
+
+    clip = mmfm.load(weights_path("clip-world-tiny"))
+    bns = [m for m in clip.visual.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns  # the world tower's conv stem: the case this guards
+    cfg = LlavaConfig(vision=clip.config.vision, lm=DecoderConfig(vocab_size=300, dim=32, layers=1, heads=4, hidden=64),
+                      image_token_id=299, projector="molmo", vision_layers=(-2, -4))
+    torch.manual_seed(0)
+    model = Llava(cfg)
+    swap_tower(model, weights_path("clip-world-tiny"))
+    tower = {k: v.clone() for k, v in model.vision.state_dict().items()}
+    want = {k[len("visual."):]: v for k, v in clip.state_dict().items() if k.startswith("visual.")}
+    assert all(torch.equal(v, want[k]) for k, v in tower.items())
+    prepare_stage(model, 1, None)
+    model.train()
+    assert model.projector.training and not model.vision.training
+    n = model.tokens_per_image
+    ids = torch.tensor([[5] + [299] * n + [7, 8, 9]] * 4)
+    labels = ids.clone()
+    labels[:, : n + 2] = -100
+    pixels = torch.randn(4, 3, 64, 64)
+    loss, _ = model(ids, pixels, labels=labels)
+    loss.backward()
+    after = model.vision.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in tower.items())  # BatchNorm's running statistics included
+    # a tower of another shape is refused
+    other = copy.deepcopy(clip.config)
+    other.vision.layers = 2
+    CLIP(other).save_pretrained(tmp_path / "other")
+    with pytest.raises(ConfigError, match="same shape"):
+        swap_tower(model, tmp_path / "other")
+
+
 def _mmfm(*args, timeout=600):
     r = subprocess.run([sys.executable, "-m", "mmfm.cli.main", *map(str, args)], capture_output=True, text=True,
                        timeout=timeout)
@@ -63,8 +131,11 @@ def test_train_ask_point_eval_end_to_end(tmp_path):
     r = _mmfm("train", "llava", "--stage", "1", "--steps", "2", "--batch-size", "4", "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "stage1" / "model" / "model.safetensors").is_file()
-    r = _mmfm("train", "llava", "--stage", "2", "--steps", "2", "--batch-size", "2", "--out", out, "--no-eval")
+    r = _mmfm("train", "llava", "--stage", "2", "--steps", "2", "--batch-size", "2", "--out", out, "--no-eval",
+              "--vision", weights_path("clip-world-tiny"), "--qa-weights", "shape=3")
     assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((out / "stage2" / "report.json").read_text())
+    assert report["qa_weights"] == {"shape": 3.0} and report["vision"].endswith("clip-world-tiny")
     model = out / "stage2" / "model"
     cfg = json.loads((model / "config.json").read_text())
     assert cfg["base_lm"] == "smollm2" and cfg["lora"]["r"] == 16

@@ -82,7 +82,7 @@ def train_llava(
     preset: str = typer.Option("world-tiny", help="Training preset (world-tiny: Molmo connector; world-tiny-llava: mlp2x_gelu)."),
     out: Path = typer.Option(Path("runs/llava"), "--out", help="Run folder; stage N writes out/stageN."),
     init: Path = typer.Option(None, "--from", help="Stage 2's starting model (default out/stage1/model)."),
-    vision: Path = typer.Option(None, "--vision", help="Stage 1's CLIP for the vision tower (default: the shipped world CLIP)."),
+    vision: Path = typer.Option(None, "--vision", help="A CLIP for the vision tower: stage 1 builds on it (default: the shipped world CLIP); stage 2 swaps it in for --from's."),
     steps: int = typer.Option(None, help="Optimizer steps (default: the preset's)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Global batch size."),
     lr: float = typer.Option(None, help="Peak learning rate."),
@@ -90,13 +90,14 @@ def train_llava(
     resume: bool = typer.Option(False, "--resume", help="Continue from out/stageN/checkpoint.pt."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate after stage 2."),
     eval_n: int = typer.Option(100, "--eval-n", help="Questions per type for the evaluation."),
+    qa_weights: str = typer.Option(None, "--qa-weights", help="Stage 2: weights of the question types in single-question conversations, e.g. shape=3,color=2 (others 1)."),
 ) -> None:
     """Train LLaVA on the Shapes world with SmolLM2-135M-Instruct (two stages, as LLaVA)."""
     from mmfm.eval.llava_world import format_report
     from mmfm.train.llava import train_world_llava
 
     report = train_world_llava(stage, preset, out, init=init, vision=vision, resume=resume, evaluate=evaluate,
-                               eval_n=eval_n, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+                               eval_n=eval_n, qa_weights=qa_weights, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     if "test" in report:
         typer.echo(format_report(report))
     typer.echo(f"model: {out / f'stage{stage}' / 'model'}   curves: {out / f'stage{stage}' / 'curves.png'}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mmfm.errors import InvalidPrompt
+from mmfm.errors import ConfigError, InvalidPrompt
 from mmfm.text.conversation import IGNORE, ConversationEncoder
 from mmfm.text.pointing import count_answer
 from mmfm.world import World
@@ -62,9 +62,11 @@ def count_fact(qa) -> tuple:
 
 
 def conversation(sample, stage: int, rng: np.random.Generator, image_token: str = "<image>",
-                 kind: str | None = None) -> list[dict]:
+                 kind: str | None = None, qa_weights: dict | None = None) -> list[dict]:
     """Messages for one world sample (every user turn is a question, the first carries the image).
-    `kind` (stage 2): one of KINDS, else drawn with WEIGHTS."""
+    `kind` (stage 2): one of KINDS, else drawn with WEIGHTS. `qa_weights` ({question type: weight},
+    missing types 1): how a "qa" conversation picks its question type among those the scene has
+    (default uniform)."""
     ann, r = sample.ann, sample.rendered
     img = image_token + "\n"
     if stage == 1:
@@ -78,7 +80,11 @@ def conversation(sample, stage: int, rng: np.random.Generator, image_token: str 
                 {"role": "assistant", "content": cap[0].upper() + cap[1:] + "."}]
     if kind == "qa":
         kinds = sorted({q.kind for q in qas})
-        want = kinds[rng.integers(len(kinds))]
+        w = np.array([float(qa_weights.get(k, 1.0)) for k in kinds]) if qa_weights else None
+        if w is not None and w.sum() > 0:  # a scene with only zero-weight types falls back to uniform
+            want = kinds[rng.choice(len(kinds), p=w / w.sum())]
+        else:
+            want = kinds[rng.integers(len(kinds))]
         q = [q for q in qas if q.kind == want][0]
         return [{"role": "user", "content": img + q.question}, {"role": "assistant", "content": q.answer}]
     if kind == "multi":
@@ -100,6 +106,27 @@ def conversation(sample, stage: int, rng: np.random.Generator, image_token: str 
     return [{"role": "user", "content": img + pointing_count_question(subject)}, {"role": "assistant", "content": ans}]
 
 
+def parse_qa_weights(text: str | dict | None) -> dict | None:
+    """"shape=3,color=2" (or a dict) -> {"shape": 3.0, "color": 2.0}; types not named keep weight 1."""
+    if not text:
+        return None
+    items = text.items() if isinstance(text, dict) else (kv.split("=", 1) if "=" in kv else (kv, "") for kv in text.split(","))
+    out = {}
+    for k, v in items:
+        k = k.strip()
+        if k not in QA_KINDS:
+            raise ConfigError(f"unknown question type {k!r} in the QA weights; known: {', '.join(QA_KINDS)}")
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"QA weight of {k!r} must be a number (write {k}=2), got {v!r}") from None
+        if not out[k] >= 0:
+            raise ConfigError(f"QA weight of {k!r} must be >= 0, got {v!r}")
+    if not any(out.get(k, 1.0) > 0 for k in QA_KINDS):
+        raise ConfigError("the QA weights leave no question type with a positive weight")
+    return out
+
+
 def world_pixels(images: list[np.ndarray], mean, std) -> torch.Tensor:
     """(S, S, 3) uint8 world images at the tower's size -> (N, 3, S, S) normalised."""
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
@@ -118,6 +145,7 @@ class WorldInstructions:
     world: World
     seed: int = 0
     max_len: int = 256
+    qa_weights: dict | None = None  # question-type weights of "qa" conversations (see conversation)
     skipped: int = 0  # conversations with no supervised token left, reported by the trainer
 
     def batch(self, step: int, micro: int = 0, rank: int = 0, world_size: int = 1, accum: int = 1) -> dict:
@@ -130,7 +158,7 @@ class WorldInstructions:
             sample = self.world.sample("train", i)
             rng = np.random.default_rng([self.seed, 7, i])
             i += 1
-            msgs = conversation(sample, self.stage, rng, self.encoder.image_token, kind)
+            msgs = conversation(sample, self.stage, rng, self.encoder.image_token, kind, self.qa_weights)
             try:
                 ex = self.encoder.example(msgs, "plain" if self.stage == 1 else "chat", self.max_len)
             except InvalidPrompt:
@@ -155,4 +183,4 @@ def collate(rows: list[list[int]], labels: list[list[int]], pixels: torch.Tensor
 
 
 __all__ = ["conversation", "count_fact", "WorldInstructions", "collate", "world_pixels", "count_subject", "count_points",
-           "direct_count_question", "pointing_count_question", "point_question", "QA_KINDS"]
+           "direct_count_question", "pointing_count_question", "point_question", "QA_KINDS", "parse_qa_weights"]

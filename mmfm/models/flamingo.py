@@ -27,6 +27,7 @@ from torch import nn
 from mmfm.errors import CheckpointError, ConfigError, InvalidImage, InvalidPrompt
 from mmfm.models.clip import CLIPVisionConfig
 from mmfm.nn.attention import StaticKV
+from mmfm.nn.blocks import frozen_to_eval
 from mmfm.nn.decoder import DecoderConfig, DecoderLM
 from mmfm.nn.pooling import GatedCrossAttentionBlock, PerceiverResampler, media_time
 from mmfm.nn.vit import VisionTransformer
@@ -233,6 +234,11 @@ class Flamingo(nn.Module):
         if n == 0:
             raise InvalidPrompt("no supervised token in this batch: every label is IGNORE")
         return F.cross_entropy(self.logits(h[:, :-1][keep]).float(), target[keep]), n
+
+    def train(self, mode: bool = True) -> Flamingo:
+        super().train(mode)
+        frozen_to_eval(self.vision)  # a frozen tower's BatchNorm must not drift
+        return self
 
     def freeze(self) -> int:
         """Only the resampler, the gated blocks and the new token rows learn. Returns their count."""

@@ -23,6 +23,7 @@ from torch import nn
 
 from mmfm.errors import CheckpointError, ConfigError, InvalidImage, InvalidPrompt
 from mmfm.models.clip import CLIPVisionConfig
+from mmfm.nn.blocks import frozen_to_eval
 from mmfm.nn.connectors import MLPProjector, MolmoConnector, projector_kind
 from mmfm.nn.decoder import DecoderConfig, DecoderLM
 from mmfm.nn.vit import VisionTransformer
@@ -188,6 +189,11 @@ class Llava(nn.Module):
         return F.cross_entropy(logits.float(), target[keep]), n
 
     # ------------------------------------------------------------------------------------- training
+    def train(self, mode: bool = True) -> Llava:
+        super().train(mode)
+        frozen_to_eval(self.vision)  # a frozen tower's BatchNorm must not drift
+        return self
+
     def freeze(self, stage: int) -> None:
         """Stage 1: only the projector learns. Stage 2: the projector and the LM (its LoRA adapters
         when it has them, all of it otherwise). The vision tower never learns (LLaVA keeps it frozen)."""

@@ -201,6 +201,15 @@ class AttentionalPooler(nn.Module):
         return self.attn(q, context=self.ln_k(x))
 
 
+def frozen_to_eval(*modules: nn.Module) -> None:
+    """Put each module whose parameters are all frozen in eval mode. A frozen tower with BatchNorm
+    (the world CLIP's conv stem) would otherwise normalise with batch statistics in training and
+    update its running ones: it would drift, and train on other features than it infers with."""
+    for m in modules:
+        if not any(p.requires_grad for p in m.parameters()):
+            m.eval()
+
+
 class Transformer(nn.Module):
     """A stack of TransformerBlocks with optional gradient checkpointing. Returns the final hidden
     state and, when asked, every layer's input and the final output (layers + 1 tensors)."""
@@ -228,4 +237,4 @@ class Transformer(nn.Module):
         return x, (tuple(hidden) if hidden is not None else None)
 
 
-__all__ = ["MLP", "SwiGLU", "RMSNorm", "LayerNorm2d", "CrossAttentionBlock", "AttentionalPooler", "QuickGELU", "LayerScale", "TransformerBlock", "Transformer", "norm", "activation"]
+__all__ = ["MLP", "SwiGLU", "RMSNorm", "LayerNorm2d", "CrossAttentionBlock", "AttentionalPooler", "QuickGELU", "LayerScale", "TransformerBlock", "Transformer", "norm", "activation", "frozen_to_eval"]

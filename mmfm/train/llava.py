@@ -110,20 +110,41 @@ def prepare_stage(model: Llava, stage: int, lora: dict | None) -> int:
     return n
 
 
+def swap_tower(model: Llava, vision_dir) -> None:
+    """Replace a LLaVA's vision tower by another CLIP's (same architecture), e.g. one fine-tuned with
+    hard negatives; the projector is kept and stage 2 teaches it to read the new features."""
+    import mmfm
+    from mmfm.checkpoint import load_strict
+    from mmfm.lm.frozen_base import tower_state
+    from mmfm.models.clip import CLIP
+
+    clip = mmfm.load(vision_dir)
+    if not isinstance(clip, CLIP):
+        raise ConfigError(f"{vision_dir}: the vision tower must come from a CLIP checkpoint")
+    if clip.config.vision != model.config.vision:
+        raise ConfigError(f"{vision_dir}: its vision tower ({clip.config.vision}) differs from the model's "
+                          f"({model.config.vision}); a tower can only be swapped for one of the same shape")
+    load_strict(model.vision, {k[len("vision."):]: v.float() for k, v in tower_state(clip, model.vision).items()},
+                f"vision tower from {vision_dir}")
+
+
 def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/llava", init=None, vision=None,
                       resume: bool = False, progress: bool = True, evaluate: bool = True, eval_n: int = 100,
-                      **overrides) -> dict:
+                      qa_weights=None, **overrides) -> dict:
     """Stage 1 builds the model (vision tower from `vision`, default the shipped world CLIP) and writes
-    out/stage1; stage 2 starts from `init` (default out/stage1/model) and writes out/stage2. Each
-    stage writes model/, metrics.jsonl, curves.png and report.json."""
+    out/stage1; stage 2 starts from `init` (default out/stage1/model), with its tower replaced by
+    `vision`'s when given, and writes out/stage2. `qa_weights` ("shape=3,color=2" or a dict) weighs
+    the question types of stage 2's single-question conversations. Each stage writes model/,
+    metrics.jsonl, curves.png and report.json."""
     import mmfm
-    from mmfm.data.llava_world import WorldInstructions
+    from mmfm.data.llava_world import WorldInstructions, parse_qa_weights
     from mmfm.train.trainer import Trainer
     from mmfm.world import World
 
     if stage not in (1, 2):
         raise ConfigError(f"--stage must be 1 or 2, got {stage}")
     p = preset(preset_name)
+    qa_weights = parse_qa_weights(qa_weights)
     tcfg = TrainConfig(**p[f"stage{stage}"]).update(**overrides)
     tcfg.progress = progress
     out = Path(out) / f"stage{stage}"
@@ -136,13 +157,16 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
             raise ConfigError(f"stage 2 starts from a stage-1 model; none at {init} (run --stage 1 first or pass --from)")
         model = mmfm.load(init, dtype="bfloat16")
         model.vision.float()
+        if vision is not None:
+            swap_tower(model, vision)
     trainable = prepare_stage(model, stage, p.get("lora"))
     enc = model.conversation()
     data = WorldInstructions(enc, stage, tcfg.batch_size, model.config.image_mean, model.config.image_std,
-                             World(seed=tcfg.seed), seed=tcfg.seed)
+                             World(seed=tcfg.seed), seed=tcfg.seed, qa_weights=qa_weights)
     trainer = Trainer(LlavaTrainModule(model), tcfg, lambda s, m, r, w: data.batch(s, m, r, w, tcfg.accum), out)
     trainer.train(resume=resume)
-    report = {"preset": preset_name, "stage": stage, "trainable_parameters": trainable,
+    report = {"preset": preset_name, "stage": stage, "trainable_parameters": trainable, "qa_weights": qa_weights,
+              "vision": str(vision) if vision else None,
               "train_seconds": round(time.perf_counter() - t0, 1), "skipped_conversations": data.skipped,
               "train_config": {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "seed")}}
     if trainer.rank == 0:
@@ -155,4 +179,4 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     return report
 
 
-__all__ = ["train_world_llava", "build_world_llava", "prepare_stage", "PRESETS", "LORA_TARGETS"]
+__all__ = ["train_world_llava", "build_world_llava", "swap_tower", "prepare_stage", "PRESETS", "LORA_TARGETS"]
