@@ -138,6 +138,36 @@ def test_kv_cache_token_by_token_equals_full_forward(variant):
         net(torch.randn(2, 6, 64), is_causal=True, caches=caches)  # 11 + 6 > 16
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_prefill_keeping_the_last_positions_fills_the_same_cache(padded):
+    """logits_to_keep runs the last block on the kept positions only: the same logits, the same cache,
+    the same next step as a full prefill."""
+    from mmfm.nn.decoder import DecoderConfig, DecoderLM
+
+    torch.manual_seed(0)
+    lm = DecoderLM(DecoderConfig(vocab_size=60, dim=32, layers=3, heads=4, kv_heads=2, hidden=64)).eval()
+    ids = torch.randint(0, 60, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    if padded:
+        mask[0, :4] = 0
+    full_mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+    pos = DecoderLM.positions(full_mask, 0, 10)
+    outs = []
+    for keep in (0, 2):
+        caches = lm.new_caches(2, 12)
+        with torch.no_grad():
+            out = lm(ids, attention_mask=mask if padded else None, position_ids=pos[:, :9], caches=caches,
+                     logits_to_keep=keep)
+            step = lm(ids[:, :1], attention_mask=full_mask, position_ids=pos[:, 9:], caches=caches).logits
+        outs.append((out, caches, step))
+    (full, c_full, s_full), (kept, c_kept, s_kept) = outs
+    assert kept.logits.shape == (2, 2, 60) and kept.last_hidden.shape == (2, 2, 32)
+    assert (kept.logits - full.logits[:, -2:]).abs().max() <= 1e-5
+    for a, b in zip(c_full, c_kept):
+        assert torch.equal(a.k[:, :, :10], b.k[:, :, :10]) and torch.equal(a.v[:, :, :10], b.v[:, :, :10])
+    assert (s_kept - s_full).abs().max() <= 1e-5
+
+
 def test_kv_cache_reorder_selects_rows():
     c = KVCache(3, 2, 4, 8)
     k = torch.randn(3, 2, 2, 8)

@@ -223,10 +223,11 @@ class Flamingo(nn.Module):
             return block(h, media, text_time, cache=kv)
 
         out = self.lm(inputs_embeds=x, attention_mask=attention_mask, position_ids=position_ids, caches=caches,
-                      compute_logits=False, before_layer=before_layer)
-        h = out.last_hidden
+                      compute_logits=False, before_layer=before_layer,
+                      logits_to_keep=logits_to_keep if labels is None else 0)
+        h = out.last_hidden  # (B, logits_to_keep or T, dim)
         if labels is None:
-            out.logits = self.logits(h[:, -logits_to_keep:] if logits_to_keep else h)
+            out.logits = self.logits(h)
             return out
         target = labels[:, 1:]
         keep = target != IGNORE

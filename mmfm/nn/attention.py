@@ -187,9 +187,12 @@ class Attention(nn.Module):
         is_causal: bool = False,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | StaticKV | None = None,
+        keep_last: int = 0,
     ) -> torch.Tensor:
         """cache: a KVCache (self-attention, grows each step) or, for cross-attention, a StaticKV
-        (the context's keys/values, projected once; `context` may then be None)."""
+        (the context's keys/values, projected once; `context` may then be None).
+        keep_last > 0: every position gives its key and value (to the cache) but only the last
+        `keep_last` queries are computed: the output is (B, keep_last, dim)."""
         b, t, _ = x.shape
         hd_q = self.heads * self.head_dim
         hd_kv = self.kv_heads * self.head_dim
@@ -217,18 +220,25 @@ class Attention(nn.Module):
             v = self._split(qkv[..., hd_q + hd_kv :], self.kv_heads)
         if isinstance(cache, KVCache):
             k, v = cache.update(k, v)
+        kept = 0 < keep_last < t
+        if kept:
+            q, t = q[:, :, -keep_last:], keep_last
+            if mask is not None and mask.shape[-2] > 1:
+                mask = mask[..., -keep_last:, :]
         if is_causal and (k.shape[2] != t or mask is not None):
             # SDPA's is_causal aligns top-left; with a cache or an extra mask, build the mask ourselves.
             mask = combine_masks(mask, causal_mask(t, k.shape[2], device=x.device))
             is_causal = False
         if is_causal and t == 1:
             is_causal = False
-        y = self._sdpa(q, k, v, mask, is_causal)
+        # a prefill's kept queries go through SDPA like the rest of the prefill: the same numerics as
+        # without keep_last (decode_attention's fp32 differs in bf16, enough to flip near-tied tokens)
+        y = self._sdpa(q, k, v, mask, is_causal, decode=not kept)
         return self.out(y.transpose(1, 2).reshape(b, t, hd_q))
 
-    def _sdpa(self, q, k, v, mask, is_causal):
+    def _sdpa(self, q, k, v, mask, is_causal, decode: bool = True):
         p = self.dropout if self.training else 0.0
-        if q.shape[2] == 1 and p == 0.0:
+        if decode and q.shape[2] == 1 and p == 0.0:
             return decode_attention(q, k, v, mask)
         if self.kv_heads == self.heads:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p)

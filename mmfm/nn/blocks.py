@@ -155,8 +155,14 @@ class TransformerBlock(nn.Module):
         cache: KVCache | None = None,
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
+        keep_last: int = 0,
     ) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rope=rope, cache=cache))
+        """keep_last > 0: every position writes its keys/values to the cache, only the last
+        `keep_last` go on (B, keep_last, dim): the last layer of a prefill needs nothing else."""
+        h = self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rope=rope, cache=cache, keep_last=keep_last)
+        if 0 < keep_last < x.shape[1]:
+            x = x[:, -keep_last:]
+        x = x + self.ls1(h)
         if self.cross is not None:
             x = x + self.cross(self.norm_x(x), context=context, mask=context_mask)
         return x + self.ls2(self.mlp(self.norm2(x)))
@@ -220,10 +226,12 @@ class Transformer(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x, mask=None, is_causal=False, rope=None, caches=None, context=None,
-                context_mask=None, output_hidden_states: bool = False, before_layer=None):
+                context_mask=None, output_hidden_states: bool = False, before_layer=None, keep_last: int = 0):
         """before_layer(i, x) -> x, when given, runs before block i (Flamingo's gated cross-attention
-        sits there, outside the frozen blocks)."""
+        sits there, outside the frozen blocks). keep_last > 0: the last block computes only the last
+        `keep_last` positions (all of them still fill its cache); not with output_hidden_states."""
         hidden = [x] if output_hidden_states else None
+        last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
             if before_layer is not None:
                 x = before_layer(i, x)
@@ -231,7 +239,8 @@ class Transformer(nn.Module):
             if self.grad_checkpointing and self.training and cache is None:
                 x = checkpoint(blk, x, mask, is_causal, rope, None, context, context_mask, use_reentrant=False)
             else:
-                x = blk(x, mask, is_causal, rope, cache, context, context_mask)
+                x = blk(x, mask, is_causal, rope, cache, context, context_mask,
+                        keep_last if i == last and hidden is None else 0)
             if hidden is not None:
                 hidden.append(x)
         return x, (tuple(hidden) if hidden is not None else None)

@@ -79,7 +79,7 @@ class DecoderConfig:
 @dataclass
 class DecoderOutput:
     logits: torch.Tensor | None  # (B, T', vocab); None with compute_logits=False
-    last_hidden: torch.Tensor  # (B, T, dim), after the final norm
+    last_hidden: torch.Tensor  # (B, T or logits_to_keep, dim), after the final norm
     hidden_states: tuple[torch.Tensor, ...] | None = None  # layers + 1, before the final norm
 
 
@@ -140,6 +140,9 @@ class DecoderLM(nn.Module):
     ) -> DecoderOutput:
         """compute_logits=False skips the LM head (logits is None): a trainer that needs logits only at
         its supervised positions applies `lm_head` to those rows of `last_hidden` itself.
+        logits_to_keep > 0 (a prefill): the last block, the final norm and the head run on the last
+        `logits_to_keep` positions only, the others just fill the last block's cache; last_hidden is
+        then (B, logits_to_keep, dim) (not with output_hidden_states, which returns every position).
         before_layer(i, x) -> x runs before block i (Flamingo inserts its gated cross-attention there)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -169,11 +172,12 @@ class DecoderLM(nn.Module):
         else:
             x = x + self.pos_embed(position_ids)
         h, hidden = self.transformer(x, mask=mask, is_causal=is_causal, rope=rope, caches=caches,
-                                     output_hidden_states=output_hidden_states, before_layer=before_layer)
-        h = self.norm(h)
+                                     output_hidden_states=output_hidden_states, before_layer=before_layer,
+                                     keep_last=logits_to_keep)
+        h = self.norm(h[:, -logits_to_keep:] if logits_to_keep else h)
         logits = None
         if compute_logits:
-            logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
+            logits = self.lm_head(h)
         return DecoderOutput(logits=logits, last_hidden=h, hidden_states=hidden)
 
     @staticmethod
