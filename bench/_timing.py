@@ -1,8 +1,13 @@
-"""Shared by the benchmarks: the best of `repeats` timed calls after one warm-up call."""
+"""Shared by the benchmarks: the best of `repeats` timed calls after one warm-up call. Importing it
+applies mmfm's allocator setting to the whole process, so every library compared runs with it."""
 
 from __future__ import annotations
 
 import time
+
+from mmfm.runtime import tune_malloc
+
+tune_malloc()
 
 
 def timed(fn, repeats: int):

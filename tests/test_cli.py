@@ -38,3 +38,14 @@ def test_quickstart_runs_end_to_end_when_shortened(tmp_path):
     assert set(report["zeroshot"]) == {"seen", "heldout"} and "linear_probe" in report
     assert (tmp_path / "qs" / "clip" / "model" / "model.safetensors").is_file()
     assert (tmp_path / "qs" / "clip" / "curves.png").is_file()
+
+
+def test_allocator_setting_applies_on_linux_and_can_be_declined():
+    import os
+    import subprocess
+    import sys
+
+    code = "from mmfm.runtime import tune_malloc; print(tune_malloc())"
+    for env, want in (({}, "True"), ({"MMFM_MALLOC_DEFAULTS": "1"}, "False")):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
+        assert r.stdout.strip() == (want if sys.platform.startswith("linux") else "False"), r.stderr

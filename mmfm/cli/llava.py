@@ -90,6 +90,7 @@ def train_llava(
     resume: bool = typer.Option(False, "--resume", help="Continue from out/stageN/checkpoint.pt."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate after stage 2."),
     eval_n: int = typer.Option(100, "--eval-n", help="Questions per type for the evaluation."),
+    bf16: bool = typer.Option(True, "--bf16/--fp32", help="Frozen LM in bf16 with bf16 autocast (default), or all fp32 (faster on CPUs whose bf16 matmul is slow)."),
     qa_weights: str = typer.Option(None, "--qa-weights", help="Stage 2: weights of the question types in single-question conversations, e.g. shape=3,color=2 (others 1)."),
 ) -> None:
     """Train LLaVA on the Shapes world with SmolLM2-135M-Instruct (two stages, as LLaVA)."""
@@ -97,7 +98,7 @@ def train_llava(
     from mmfm.train.llava import train_world_llava
 
     report = train_world_llava(stage, preset, out, init=init, vision=vision, resume=resume, evaluate=evaluate,
-                               eval_n=eval_n, qa_weights=qa_weights, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+                               eval_n=eval_n, qa_weights=qa_weights, bf16=bf16, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     if "test" in report:
         typer.echo(format_report(report))
     typer.echo(f"model: {out / f'stage{stage}' / 'model'}   curves: {out / f'stage{stage}' / 'curves.png'}")

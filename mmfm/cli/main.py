@@ -68,6 +68,9 @@ _register()
 
 
 def main() -> None:
+    from mmfm.runtime import tune_malloc
+
+    tune_malloc()  # large tensors stay in the heap instead of page-faulting in again (see mmfm.runtime)
     try:
         app()
     except MMFMError as e:  # typed errors are the user's to fix: one clear line, no traceback

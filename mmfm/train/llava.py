@@ -50,9 +50,9 @@ def preset(name: str) -> dict:
     return PRESETS[name]
 
 
-def build_world_llava(vision_dir=None, lm=None, seed: int = 0, **model_kwargs) -> Llava:
-    """A new LLaVA: a CLIP's vision tower (default: the shipped world CLIP), SmolLM2 (bf16, frozen) and
-    a freshly initialised projector."""
+def build_world_llava(vision_dir=None, lm=None, seed: int = 0, lm_dtype: str = "bfloat16", **model_kwargs) -> Llava:
+    """A new LLaVA: a CLIP's vision tower (default: the shipped world CLIP), SmolLM2 (frozen, bf16 by
+    default) and a freshly initialised projector."""
     import mmfm
     from mmfm.interop.hf_llava import _after_meta
     from mmfm.lm.frozen_base import tower_state
@@ -63,7 +63,7 @@ def build_world_llava(vision_dir=None, lm=None, seed: int = 0, **model_kwargs) -
     clip = mmfm.load(vision_dir or weights_path("clip-world-tiny"))
     if not isinstance(clip, CLIP):
         raise ConfigError(f"{vision_dir}: the vision tower must come from a CLIP checkpoint")
-    lm = lm or load_lm(smollm2_path(), dtype="bfloat16")
+    lm = lm or load_lm(smollm2_path(), dtype=lm_dtype)
     c = clip.config
     config = LlavaConfig(vision=c.vision, lm=lm.config, image_mean=c.image_mean, image_std=c.image_std,
                          vision_norm_eps=c.norm_eps, base_lm="smollm2", **model_kwargs)
@@ -150,12 +150,12 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     out = Path(out) / f"stage{stage}"
     t0 = time.perf_counter()
     if stage == 1:
-        model = build_world_llava(vision, seed=tcfg.seed, **p["model"])
+        model = build_world_llava(vision, seed=tcfg.seed, lm_dtype="bfloat16" if tcfg.bf16 else "float32", **p["model"])
     else:
         init = Path(init) if init else out.parent / "stage1" / "model"
         if not (init / "config.json").is_file():
             raise ConfigError(f"stage 2 starts from a stage-1 model; none at {init} (run --stage 1 first or pass --from)")
-        model = mmfm.load(init, dtype="bfloat16")
+        model = mmfm.load(init, dtype="bfloat16" if tcfg.bf16 else "float32")
         model.vision.float()
         if vision is not None:
             swap_tower(model, vision)
