@@ -53,16 +53,12 @@ def preset(name: str) -> dict:
 def build_world_llava(vision_dir=None, lm=None, seed: int = 0, lm_dtype: str = "bfloat16", **model_kwargs) -> Llava:
     """A new LLaVA: a CLIP's vision tower (default: the shipped world CLIP), SmolLM2 (frozen, bf16 by
     default) and a freshly initialised projector."""
-    import mmfm
     from mmfm.interop.hf_llava import _after_meta
     from mmfm.lm.frozen_base import tower_state
     from mmfm.lm.model import load_lm, smollm2_path
-    from mmfm.models.clip import CLIP
     from mmfm.weights import path as weights_path
 
-    clip = mmfm.load(vision_dir or weights_path("clip-world-tiny"))
-    if not isinstance(clip, CLIP):
-        raise ConfigError(f"{vision_dir}: the vision tower must come from a CLIP checkpoint")
+    clip = _load_clip(vision_dir or weights_path("clip-world-tiny"))
     lm = lm or load_lm(smollm2_path(), dtype=lm_dtype)
     c = clip.config
     config = LlavaConfig(vision=c.vision, lm=lm.config, image_mean=c.image_mean, image_std=c.image_std,
@@ -110,21 +106,27 @@ def prepare_stage(model: Llava, stage: int, lora: dict | None) -> int:
     return n
 
 
-def swap_tower(model: Llava, vision_dir) -> None:
-    """Replace a LLaVA's vision tower by another CLIP's (same architecture), e.g. one fine-tuned with
-    hard negatives; the projector is kept and stage 2 teaches it to read the new features."""
+def _load_clip(vision_dir):
     import mmfm
-    from mmfm.checkpoint import load_strict
-    from mmfm.lm.frozen_base import tower_state
     from mmfm.models.clip import CLIP
 
     clip = mmfm.load(vision_dir)
     if not isinstance(clip, CLIP):
         raise ConfigError(f"{vision_dir}: the vision tower must come from a CLIP checkpoint")
+    return clip
+
+
+def swap_tower(model: Llava, vision_dir) -> None:
+    """Replace a LLaVA's vision tower by another CLIP's (same architecture), e.g. one fine-tuned with
+    hard negatives; the projector is kept and stage 2 teaches it to read the new features."""
+    from mmfm.checkpoint import load_strict
+    from mmfm.lm.frozen_base import tower_state
+
+    clip = _load_clip(vision_dir)
     if clip.config.vision != model.config.vision:
         raise ConfigError(f"{vision_dir}: its vision tower ({clip.config.vision}) differs from the model's "
                           f"({model.config.vision}); a tower can only be swapped for one of the same shape")
-    load_strict(model.vision, {k[len("vision."):]: v.float() for k, v in tower_state(clip, model.vision).items()},
+    load_strict(model.vision, {k: v.float() for k, v in tower_state(clip, model.vision, prefix="").items()},
                 f"vision tower from {vision_dir}")
 
 
