@@ -3,6 +3,7 @@ new tokens per second for a batch of 8 image questions (left-padded prompts of d
 greedy, a fixed number of new tokens (end token off so both run every step).
 
     python bench/llava_speed.py [--configs tiny,world-tiny] [--batch 8] [--tokens 32] [--dtypes float32,bfloat16] [--json F]
+                                [--no-prepack]
 
 The model is built in transformers from a random config, saved, and loaded by mmfm (the parity path),
 so the weights are the same; the greedy tokens of both are compared and the agreement printed.
@@ -71,6 +72,7 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-prepack", action="store_true", help="mmfm decodes on the plain weights (A/B of mmfm.nn.packed)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     results = []
@@ -85,7 +87,7 @@ def main() -> None:
             hf.to(dt)
             ours.to(dt)
             px = pixels.to(dt)
-            cfg = GenerationConfig(max_new_tokens=args.tokens, pad_token_id=0)
+            cfg = GenerationConfig(max_new_tokens=args.tokens, pad_token_id=0, prepack=False if args.no_prepack else None)
 
             def run_hf():
                 return hf.generate(input_ids=ids, attention_mask=mask, pixel_values=px, max_new_tokens=args.tokens,

@@ -12,12 +12,14 @@ and sliced, positions are a counter, stop strings are matched on a short window 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from mmfm.errors import ConfigError
+from mmfm.nn.packed import PackedLinears
 
 
 @dataclass
@@ -34,6 +36,7 @@ class GenerationConfig:
     stop_strings: Sequence[str] = ()
     min_new_tokens: int = 0
     pad_token_id: int = 0
+    prepack: bool | None = None  # decode steps on oneDNN-packed weights (mmfm.nn.packed); None = when it pays
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -150,12 +153,13 @@ def _prefill(model, input_ids, inputs_embeds, attention_mask, max_len, forward_k
     return out.logits[:, -1].float(), caches, full_mask, next_pos
 
 
-def _step(model, tokens, caches, full_mask, pos, forward_kwargs):
+def _step(model, tokens, caches, full_mask, pos, forward_kwargs, packs: PackedLinears | None = None):
     cur = caches[0].pos + 1
-    out = model(
-        input_ids=tokens[:, None], attention_mask=full_mask[:, :cur] if full_mask is not None else None,
-        position_ids=pos[:, None], caches=caches, logits_to_keep=1, **forward_kwargs,
-    )
+    with packs.active() if packs is not None else contextlib.nullcontext():
+        out = model(
+            input_ids=tokens[:, None], attention_mask=full_mask[:, :cur] if full_mask is not None else None,
+            position_ids=pos[:, None], caches=caches, logits_to_keep=1, **forward_kwargs,
+        )
     return out.logits[:, -1].float()
 
 
@@ -199,6 +203,7 @@ def stream_tokens(
 
     logits, caches, full_mask, pos = _prefill(model, input_ids, inputs_embeds, attention_mask,
                                               t + cfg.max_new_tokens, forward_kwargs)
+    packs = PackedLinears.maybe(model, b, cfg.max_new_tokens - 1, cfg.prepack)
     finished = torch.zeros(b, dtype=torch.bool)
     for step in range(cfg.max_new_tokens):
         if eos is not None and step < cfg.min_new_tokens:
@@ -217,7 +222,7 @@ def stream_tokens(
         yield nxt, active, hits
         if bool(finished.all()) or step == cfg.max_new_tokens - 1:
             return
-        logits = _step(model, nxt.to(pos.device), caches, full_mask, pos, forward_kwargs)
+        logits = _step(model, nxt.to(pos.device), caches, full_mask, pos, forward_kwargs, packs)
         pos = pos + 1
 
 
@@ -280,6 +285,7 @@ def beam_search(
     forward_kwargs = {k: rep(v) if torch.is_tensor(v) and v.shape[0] == b else v for k, v in forward_kwargs.items()}
     logits, caches, full_mask, pos = _prefill(model, rep(input_ids), rep(inputs_embeds), rep(attention_mask),
                                               t + cfg.max_new_tokens, forward_kwargs)
+    packs = PackedLinears.maybe(model, b * nb, cfg.max_new_tokens - 1, cfg.prepack)
     scores = torch.zeros(b, nb)
     scores[:, 1:] = float("-inf")  # all beams start identical: only the first may expand
     history = torch.zeros(b * nb, cfg.max_new_tokens, dtype=torch.long)
@@ -333,7 +339,7 @@ def beam_search(
         if full_mask is not None:
             full_mask = full_mask.index_select(0, src.to(full_mask.device))
         pos = pos.index_select(0, src.to(pos.device))
-        logits = _step(model, new_tok.flatten().to(pos.device), caches, full_mask, pos, forward_kwargs)
+        logits = _step(model, new_tok.flatten().to(pos.device), caches, full_mask, pos, forward_kwargs, packs)
         pos = pos + 1
     n = step + 1
     for r in range(b):
