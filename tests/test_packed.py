@@ -56,10 +56,39 @@ def test_a_changed_weight_is_repacked():
     assert after == generate(lm, ids, mask, config=GenerationConfig(max_new_tokens=8, prepack=False)).tokens
 
 
-def test_only_plain_linears_are_packed_and_autocast_opts_out():
-    model = nn.Sequential(nn.Linear(8, 8), LoRALinear(8, 8, r=2, alpha=4))
-    packs = packed.PackedLinears(model, 2)
-    assert [m for m, _ in packs.forwards] == [model[0]]  # LoRALinear's forward adds its update
+def test_lora_is_packed_merged_in_fp32_only_and_autocast_opts_out():
+    from mmfm.nn.lora import apply_lora
+
+    lm = _lm()
+    apply_lora(lm, ["attn.qkv", "mlp.down"], r=4, alpha=8)
+    with torch.no_grad():
+        for m in lm.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_b.normal_(0, 0.5)  # a trained adapter: its update matters
+    packs = packed.PackedLinears(lm, 3)
+    assert sum(isinstance(m, LoRALinear) for m, _ in packs.forwards) == 2 * 2
+    ids, mask = _prompts()
+    run = lambda p: generate(lm, ids, mask, config=GenerationConfig(max_new_tokens=12, prepack=p)).tokens  # noqa: E731
+    assert run(True) == run(False)
+    x = torch.randn(3, 1, 64)
+    with torch.inference_mode():
+        plain = lm(inputs_embeds=x).logits
+        with packs.active():
+            fast = lm(inputs_embeds=x).logits
+    assert (fast - plain).abs().max() <= 1e-5
+    qkv = lm.transformer.blocks[0].attn.qkv
+    old_pack = qkv._mmfm_pack[1]
+    with torch.no_grad():  # a training step on the adapter alone is seen
+        qkv.lora_b.add_(1.0)
+    again = packed.PackedLinears(lm, 3)
+    assert qkv._mmfm_pack[1] is not old_pack
+    with torch.inference_mode():
+        plain = lm(inputs_embeds=x).logits
+        with again.active():
+            assert (lm(inputs_embeds=x).logits - plain).abs().max() <= 1e-5
+
+    model = nn.Sequential(nn.Linear(8, 8), LoRALinear(8, 8, r=2, alpha=4).to(torch.bfloat16))
+    assert [m for m, _ in packed.PackedLinears(model, 2).forwards] == [model[0]]  # bf16 LoRA is not merged
     assert packed.PackedLinears.maybe(model, 2, 32, None) is not None
     assert packed.PackedLinears.maybe(model, 2, 2, None) is None  # too few steps to pay for packing
     assert packed.PackedLinears.maybe(model, 2, 32, False) is None

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from mmfm.nn.lora import LoRALinear
+
 _DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -35,22 +37,33 @@ def _forward(packed: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
+def _version_key(*tensors: torch.Tensor) -> tuple:
+    """Changes when any tensor is replaced or modified in place (PyTorch bumps `_version` on each)."""
+    return tuple((t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in tensors)
+
+
 class PackedLinears:
-    """The plain `nn.Linear`s of `model` (not subclasses such as LoRALinear, whose forward adds more),
-    packed for `batch` rows. `with packs.active(): model(...)` runs those Linears on the packs."""
+    """The `nn.Linear`s of `model` packed for `batch` rows; `with packs.active(): model(...)` runs them on
+    the packs. A fp32 LoRALinear is packed with its adapter merged in (one matmul instead of three;
+    the same result up to fp32 rounding); a bf16 one is left alone, since rounding the merged weight to
+    bf16 would change its outputs. Other Linear subclasses are left alone (their forward may add more)."""
 
     def __init__(self, model: nn.Module, batch: int):
         self.forwards: list[tuple[nn.Linear, object]] = []
         for m in model.modules():  # each module once, a tied LM head included
             w = getattr(m, "weight", None)
-            if type(m) is not nn.Linear or w is None or w.device.type != "cpu" or w.dtype not in _DTYPES:
+            lora = type(m) is LoRALinear
+            if not (type(m) is nn.Linear or lora) or w is None or w.device.type != "cpu" or w.dtype not in _DTYPES:
+                continue
+            if lora and (w.dtype != torch.float32 or m.lora_a.dtype != torch.float32):
                 continue
             if m.bias is not None and m.bias.dtype != w.dtype:
                 continue
-            key = (w.data_ptr(), w._version, w.dtype, tuple(w.shape))
+            key = _version_key(m.weight, *((m.lora_a, m.lora_b) if lora else ()))
             cached = getattr(m, "_mmfm_pack", None)
             if cached is None or cached[0] != key:
-                cached = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch))
+                weight = m.merged_weight() if lora else w
+                cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch))
                 m._mmfm_pack = cached  # a plain attribute: not a buffer, never saved in a state dict
             packed = cached[1]
             bias = None if m.bias is None else m.bias.detach()
