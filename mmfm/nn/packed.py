@@ -5,7 +5,7 @@ how fast the weights stream from memory. PyTorch's default CPU path for such a s
 row-major weight at about half the memory bandwidth on the machines we measured (a 30-layer
 SmolLM2-shaped stack: 8.8 GB/s where a plain sum over the same bytes reads 21.8 GB/s). oneDNN's
 prepacked layout (the one PyTorch's own inductor "freezing" uses for CPU inference) streams the same
-weights 1.3-2x faster (bench/RESULTS.md). `PackedLinears` packs the plain Linears of a model and swaps
+weights 1.3-2x faster (bench/RESULTS.md). `PackedLinears` packs the Linears of a model (fp32 LoRA merged) and swaps
 the packs in only around each decode step, so the model is never left altered between steps.
 
 Packing reads and writes every weight once (~0.2 s for SmolLM2-135M in fp32, as long as three decode
