@@ -19,6 +19,7 @@ Numerics: bf16 results are bit-identical to F.linear; fp32 differ by accumulatio
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -49,25 +50,26 @@ class PackedLinears:
     bf16 would change its outputs. Other Linear subclasses are left alone (their forward may add more)."""
 
     def __init__(self, model: nn.Module, batch: int):
-        self.forwards: list[tuple[nn.Linear, object]] = []
+        self.forwards: list[tuple[nn.Linear, functools.partial]] = []
         for m in model.modules():  # each module once, a tied LM head included
-            w = getattr(m, "weight", None)
             lora = type(m) is LoRALinear
-            if not (type(m) is nn.Linear or lora) or w is None or w.device.type != "cpu" or w.dtype not in _DTYPES:
+            if not (type(m) is nn.Linear or lora):
+                continue
+            w = m.weight
+            if w.device.type != "cpu" or w.dtype not in _DTYPES:
                 continue
             if lora and (w.dtype != torch.float32 or m.lora_a.dtype != torch.float32):
                 continue
             if m.bias is not None and m.bias.dtype != w.dtype:
                 continue
-            key = _version_key(m.weight, *((m.lora_a, m.lora_b) if lora else ()))
+            key = _version_key(w, *((m.lora_a, m.lora_b) if lora else ()))
             cached = getattr(m, "_mmfm_pack", None)
             if cached is None or cached[0] != key:
                 weight = m.merged_weight() if lora else w
                 cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch))
                 m._mmfm_pack = cached  # a plain attribute: not a buffer, never saved in a state dict
-            packed = cached[1]
             bias = None if m.bias is None else m.bias.detach()
-            self.forwards.append((m, lambda x, p=packed, b=bias: _forward(p, b, x)))
+            self.forwards.append((m, functools.partial(_forward, cached[1], bias)))
 
     @classmethod
     def maybe(cls, model: nn.Module, batch: int, new_tokens: int, enabled: bool | None) -> PackedLinears | None:
