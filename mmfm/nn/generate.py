@@ -36,7 +36,7 @@ class GenerationConfig:
     stop_strings: Sequence[str] = ()
     min_new_tokens: int = 0
     pad_token_id: int = 0
-    prepack: bool | None = None  # decode steps on oneDNN-packed weights (mmfm.nn.packed); None = when it pays
+    prepack: bool | None = None  # decode steps on MKL / oneDNN-packed weights (mmfm.nn.packed); None = when it pays
 
     def __post_init__(self):
         if self.max_new_tokens < 1:

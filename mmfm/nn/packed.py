@@ -3,17 +3,18 @@
 A decode step multiplies a few rows (the batch) by every weight of the model once, so it is bound by
 how fast the weights stream from memory. PyTorch's default CPU path for such a skinny matmul reads a
 row-major weight at about half the memory bandwidth on the machines we measured (a 30-layer
-SmolLM2-shaped stack: 8.8 GB/s where a plain sum over the same bytes reads 21.8 GB/s). oneDNN's
-prepacked layout (the one PyTorch's own inductor "freezing" uses for CPU inference) streams the same
-weights 1.3-2x faster (bench/RESULTS.md). `PackedLinears` packs the Linears of a model (fp32 LoRA merged) and swaps
-the packs in only around each decode step, so the model is never left altered between steps.
+SmolLM2-shaped stack: 8.8 GB/s where a plain sum over the same bytes reads 21.8 GB/s). A packed
+layout streams the same weights 1.3-2x faster (bench/RESULTS.md), the layouts PyTorch's own inductor
+"freezing" uses for CPU inference: MKL's packed sgemm for fp32 (a call costs ~4 us; results differ from F.linear by accumulation
+order, ~1e-7) and oneDNN's blocked layout for bf16 (bit-identical; a call costs ~19 us, which is why
+fp32 does not use it). `PackedLinears` packs the Linears of a model
+(fp32 LoRA merged) and swaps the packs in only around each decode step, so the model is never left
+altered between steps.
 
 Packing reads and writes every weight once (~0.2 s for SmolLM2-135M in fp32, as long as three decode
 steps), so a pack is kept on its Linear and reused by the next generation while the weight is the
 same tensor at the same version: an in-place update (an optimizer step, load_state_dict) bumps the
 version, `.to()` makes a new tensor, and either repacks. The cost is a second copy of the weights.
-
-Numerics: bf16 results are bit-identical to F.linear; fp32 differ by accumulation order (~1e-6).
 """
 
 from __future__ import annotations
@@ -30,12 +31,37 @@ from mmfm.nn.lora import LoRALinear
 _DTYPES = (torch.float32, torch.bfloat16)
 
 
-def available() -> bool:
+def _mkl() -> bool:
+    return bool(torch.backends.mkl.is_available()) and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
+
+
+def _onednn() -> bool:
     return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
-def _forward(packed: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+def available() -> bool:
+    return _mkl() or _onednn()
+
+
+def _backend(dtype: torch.dtype) -> str | None:
+    if dtype == torch.float32 and _mkl():
+        return "mkl"
+    return "onednn" if _onednn() else None
+
+
+def _pack(backend: str, weight: torch.Tensor, batch: int) -> torch.Tensor:
+    if backend == "mkl":
+        return torch.ops.mkl._mkl_reorder_linear_weight(weight, batch)
+    return torch.ops.mkldnn._reorder_linear_weight(weight, batch)
+
+
+def _mkl_forward(packed, weight, bias, batch, x):
+    # MKL's packed GEMM was packed for `batch` rows; other row counts fall back to the plain weight
+    return torch.ops.mkl._mkl_linear.default(x, packed, weight, bias, batch)
+
+
+def _onednn_forward(packed, weight, bias, batch, x):
+    return torch.ops.mkldnn._linear_pointwise.default(x, packed, bias, "none", [], "")
 
 
 def _version_key(*tensors: torch.Tensor) -> tuple:
@@ -62,18 +88,22 @@ class PackedLinears:
                 continue
             if m.bias is not None and m.bias.dtype != w.dtype:
                 continue
-            key = _version_key(w, *((m.lora_a, m.lora_b) if lora else ()))
+            backend = _backend(w.dtype)
+            if backend is None:
+                continue
+            key = (backend, batch, _version_key(w, *((m.lora_a, m.lora_b) if lora else ())))
             cached = getattr(m, "_mmfm_pack", None)
             if cached is None or cached[0] != key:
-                weight = m.merged_weight() if lora else w
-                cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch))
+                weight = (m.merged_weight() if lora else w).detach()
+                cached = (key, _pack(backend, weight, batch), weight)
                 m._mmfm_pack = cached  # a plain attribute: not a buffer, never saved in a state dict
             bias = None if m.bias is None else m.bias.detach()
-            self.forwards.append((m, functools.partial(_forward, cached[1], bias)))
+            fwd = _mkl_forward if backend == "mkl" else _onednn_forward
+            self.forwards.append((m, functools.partial(fwd, cached[1], cached[2], bias, batch)))
 
     @classmethod
     def maybe(cls, model: nn.Module, batch: int, new_tokens: int, enabled: bool | None) -> PackedLinears | None:
-        """Packs when it pays: on the CPU, with oneDNN, outside autocast (the packed op does not
+        """Packs when it pays: on the CPU, with MKL or oneDNN, outside autocast (the packed ops do not
         autocast), for at least 4 decode steps (a first packing costs about three).
         enabled=False never packs; True packs whenever it can."""
         if enabled is False or not available() or torch.is_autocast_enabled("cpu"):
@@ -82,19 +112,21 @@ class PackedLinears:
             return None
         try:
             packs = cls(model, batch)
-        except RuntimeError:  # a PyTorch build whose oneDNN cannot pack this dtype
+        except RuntimeError:  # a PyTorch build whose MKL / oneDNN cannot pack this dtype
             return None
         return packs if packs.forwards else None
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
+        # an instance attribute shadows nn.Linear.forward; deleting it restores it. Written to __dict__
+        # directly: nn.Module.__setattr__ / __delattr__ cost ~1 us each, ~0.25 ms a step for 120 Linears
         for m, f in self.forwards:
-            m.forward = f  # an instance attribute shadows nn.Linear.forward; deleting it restores it
+            m.__dict__["forward"] = f
         try:
             yield
         finally:
             for m, _ in self.forwards:
-                del m.forward
+                m.__dict__.pop("forward", None)
 
 
 __all__ = ["PackedLinears", "available"]
