@@ -17,6 +17,7 @@ from mmfm.nn import (
     TextTransformer,
     Transformer,
     VisionTransformer,
+    apply_rotary,
     causal_mask,
     combine_masks,
     padding_mask,
@@ -257,3 +258,15 @@ def test_conv_stem_keeps_the_token_grid():
     assert out.hidden_states[0].shape == (2, 65, 48)
     with pytest.raises(ValueError):
         VisionTransformer(60, 6, 48, 1, 4, stem="conv")
+
+
+def test_rotary_matches_the_rotate_half_formula():
+    # Llama / RoFormer: x * cos + rotate_half(x) * sin with rotate_half(x) = [-x2, x1]
+    rope = RotaryEmbedding(16, theta=500.0)
+    pos = torch.tensor([[0, 3, 7], [1, 2, 40]])
+    x = torch.randn(2, 4, 3, 16)
+    freqs = pos.float()[..., None] * (1.0 / 500.0 ** (torch.arange(0, 16, 2).float() / 16))
+    cos, sin = torch.cat([freqs, freqs], -1).cos()[:, None], torch.cat([freqs, freqs], -1).sin()[:, None]
+    want = x * cos + torch.cat([-x[..., 8:], x[..., :8]], -1) * sin
+    assert torch.equal(apply_rotary(x, *rope(pos)), want)
+    assert torch.equal(apply_rotary(x[:1], *rope(pos[0])), want[:1])  # (T, Dh) tables broadcast too

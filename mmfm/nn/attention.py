@@ -90,8 +90,9 @@ class StaticKV:
 
 # ------------------------------------------------------------------------------------------- rotary
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (RoFormer; Llama's rotate-half layout). Returns cos, sin of shape
-    (T, Dh) for positions `offset .. offset + T`."""
+    """Rotary position embedding (RoFormer; Llama's rotate-half layout). Returns the tables that
+    `apply_rotary` reads, (T, Dh) each for positions `positions`: cos, and sin with the sign of
+    rotate-half folded in (its first half negated)."""
 
     def __init__(self, head_dim: int, theta: float = 10000.0, max_len: int = 4096):
         super().__init__()
@@ -107,17 +108,18 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[..., None] * self.inv_freq
-        emb = torch.cat([freqs, freqs], -1)
-        return emb.cos(), emb.sin()
+        return torch.cat([freqs, freqs], -1).cos(), torch.cat([-freqs.sin(), freqs.sin()], -1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, H, T, Dh); cos/sin: (T, Dh) or (B, T, Dh)."""
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, Dh); cos / signed_sin from RotaryEmbedding: (T, Dh) or (B, T, Dh).
+
+    x * cos + rotate_half(x) * sin, with rotate_half(x) = [-x2, x1] written as roll(x) = [x2, x1] times
+    the signed sin: one op where slicing, negating and concatenating took four (a decode step runs one
+    per layer), and bit-identical since negation is exact."""
     if cos.ndim == 3:
-        cos, sin = cos[:, None], sin[:, None]
-    half = x.shape[-1] // 2
-    rot = torch.cat([-x[..., half:], x[..., :half]], -1)
-    return (x * cos + rot * sin).to(x.dtype)
+        cos, signed_sin = cos[:, None], signed_sin[:, None]
+    return (x * cos + torch.roll(x, x.shape[-1] // 2, -1) * signed_sin).to(x.dtype)
 
 
 # ------------------------------------------------------------------------------------------- attention
