@@ -7,7 +7,8 @@ greedy, a fixed number of new tokens (end token off so both run every step).
 
 The model is built in transformers from a random config, saved, and loaded by mmfm (the parity path),
 so the weights are the same; the greedy tokens of both are compared and the agreement printed.
-ratio = transformers time / mmfm time (> 1: mmfm faster).
+ratio = transformers time / mmfm time (> 1: mmfm faster), each the best of `--repeats` calls made
+alternately (transformers, mmfm, transformers, ...) so that a slow spell of a shared host hits both.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import tempfile
 
 import torch
-from _timing import timed  # bench/ is on sys.path when a script runs
+from _timing import timed_pair  # bench/ is on sys.path when a script runs
 
 CONFIGS = {
     # a small LLaVA: CLIP ViT 224/16 (196 patches) and a 6-layer Llama with SmolLM2's width and vocabulary
@@ -96,8 +97,7 @@ def main() -> None:
             def run_ours():
                 return generate(ours.lm, inputs_embeds=ours.embed(ids, px), attention_mask=mask, config=cfg).tokens
 
-            t_hf, tok_hf = timed(run_hf, args.repeats)
-            t_ours, tok_ours = timed(run_ours, args.repeats)
+            t_hf, t_ours, tok_hf, tok_ours = timed_pair(run_hf, run_ours, args.repeats)
             same = sum(a == b for a, b in zip(tok_hf.tolist(), tok_ours))
             new = args.batch * args.tokens
             row = {"config": name, "dtype": dtype, "batch": args.batch, "new_tokens": args.tokens,
