@@ -169,6 +169,58 @@ def test_prefill_keeping_the_last_positions_fills_the_same_cache(padded):
     assert (s_kept - s_full).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("kv_heads", [2, 4])
+def test_a_padded_batch_runs_unpadded_and_equals_each_row_alone(kv_heads):
+    """Left and right padding (a prefill, a training batch): norms, projections and MLPs run on the
+    real tokens only (attention.Unpadded); logits, the cache and the gradients equal each row run alone."""
+    from mmfm.nn import decoder
+    from mmfm.nn.decoder import DecoderConfig, DecoderLM
+
+    torch.manual_seed(0)
+    lm = DecoderLM(DecoderConfig(vocab_size=60, dim=32, layers=2, heads=4, kv_heads=kv_heads, hidden=64))
+    ids = torch.randint(0, 60, (3, 8))
+    mask = torch.ones(3, 8, dtype=torch.long)
+    mask[0, :3] = 0  # left padding
+    mask[2, 5:] = 0  # right padding
+    seen = []
+    real = decoder.Unpadded
+
+    class Spy(real):
+        def __init__(self, keep):
+            super().__init__(keep)
+            seen.append(int(self.index.numel()))
+
+    decoder.Unpadded = Spy
+    try:
+        out = lm(ids, attention_mask=mask)
+        caches = lm.new_caches(3, 8)
+        with torch.no_grad():
+            lm(ids, attention_mask=mask, caches=caches)
+    finally:
+        decoder.Unpadded = real
+    assert seen == [18, 18]  # 24 positions, 6 of them padding
+    loss = sum(out.logits[r][mask[r].bool()].logsumexp(-1).sum() for r in range(3))
+    loss.backward()
+    batched_grad = lm.transformer.blocks[0].mlp.gate_up.weight.grad.clone()
+    lm.zero_grad()
+    alone_loss = 0
+    for r in range(3):
+        keep = mask[r].bool()
+        alone = lm(ids[r : r + 1, keep]).logits[0]
+        assert (out.logits[r][keep] - alone).abs().max() <= 1e-5
+        alone_loss = alone_loss + alone.logsumexp(-1).sum()
+        c = lm.new_caches(1, 8)
+        with torch.no_grad():
+            lm(ids[r : r + 1, keep], caches=c)
+        n = int(keep.sum())
+        for a, b in zip(caches, c):
+            assert (a.k[r][:, keep] - b.k[0][:, :n]).abs().max() <= 1e-5
+            assert (a.v[r][:, keep] - b.v[0][:, :n]).abs().max() <= 1e-5
+    alone_loss.backward()
+    assert (batched_grad - lm.transformer.blocks[0].mlp.gate_up.weight.grad).abs().max() <= 1e-4
+    assert out.logits.shape == (3, 8, 60) and torch.isfinite(out.logits).all()
+
+
 def test_kv_cache_reorder_selects_rows():
     c = KVCache(3, 2, 4, 8)
     k = torch.randn(3, 2, 2, 8)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mmfm.nn.attention import Attention, KVCache, StaticKV
+from mmfm.nn.attention import Attention, KVCache, StaticKV, Unpadded
 
 
 class QuickGELU(nn.Module):
@@ -156,11 +156,16 @@ class TransformerBlock(nn.Module):
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
         keep_last: int = 0,
+        tokens: Unpadded | None = None,
     ) -> torch.Tensor:
         """keep_last > 0: every position writes its keys/values to the cache, only the last
-        `keep_last` go on (B, keep_last, dim): the last layer of a prefill needs nothing else."""
-        h = self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rope=rope, cache=cache, keep_last=keep_last)
-        if 0 < keep_last < x.shape[1]:
+        `keep_last` go on (B, keep_last, dim): the last layer of a prefill needs nothing else.
+        tokens: x is the real tokens of a padded batch, (1, N, dim) (see attention.Unpadded)."""
+        h = self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rope=rope, cache=cache, keep_last=keep_last,
+                      tokens=tokens)
+        if tokens is not None and 0 < keep_last < tokens.length:
+            x = tokens.unpack(x)[:, -keep_last:]  # the attention answered for the padded (B, keep_last)
+        elif tokens is None and 0 < keep_last < x.shape[1]:
             x = x[:, -keep_last:]
         x = x + self.ls1(h)
         if self.cross is not None:
@@ -226,10 +231,15 @@ class Transformer(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x, mask=None, is_causal=False, rope=None, caches=None, context=None,
-                context_mask=None, output_hidden_states: bool = False, before_layer=None, keep_last: int = 0):
+                context_mask=None, output_hidden_states: bool = False, before_layer=None, keep_last: int = 0,
+                tokens: Unpadded | None = None):
         """before_layer(i, x) -> x, when given, runs before block i (Flamingo's gated cross-attention
         sits there, outside the frozen blocks). keep_last > 0: the last block computes only the last
-        `keep_last` positions (all of them still fill its cache); not with output_hidden_states."""
+        `keep_last` positions (all of them still fill its cache); not with output_hidden_states.
+        tokens: x is (1, N, dim), the real tokens of a padded (B, T) batch (attention.Unpadded; not with
+        before_layer, output_hidden_states or cross-attention); the output is padded again, (B, T, dim)."""
+        if tokens is not None and (before_layer is not None or output_hidden_states or context is not None):
+            raise ValueError("unpadded tokens do not go with before_layer, output_hidden_states or a context")
         hidden = [x] if output_hidden_states else None
         last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
@@ -237,12 +247,15 @@ class Transformer(nn.Module):
                 x = before_layer(i, x)
             cache = caches[i] if caches is not None else None
             if self.grad_checkpointing and self.training and cache is None:
-                x = checkpoint(blk, x, mask, is_causal, rope, None, context, context_mask, use_reentrant=False)
+                x = checkpoint(blk, x, mask, is_causal, rope, None, context, context_mask, 0, tokens,
+                               use_reentrant=False)
             else:
                 x = blk(x, mask, is_causal, rope, cache, context, context_mask,
-                        keep_last if i == last and hidden is None else 0)
+                        keep_last if i == last and hidden is None else 0, tokens)
             if hidden is not None:
                 hidden.append(x)
+        if tokens is not None and not 0 < keep_last < tokens.length:
+            x = tokens.unpack(x)
         return x, (tuple(hidden) if hidden is not None else None)
 
 
