@@ -22,13 +22,16 @@ def timed(fn, repeats: int):
 
 
 def timed_pair(fa, fb, repeats: int):
-    """(best seconds of fa, of fb, fa's warm-up result, fb's): the calls alternate a, b, a, b, ..., so a
-    slow spell on a shared machine hits both sides instead of whichever happened to run then."""
+    """(seconds of fa, of fb: one (ta, tb) pair per repeat; fa's warm-up result, fb's). The calls
+    alternate a, b, a, b, ..., so a slow spell on a shared machine hits both sides of a pair instead
+    of whichever happened to run then: the median of ta / tb over the pairs is the steadier ratio."""
     out_a, out_b = fa(), fb()
-    ta, tb = [], []
+    pairs = []
     for _ in range(repeats):
-        for fn, ts in ((fa, ta), (fb, tb)):
+        pair = []
+        for fn in (fa, fb):
             t = time.perf_counter()
             fn()
-            ts.append(time.perf_counter() - t)
-    return min(ta), min(tb), out_a, out_b
+            pair.append(time.perf_counter() - t)
+        pairs.append(tuple(pair))
+    return pairs, out_a, out_b
