@@ -65,27 +65,6 @@ def test_cross_attention_matches_written_out_attention():
         attn(x)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_decode_attention_equals_sdpa_with_grouped_heads_and_masks(dtype):
-    from mmfm.nn.attention import decode_attention
-
-    g = torch.Generator().manual_seed(0)
-    q = torch.randn(3, 6, 1, 16, generator=g).to(dtype)
-    k, v = (torch.randn(3, 2, 9, 16, generator=g).to(dtype) for _ in range(2))
-    keep = torch.rand(3, 1, 1, 9, generator=g) > 0.3
-    keep[..., -1] = True  # the current token is always visible
-    per_head = torch.rand(3, 6, 1, 9, generator=g) > 0.3
-    per_head[..., -1] = True
-    additive = torch.randn(3, 1, 1, 9, generator=g)
-    for mask in (None, keep, per_head, additive):
-        want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
-                                              attn_mask=mask, enable_gqa=True)
-        got = decode_attention(q, k, v, mask)
-        assert got.dtype == dtype and got.shape == q.shape
-        tol = 1e-6 if dtype == torch.float32 else 1e-2
-        assert (got.float() - want).abs().max() < tol
-
-
 def test_causal_mask_hides_the_future():
     attn = Attention(32, 4)
     x = torch.randn(1, 8, 32)
