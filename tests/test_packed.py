@@ -10,7 +10,7 @@ from mmfm.nn.decoder import DecoderConfig, DecoderLM
 from mmfm.nn.generate import GenerationConfig, generate
 from mmfm.nn.lora import LoRALinear
 
-pytestmark = pytest.mark.skipif(not packed.available(), reason="this PyTorch build has no oneDNN: generation never packs there (PackedLinears.maybe returns None), so there is nothing to compare; CI's torch has it")
+pytestmark = pytest.mark.skipif(not packed.available(), reason="this PyTorch build has neither MKL nor oneDNN: generation never packs there (PackedLinears.maybe returns None), so there is nothing to compare; CI's torch has it")
 
 
 def _lm(dtype=torch.float32):

@@ -250,6 +250,5 @@ class Attention(nn.Module):
 
     def _sdpa(self, q, k, v, mask, is_causal):
         p = self.dropout if self.training else 0.0
-        if self.kv_heads == self.heads:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p, enable_gqa=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p,
+                                              enable_gqa=self.kv_heads != self.heads)

@@ -4,11 +4,11 @@ A decode step multiplies a few rows (the batch) by every weight of the model onc
 how fast the weights stream from memory. PyTorch's default CPU path for such a skinny matmul reads a
 row-major weight at about half the memory bandwidth on the machines we measured (a 30-layer
 SmolLM2-shaped stack: 8.8 GB/s where a plain sum over the same bytes reads 21.8 GB/s). A packed
-layout streams the same weights 1.3-2x faster (bench/RESULTS.md), the layouts PyTorch's own inductor
-"freezing" uses for CPU inference: MKL's packed sgemm for fp32 (a call costs ~4 us; results differ from F.linear by accumulation
-order, ~1e-7) and oneDNN's blocked layout for bf16 (bit-identical; a call costs ~19 us, which is why
-fp32 does not use it). `PackedLinears` packs the Linears of a model
-(fp32 LoRA merged) and swaps the packs in only around each decode step, so the model is never left
+layout streams the same weights 1.3-2x faster (bench/RESULTS.md); we use the two that PyTorch's own
+inductor "freezing" uses for CPU inference: MKL's packed sgemm for fp32 (~4 us a call; results differ
+from F.linear by accumulation order, ~1e-7) and oneDNN's blocked layout for bf16 (bit-identical; ~19
+us a call, which is why fp32 does not use it). `PackedLinears` packs the Linears of a model (fp32
+LoRA merged) and swaps the packs in only around each decode step, so the model is never left
 altered between steps.
 
 Packing reads and writes every weight once (~0.2 s for SmolLM2-135M in fp32, as long as three decode
@@ -60,7 +60,7 @@ def _mkl_forward(packed, weight, bias, batch, x):
     return torch.ops.mkl._mkl_linear.default(x, packed, weight, bias, batch)
 
 
-def _onednn_forward(packed, weight, bias, batch, x):
+def _onednn_forward(packed, bias, x):
     return torch.ops.mkldnn._linear_pointwise.default(x, packed, bias, "none", [], "")
 
 
@@ -98,8 +98,11 @@ class PackedLinears:
                 cached = (key, _pack(backend, weight, batch), weight)
                 m._mmfm_pack = cached  # a plain attribute: not a buffer, never saved in a state dict
             bias = None if m.bias is None else m.bias.detach()
-            fwd = _mkl_forward if backend == "mkl" else _onednn_forward
-            self.forwards.append((m, functools.partial(fwd, cached[1], cached[2], bias, batch)))
+            if backend == "mkl":
+                fwd = functools.partial(_mkl_forward, cached[1], cached[2], bias, batch)
+            else:
+                fwd = functools.partial(_onednn_forward, cached[1], bias)
+            self.forwards.append((m, fwd))
 
     @classmethod
     def maybe(cls, model: nn.Module, batch: int, new_tokens: int, enabled: bool | None) -> PackedLinears | None:
