@@ -74,8 +74,8 @@ def bench_train_step(batch: int, reps: int) -> None:
 
     from mmfm.interop.open_clip import config_to_open_clip, state_dict_to_open_clip
     from mmfm.models.clip import CLIP
+    from mmfm.nn.losses import clip_loss
     from mmfm.train.clip import world_tiny_config
-    from mmfm.train.losses import clip_loss
 
     cfg = world_tiny_config(stem="patch", pool="cls")  # the layout both libraries can run
     torch.manual_seed(0)

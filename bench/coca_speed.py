@@ -8,7 +8,8 @@ tokens for cross-attention; mmfm keeps a KV cache in the text tower and in the m
 projects the image tokens' cross-attention keys/values once. Both run the same number of steps: open_clip's greedy
 path (generation_type="top_k", top_k=1) stops at `seq_len`, mmfm at `max_new_tokens = seq_len - 1`,
 and the end token is forbidden for the first 4 new tokens in both (open_clip's min_seq_len=5 counts the
-start token). Weights are random (N(0, 0.02)), so rows rarely end early; the tokens of both are compared and the agreement is printed.
+start token). Weights are random (N(0, 0.02)), so rows rarely end early; the tokens of both are compared
+and the agreement is printed.
 
 open_clip 3.3's generate needs transformers < 4.56 (it imports BeamSearchScorer, which 4.56 moved and
 5.x removed); the test extra installs transformers 5, so run this in an environment with
@@ -85,8 +86,13 @@ def main() -> None:
                     return ref.generate(x, seq_len=seq_len, sot_token_id=sot, eos_token_id=eot, min_seq_len=5, **kw)
 
             def run_ours():
-                gc = GenerationConfig(max_new_tokens=args.tokens, num_beams=beams, eos_token_ids=(eot,),
-                                      min_new_tokens=4, pad_token_id=t.pad_token_id)  # min_seq_len 5 counts the start token
+                gc = GenerationConfig(
+                    max_new_tokens=args.tokens,
+                    num_beams=beams,
+                    eos_token_ids=(eot,),
+                    min_new_tokens=4,
+                    pad_token_id=t.pad_token_id,
+                )  # min_seq_len 5 counts the start token
                 with torch.inference_mode():
                     _, toks = ours.encode_image_tokens(x)
                     start = torch.full((args.images, 1), sot, dtype=torch.long)

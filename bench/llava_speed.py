@@ -2,7 +2,8 @@
 new tokens per second for a batch of 8 image questions (left-padded prompts of different lengths),
 greedy, a fixed number of new tokens (end token off so both run every step).
 
-    python bench/llava_speed.py [--configs tiny,world-tiny] [--batch 8] [--tokens 32] [--dtypes float32,bfloat16] [--json F]
+    python bench/llava_speed.py [--configs tiny,world-tiny] [--batch 8] [--tokens 32]
+                                [--dtypes float32,bfloat16] [--json F]
                                 [--no-prepack]
 
 The model is built in transformers from a random config, saved, and loaded by mmfm (the parity path),
@@ -25,15 +26,45 @@ from _timing import timed_pair  # bench/ is on sys.path when a script runs
 
 CONFIGS = {
     # a small LLaVA: CLIP ViT 224/16 (196 patches) and a 6-layer Llama with SmolLM2's width and vocabulary
-    "tiny": dict(vision=dict(image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=6, num_attention_heads=6,
-                             intermediate_size=1536),
-                 text=dict(vocab_size=49153, hidden_size=576, num_hidden_layers=6, num_attention_heads=9,
-                           num_key_value_heads=3, intermediate_size=1536, max_position_embeddings=1024)),
+    "tiny": dict(
+        vision=dict(
+            image_size=224,
+            patch_size=16,
+            hidden_size=384,
+            num_hidden_layers=6,
+            num_attention_heads=6,
+            intermediate_size=1536,
+        ),
+        text=dict(
+            vocab_size=49153,
+            hidden_size=576,
+            num_hidden_layers=6,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            intermediate_size=1536,
+            max_position_embeddings=1024,
+        ),
+    ),
     # the world-tiny shape: 64 px / patch 8 tower, SmolLM2-135M's full 30-layer LM
-    "world-tiny": dict(vision=dict(image_size=64, patch_size=8, hidden_size=96, num_hidden_layers=4, num_attention_heads=3,
-                                   intermediate_size=384),
-                       text=dict(vocab_size=49153, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
-                                 num_key_value_heads=3, intermediate_size=1536, max_position_embeddings=1024)),
+    "world-tiny": dict(
+        vision=dict(
+            image_size=64,
+            patch_size=8,
+            hidden_size=96,
+            num_hidden_layers=4,
+            num_attention_heads=3,
+            intermediate_size=384,
+        ),
+        text=dict(
+            vocab_size=49153,
+            hidden_size=576,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            intermediate_size=1536,
+            max_position_embeddings=1024,
+        ),
+    ),
 }
 IMG = 49152
 
@@ -76,7 +107,9 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--no-prepack", action="store_true", help="mmfm decodes on the plain weights (A/B of mmfm.nn.packed)")
+    ap.add_argument(
+        "--no-prepack", action="store_true", help="mmfm decodes on the plain weights (A/B of mmfm.nn.packed)"
+    )
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     results = []
@@ -91,11 +124,21 @@ def main() -> None:
             hf.to(dt)
             ours.to(dt)
             px = pixels.to(dt)
-            cfg = GenerationConfig(max_new_tokens=args.tokens, pad_token_id=0, prepack=False if args.no_prepack else None)
+            cfg = GenerationConfig(
+                max_new_tokens=args.tokens, pad_token_id=0, prepack=False if args.no_prepack else None
+            )
 
             def run_hf():
-                return hf.generate(input_ids=ids, attention_mask=mask, pixel_values=px, max_new_tokens=args.tokens,
-                                   min_new_tokens=args.tokens, do_sample=False, eos_token_id=None, pad_token_id=0)[:, ids.shape[1]:]
+                return hf.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    pixel_values=px,
+                    max_new_tokens=args.tokens,
+                    min_new_tokens=args.tokens,
+                    do_sample=False,
+                    eos_token_id=None,
+                    pad_token_id=0,
+                )[:, ids.shape[1] :]
 
             def run_ours():
                 return generate(ours.lm, inputs_embeds=ours.embed(ids, px), attention_mask=mask, config=cfg).tokens
@@ -111,10 +154,13 @@ def main() -> None:
                    "ratio": round(t_hf / t_ours, 2), "paired_ratio": round(paired, 2),
                    "identical_rows": f"{same}/{args.batch}"}
             results.append(row)
-            print(f"{name:11s} {dtype:9s} transformers {row['transformers_tok_s']:8.1f} tok/s   mmfm "
-                  f"{row['mmfm_tok_s']:8.1f} tok/s   ratio {row['ratio']:.2f}x (paired median {row['paired_ratio']:.2f}x)   "
-                  f"identical greedy rows {row['identical_rows']}",
-                  flush=True)
+            print(
+                f"{name:11s} {dtype:9s} transformers {row['transformers_tok_s']:8.1f} tok/s   mmfm "
+                f"{row['mmfm_tok_s']:8.1f} tok/s   ratio {row['ratio']:.2f}x "
+                 f"(paired median {row['paired_ratio']:.2f}x)   "
+                f"identical greedy rows {row['identical_rows']}",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

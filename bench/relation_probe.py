@@ -50,7 +50,9 @@ def items(split: str, n: int, offset: int, canonical: bool, mean, std):
         count = Counter((objs[k].color, objs[k].shape) for k in vis)
         unique = [k for k in vis if count[(objs[k].color, objs[k].shape)] == 1]
         pairs = [(a, b, 0) for a in unique for b in unique if a != b and r.centroids[a][0] + MARGIN < r.centroids[b][0]]
-        pairs += [(a, b, 2) for a in unique for b in unique if a != b and r.centroids[a][1] + MARGIN < r.centroids[b][1]]
+        pairs += [
+            (a, b, 2) for a in unique for b in unique if a != b and r.centroids[a][1] + MARGIN < r.centroids[b][1]
+        ]
         if not pairs:
             continue
         rng = np.random.default_rng(i)
@@ -88,12 +90,16 @@ def main() -> None:
     std = torch.tensor(clip.config.image_std).view(1, 3, 1, 1)
     test = items("test", 400, 200_000, args.canonical, mean, std)
     train = items("train", args.items, 0, args.canonical, mean, std)
-    head = torch.nn.Sequential(torch.nn.Linear(train[1].shape[1], 256), torch.nn.GELU(), torch.nn.Linear(256, clip.config.embed_dim))
+    head = torch.nn.Sequential(
+        torch.nn.Linear(train[1].shape[1], 256), torch.nn.GELU(), torch.nn.Linear(256, clip.config.embed_dim)
+    )
     opt = torch.optim.AdamW(list(clip.parameters()) + list(head.parameters()), lr=args.lr, weight_decay=0.0)
 
     def scores(x, p, n):
         img = F.normalize(clip.encode_image(x), dim=-1)
-        return torch.stack([(img * F.normalize(head(p), dim=-1)).sum(-1), (img * F.normalize(head(n), dim=-1)).sum(-1)], 1)
+        return torch.stack(
+            [(img * F.normalize(head(p), dim=-1)).sum(-1), (img * F.normalize(head(n), dim=-1)).sum(-1)], 1
+        )
 
     def accuracy(data):
         clip.eval()
@@ -106,13 +112,18 @@ def main() -> None:
     clip.train()
     for step in range(1, args.steps + 1):
         i = torch.randint(0, train[0].shape[0], (args.batch,))
-        loss = F.cross_entropy(20 * scores(train[0][i], train[1][i], train[2][i]), torch.zeros(args.batch, dtype=torch.long))
+        loss = F.cross_entropy(
+            20 * scores(train[0][i], train[1][i], train[2][i]), torch.zeros(args.batch, dtype=torch.long)
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % args.every == 0 or step == args.steps:
-            print(f"step {step:5d}  loss {loss.item():.3f}  held-out {accuracy(test):.3f}  "
-                  f"training items {accuracy(tuple(t[:400] for t in train)):.3f}  {time.perf_counter() - t0:.0f} s", flush=True)
+            print(
+                f"step {step:5d}  loss {loss.item():.3f}  held-out {accuracy(test):.3f}  "
+                f"training items {accuracy(tuple(t[:400] for t in train)):.3f}  {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -40,17 +40,35 @@ def reference_model(name: str):
     c = sam_config(name)
     grid = c.image_size // c.patch_size
     return Sam(
-        image_encoder=ImageEncoderViT(depth=c.encoder_depth, embed_dim=c.encoder_dim, img_size=c.image_size,
-                                      mlp_ratio=c.mlp_ratio, num_heads=c.encoder_heads, patch_size=c.patch_size,
-                                      norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), qkv_bias=True, use_rel_pos=True,
-                                      global_attn_indexes=c.global_attn_indexes, window_size=c.window_size,
-                                      out_chans=c.prompt_dim),
-        prompt_encoder=PromptEncoder(embed_dim=c.prompt_dim, image_embedding_size=(grid, grid),
-                                     input_image_size=(c.image_size, c.image_size), mask_in_chans=c.mask_in_chans),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=c.prompt_dim, iou_head_depth=3,
-                                 iou_head_hidden_dim=c.iou_head_hidden,
-                                 transformer=TwoWayTransformer(depth=2, embedding_dim=c.prompt_dim, mlp_dim=c.decoder_mlp_dim,
-                                                               num_heads=c.decoder_heads)),
+        image_encoder=ImageEncoderViT(
+            depth=c.encoder_depth,
+            embed_dim=c.encoder_dim,
+            img_size=c.image_size,
+            mlp_ratio=c.mlp_ratio,
+            num_heads=c.encoder_heads,
+            patch_size=c.patch_size,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=c.global_attn_indexes,
+            window_size=c.window_size,
+            out_chans=c.prompt_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=c.prompt_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(c.image_size, c.image_size),
+            mask_in_chans=c.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer_dim=c.prompt_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=c.iou_head_hidden,
+            transformer=TwoWayTransformer(
+                depth=2, embedding_dim=c.prompt_dim, mlp_dim=c.decoder_mlp_dim, num_heads=c.decoder_heads
+            ),
+        ),
     ).eval()
 
 

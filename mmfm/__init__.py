@@ -15,10 +15,19 @@ from mmfm.errors import (  # noqa: E402,F401
 
 
 def load(path_or_id, **kwargs):
-    """Load a checkpoint folder or file in any format mmfm knows (mmfm, HF transformers, open_clip)."""
-    from mmfm.interop.detect import load as _load
+    """Load a checkpoint folder or file in any format mmfm knows (mmfm, HF transformers, open_clip,
+    segment-anything, GGUF): the table is `mmfm.interop.registry.LOADERS`."""
+    from mmfm.interop.registry import load as _load
 
     return _load(path_or_id, **kwargs)
+
+
+def save(model, folder, format: str = "mmfm"):  # noqa: A002 - the natural name
+    """Write a model in one of its formats ("mmfm", "hf", "open_clip", "official"; see
+    `mmfm.interop.registry.SAVERS`); returns the folder."""
+    from mmfm.interop.registry import save as _save
+
+    return _save(model, folder, format=format)
 
 
 def __getattr__(name):  # the model classes, imported on first use so `import mmfm` stays light

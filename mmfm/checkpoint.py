@@ -28,7 +28,9 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
 
             return Path(snapshot_download(s))
         except Exception as e:  # noqa: BLE001 - network, auth and missing repos all end here
-            raise CheckpointError(f"{s}: not a local path, and the Hub download failed ({type(e).__name__}: {e})") from e
+            raise CheckpointError(
+                f"{s}: not a local path, and the Hub download failed ({type(e).__name__}: {e})"
+            ) from e
     raise CheckpointError(f"{s}: no such file or folder")
 
 
@@ -95,7 +97,9 @@ def load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: st
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         for name, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):

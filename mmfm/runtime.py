@@ -2,12 +2,10 @@
 and the tests (a library import changes nothing).
 
 glibc serves every allocation above its mmap threshold (128 KB at first) with a fresh mmap and
-returns it on free, so each activation tensor of a forward pass page-faults its memory in again.
-In a virtual machine a page fault is expensive: measured on this project's 2-core VM, adding two
-(16, 107, 576) fp32 tensors took 1.03 ms with glibc's defaults and 0.32 ms with large allocations
-kept in the heap, and a LLaVA training step spent a third of its time in such element-wise ops.
-PyTorch's CPU tuning guide says the same (it preloads jemalloc or tcmalloc); `mallopt` gets the
-effect without a preload. MMFM_MALLOC_DEFAULTS=1 leaves glibc as it is.
+returns it on free, so each activation tensor of a forward pass page-faults its memory in again,
+which is expensive in a virtual machine (measured: bench/RESULTS.md). PyTorch's CPU tuning guide says
+the same (it preloads jemalloc or tcmalloc); `mallopt` gets the effect without a preload.
+MMFM_MALLOC_DEFAULTS=1 leaves glibc as it is.
 """
 
 from __future__ import annotations

@@ -11,4 +11,10 @@ def make_case(global_batch: int = 8):
         for p in list(img_net.parameters()) + list(txt_net.parameters()):
             p.copy_(torch.randn(p.shape, generator=g))
     scale = torch.nn.Parameter(torch.tensor(2.0))
-    return img_net, txt_net, scale, torch.randn(global_batch, 12, generator=g), torch.randn(global_batch, 10, generator=g)
+    return (
+        img_net,
+        txt_net,
+        scale,
+        torch.randn(global_batch, 12, generator=g),
+        torch.randn(global_batch, 10, generator=g),
+    )

@@ -19,7 +19,7 @@ def main(rank: int, world: int, port: str, out: str) -> None:
     sl = slice(rank * b, (rank + 1) * b)
     import torch.nn.functional as F
 
-    from mmfm.train.losses import clip_loss
+    from mmfm.nn.losses import clip_loss
 
     fi = F.normalize(img_net(x_img[sl]), dim=-1)
     ft = F.normalize(txt_net(x_txt[sl]), dim=-1)

@@ -9,7 +9,14 @@ import json
 import pytest
 import torch
 
-from mmfm.chain.cupl import CUPL_PROMPTS, cupl_classifier, first_sentence, generate_descriptions, load_prompts, save_prompts
+from mmfm.chain.cupl import (
+    CUPL_PROMPTS,
+    cupl_classifier,
+    first_sentence,
+    generate_descriptions,
+    load_prompts,
+    save_prompts,
+)
 from mmfm.chain.llm import LLM, LocalLLM, OpenAICompatibleLLM
 from mmfm.chain.visprog import default_registry, generate_program
 from mmfm.errors import InvalidPrompt, InvalidText, ProgramError

@@ -30,7 +30,9 @@ def test_bad_option_is_a_clear_error(tmp_path):
 
 def test_quickstart_runs_end_to_end_when_shortened(tmp_path):
     """The real pipeline with a tiny budget (the full one is the README's first command)."""
-    res = run("quickstart", "--out", str(tmp_path / "qs"), "--steps", "3", "--scenes", "512", "--eval-n", "60", timeout=600)
+    res = run(
+        "quickstart", "--out", str(tmp_path / "qs"), "--steps", "3", "--scenes", "512", "--eval-n", "60", timeout=600
+    )
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "qs" / "world" / "grid.png").is_file()
     assert "ensemble" in res.stdout and "heldout" in res.stdout

@@ -107,7 +107,9 @@ def test_classify_cli(model_dir, tmp_path):
 
     img = tmp_path / "scene.png"
     World(size=64).sample("train", 0).image.save(img)
-    res = cli("classify", str(img), "--model", str(model_dir), "--labels", "red circle,blue square,green star", "--json")
+    res = cli(
+        "classify", str(img), "--model", str(model_dir), "--labels", "red circle,blue square,green star", "--json"
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out[0]["labels"] and abs(sum(out[0]["probs"]) - 1) < 1e-3
@@ -134,7 +136,9 @@ def test_classify_non_image(model_dir, tmp_path):
 
 
 def test_eval_cli_zeroshot(model_dir, tmp_path):
-    res = cli("eval", "clip", "--model", str(model_dir), "--task", "zeroshot", "--n", "40", "--out", str(tmp_path / "z.json"))
+    res = cli(
+        "eval", "clip", "--model", str(model_dir), "--task", "zeroshot", "--n", "40", "--out", str(tmp_path / "z.json")
+    )
     assert res.returncode == 0, res.stderr
     z = json.loads((tmp_path / "z.json").read_text())
     assert set(z) == {"seen", "heldout"} and 0 <= z["seen"]["ensemble"]["top1"] <= 1
@@ -216,4 +220,4 @@ def test_attentional_pool_option_pools_with_one_learned_query(tmp_path):
     assert torch.allclose(mmfm.load(tmp_path / "mine").encode_image(x), m.encode_image(x), atol=1e-6)
     for fmt in ("hf", "open_clip"):
         with pytest.raises(CheckpointError, match="class token"):
-            m.save_pretrained(tmp_path / fmt, format=fmt)
+            mmfm.save(m, tmp_path / fmt, format=fmt)

@@ -65,7 +65,7 @@ def test_hf_clip_parity_both_directions(tmp_path, act, weights):
     for a, b in zip(hf_outputs(ref, x, ids), ours_outputs(ours, x, ids)):
         assert (a - b).abs().max() <= TOL
     back = tmp_path / "back"
-    ours.save_pretrained(back, format="hf")
+    mmfm.save(ours, back, format="hf")
     again = CLIPModel.from_pretrained(back).eval()
     for a, b in zip(hf_outputs(ref, x, ids), hf_outputs(again, x, ids)):
         assert (a - b).abs().max() <= TOL
@@ -85,15 +85,22 @@ def test_hf_legacy_eos_pools_at_argmax(tmp_path):
 
 
 def open_clip_cfg(quick_gelu):
-    return {"embed_dim": 24, "quick_gelu": quick_gelu,
-            "vision_cfg": {"image_size": 30, "patch_size": 6, "width": 48, "layers": 2, "head_width": 16, "mlp_ratio": 2.5},
-            "text_cfg": {"context_length": 16, "vocab_size": 99, "width": 40, "heads": 5, "layers": 2}}
+    return {
+        "embed_dim": 24,
+        "quick_gelu": quick_gelu,
+        "vision_cfg": {"image_size": 30, "patch_size": 6, "width": 48, "layers": 2, "head_width": 16, "mlp_ratio": 2.5},
+        "text_cfg": {"context_length": 16, "vocab_size": 99, "width": 40, "heads": 5, "layers": 2},
+    }
 
 
 def oc_outputs(m, x, ids):
     with torch.no_grad():
         fi, ft = m.encode_image(x), m.encode_text(ids)
-        logits = m.logit_scale.exp() * torch.nn.functional.normalize(fi, dim=-1) @ torch.nn.functional.normalize(ft, dim=-1).T
+        logits = (
+            m.logit_scale.exp()
+            * torch.nn.functional.normalize(fi, dim=-1)
+            @ torch.nn.functional.normalize(ft, dim=-1).T
+        )
         return fi, ft, logits
 
 
@@ -121,7 +128,7 @@ def test_open_clip_parity_both_directions(tmp_path, quick_gelu):
     assert (from_file.encode_image(x) - ours.encode_image(x)).abs().max() == 0
     # and back into open_clip
     back = tmp_path / "back"
-    ours.save_pretrained(back, format="open_clip")
+    mmfm.save(ours, back, format="open_clip")
     spec = json.loads((back / "open_clip_config.json").read_text())["model_cfg"]
     again = OpenCLIP(**spec).eval()
     again.load_state_dict(load_file(back / "open_clip_model.safetensors"), strict=True)
@@ -209,7 +216,7 @@ def test_hybrid_tower_does_not_export_to_references(tmp_path):
     m = CLIP(world_tiny_config(pool="cls"))  # conv stem
     for fmt in ("hf", "open_clip"):
         with pytest.raises(CheckpointError, match="conv stem"):
-            m.save_pretrained(tmp_path / fmt, format=fmt)
+            mmfm.save(m, tmp_path / fmt, format=fmt)
     m.save_pretrained(tmp_path / "mmfm")
     again = mmfm.load(tmp_path / "mmfm")
     x = torch.randn(2, 3, 64, 64)

@@ -14,8 +14,11 @@ from mmfm.world import ALL_PAIRS, COLOR_NAMES, class_names
 def test_short_training_learns_colors(tmp_path):
     from mmfm.train.clip import train_world_clip
 
-    # fp32: on hosts where bf16 matmuls are slow (bench/RESULTS.md) bf16 autocast made this test 2.5x slower (348 s vs 140 s)
-    train_world_clip("world-tiny", tmp_path, progress=False, scenes=4000, evaluate=False, steps=150, warmup=20, bf16=False)
+    # fp32: on hosts where bf16 matmuls are slow (bench/RESULTS.md) bf16 autocast made this test
+    # 2.5x slower (348 s vs 140 s)
+    train_world_clip(
+        "world-tiny", tmp_path, progress=False, scenes=4000, evaluate=False, steps=150, warmup=20, bf16=False
+    )
     import mmfm
 
     m = mmfm.load(tmp_path / "model")

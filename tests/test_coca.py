@@ -71,12 +71,16 @@ def test_generation_greedy_and_beams_follow_the_model(pair):
     with torch.no_grad():
         _, toks = ours.encode_image_tokens(x)
         start = torch.ones(2, 1, dtype=torch.long)
-        greedy = generate(cap, start, config=GenerationConfig(max_new_tokens=6), forward_kwargs={"image_tokens": toks}).tokens
+        greedy = generate(
+            cap, start, config=GenerationConfig(max_new_tokens=6), forward_kwargs={"image_tokens": toks}
+        ).tokens
         # greedy = argmax of the uncached model at every step
         for row in range(2):
             seq = [1]
             for _ in range(6):
-                logits = ours.decode(ours.text(torch.tensor([seq + [0]])).last_hidden_state[:, :-1], toks[row : row + 1])
+                logits = ours.decode(
+                    ours.text(torch.tensor([seq + [0]])).last_hidden_state[:, :-1], toks[row : row + 1]
+                )
                 seq.append(int(logits[0, -1].argmax()))
             assert seq[1:] == greedy[row]
         beams = generate(cap, start, config=GenerationConfig(max_new_tokens=6, num_beams=3),
@@ -126,13 +130,13 @@ def test_open_clip_folder_and_file_load_through_mmfm_load(pair, tmp_path):
 def test_conversion_back_to_open_clip_and_mmfm_folders(pair, tmp_path):
     import json
 
-    import mmfm
     from open_clip.coca_model import CoCa as RefCoCa
 
+    import mmfm
     from mmfm.checkpoint import load_state_dict
 
     ref, ours = pair
-    ours.save_pretrained(tmp_path / "back", format="open_clip")
+    mmfm.save(ours, tmp_path / "back", format="open_clip")
     cfg = json.loads((tmp_path / "back" / "open_clip_config.json").read_text())["model_cfg"]
     cfg.pop("quick_gelu")
     again = RefCoCa(**cfg).eval()

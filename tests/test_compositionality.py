@@ -46,7 +46,13 @@ def test_winoground_files_with_bad_items_counted(tmp_path):
     _img(tmp_path / "images", "ex_0_img_1", "blue")
     (tmp_path / "images" / "broken.png").write_bytes(b"no")
     lines = [
-        {"id": 0, "caption_0": "a mug in grass", "caption_1": "grass in a mug", "image_0": "ex_0_img_0", "image_1": "ex_0_img_1"},
+        {
+            "id": 0,
+            "caption_0": "a mug in grass",
+            "caption_1": "grass in a mug",
+            "image_0": "ex_0_img_0",
+            "image_1": "ex_0_img_1",
+        },
         {"id": 1, "caption_0": "x", "image_0": "ex_0_img_0", "image_1": "ex_0_img_1"},  # caption_1 missing
         {"id": 2, "caption_0": "x", "caption_1": "y", "image_0": "broken", "image_1": "ex_0_img_1"},
     ]
@@ -101,9 +107,14 @@ def test_aro_order_sugarcrepe_and_crepe(tmp_path):
     res = run_suite("aro-coco-order", tmp_path / "k", prefer_true)
     assert res["precision@1"] == 1.0 and res["n"] == 1
     for sub, (pos, neg) in {"add_att": (0.9, 0.1), "add_obj": (0.1, 0.9), "swap_att": (0.5, 0.5)}.items():
-        (tmp_path / f"{sub}.json").write_text(json.dumps({"0": {"filename": "a.png", "caption": f"{sub} p",
-                                                                "negative_caption": f"{sub} n"},
-                                                          "1": {"filename": "missing.png", "caption": "p", "negative_caption": "n"}}))
+        (tmp_path / f"{sub}.json").write_text(
+            json.dumps(
+                {
+                    "0": {"filename": "a.png", "caption": f"{sub} p", "negative_caption": f"{sub} n"},
+                    "1": {"filename": "missing.png", "caption": "p", "negative_caption": "n"},
+                }
+            )
+        )
         t[("red", f"{sub} p")], t[("red", f"{sub} n")] = pos, neg
     res = run_suite("sugarcrepe", tmp_path, table_scorer(t))
     assert res["add_att"]["accuracy"] == 1.0 and res["add_obj"]["accuracy"] == 0.0
@@ -132,14 +143,28 @@ def test_rule_based_hard_negatives():
 
     rng = np.random.default_rng(0)
     assert perturb("A mug in some grass.", "swap_relation") == "Some grass in a mug."
-    assert perturb("a red circle to the left of a blue star", "swap_attributes") == "a blue circle to the left of a red star"
+    assert (
+        perturb("a red circle to the left of a blue star", "swap_attributes")
+        == "a blue circle to the left of a red star"
+    )
     assert perturb("The small dog is riding a large horse", "swap_relation") == "A large horse is riding the small dog"
-    assert tag(tokenize("a white cat sitting on a wooden table")) == ["DET", "ADJ", "NOUN", "REL", "REL_", "DET", "ADJ", "NOUN"]
+    assert tag(tokenize("a white cat sitting on a wooden table")) == [
+        "DET",
+        "ADJ",
+        "NOUN",
+        "REL",
+        "REL_",
+        "DET",
+        "ADJ",
+        "NOUN",
+    ]
     rep = perturb("a white cat on a table", "replace", rng)
     assert rep != "a white cat on a table" and len(rep.split()) == 6
     for kind in ("shuffle_within_trigrams", "shuffle_trigrams", "shuffle_allbut_nouns_adjectives"):
         tri = perturb("a man riding a horse on a beach", kind, rng)
-        assert tri != "a man riding a horse on a beach" and sorted(tri.split()) == sorted("a man riding a horse on a beach".split())
+        assert tri != "a man riding a horse on a beach" and sorted(tri.split()) == sorted(
+            "a man riding a horse on a beach".split()
+        )
     kept = perturb("a man riding a horse on a beach", "shuffle_allbut_nouns_adjectives", rng).split()
     assert [kept[i] for i in (1, 4, 7)] == ["man", "horse", "beach"]
     assert perturb("hello", "swap_attributes") is None
@@ -148,7 +173,7 @@ def test_rule_based_hard_negatives():
 
 
 def test_negclip_loss_equals_a_direct_computation():
-    from mmfm.train.losses import clip_loss
+    from mmfm.nn.losses import clip_loss
 
     g = torch.Generator().manual_seed(0)
     img, txt, neg = (F.normalize(torch.randn(4, 8, generator=g), dim=-1) for _ in range(3))
@@ -166,7 +191,7 @@ def test_negclip_loss_equals_a_direct_computation():
 
 
 def test_negclip_loss_drops_texts_identical_to_a_rows_caption():
-    from mmfm.train.losses import clip_loss, text_keys
+    from mmfm.nn.losses import clip_loss, text_keys
 
     g = torch.Generator().manual_seed(1)
     img, txt, neg = (F.normalize(torch.randn(4, 8, generator=g), dim=-1) for _ in range(3))
@@ -192,7 +217,7 @@ def test_negclip_loss_drops_texts_identical_to_a_rows_caption():
 
 
 def test_hard_negative_term_is_each_rows_caption_against_its_own_negative():
-    from mmfm.train.losses import hard_negative_loss
+    from mmfm.nn.losses import hard_negative_loss
     from mmfm.train.negclip import NegCLIPModule
 
     g = torch.Generator().manual_seed(2)
@@ -277,7 +302,10 @@ def test_relation_phase_shows_canonical_relations_first_then_asks_for_the_conver
         if late["converse_valid"][i]:
             assert dec(late["converse_ids"][i]) == converse(dec(late["input_ids"][i]))
             assert dec(late["converse_negative_ids"][i]) == converse(dec(late["negative_ids"][i]))
-    assert len(set(early["pixels"][:8].flatten(1).sum(1).tolist()) & set(late["pixels"][:8].flatten(1).sum(1).tolist())) < 8
+    assert (
+        len(set(early["pixels"][:8].flatten(1).sum(1).tolist()) & set(late["pixels"][:8].flatten(1).sum(1).tolist()))
+        < 8
+    )
     # every scene of the batch a relation scene, for more steps than there are such scenes
     only = data.with_schedule(32, relation_share=1.0)
     for step in (0, 1, 5):
@@ -285,7 +313,7 @@ def test_relation_phase_shows_canonical_relations_first_then_asks_for_the_conver
         assert b["converse_valid"][:16].all() and b["pixels"].shape[0] == 32
 
     # the converse term is the two-way softmax text vs text, on the rows that have a converse
-    from mmfm.train.losses import hard_negative_loss
+    from mmfm.nn.losses import hard_negative_loss
 
     with torch.no_grad():
         base, _ = NegCLIPModule(model, hard_negative_weight=1.0)(late)
@@ -321,7 +349,10 @@ def test_cli_world_suite_negclip_and_batch_size_run(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads((tmp_path / "neg" / "report.json").read_text())
     assert {"before", "after"} <= set(rep) and (tmp_path / "neg" / "model" / "model.safetensors").is_file()
-    assert rep["relations"]["steps"] == 2 and len((tmp_path / "neg" / "relations" / "metrics.jsonl").read_text().splitlines()) >= 1
+    assert (
+        rep["relations"]["steps"] == 2
+        and len((tmp_path / "neg" / "relations" / "metrics.jsonl").read_text().splitlines()) >= 1
+    )
     r = _mmfm("experiment", "batch-size", "--out", tmp_path / "bs", "--batches", "4,8", "--pairs", "16",
               "--eval-n", "10", "--scenes", "64")
     assert r.returncode == 0, r.stderr[-2000:]

@@ -46,7 +46,14 @@ def tiny(vocab=V, every=2, seed=0, gates=None, tie=True) -> Flamingo:
 def test_gated_blocks_sit_before_every_nth_layer():
     m = tiny(every=2)
     assert list(m.xattn) == ["1", "3"]
-    assert FlamingoConfig(lm=DecoderConfig(layers=30), cross_attn_every_n_layers=5).xattn_layers == [4, 9, 14, 19, 24, 29]
+    assert FlamingoConfig(lm=DecoderConfig(layers=30), cross_attn_every_n_layers=5).xattn_layers == [
+        4,
+        9,
+        14,
+        19,
+        24,
+        29,
+    ]
     with pytest.raises(ConfigError):
         FlamingoConfig(lm=DecoderConfig(layers=4), cross_attn_every_n_layers=5)
 
@@ -122,7 +129,9 @@ def test_cached_generation_equals_the_uncached_forward():
             seq = torch.cat([seq, nxt], 1)
         assert out.tokens[i] == seq[0, len(r):].tolist()[: len(out.tokens[i])]
     assert len(set(map(tuple, out.tokens))) == 2
-    beams = generate(m, ids, mask, config=GenerationConfig(max_new_tokens=4, num_beams=3), forward_kwargs={"media": media})
+    beams = generate(
+        m, ids, mask, config=GenerationConfig(max_new_tokens=4, num_beams=3), forward_kwargs={"media": media}
+    )
     assert len(beams.tokens) == 2
 
 
@@ -135,7 +144,8 @@ def test_only_new_parts_train():
     m.train()
     assert m.resampler.training and not m.vision.training  # the frozen tower stays in eval mode
     ids = torch.tensor([[IMG, 5, 6, EOC, IMG, 7, 8, EOC]])
-    loss, k = m(ids, torch.randn(1, 2, 3, 32, 32), labels=torch.tensor([flamingo_labels(ids[0].tolist(), IMG, EOC)]))
+    out = m(ids, torch.randn(1, 2, 3, 32, 32), labels=torch.tensor([flamingo_labels(ids[0].tolist(), IMG, EOC)]))
+    loss = out.loss
     loss.backward()
     assert m.lm.embed.weight.grad is None and m.vision.pos_embed.grad is None
     assert all(b.attn_gate.grad is not None and b.attn_gate.grad.abs() > 0 for b in m.xattn.values())

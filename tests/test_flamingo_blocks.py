@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mmfm.nn.attention import StaticKV
-from mmfm.nn.pooling import GatedCrossAttentionBlock, MaskedCrossAttention, PerceiverResampler, media_time
+from mmfm.nn.gated_xattn import GatedCrossAttentionBlock, MaskedCrossAttention, media_time
+from mmfm.nn.perceiver import PerceiverResampler
 
 helpers = pytest.importorskip("open_flamingo.src.helpers")
 
@@ -117,8 +118,11 @@ def test_whole_model_parity_with_open_flamingo_both_directions(tmp_path):
 
     def reference(seed):
         torch.manual_seed(seed)
-        oc_cfg = {"embed_dim": 24, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 48, "layers": 2, "head_width": 16},
-                  "text_cfg": {"context_length": 16, "vocab_size": 99, "width": 40, "heads": 5, "layers": 2}}
+        oc_cfg = {
+            "embed_dim": 24,
+            "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 48, "layers": 2, "head_width": 16},
+            "text_cfg": {"context_length": 16, "vocab_size": 99, "width": 40, "heads": 5, "layers": 2},
+        }
         clip = OpenCLIP(**oc_cfg).eval()
         lm = tiny_llama(V, seed=seed, tie=False, layers=4)
         return oc_cfg, clip, lm
@@ -126,7 +130,9 @@ def test_whole_model_parity_with_open_flamingo_both_directions(tmp_path):
     oc_cfg, clip, lm = reference(0)
     (tmp_path / "oc").mkdir()
     (tmp_path / "oc" / "open_clip_config.json").write_text(json.dumps({"model_cfg": oc_cfg, "preprocess_cfg": {}}))
-    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, tmp_path / "oc" / "open_clip_model.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in clip.state_dict().items()}, tmp_path / "oc" / "open_clip_model.safetensors"
+    )
     save_hf_folder(lm, tmp_path / "llama", tiny_tokenizer(V)[0])
 
     def wrap(clip, lm):
@@ -134,7 +140,9 @@ def test_whole_model_parity_with_open_flamingo_both_directions(tmp_path):
         extend_instance(lm, FlamingoLMMixin)
         lm.set_decoder_layers_attr_name("model.layers")
         lm.resize_token_embeddings(V + 3)  # <|endofchunk|>, <image>, <PAD>, as OpenFlamingo's factory adds them
-        return OFFlamingo(clip, lm, eoc_token_id=V, media_token_id=V + 1, vis_dim=48, cross_attn_every_n_layers=2).eval()
+        return OFFlamingo(
+            clip, lm, eoc_token_id=V, media_token_id=V + 1, vis_dim=48, cross_attn_every_n_layers=2
+        ).eval()
 
     ref = wrap(clip, lm)
     with torch.no_grad():

@@ -31,8 +31,13 @@ def free_port() -> int:
 def server():
     port = free_port()
     env = dict(os.environ, MMFM_API_KEY=KEY)
-    proc = subprocess.Popen([sys.executable, "-m", "mmfm.cli.main", "serve-llm", "--port", str(port),
-                             "--dtype", "float32"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmfm.cli.main", "serve-llm", "--port", str(port), "--dtype", "float32"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -70,7 +75,9 @@ def test_server_gives_the_same_greedy_text_as_local(server, local):
         "Tell me about Paris.", max_tokens=40, stop=[", "])
     samples = client.complete("Write one word.", n=3, temperature=1.0, seed=7, max_tokens=8)
     assert isinstance(samples, list) and len(samples) == 3
-    assert "".join(client.stream("Tell me about Paris.", max_tokens=30)) == local.complete("Tell me about Paris.", max_tokens=30)
+    assert "".join(client.stream("Tell me about Paris.", max_tokens=30)) == local.complete(
+        "Tell me about Paris.", max_tokens=30
+    )
 
 
 def test_environment_supplies_url_and_key(server, monkeypatch):

@@ -103,7 +103,9 @@ def test_hf_llama_folder_round_trip(tmp_path, tiny_tok, tie, kv_heads):
         ref = hf(input_ids=ids, attention_mask=mask).logits
         assert (ours.logits(ids, mask) - ref)[mask.bool()].abs().max().item() <= 1e-5
     # mmfm -> HF folder -> transformers, and mmfm's own format -> mmfm.load()
-    back = transformers.AutoModelForCausalLM.from_pretrained(ours.save_pretrained(tmp_path / "back", format="hf")).eval()
+    back = transformers.AutoModelForCausalLM.from_pretrained(
+        ours.save_pretrained(tmp_path / "back", format="hf")
+    ).eval()
     again = mmfm.load(ours.save_pretrained(tmp_path / "own"))
     with torch.no_grad():
         assert (back(input_ids=ids, attention_mask=mask).logits - ref)[mask.bool()].abs().max().item() <= 1e-5
@@ -234,8 +236,11 @@ def test_generation_does_no_per_step_work_that_grows(smol):
     """Forward calls: one prefill, then exactly one per new token, each of one position."""
     calls = []
     handle = smol.model.register_forward_pre_hook(
-        lambda m, args, kw: calls.append((kw.get("input_ids") if kw.get("input_ids") is not None else args[0]).shape[1]),
-        with_kwargs=True)
+        lambda m, args, kw: calls.append(
+            (kw.get("input_ids") if kw.get("input_ids") is not None else args[0]).shape[1]
+        ),
+        with_kwargs=True,
+    )
     try:
         ids = torch.tensor([smol.tokenizer.encode("Once upon a time")])
         generate(smol.model, ids, config=GenerationConfig(max_new_tokens=20))
@@ -296,7 +301,9 @@ def test_cli_chat_answers_paris():
                           "--max-tokens", "24"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "mmfm.cli.main", "chat", ""], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "mmfm.cli.main", "chat", ""], capture_output=True, text=True, timeout=300
+    )
     assert bad.returncode == 2 and "empty" in bad.stderr
 
 

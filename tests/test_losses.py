@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mmfm.train.losses import clip_loss
+from mmfm.nn.losses import clip_loss
 from tests.clip_loss_case import make_case
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,8 +47,10 @@ def test_clip_loss_two_processes_equals_one(tmp_path):
     params = list(img_net.parameters()) + list(txt_net.parameters()) + [scale]
 
     out, port = tmp_path / "rank0.pt", _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.dist_clip_loss_worker", str(r), "2", port, str(out)], cwd=ROOT)
-             for r in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "tests.dist_clip_loss_worker", str(r), "2", port, str(out)], cwd=ROOT)
+        for r in range(2)
+    ]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     got = torch.load(out, weights_only=True)
     assert torch.allclose(got["loss"], loss.detach(), atol=1e-6)

@@ -151,8 +151,8 @@ def test_prefill_keeping_the_last_positions_fills_the_same_cache(padded):
 @pytest.mark.parametrize("kv_heads", [2, 4])
 def test_a_padded_batch_runs_unpadded_and_equals_each_row_alone(kv_heads):
     """Left and right padding (a prefill, a training batch): norms, projections and MLPs run on the
-    real tokens only (attention.Unpadded); logits, the cache and the gradients equal each row run alone."""
-    from mmfm.nn import decoder
+    real tokens only (plan.Unpadded); logits, the cache and the gradients equal each row run alone."""
+    from mmfm.nn import plan
     from mmfm.nn.decoder import DecoderConfig, DecoderLM
 
     torch.manual_seed(0)
@@ -162,21 +162,21 @@ def test_a_padded_batch_runs_unpadded_and_equals_each_row_alone(kv_heads):
     mask[0, :3] = 0  # left padding
     mask[2, 5:] = 0  # right padding
     seen = []
-    real = decoder.Unpadded
+    real = plan.Unpadded
 
     class Spy(real):
         def __init__(self, keep):
             super().__init__(keep)
             seen.append(int(self.index.numel()))
 
-    decoder.Unpadded = Spy
+    plan.Unpadded = Spy
     try:
         out = lm(ids, attention_mask=mask)
         caches = lm.new_caches(3, 8)
         with torch.no_grad():
             lm(ids, attention_mask=mask, caches=caches)
     finally:
-        decoder.Unpadded = real
+        plan.Unpadded = real
     assert seen == [18, 18]  # 24 positions, 6 of them padding
     loss = sum(out.logits[r][mask[r].bool()].logsumexp(-1).sum() for r in range(3))
     loss.backward()
@@ -253,7 +253,9 @@ def test_vit_gradient_checkpointing_same_gradients():
 
 def test_text_transformer_pools_at_first_eot():
     eot = 99
-    tt = TextTransformer(vocab_size=100, context_length=12, width=32, layers=2, heads=4, output_dim=8, eot_token_id=eot).eval()
+    tt = TextTransformer(
+        vocab_size=100, context_length=12, width=32, layers=2, heads=4, output_dim=8, eot_token_id=eot
+    ).eval()
     ids = torch.randint(1, 90, (2, 12))
     ids[0, 4], ids[0, 8] = eot, eot
     ids[1, 10] = eot

@@ -10,7 +10,11 @@ from mmfm.nn.decoder import DecoderConfig, DecoderLM
 from mmfm.nn.generate import GenerationConfig, generate
 from mmfm.nn.lora import LoRALinear
 
-pytestmark = pytest.mark.skipif(not packed.available(), reason="this PyTorch build has neither MKL nor oneDNN: generation never packs there (PackedLinears.maybe returns None), so there is nothing to compare; CI's torch has it")
+pytestmark = pytest.mark.skipif(
+    not packed.available(),
+    reason="this PyTorch build has neither MKL nor oneDNN: generation never packs there "
+    "(PackedLinears.maybe returns None), so there is nothing to compare; CI's torch has it",
+)
 
 
 def _lm(dtype=torch.float32):
@@ -38,9 +42,10 @@ def test_packed_decoding_matches_plain(dtype):
     with torch.inference_mode():
         plain = lm(inputs_embeds=x).logits
         with packs.active():
+            assert sum(isinstance(m, packed.PackedLinear) for m in lm.modules()) == len(packs.forwards)
             fast = lm(inputs_embeds=x).logits
     assert (fast.float() - plain.float()).abs().max() <= (0 if dtype == torch.bfloat16 else 1e-5)
-    assert all("forward" not in m.__dict__ for m, _ in packs.forwards)  # the model is left as it was
+    assert not any(isinstance(m, packed.PackedLinear) for m in lm.modules())  # the model is left as it was
 
 
 def test_a_changed_weight_is_repacked():
@@ -74,6 +79,7 @@ def test_lora_is_packed_merged_in_fp32_only_and_autocast_opts_out():
     with torch.inference_mode():
         plain = lm(inputs_embeds=x).logits
         with packs.active():
+            assert sum(isinstance(m, packed.PackedLinear) for m in lm.modules()) == len(packs.forwards)
             fast = lm(inputs_embeds=x).logits
     assert (fast - plain).abs().max() <= 1e-5
     qkv = lm.transformer.blocks[0].attn.qkv

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import mmfm
+from mmfm import weights
 from mmfm.errors import InvalidImage, InvalidPrompt
 from mmfm.interop.sam import config_from_official, from_official, to_official
 from mmfm.models.sam import SAM, SamAutomaticMaskGenerator, SAMConfig, SamPredictor, sam_config
@@ -28,12 +29,30 @@ def reference_sam(seed: int = 0, std: float = 0.2):
 
     torch.manual_seed(seed)
     ref = Sam(
-        image_encoder=ImageEncoderViT(depth=3, embed_dim=48, img_size=64, mlp_ratio=4, num_heads=3, patch_size=8,
-                                      norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), qkv_bias=True, use_rel_pos=True,
-                                      global_attn_indexes=(1,), window_size=3, out_chans=32),
-        prompt_encoder=PromptEncoder(embed_dim=32, image_embedding_size=(8, 8), input_image_size=(64, 64), mask_in_chans=16),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=32, iou_head_depth=3, iou_head_hidden_dim=24,
-                                 transformer=TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=40, num_heads=2)),
+        image_encoder=ImageEncoderViT(
+            depth=3,
+            embed_dim=48,
+            img_size=64,
+            mlp_ratio=4,
+            num_heads=3,
+            patch_size=8,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=(1,),
+            window_size=3,
+            out_chans=32,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=32, image_embedding_size=(8, 8), input_image_size=(64, 64), mask_in_chans=16
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer_dim=32,
+            iou_head_depth=3,
+            iou_head_hidden_dim=24,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=40, num_heads=2),
+        ),
     ).eval()
     with torch.no_grad():
         for p in ref.parameters():
@@ -76,7 +95,9 @@ def test_model_parity_with_segment_anything(pair):
             assert (d_ref - d_ours).abs().max() <= 1e-6
             for multi in (True, False):
                 m_ref, i_ref = ref.mask_decoder(e_ref[:1], ref.prompt_encoder.get_dense_pe(), s_ref, d_ref, multi)
-                m_ours, i_ours = ours.mask_decoder(e_ours[:1], ours.prompt_encoder.get_dense_pe(), s_ours, d_ours, multi)
+                m_ours, i_ours = ours.mask_decoder(
+                    e_ours[:1], ours.prompt_encoder.get_dense_pe(), s_ours, d_ours, multi
+                )
                 assert m_ours.shape == m_ref.shape == (s_ref.shape[0], 3 if multi else 1, 32, 32)
                 assert (m_ref - m_ours).abs().max() <= 1e-4 and (i_ref - i_ours).abs().max() <= 1e-4
 
@@ -122,7 +143,10 @@ def test_automatic_masks_match_segment_anything(pair, image, kw):
                      else x["segmentation"] == y["segmentation"])
         assert seg_equal and x["bbox"] == y["bbox"] and x["area"] == y["area"] and x["crop_box"] == y["crop_box"]
         assert x["point_coords"] == y["point_coords"]
-        assert abs(x["predicted_iou"] - y["predicted_iou"]) <= 1e-4 and abs(x["stability_score"] - y["stability_score"]) <= 1e-4
+        assert (
+            abs(x["predicted_iou"] - y["predicted_iou"]) <= 1e-4
+            and abs(x["stability_score"] - y["stability_score"]) <= 1e-4
+        )
 
 
 def test_rle_outputs_decode_with_pycocotools(pair, image):
@@ -138,14 +162,17 @@ def test_rle_outputs_decode_with_pycocotools(pair, image):
                                                  "counts": c["segmentation"]["counts"].encode()}), b["segmentation"])
         assert np.array_equal(mask_utils.decode(mask_utils.frPyObjects(u["segmentation"], *u["segmentation"]["size"])),
                               b["segmentation"])
-        assert mask_utils.area({"size": c["segmentation"]["size"], "counts": c["segmentation"]["counts"].encode()}) == b["area"]
+        assert (
+            mask_utils.area({"size": c["segmentation"]["size"], "counts": c["segmentation"]["counts"].encode()})
+            == b["area"]
+        )
     json.dumps(coco)  # serialisable as is
 
 
 def test_transformers_parity_and_round_trip(tmp_path, pair):
     transformers = pytest.importorskip("transformers")
     _, ours = pair
-    hf = transformers.SamModel.from_pretrained(ours.save_pretrained(tmp_path / "hf", format="hf")).eval()
+    hf = transformers.SamModel.from_pretrained(mmfm.save(ours, tmp_path / "hf", format="hf")).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         e_ours, e_hf = ours.encode_image(x), hf.get_image_embeddings(x)
@@ -284,3 +311,17 @@ def test_text_prompt_pipeline_runs_with_a_world_clip(pair, image):
     assert 0 <= x0 <= x1 <= image.shape[1] and 0 <= y0 <= y1 <= image.shape[0]
     with pytest.raises(InvalidPrompt, match="empty"):
         segment(ours, image, "  ", clip=clip)
+
+
+def test_cli_eval_sam_with_text_prompts(tmp_path):
+    """`mmfm eval sam --clip`: the world evaluation and the text-prompt score (an untrained SAM, so only
+    the report's shape and ranges are checked)."""
+    torch.manual_seed(0)
+    folder = SAM(sam_config("world-tiny")).save_pretrained(tmp_path / "sam")
+    res = subprocess.run([sys.executable, "-m", "mmfm.cli.main", "eval", "sam", "--model", str(folder), "--n", "3",
+                          "--amg-images", "1", "--clip", str(weights.path("clip-world-tiny")), "--text-n", "3",
+                          "--out", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert 0 <= r["miou_single"] <= 1 and r["text_scenes"] >= 1 and 0 <= r["text_miou"] <= 1
+    assert "text prompts: mIoU" in res.stdout

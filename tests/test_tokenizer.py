@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mmfm.errors import ConfigError, InvalidText
-from mmfm.text.build_world_tokenizer import build, train_clip_bpe
 from mmfm.text.tokenizer import EOT, SOT, CLIPTokenizer
+from mmfm.world.build_tokenizer import build, train_clip_bpe
 
 CORPUS = [
     "A photo of a dog playing in the grass, next to a red ball.",
@@ -124,4 +124,7 @@ def test_world_tokenizer_is_shipped_and_reproducible():
     vocab, merges = build()
     shipped = CLIPTokenizer.world()
     assert json.loads(shipped.tokenizer.to_str())["model"]["vocab"] == vocab
-    assert [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in json.loads(shipped.tokenizer.to_str())["model"]["merges"]] == merges
+    assert [
+        tuple(m) if isinstance(m, list) else tuple(m.split())
+        for m in json.loads(shipped.tokenizer.to_str())["model"]["merges"]
+    ] == merges

@@ -3,7 +3,6 @@ torchrun (2 processes, gloo, DDP) the global-batch losses equal one process's; n
 with a clear error; weight decay skips norms, biases, embeddings and the temperature."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -18,12 +17,25 @@ from mmfm.train.trainer import TrainConfig, Trainer, param_groups
 SMALL = ["--steps", "12", "--batch-size", "32", "--scenes", "256", "--no-eval", "--log-every", "1"]
 
 
-def train_cli(out, *extra, env=None, check=True):
+def train_cli(out, *extra, check=True):
     cmd = [sys.executable, "-m", "mmfm.cli.main", "train", "clip", "--out", str(out), *SMALL, *extra]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if check:
         assert res.returncode == 0, res.stderr[-3000:]
     return res
+
+
+# The run of `train_cli(out, "--save-every", "4")`, through the Python API, with a step callback that
+# kills the process after step 7 as a killed job dies: no cleanup, no final save.
+KILLED_AT_7 = """
+import os, signal, sys
+from mmfm.runtime import tune_malloc
+from mmfm.train.clip import train_world_clip
+tune_malloc()
+kill = lambda step: os.kill(os.getpid(), signal.SIGKILL) if step == 7 else None
+train_world_clip("world-tiny", sys.argv[1], scenes=256, evaluate=False, steps=12, batch_size=32, log_every=1,
+                 save_every=4, on_step=kill)
+"""
 
 
 def losses(out):
@@ -35,7 +47,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
     train_cli(a, "--save-every", "4")
     full = losses(a)
     assert len(full) == 12 and full[-1] < full[0]
-    killed = train_cli(b, "--save-every", "4", env={"MMFM_FAULT_KILL_AT_STEP": "7"}, check=False)
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_7, str(b)], capture_output=True, timeout=600)
     assert killed.returncode == -9  # SIGKILL, mid-way: checkpoint at step 4, steps 5-7 lost
     assert torch.load(b / "checkpoint.pt", weights_only=True)["step"] == 4
     assert not (b / "model").exists()
@@ -105,7 +117,13 @@ def test_weight_decay_groups():
                                      eot_token_id=19)))
     d, nd = param_groups(clip, 0.1)
     nd_names = {n for n, p in clip.named_parameters() if any(p is q for q in nd["params"])}
-    assert {"logit_scale", "visual.pos_embed", "visual.class_token", "text.pos_embed", "text.token_embed.weight"} <= nd_names
+    assert {
+        "logit_scale",
+        "visual.pos_embed",
+        "visual.class_token",
+        "text.pos_embed",
+        "text.token_embed.weight",
+    } <= nd_names
     assert all(p.ndim >= 2 for p in d["params"])
 
 

@@ -7,7 +7,16 @@ import time
 
 import pytest
 
-from mmfm.chain.visprog import Interpreter, ModuleSpec, Param, Var, default_registry, parse, safe_eval, validate
+from mmfm.chain.visprog import (
+    Interpreter,
+    ModuleSpec,
+    Param,
+    Var,
+    default_registry,
+    parse,
+    safe_eval,
+    validate,
+)
 from mmfm.chain.visprog.rationale import render_html
 from mmfm.errors import ProgramError
 
@@ -29,15 +38,21 @@ def test_parse_values_and_lines():
     assert parse("FINAL_RESULT=RESULT(var=IMAGE)").result == "FINAL_RESULT"
 
 
-@pytest.mark.parametrize("src, where", [
-    ("BOX0=Loc(image=IMAGE, object='dog'\nRESULT=Result(var=BOX0)", "line 1, column 35: expected '\\)', found the end of the line"),
-    ("BOX0=Loc(image=IMAGE, object='dog)\nRESULT=Result(var=BOX0)", "line 1, column 30: an unterminated string"),
-    ("A=Count(box=B)\nB = Loc(image=IMAGE; object='x')\nRESULT=Result(var=B)", "line 2, column 20"),
-    ("A=Loc(image=IMAGE, image=IMAGE)\nRESULT=Result(var=A)", "given twice"),
-    ("A=Loc(image=IMAGE)", "must assign RESULT"),
-    ("import os\nRESULT=Result(var=X)", "line 1, column 8"),
-    ("", "empty"),
-])
+@pytest.mark.parametrize(
+    "src, where",
+    [
+        (
+            "BOX0=Loc(image=IMAGE, object='dog'\nRESULT=Result(var=BOX0)",
+            "line 1, column 35: expected '\\)', found the end of the line",
+        ),
+        ("BOX0=Loc(image=IMAGE, object='dog)\nRESULT=Result(var=BOX0)", "line 1, column 30: an unterminated string"),
+        ("A=Count(box=B)\nB = Loc(image=IMAGE; object='x')\nRESULT=Result(var=B)", "line 2, column 20"),
+        ("A=Loc(image=IMAGE, image=IMAGE)\nRESULT=Result(var=A)", "given twice"),
+        ("A=Loc(image=IMAGE)", "must assign RESULT"),
+        ("import os\nRESULT=Result(var=X)", "line 1, column 8"),
+        ("", "empty"),
+    ],
+)
 def test_parse_errors_say_where(src, where):
     with pytest.raises(ProgramError, match=where):
         parse(src)

@@ -50,14 +50,22 @@ def scene():
 
 
 def test_seg_select_classify_tag(vp, scene):
-    run = vp.run_program("OBJ0=Seg(image=IMAGE)\nOBJ1=Select(image=IMAGE, object=OBJ0, query='red circle,blue star')\n"
-                         "OBJ2=Classify(image=IMAGE, object=OBJ0, categories='circle, star, square')\n"
-                         "IMAGE0=Tag(image=IMAGE, object=OBJ2)\nRESULT=Result(var=IMAGE0)", {"IMAGE": scene}, task="tag")
+    run = vp.run_program(
+        "OBJ0=Seg(image=IMAGE)\nOBJ1=Select(image=IMAGE, object=OBJ0, query='red circle,blue star')\n"
+        "OBJ2=Classify(image=IMAGE, object=OBJ0, categories='circle, star, square')\n"
+        "IMAGE0=Tag(image=IMAGE, object=OBJ2)\nRESULT=Result(var=IMAGE0)",
+        {"IMAGE": scene},
+        task="tag",
+    )
     assert run.ok, run.error
     regions = run.state["OBJ0"]
     assert regions and all(r.mask is not None and r.mask.shape == (64, 64) for r in regions)
     assert 1 <= len(run.state["OBJ1"]) <= 2 and {r.label for r in run.state["OBJ1"]} <= {"red circle", "blue star"}
-    assert len(run.state["OBJ2"]) == len(regions) and {r.label for r in run.state["OBJ2"]} <= {"circle", "star", "square"}
+    assert len(run.state["OBJ2"]) == len(regions) and {r.label for r in run.state["OBJ2"]} <= {
+        "circle",
+        "star",
+        "square",
+    }
     assert run.result.size == scene.size
 
 

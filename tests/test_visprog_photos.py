@@ -103,14 +103,16 @@ def test_visprog_command_runs_a_program_and_reports_failures(astronaut, tmp_path
     from tests.test_cli import run
 
     astronaut.save(tmp_path / "astronaut.png")
-    (tmp_path / "ok.txt").write_text("OBJ0=FaceDet(image=IMAGE)\nIMAGE0=Emoji(image=IMAGE, object=OBJ0, emoji='heart')\n"
-                                     "RESULT=Result(var=IMAGE0)\n")
+    (tmp_path / "ok.txt").write_text(
+        "OBJ0=FaceDet(image=IMAGE)\nIMAGE0=Emoji(image=IMAGE, object=OBJ0, emoji='heart')\nRESULT=Result(var=IMAGE0)\n"
+    )
     res = run("visprog", "--image", str(tmp_path / "astronaut.png"), "--program", str(tmp_path / "ok.txt"),
               "--out", str(tmp_path / "ok"))
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "ok" / "result.png").is_file() and (tmp_path / "ok" / "rationale.html").is_file()
-    (tmp_path / "fails.txt").write_text("OBJ0=FaceDet(image=IMAGE)\nIMAGE0=Emoji(image=IMAGE, object=OBJ0, emoji='rocket')\n"
-                                        "RESULT=Result(var=IMAGE0)\n")
+    (tmp_path / "fails.txt").write_text(
+        "OBJ0=FaceDet(image=IMAGE)\nIMAGE0=Emoji(image=IMAGE, object=OBJ0, emoji='rocket')\nRESULT=Result(var=IMAGE0)\n"
+    )
     res = run("visprog", "--image", str(tmp_path / "astronaut.png"), "--program", str(tmp_path / "fails.txt"),
               "--out", str(tmp_path / "fails"))
     assert res.returncode == 2 and "step 2 (line 2" in res.stderr and "Traceback" not in res.stderr

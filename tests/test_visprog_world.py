@@ -8,7 +8,7 @@ from mmfm.chain.visprog.interpreter import validate
 from mmfm.chain.visprog.modules import default_registry
 from mmfm.chain.visprog.program import parse
 from mmfm.chain.visprog.prompts import INPUTS
-from mmfm.eval.visprog_world import as_bool, evaluate_statements, template_program
+from mmfm.chain.visprog.world_eval import as_bool, evaluate_statements, template_program
 from mmfm.world import World
 
 

@@ -36,7 +36,10 @@ def test_counts_are_read_from_any_answer():
 
 def test_molmo_points_round_trip_sorted_by_x_then_y():
     s = format_points([(32, 16), (8, 48), (8, 8)], 64, 64, "red circles")
-    assert s == '<points x1="12.5" y1="12.5" x2="12.5" y2="75.0" x3="50.0" y3="25.0" alt="red circles">red circles</points>'
+    assert (
+        s
+        == '<points x1="12.5" y1="12.5" x2="12.5" y2="75.0" x3="50.0" y3="25.0" alt="red circles">red circles</points>'
+    )
     assert parse_points(s, 64, 64) == [(8.0, 8.0), (8.0, 48.0), (32.0, 16.0)]
     one = format_points([(16, 16)], 64, 64, "a star")
     assert one.startswith('<point x="25.0" y="25.0"') and parse_points(one) == [(25.0, 25.0)]

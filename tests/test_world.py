@@ -45,7 +45,9 @@ def observed(r):
 
 
 def n_match(obs, c=None, s=None, z=None):
-    return sum((c is None or o["color"] == c) and (s is None or o["shape"] == s) and (z is None or o["size"] == z) for o in obs)
+    return sum(
+        (c is None or o["color"] == c) and (s is None or o["shape"] == s) and (z is None or o["size"] == z) for o in obs
+    )
 
 
 def rel_true(obs, a, rel, b, size):

@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 
 from mmfm.errors import InvalidPrompt, InvalidText, LLMError
-from mmfm.eval.templates import TEMPLATE_SETS, fill
+from mmfm.eval.templates import fill
+from mmfm.eval.zeroshot import check_labels, cupl_classifier
 
 # the five ImageNet prompts of the CuPL paper
 CUPL_PROMPTS = (
@@ -44,7 +45,6 @@ def generate_descriptions(llm, classes, n: int = 10, temperature: float = 0.99, 
     """{class: [sentences]} from any mmfm.chain.llm.LLM (local or OpenAI-compatible)."""
     from tqdm.auto import tqdm
 
-    from mmfm.eval.zeroshot import check_labels
 
     classes = check_labels(list(classes))
     if n < 1:
@@ -93,25 +93,6 @@ def check_prompts(data, source: str = "prompts") -> dict[str, list[str]]:
         if not isinstance(v, list) or not v or not all(isinstance(s, str) and s.strip() for s in v):
             raise InvalidText(f"{source}: class {k!r} needs a non-empty list of non-empty sentences")
     return {str(k): [s.strip() for s in v] for k, v in data.items()}
-
-
-def cupl_classifier(model, tokenizer, classes, prompts: dict | None = None, templates="world", mode: str = "both"):
-    """(embed_dim, C) zero-shot weights. mode: "templates" (names in templates), "descriptions"
-    (the LLM's sentences), "both" (every sentence normalised, averaged, re-normalised together)."""
-    from mmfm.eval.zeroshot import build_classifier
-
-    if mode == "templates":
-        return build_classifier(model, tokenizer, classes, templates)
-    if mode not in ("descriptions", "both"):
-        raise InvalidPrompt(f"unknown mode {mode!r}; use templates, descriptions or both")
-    if not prompts:
-        raise InvalidPrompt(f"mode {mode!r} needs CuPL prompts")
-    missing = [c for c in classes if c not in prompts]
-    if missing:
-        raise InvalidPrompt(f"no descriptions for {missing}; generate them (mmfm cupl generate) or use mode='templates'")
-    tpls = TEMPLATE_SETS[templates] if isinstance(templates, str) else tuple(templates)
-    merged = {c: list(prompts[c]) + ([fill(t, c) for t in tpls] if mode == "both" else []) for c in classes}
-    return build_classifier(model, tokenizer, classes, (), prompts=merged)
 
 
 __all__ = ["CUPL_PROMPTS", "generate_descriptions", "save_prompts", "load_prompts", "check_prompts",

@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 from mmfm.errors import ConfigError, InvalidPrompt, LLMError, LLMTimeout
+from mmfm.lm import LanguageModel, default, load_lm
 
 Messages = list[dict]
 
@@ -54,8 +55,6 @@ class LocalLLM(LLM):
     """mmfm's own language model in this process."""
 
     def __init__(self, model=None, dtype: str = "float32"):
-        from mmfm.lm import LanguageModel, default, load_lm
-
         if model is None:
             model = default(dtype)
         elif not isinstance(model, LanguageModel):
@@ -133,7 +132,9 @@ class OpenAICompatibleLLM(LLM):
         raise type(last)(f"{last} (after {self.max_retries + 1} attempts)")
 
     def complete(self, prompt, *, n=1, temperature=0.0, max_tokens=256, top_p=1.0, stop=None, seed=None, system=None):
-        with self._open("/chat/completions", self._body(prompt, n, temperature, max_tokens, top_p, stop, seed, system)) as r:
+        with self._open(
+            "/chat/completions", self._body(prompt, n, temperature, max_tokens, top_p, stop, seed, system)
+        ) as r:
             try:
                 payload = json.loads(r.read())
                 texts = [c["message"]["content"] for c in sorted(payload["choices"], key=lambda c: c.get("index", 0))]

@@ -21,16 +21,21 @@ def _llm(base_url: str | None, model: str | None):
 
 
 def visprog(
-    request: str = typer.Argument(None, help="What to do, e.g. \"Hide the face of the astronaut with a smiley\"."),
+    request: str = typer.Argument(None, help='What to do, e.g. "Hide the face of the astronaut with a smiley".'),
     image: list[Path] = typer.Option(..., "--image", help="The image; give two (LEFT then RIGHT) for a statement."),
     program: Path = typer.Option(None, "--program", help="Run this program instead of asking the LLM."),
     task: str = typer.Option(None, help="edit | tag | image_question | two_images (default: from the images)."),
-    out: Path = typer.Option(Path("visprog_out"), "--out", help="Folder for result.png / result.json and rationale.html."),
+    out: Path = typer.Option(
+        Path("visprog_out"), "--out", help="Folder for result.png / result.json and rationale.html."
+    ),
     clip: Path = typer.Option(None, "--clip", help="CLIP folder for Loc/Select/Classify on open-vocabulary queries."),
     sam: Path = typer.Option(None, "--sam", help="SAM checkpoint for Seg."),
-    vqa: Path = typer.Option(None, "--vqa", help="LLaVA folder for Vqa (e.g. the shipped world LLaVA for world scenes)."),
-    inpaint_model: Path = typer.Option(None, "--inpaint-model", help="A local diffusers inpainting pipeline for Replace "
-                                       "(default: OpenCV inpainting)."),
+    vqa: Path = typer.Option(
+        None, "--vqa", help="LLaVA folder for Vqa (e.g. the shipped world LLaVA for world scenes)."
+    ),
+    inpaint_model: Path = typer.Option(
+        None, "--inpaint-model", help="A local diffusers inpainting pipeline for Replace (default: OpenCV inpainting)."
+    ),
     llm_url: str = typer.Option(None, "--llm-url", help="OpenAI-compatible base URL (default: the local SmolLM2)."),
     llm_model: str = typer.Option(None, "--llm-model", help="Model name at --llm-url, or a local GGUF / folder."),
     step_timeout: float = typer.Option(120.0, "--step-timeout", help="Seconds allowed per step."),
@@ -110,7 +115,9 @@ def cupl_generate(
         raise InvalidPrompt(f"{classes}: no such file")
     text = classes.read_text(encoding="utf-8", errors="replace")
     try:
-        names = json.loads(text) if text.lstrip().startswith("[") else [x.strip() for x in text.splitlines() if x.strip()]
+        names = (
+            json.loads(text) if text.lstrip().startswith("[") else [x.strip() for x in text.splitlines() if x.strip()]
+        )
     except ValueError as e:
         raise InvalidPrompt(f"{classes}: not a JSON list ({e})") from None
     prompts = generate_descriptions(_llm(llm_url, llm_model), names, n=n, temperature=temperature,

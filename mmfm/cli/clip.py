@@ -7,22 +7,23 @@ from pathlib import Path
 
 import typer
 
+from mmfm.cli import options
 from mmfm.errors import InvalidPrompt
 
 
 def train_clip(
     preset: str = typer.Option("world-tiny", help="Training preset."),
-    steps: int = typer.Option(None, help="Optimizer steps (default: the preset's)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Global batch size."),
-    lr: float = typer.Option(None, help="Peak learning rate."),
-    seed: int = typer.Option(None, help="Seed of the data and the initialisation."),
+    steps: int = options.STEPS,
+    batch_size: int = options.BATCH_SIZE,
+    lr: float = options.LR,
+    seed: int = options.SEED,
     out: Path = typer.Option(Path("runs/clip"), "--out", help="Run folder: checkpoint, metrics, model/, report."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint.pt."),
-    save_every: int = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
-    bf16: bool = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (default on)."),
+    resume: bool = options.RESUME,
+    save_every: int = options.SAVE_EVERY,
+    bf16: bool = options.BF16,
     scenes: int = typer.Option(None, help="Training scenes in the cache (default: the preset's)."),
-    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate after training."),
-    log_every: int = typer.Option(None, "--log-every", help="Log metrics every N steps."),
+    evaluate: bool = options.EVALUATE,
+    log_every: int = options.LOG_EVERY,
 ) -> None:
     """Train a CLIP on the Shapes world; works under torchrun (DDP)."""
     from mmfm.train.clip import train_world_clip
@@ -47,9 +48,11 @@ def print_report(report: dict) -> None:
                    f"{(f'{probe:.3f}' if probe is not None else '-'):>15}")
     if "retrieval" in report:
         r = report["retrieval"]
-        typer.echo(f"retrieval R@1/5/10 text->image {r['image_retrieval_recall@1']:.3f}/{r['image_retrieval_recall@5']:.3f}/"
-                   f"{r['image_retrieval_recall@10']:.3f}, image->text {r['text_retrieval_recall@1']:.3f}/"
-                   f"{r['text_retrieval_recall@5']:.3f}/{r['text_retrieval_recall@10']:.3f}")
+        typer.echo(
+            f"retrieval R@1/5/10 text->image {r['image_retrieval_recall@1']:.3f}/{r['image_retrieval_recall@5']:.3f}/"
+            f"{r['image_retrieval_recall@10']:.3f}, image->text {r['text_retrieval_recall@1']:.3f}/"
+            f"{r['text_retrieval_recall@5']:.3f}/{r['text_retrieval_recall@10']:.3f}"
+        )
 
 
 def eval_clip(
@@ -73,7 +76,9 @@ def eval_clip(
         extra = load_prompts(prompts) if prompts else None
         res = zeroshot_world(m, m.tokenizer, n=n, prompts=extra)
         key = "single" if templates == "single" else "ensemble"
-        typer.echo(f"{'compositions':<14}{'top-1':>8}{'top-5':>8}{'per-class':>11}" + ("   prompts top-1" if extra else ""))
+        typer.echo(
+            f"{'compositions':<14}{'top-1':>8}{'top-5':>8}{'per-class':>11}" + ("   prompts top-1" if extra else "")
+        )
         for name, row in res.items():
             r = row[key]
             line = f"{name:<14}{r['top1']:>8.3f}{r['top5']:>8.3f}{r['mean_per_class_recall']:>11.3f}"
@@ -130,7 +135,9 @@ def classify(
     results = []
     for path, p in zip(images, probs):
         order = p.argsort(descending=True)[:top]
-        results.append({"image": str(path), "labels": [names[i] for i in order], "probs": [round(p[i].item(), 4) for i in order]})
+        results.append(
+            {"image": str(path), "labels": [names[i] for i in order], "probs": [round(p[i].item(), 4) for i in order]}
+        )
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return

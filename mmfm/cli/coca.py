@@ -7,23 +7,24 @@ from pathlib import Path
 
 import typer
 
+from mmfm.cli import options
 from mmfm.errors import InvalidPrompt
 
 
 def train_coca(
     preset: str = typer.Option("world-tiny", help="Training preset."),
-    steps: int = typer.Option(None, help="Optimizer steps (default: the preset's)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Global batch size."),
-    lr: float = typer.Option(None, help="Peak learning rate."),
-    seed: int = typer.Option(None, help="Seed of the data and the initialisation."),
+    steps: int = options.STEPS,
+    batch_size: int = options.BATCH_SIZE,
+    lr: float = options.LR,
+    seed: int = options.SEED,
     out: Path = typer.Option(Path("runs/coca"), "--out", help="Run folder: checkpoint, metrics, model/, report."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint.pt."),
-    save_every: int = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
-    bf16: bool = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (default on)."),
+    resume: bool = options.RESUME,
+    save_every: int = options.SAVE_EVERY,
+    bf16: bool = options.BF16,
     scenes: int = typer.Option(None, help="Training scenes in the cache (default: the preset's)."),
-    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate after training."),
+    evaluate: bool = options.EVALUATE,
     eval_n: int = typer.Option(500, "--eval-n", help="Scenes per split for the captioning evaluation."),
-    log_every: int = typer.Option(None, "--log-every", help="Log metrics every N steps."),
+    log_every: int = options.LOG_EVERY,
 ) -> None:
     """Train a CoCa on the Shapes world (contrastive + captioning); works under torchrun (DDP)."""
     from mmfm.train.coca import train_world_coca

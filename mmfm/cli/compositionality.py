@@ -6,16 +6,23 @@ from pathlib import Path
 
 import typer
 
+from mmfm.cli import options
 from mmfm.errors import CheckpointError
 
 
 def eval_compositionality(
     model: Path = typer.Option(..., "--model", help="A CLIP folder (mmfm, transformers or open_clip)."),
-    suite: list[str] = typer.Option(["world"], "--suite", help="winoground, aro-relation, aro-attribution, "
-                                    "aro-coco-order, aro-flickr-order, sugarcrepe, crepe, world (repeatable)."),
+    suite: list[str] = typer.Option(
+        ["world"],
+        "--suite",
+        help="winoground, aro-relation, aro-attribution, "
+        "aro-coco-order, aro-flickr-order, sugarcrepe, crepe, world (repeatable).",
+    ),
     data: Path = typer.Option(None, "--data", help="The folder with the suite's files (not needed for world)."),
     n: int = typer.Option(500, help="World suite: items per kind."),
-    out: Path = typer.Option(None, "--out", help="Folder for compositionality.json / .csv (default: next to the model)."),
+    out: Path = typer.Option(
+        None, "--out", help="Folder for compositionality.json / .csv (default: next to the model)."
+    ),
 ) -> None:
     """Compositionality benchmarks with their published scoring; results as a table, JSON and CSV."""
     import mmfm
@@ -43,22 +50,30 @@ def train_negclip(
     init: Path = typer.Option(..., "--from", help="The CLIP to fine-tune (e.g. runs/quickstart/clip/model)."),
     out: Path = typer.Option(Path("runs/negclip"), "--out", help="Run folder."),
     preset: str = typer.Option("world-tiny", help="Training preset."),
-    steps: int = typer.Option(None, help="Optimizer steps (default: the preset's)."),
+    steps: int = options.STEPS,
     batch_size: int = typer.Option(None, "--batch-size", help="Global batch (half scenes, half their neighbours)."),
-    lr: float = typer.Option(None, help="Peak learning rate."),
+    lr: float = options.LR,
     seed: int = typer.Option(None, help="Seed."),
     scenes: int = typer.Option(None, help="Training scenes (default: the preset's)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint.pt."),
+    resume: bool = options.RESUME,
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="World suite and zero-shot before and after."),
     eval_n: int = typer.Option(500, "--eval-n", help="World-suite items per kind."),
-    bf16: bool = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (default on)."),
-    log_every: int = typer.Option(None, "--log-every", help="Log metrics every N steps."),
+    bf16: bool = options.BF16,
+    log_every: int = options.LOG_EVERY,
     hard_negative_weight: float = typer.Option(
-        None, "--hard-negative-weight",
-        help="Weight of the per-row caption-vs-own-negative term (0: NegCLIP's recipe as published; default: the preset's)."),
-    min_objects: int = typer.Option(None, "--min-objects", help="Fewest objects per training scene (default: the preset's)."),
+        None,
+        "--hard-negative-weight",
+        help="Weight of the per-row caption-vs-own-negative term "
+         "(0: NegCLIP's recipe as published; default: the preset's).",
+    ),
+    min_objects: int = typer.Option(
+        None, "--min-objects", help="Fewest objects per training scene (default: the preset's)."
+    ),
     relation_steps: int = typer.Option(
-        None, "--relation-steps", help="Steps of the preset's relation phase after the main one (0 skips it; default: the preset's)."),
+        None,
+        "--relation-steps",
+        help="Steps of the preset's relation phase after the main one (0 skips it; default: the preset's).",
+    ),
 ) -> None:
     """Fine-tune a CLIP with NegCLIP's hard negatives (captions and neighbour images); works under torchrun."""
     from mmfm.train.negclip import train_negclip as run
@@ -77,7 +92,9 @@ def train_negclip(
 
 
 def batch_size_experiment(
-    out: Path = typer.Option(Path("runs/batch_size"), "--out", help="Folder: one run per batch size, results.json, batch_size.png."),
+    out: Path = typer.Option(
+        Path("runs/batch_size"), "--out", help="Folder: one run per batch size, results.json, batch_size.png."
+    ),
     batches: str = typer.Option("8,32,128,512", help="Batch sizes, comma-separated."),
     pairs: int = typer.Option(51_200, help="Image-text pairs seen by every run (a multiple of each batch)."),
     eval_n: int = typer.Option(500, "--eval-n", help="Evaluation items per split / kind."),

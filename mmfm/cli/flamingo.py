@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from mmfm.cli import options
 from mmfm.errors import InvalidPrompt
 
 
@@ -29,13 +30,15 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 
 def train_flamingo(
     preset: str = typer.Option("world-tiny", help="Training preset."),
-    out: Path = typer.Option(Path("runs/flamingo"), "--out", help="Run folder (model/, curves.png, report.json, fewshot.*)."),
+    out: Path = typer.Option(
+        Path("runs/flamingo"), "--out", help="Run folder (model/, curves.png, report.json, fewshot.*)."
+    ),
     vision: Path = typer.Option(None, "--vision", help="CLIP for the vision tower (default: the shipped world CLIP)."),
-    steps: int = typer.Option(None, help="Optimizer steps (default: the preset's)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Global batch size."),
-    lr: float = typer.Option(None, help="Peak learning rate."),
-    seed: int = typer.Option(None, help="Seed of the data and the initialisation."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint.pt."),
+    steps: int = options.STEPS,
+    batch_size: int = options.BATCH_SIZE,
+    lr: float = options.LR,
+    seed: int = options.SEED,
+    resume: bool = options.RESUME,
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Few-shot evaluation after training."),
     eval_n: int = typer.Option(60, "--eval-n", help="Episodes per task and number of shots."),
 ) -> None:
@@ -116,6 +119,8 @@ def fewshot(
     m = _load_flamingo(model)
     answer = answer_from_demos(m, pics, query, question, max_new_tokens=max_tokens)
     if as_json:
-        typer.echo(json.dumps({"image": image, "question": question, "demos": [list(d) for d in demos], "answer": answer}))
+        typer.echo(
+            json.dumps({"image": image, "question": question, "demos": [list(d) for d in demos], "answer": answer})
+        )
     else:
         typer.echo(answer)

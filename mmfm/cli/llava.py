@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from mmfm.cli import options
 from mmfm.errors import InvalidPrompt
 
 
@@ -24,7 +25,9 @@ def _load_llava(model: Path | None):
 def ask(
     image: Path = typer.Argument(..., help="Image file."),
     question: str = typer.Argument(..., help="The question, e.g. 'How many red circles are there?'."),
-    model: Path = typer.Option(None, "--model", help="A LLaVA folder (mmfm or transformers); default: the shipped world LLaVA."),
+    model: Path = typer.Option(
+        None, "--model", help="A LLaVA folder (mmfm or transformers); default: the shipped world LLaVA."
+    ),
     max_tokens: int = typer.Option(64, "--max-tokens", help="At most this many new tokens."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -51,7 +54,9 @@ def crop_window(width: int, height: int) -> tuple[float, float, float]:
 def point(
     image: Path = typer.Argument(..., help="Image file."),
     query: str = typer.Argument(..., help="What to point at, e.g. 'the blue squares'."),
-    model: Path = typer.Option(None, "--model", help="A LLaVA / Molmo-style folder trained to point; default: the shipped world LLaVA."),
+    model: Path = typer.Option(
+        None, "--model", help="A LLaVA / Molmo-style folder trained to point; default: the shipped world LLaVA."
+    ),
     out: Path = typer.Option(Path("points.png"), "-o", "--out", help="PNG with the points drawn."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -79,26 +84,56 @@ def point(
 
 def train_llava(
     stage: int = typer.Option(..., "--stage", help="1: projector on captions; 2: projector + LoRA on instructions."),
-    preset: str = typer.Option("world-tiny", help="Training preset (world-tiny: Molmo connector; world-tiny-llava: mlp2x_gelu)."),
+    preset: str = typer.Option(
+        "world-tiny", help="Training preset (world-tiny: Molmo connector; world-tiny-llava: mlp2x_gelu)."
+    ),
     out: Path = typer.Option(Path("runs/llava"), "--out", help="Run folder; stage N writes out/stageN."),
     init: Path = typer.Option(None, "--from", help="Stage 2's starting model (default out/stage1/model)."),
-    vision: Path = typer.Option(None, "--vision", help="A CLIP for the vision tower: stage 1 builds on it (default: the shipped world CLIP); stage 2 swaps it in for --from's."),
-    steps: int = typer.Option(None, help="Optimizer steps (default: the preset's)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Global batch size."),
-    lr: float = typer.Option(None, help="Peak learning rate."),
-    seed: int = typer.Option(None, help="Seed of the data and the initialisation."),
+    vision: Path = typer.Option(
+        None,
+        "--vision",
+        help="A CLIP for the vision tower: stage 1 builds on it (default: the shipped world CLIP); "
+         "stage 2 swaps it in for --from's.",
+    ),
+    steps: int = options.STEPS,
+    batch_size: int = options.BATCH_SIZE,
+    lr: float = options.LR,
+    seed: int = options.SEED,
     resume: bool = typer.Option(False, "--resume", help="Continue from out/stageN/checkpoint.pt."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate after stage 2."),
     eval_n: int = typer.Option(100, "--eval-n", help="Questions per type for the evaluation."),
-    bf16: bool = typer.Option(True, "--bf16/--fp32", help="Frozen LM in bf16 with bf16 autocast (default), or all fp32 (faster on CPUs whose bf16 matmul is slow)."),
-    qa_weights: str = typer.Option(None, "--qa-weights", help="Stage 2: weights of the question types in single-question conversations, e.g. shape=3,color=2 (others 1)."),
+    bf16: bool = typer.Option(
+        True,
+        "--bf16/--fp32",
+        help="Frozen LM in bf16 with bf16 autocast (default), or all fp32 (faster on CPUs whose bf16 matmul is slow).",
+    ),
+    qa_weights: str = typer.Option(
+        None,
+        "--qa-weights",
+        help="Stage 2: weights of the question types in single-question conversations, "
+         "e.g. shape=3,color=2 (others 1).",
+    ),
 ) -> None:
     """Train LLaVA on the Shapes world with SmolLM2-135M-Instruct (two stages, as LLaVA)."""
     from mmfm.eval.llava_world import format_report
     from mmfm.train.llava import train_world_llava
 
-    report = train_world_llava(stage, preset, out, init=init, vision=vision, resume=resume, evaluate=evaluate,
-                               eval_n=eval_n, qa_weights=qa_weights, bf16=bf16, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    report = train_world_llava(
+        stage,
+        preset,
+        out,
+        init=init,
+        vision=vision,
+        resume=resume,
+        evaluate=evaluate,
+        eval_n=eval_n,
+        qa_weights=qa_weights,
+        bf16=bf16,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+    )
     if "test" in report:
         typer.echo(format_report(report))
     typer.echo(f"model: {out / f'stage{stage}' / 'model'}   curves: {out / f'stage{stage}' / 'curves.png'}")
@@ -108,7 +143,9 @@ def eval_llava(
     model: Path = typer.Option(..., "--model", help="A LLaVA folder."),
     n: int = typer.Option(100, help="Questions per type (and counting / pointing items) per split."),
     out: Path = typer.Option(None, "--out", help="Folder for eval.json and points.png (default: next to the model)."),
-    seed: int = typer.Option(0, help="World seed: which new scenes are drawn (the accuracy moves by a few points between seeds at n=200)."),
+    seed: int = typer.Option(
+        0, help="World seed: which new scenes are drawn (the accuracy moves by a few points between seeds at n=200)."
+    ),
 ) -> None:
     """VQA by question type, counting direct vs by pointing, and pointing F1 on new world scenes."""
     from mmfm.eval.llava_world import evaluate_llava_world, format_report

@@ -15,7 +15,9 @@ def _load(model: str | None, dtype: str):
 
 def chat(
     prompt: str = typer.Argument(..., help="What to ask."),
-    model: str = typer.Option(None, "--model", help="GGUF file, HF Llama folder or mmfm folder (default: SmolLM2-135M-Instruct)."),
+    model: str = typer.Option(
+        None, "--model", help="GGUF file, HF Llama folder or mmfm folder (default: SmolLM2-135M-Instruct)."
+    ),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p"),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Most new tokens."),
@@ -39,7 +41,9 @@ def chat(
 def serve_llm(
     port: int = typer.Option(8000, "--port"),
     host: str = typer.Option("127.0.0.1", "--host"),
-    model: str = typer.Option(None, "--model", help="GGUF file, HF Llama folder or mmfm folder (default: SmolLM2-135M-Instruct)."),
+    model: str = typer.Option(
+        None, "--model", help="GGUF file, HF Llama folder or mmfm folder (default: SmolLM2-135M-Instruct)."
+    ),
     dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 or float32."),
     api_key: str = typer.Option(None, "--api-key", envvar="MMFM_API_KEY", help="Require this bearer key."),
 ) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from mmfm.cli import options
 from mmfm.errors import InvalidPrompt
 
 
@@ -91,10 +92,14 @@ def segment(
     labels = np.array([lab for _, _, lab in parsed]) if parsed else None
     masks, scores, _ = predictor.predict(point_coords=coords, point_labels=labels, box=bx, multimask_output=not single)
     order = np.argsort(-scores)
-    overlay(arr, masks[order[:1]], boxes=[bx] if bx else None, points=[(x, y) for x, y, _ in parsed], scale=scale).save(out)
+    overlay(arr, masks[order[:1]], boxes=[bx] if bx else None, points=[(x, y) for x, y, _ in parsed], scale=scale).save(
+        out
+    )
     for rank, i in enumerate(order):
         Image.fromarray(masks[i].astype(np.uint8) * 255).save(f"{stem}_mask{rank}.png")
-    Path(f"{stem}.json").write_text(json.dumps([{"score": float(scores[i]), "segmentation": coco_rle(masks[i])} for i in order], indent=1))
+    Path(f"{stem}.json").write_text(
+        json.dumps([{"score": float(scores[i]), "segmentation": coco_rle(masks[i])} for i in order], indent=1)
+    )
     for rank, i in enumerate(order):
         typer.echo(f"mask {rank}: predicted IoU {scores[i]:.3f}, area {int(masks[i].sum())} -> {stem}_mask{rank}.png")
 
@@ -103,12 +108,12 @@ def train_sam(
     preset: str = typer.Option("world-tiny", help="Training preset."),
     steps: int = typer.Option(None, help="Optimizer steps."),
     batch_size: int = typer.Option(None, "--batch-size", help="Images per step."),
-    lr: float = typer.Option(None, help="Peak learning rate."),
+    lr: float = options.LR,
     rounds: int = typer.Option(None, help="Interactive rounds per step (the paper: 11)."),
     seed: int = typer.Option(None, help="Seed."),
     out: Path = typer.Option(Path("runs/sam"), "--out", help="Run folder."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint.pt."),
-    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate after training."),
+    resume: bool = options.RESUME,
+    evaluate: bool = options.EVALUATE,
 ) -> None:
     """Train SAM on the Shapes world with interactive prompting."""
     from mmfm.train.sam import train_world_sam
@@ -125,24 +130,39 @@ def eval_sam(
     n: int = typer.Option(300, help="Held-out world scenes."),
     amg_images: int = typer.Option(20, "--amg-images", help="Scenes for automatic-mask recall."),
     out: Path = typer.Option(None, "--out", help="Write the JSON here."),
+    clip: str = typer.Option(None, "--clip", help="A CLIP: also score '<color> <shape>' text prompts."),
+    text_n: int = typer.Option(50, "--text-n", help="Held-out scenes for the text prompts."),
 ) -> None:
     """mIoU from one point (best of 3, oracle, single) and from a box on held-out world scenes, on all
-    objects and on overlapping ones; automatic-mask recall."""
+    objects and on overlapping ones; automatic-mask recall; with --clip, text prompts."""
     import mmfm
-    from mmfm.eval.sam_world import evaluate_sam_world
+    from mmfm.eval.sam_world import evaluate_sam_world, text_prompt_world
 
-    res = evaluate_sam_world(mmfm.load(model), n=n, amg_images=amg_images)
+    sam = mmfm.load(model)
+    res = evaluate_sam_world(sam, n=n, amg_images=amg_images)
+    if clip:
+        res.update(text_prompt_world(sam, mmfm.load(clip), n=text_n))
     print_sam_report(res)
     if out:
         out.write_text(json.dumps(res, indent=2))
 
 
 def print_sam_report(r: dict) -> None:
-    typer.echo(f"{'prompt':24s} {'all':>7s} {'overlapping':>12s}   ({r['objects']} objects, {r['overlapping_objects']} overlapping)")
-    for k, name in (("best3", "1 point, best of 3"), ("oracle", "1 point, oracle of 3"), ("single", "1 point, single mask"),
-                    ("box", "box")):
+    typer.echo(
+        f"{'prompt':24s} {'all':>7s} {'overlapping':>12s}   "
+        f"({r['objects']} objects, {r['overlapping_objects']} overlapping)"
+    )
+    for k, name in (
+        ("best3", "1 point, best of 3"),
+        ("oracle", "1 point, oracle of 3"),
+        ("single", "1 point, single mask"),
+        ("box", "box"),
+    ):
         ov = r[f"miou_{k}_overlapping"]
         typer.echo(f"{name:24s} {r[f'miou_{k}']:7.3f} {ov if ov is None else f'{ov:12.3f}'}")
     if "amg_recall@0.5" in r:
         typer.echo(f"automatic masks: recall@0.5 {r['amg_recall@0.5']:.3f}, @0.75 {r['amg_recall@0.75']:.3f}, "
                    f"{r['amg_masks_per_image']} masks/image")
+    if r.get("text_miou") is not None:
+        typer.echo(f"text prompts: mIoU {r['text_miou']:.3f}, right object {r['text_hit@0.5']:.3f} "
+                   f"({r['text_scenes']} scenes)")

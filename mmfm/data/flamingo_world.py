@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mmfm.data.llava_world import collate, world_pixels
 from mmfm.models.flamingo import EOC_TOKEN, IMAGE_TOKEN
 from mmfm.text.conversation import IGNORE
 from mmfm.world import World
@@ -98,8 +99,6 @@ class WorldEpisodes:
         return ep
 
     def batch(self, step: int, micro: int = 0, rank: int = 0, world_size: int = 1, accum: int = 1) -> dict:
-        from mmfm.data.llava_world import collate, world_pixels
-
         per = self.batch_size // (world_size * accum)
         start = ((step * accum + micro) * world_size + rank) * per
         rng = np.random.default_rng([self.seed, 10, step])

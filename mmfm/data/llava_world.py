@@ -96,12 +96,18 @@ def conversation(sample, stage: int, rng: np.random.Generator, image_token: str 
         return msgs
     if kind == "point" and ann.points:
         pq = ann.points[rng.integers(len(ann.points))]
-        return [{"role": "user", "content": img + point_question(pq.query)}, {"role": "assistant", "content": pq.answer}]
+        return [
+            {"role": "user", "content": img + point_question(pq.query)},
+            {"role": "assistant", "content": pq.answer},
+        ]
     count_qa = [q for q in qas if q.kind == "count"][0]
     c, s, n = count_fact(count_qa)
     subject = count_subject(c, s)
     if rng.random() < 0.5:
-        return [{"role": "user", "content": img + direct_count_question(subject)}, {"role": "assistant", "content": str(n)}]
+        return [
+            {"role": "user", "content": img + direct_count_question(subject)},
+            {"role": "assistant", "content": str(n)},
+        ]
     ans = count_answer(count_points(r, c, s), r.size, r.size, subject)
     return [{"role": "user", "content": img + pointing_count_question(subject)}, {"role": "assistant", "content": ans}]
 
@@ -110,7 +116,11 @@ def parse_qa_weights(text: str | dict | None) -> dict | None:
     """"shape=3,color=2" (or a dict) -> {"shape": 3.0, "color": 2.0}; types not named keep weight 1."""
     if not text:
         return None
-    items = text.items() if isinstance(text, dict) else (kv.split("=", 1) if "=" in kv else (kv, "") for kv in text.split(","))
+    items = (
+        text.items()
+        if isinstance(text, dict)
+        else (kv.split("=", 1) if "=" in kv else (kv, "") for kv in text.split(","))
+    )
     out = {}
     for k, v in items:
         k = k.strip()
@@ -182,5 +192,17 @@ def collate(rows: list[list[int]], labels: list[list[int]], pixels: torch.Tensor
     return {"input_ids": ids, "labels": lab, "pixels": pixels}
 
 
-__all__ = ["conversation", "count_fact", "WorldInstructions", "collate", "world_pixels", "count_subject", "count_points",
-           "direct_count_question", "pointing_count_question", "point_question", "QA_KINDS", "parse_qa_weights"]
+__all__ = [
+    "conversation",
+    "count_fact",
+    "WorldInstructions",
+    "collate",
+    "world_pixels",
+    "count_subject",
+    "count_points",
+    "direct_count_question",
+    "pointing_count_question",
+    "point_question",
+    "QA_KINDS",
+    "parse_qa_weights",
+]

@@ -8,8 +8,9 @@ import torch
 
 from mmfm.eval.linear_probe import linear_probe
 from mmfm.eval.retrieval import recall_at_k
-from mmfm.eval.zeroshot import build_classifier, encode_images, encode_texts, evaluate
+from mmfm.eval.zeroshot import build_classifier, cupl_classifier, encode_images, encode_texts, evaluate
 from mmfm.world import ALL_PAIRS, World, class_names
+from mmfm.world.vocab import CONCEPT_NAMES, CONCEPTS
 
 SINGLE_TEMPLATE = ("a photo of {a} {}",)
 
@@ -86,9 +87,6 @@ def concepts_world(model, tokenizer, n: int = 700, seed: int = 0, prompts: dict 
     by name in training text: top-1 over the concept classes from their names in templates, from
     LLM descriptions (`prompts`, CuPL's JSON), from both pooled, and from the world's own definitions
     (the upper bound: a perfect describer)."""
-    from mmfm.chain.cupl import cupl_classifier
-    from mmfm.world.vocab import CONCEPT_NAMES, CONCEPTS
-
     world = World(seed=seed, size=model.config.vision.image_size)
     items = [world.concept(i) for i in range(n)]
     f = encode_images(model, _pixels(model, [r for r, _ in items]))

@@ -34,6 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from mmfm.errors import ConfigError, InvalidImage
+from mmfm.eval.world_compositionality import world_suite
+from mmfm.text.perturb import perturb
+from mmfm.vision.io import load_image
 
 SUGARCREPE = {"add": ("add_att", "add_obj"), "replace": ("replace_att", "replace_obj", "replace_rel"),
               "swap": ("swap_att", "swap_obj")}
@@ -70,8 +73,6 @@ class Skips:
 
 
 def _image(path: Path, box=None):
-    from mmfm.vision.io import load_image
-
     img = load_image(path)
     if box is not None:
         x, y, w, h = (float(v) for v in box)
@@ -101,7 +102,12 @@ def winoground_scores(s: np.ndarray) -> dict:
     """s: (N, 2, 2) with s[n, c, i] = similarity of caption c and image i. Strict >, as published."""
     text = (s[:, 0, 0] > s[:, 1, 0]) & (s[:, 1, 1] > s[:, 0, 1])
     image = (s[:, 0, 0] > s[:, 0, 1]) & (s[:, 1, 1] > s[:, 1, 0])
-    return {"text": float(text.mean()), "image": float(image.mean()), "group": float((text & image).mean()), "n": len(s)}
+    return {
+        "text": float(text.mean()),
+        "image": float(image.mean()),
+        "group": float((text & image).mean()),
+        "n": len(s),
+    }
 
 
 def macro_accuracy(correct, groups) -> float:
@@ -171,8 +177,6 @@ ARO_ORDER_SHUFFLES = ("shuffle_nouns_adjectives", "shuffle_allbut_nouns_adjectiv
 
 
 def _order_options(caption: str, rng) -> list[str]:
-    from mmfm.text.perturb import perturb
-
     return [caption] + [perturb(caption, k, rng) or caption for k in ARO_ORDER_SHUFFLES]
 
 
@@ -273,7 +277,6 @@ def run_suite(suite: str, root, scorer, **kwargs) -> dict:
         return eval_sugarcrepe(root, scorer)
     if suite == "crepe":
         return eval_crepe(root, scorer)
-    from mmfm.eval.world_compositionality import world_suite
 
     return world_suite(scorer, **kwargs)
 
@@ -301,5 +304,18 @@ def write_results(results: dict, out: Path) -> tuple[Path, Path]:
     return out / "compositionality.json", out / "compositionality.csv"
 
 
-__all__ = ["SUITES", "clip_scorer", "run_suite", "winoground_scores", "recall_at_k", "macro_accuracy",
-           "eval_winoground", "eval_aro_vg", "eval_aro_order", "eval_sugarcrepe", "eval_crepe", "write_results", "flatten"]
+__all__ = [
+    "SUITES",
+    "clip_scorer",
+    "run_suite",
+    "winoground_scores",
+    "recall_at_k",
+    "macro_accuracy",
+    "eval_winoground",
+    "eval_aro_vg",
+    "eval_aro_order",
+    "eval_sugarcrepe",
+    "eval_crepe",
+    "write_results",
+    "flatten",
+]

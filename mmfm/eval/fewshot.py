@@ -21,9 +21,12 @@ from pathlib import Path
 
 import torch
 
+import mmfm
 from mmfm.data.flamingo_world import episode_prompt
 from mmfm.errors import ConfigError, InvalidPrompt
 from mmfm.eval.vqa import normalize_answer
+from mmfm.vision.plot import line_plot
+from mmfm.weights import path
 from mmfm.world import World
 
 EVAL_TASKS = ("color", "shape", "count", "new_names")
@@ -35,11 +38,7 @@ class Rices:
     """Image-to-image retrieval with a CLIP's normalised image embeddings."""
 
     def __init__(self, clip=None):
-        import mmfm
-
         if clip is None:
-            from mmfm.weights import path
-
             clip = mmfm.load(path("clip-world-tiny"))
         self.clip = clip.eval()
         self.pre = clip.preprocess
@@ -148,8 +147,6 @@ def format_table(results: dict) -> str:
 
 
 def write_fewshot(results: dict, out: Path) -> None:
-    from mmfm.vision.plot import line_plot
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "fewshot.json").write_text(json.dumps(results, indent=2))
     rows = ["task,selection,shots,accuracy,answerable"]

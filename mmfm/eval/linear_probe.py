@@ -10,7 +10,9 @@ import torch.nn.functional as F
 DEFAULT_WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float, max_iter: int = 200) -> torch.nn.Linear:
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float, max_iter: int = 200
+) -> torch.nn.Linear:
     """Full-batch L-BFGS on mean cross-entropy + weight_decay * ||W||^2 / 2 (deterministic)."""
     torch.manual_seed(0)
     lin = torch.nn.Linear(x.shape[1], n_classes)

@@ -21,8 +21,10 @@ from mmfm.data.llava_world import (
     point_question,
     pointing_count_question,
 )
+from mmfm.errors import InvalidText
 from mmfm.eval.vqa import parse_count, point_scores, vqa_accuracy
 from mmfm.text.pointing import parse_points
+from mmfm.vision.draw import grid
 from mmfm.world import World
 from mmfm.world.annotate import interior_points
 from mmfm.world.facts import select
@@ -115,8 +117,6 @@ def evaluate_llava_world(model, n: int = 100, seed: int = 0, out=None, splits=("
 
 
 def _score_points(answer: str, r, masks) -> dict:
-    from mmfm.errors import InvalidText
-
     try:
         pts = parse_points(answer, r.size, r.size)
     except InvalidText:
@@ -148,7 +148,6 @@ def _count_scores(answers: list[str], truths: list[int]) -> dict:
 def _sheet(examples):
     from PIL import Image, ImageDraw
 
-    from mmfm.vision.draw import grid
 
     tiles, caps = [], []
     for r, q, a in examples:

@@ -13,7 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmfm.train.sam import mask_ious
+from mmfm.models.sam.amg import SamAutomaticMaskGenerator
+from mmfm.models.sam.text import segment
+from mmfm.vision.masks import mask_ious
+from mmfm.world import World
+from mmfm.world.scene import render
 
 
 def center_point(mask: torch.Tensor) -> tuple[float, float]:
@@ -34,9 +38,6 @@ def center_point(mask: torch.Tensor) -> tuple[float, float]:
 @torch.inference_mode()
 def evaluate_sam_world(model, n: int = 300, seed: int = 0, split: str = "test", amg_images: int = 20,
                        min_area: int = 12, batch: int = 32) -> dict:
-    from mmfm.world import World
-    from mmfm.world.scene import render
-
     size = model.image_size
     world = World(seed=seed, size=size)
     scenes = [render(world.scene(split, i), size) for i in range(n)]
@@ -79,8 +80,6 @@ def evaluate_sam_world(model, n: int = 300, seed: int = 0, split: str = "test", 
 
 
 def amg_recall(model, scenes, min_area: int = 12, **amg_kwargs) -> dict:
-    from mmfm.models.sam.amg import SamAutomaticMaskGenerator
-
     gen = SamAutomaticMaskGenerator(model, **amg_kwargs)
     hits5 = hits75 = total = masks = 0
     for r in scenes:
@@ -103,10 +102,6 @@ def text_prompt_world(sam, clip, n: int = 50, seed: int = 0, split: str = "test"
     """Text prompts on held-out scenes: for one object per scene (one whose color x shape is unique in
     the scene), segment '<color> <shape>' and score the mask against that object: mIoU and the share
     of scenes where the right object was picked (IoU >= 0.5)."""
-    from mmfm.models.sam.text import segment
-    from mmfm.world import World
-    from mmfm.world.scene import render
-
     world = World(seed=seed, size=sam.image_size)
     ious = []
     for i in range(n):

@@ -21,7 +21,9 @@ def check_labels(labels) -> list[str]:
         if not isinstance(lab, str) or not lab.strip():
             raise InvalidText(f"label {i} is empty; every class needs a name")
         if len(lab) > MAX_LABEL_CHARS:
-            raise InvalidText(f"label {i} has {len(lab):,} characters (limit {MAX_LABEL_CHARS}); use a short class name")
+            raise InvalidText(
+                f"label {i} has {len(lab):,} characters (limit {MAX_LABEL_CHARS}); use a short class name"
+            )
     if len(set(labels)) != len(labels):
         dup = sorted({x for x in labels if labels.count(x) > 1})
         raise InvalidPrompt(f"duplicate labels {dup}; each class must be named once")
@@ -85,3 +87,24 @@ def mean_per_class_recall(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def evaluate(image_features: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor) -> dict[str, float]:
     logits = image_features @ classifier
     return {**topk_accuracy(logits, labels), "mean_per_class_recall": mean_per_class_recall(logits, labels)}
+
+
+def cupl_classifier(model, tokenizer, classes, prompts: dict | None = None, templates="world", mode: str = "both"):
+    """(embed_dim, C) zero-shot weights. mode: "templates" (names in templates), "descriptions"
+    (the LLM's sentences), "both" (every sentence normalised, averaged, re-normalised together)."""
+    if mode == "templates":
+        return build_classifier(model, tokenizer, classes, templates)
+    if mode not in ("descriptions", "both"):
+        raise InvalidPrompt(f"unknown mode {mode!r}; use templates, descriptions or both")
+    if not prompts:
+        raise InvalidPrompt(f"mode {mode!r} needs CuPL prompts")
+    missing = [c for c in classes if c not in prompts]
+    if missing:
+        raise InvalidPrompt(
+            f"no descriptions for {missing}; generate them (mmfm cupl generate) or use mode='templates'"
+        )
+    tpls = TEMPLATE_SETS[templates] if isinstance(templates, str) else tuple(templates)
+    merged = {c: list(prompts[c]) + ([fill(t, c) for t in tpls] if mode == "both" else []) for c in classes}
+    return build_classifier(model, tokenizer, classes, (), prompts=merged)
+
+

@@ -13,6 +13,7 @@ import torch
 
 from mmfm.checkpoint import load_folder_weights, load_strict, read_json, save_safetensors
 from mmfm.errors import CheckpointError, ConfigError
+from mmfm.models.clip import CLIP, CLIPConfig, apply_overrides
 
 _BLOCK = {"layer_norm1": "norm1", "layer_norm2": "norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
           "self_attn.out_proj": "attn.out"}
@@ -29,7 +30,10 @@ _TOP = {
     "text_projection.weight": "text.proj.weight",
     "logit_scale": "logit_scale",
 }
-_TOWERS = {"vision_model.encoder.layers": "visual.transformer.blocks", "text_model.encoder.layers": "text.transformer.blocks"}
+_TOWERS = {
+    "vision_model.encoder.layers": "visual.transformer.blocks",
+    "text_model.encoder.layers": "text.transformer.blocks",
+}
 
 
 def config_from_hf(hf: dict, preprocessor: dict | None = None) -> dict:
@@ -159,8 +163,6 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_hf(folder: Path, **overrides):
-    from mmfm.models.clip import CLIP, CLIPConfig, apply_overrides
-
     hf = read_json(folder / "config.json")
     pre = read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else None
     cfg = apply_overrides(config_from_hf(hf, pre), overrides, str(folder))
@@ -173,6 +175,24 @@ def load_hf(folder: Path, **overrides):
     return model
 
 
+def preprocessor_config(image_size: int, mean, std) -> dict:
+    """transformers' CLIPImageProcessor settings for CLIP's preprocessing at `image_size`."""
+    return {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": image_size},
+        "resample": 3,
+        "do_center_crop": True,
+        "crop_size": {"height": image_size, "width": image_size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(mean),
+        "image_std": list(std),
+        "do_convert_rgb": True,
+    }
+
+
 def save_hf(model, folder: Path) -> None:
     if model.config.vision.pool != "cls":
         raise CheckpointError("transformers' CLIP pools the class token: only pool='cls' models export here")
@@ -180,9 +200,6 @@ def save_hf(model, folder: Path) -> None:
         raise CheckpointError("transformers' CLIP has no conv stem: only patch-stem models export to HF")
     (folder / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2))
     c = model.config
-    pre = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": c.vision.image_size},
-           "resample": 3, "do_center_crop": True, "crop_size": {"height": c.vision.image_size, "width": c.vision.image_size},
-           "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-           "image_mean": list(c.image_mean), "image_std": list(c.image_std), "do_convert_rgb": True}
+    pre = preprocessor_config(c.vision.image_size, c.image_mean, c.image_std)
     (folder / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
     save_safetensors(state_dict_to_hf(model.state_dict()), folder / "model.safetensors", metadata={"format": "pt"})

@@ -1,8 +1,10 @@
 """transformers' LlavaForConditionalGeneration folders and original LLaVA projector files <-> mmfm Llava.
 
 Key schemes read (they changed across transformers versions):
-  older hub checkpoints   vision_tower.vision_model.*, multi_modal_projector.*, language_model.model.*, language_model.lm_head.*
-  transformers 4.52-4.5x  model.vision_tower.vision_model.*, model.multi_modal_projector.*, model.language_model.*, lm_head.*
+  older hub checkpoints   vision_tower.vision_model.*, multi_modal_projector.*, language_model.model.*,
+                          language_model.lm_head.*
+  transformers 4.52-4.5x  model.vision_tower.vision_model.*, model.multi_modal_projector.*,
+                          model.language_model.*, lm_head.*
   transformers 5          vision_tower.*, multi_modal_projector.*, language_model.model.*, language_model.lm_head.*
   original LLaVA          model.mm_projector.{0,2}.* (the stage-1 projector file, mm_projector.bin)
 Written: the scheme the installed transformers writes itself (version 5). The vision tower's unused
@@ -16,23 +18,28 @@ from pathlib import Path
 
 import torch
 
-from mmfm.checkpoint import load_folder_weights, load_state_dict, read_json, save_safetensors
+from mmfm.checkpoint import load_folder_weights, load_state_dict, load_strict, read_json, save_safetensors
 from mmfm.errors import CheckpointError
 from mmfm.interop import hf_clip
 from mmfm.lm import hf_llama
+from mmfm.lm.frozen_base import after_meta_load
+from mmfm.lm.tokenizer import LMTokenizer
+from mmfm.models.llava import Llava, LlavaConfig
+from mmfm.nn.connectors import MLPProjector
+from mmfm.nn.lora import merge_lora
 
 
 def config_from_hf(hf: dict, preprocessor: dict | None = None):
-    from mmfm.models.llava import LlavaConfig
-
     try:
         v, t = hf["vision_config"], hf["text_config"]
     except KeyError as e:
         raise CheckpointError(f"HF LLaVA config is missing {e}") from e
     if v.get("model_type", "clip_vision_model") != "clip_vision_model":
         raise CheckpointError(f"vision tower {v.get('model_type')!r}: mmfm's LLaVA reads CLIP vision towers only")
-    lm = hf_llama.config_from_hf({**t, "tie_word_embeddings": t.get("tie_word_embeddings", hf.get("tie_word_embeddings", False))},
-                                 "config.json text_config")
+    lm = hf_llama.config_from_hf(
+        {**t, "tie_word_embeddings": t.get("tie_word_embeddings", hf.get("tie_word_embeddings", False))},
+        "config.json text_config",
+    )
     layers = hf.get("vision_feature_layer", -2)
     strategy = hf.get("vision_feature_select_strategy", "default")
     if strategy not in ("default", "full"):
@@ -46,13 +53,23 @@ def config_from_hf(hf: dict, preprocessor: dict | None = None):
     if image_token_id is None:
         raise CheckpointError("HF LLaVA config has no image_token_id / image_token_index")
     cfg = dict(
-        vision=dict(image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 32), width=v["hidden_size"],
-                    layers=v["num_hidden_layers"], heads=v["num_attention_heads"], mlp_dim=v["intermediate_size"], act=act),
+        vision=dict(
+            image_size=v.get("image_size", 224),
+            patch_size=v.get("patch_size", 32),
+            width=v["hidden_size"],
+            layers=v["num_hidden_layers"],
+            heads=v["num_attention_heads"],
+            mlp_dim=v["intermediate_size"],
+            act=act,
+        ),
         lm=lm,
         vision_layers=(layers,) if isinstance(layers, int) else tuple(layers),
         vision_features="patch" if strategy == "default" else "cls_patch",
-        projector="mlp2x_gelu", projector_act=pact, projector_bias=hf.get("multimodal_projector_bias", True),
-        vision_norm_eps=v.get("layer_norm_eps", 1e-5), image_token_id=int(image_token_id),
+        projector="mlp2x_gelu",
+        projector_act=pact,
+        projector_bias=hf.get("multimodal_projector_bias", True),
+        vision_norm_eps=v.get("layer_norm_eps", 1e-5),
+        image_token_id=int(image_token_id),
     )
     if preprocessor:
         cfg["image_mean"] = preprocessor.get("image_mean", cfg.get("image_mean"))
@@ -139,10 +156,6 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], config) -> dict[str, torch.Ten
 
 
 def load_hf_llava(folder: Path, dtype=torch.float32):
-    from mmfm.checkpoint import load_strict
-    from mmfm.lm.tokenizer import LMTokenizer
-    from mmfm.models.llava import Llava
-
     folder = Path(folder)
     pre = folder / "preprocessor_config.json"
     config = config_from_hf(read_json(folder / "config.json"), read_json(pre) if pre.is_file() else None)
@@ -152,24 +165,13 @@ def load_hf_llava(folder: Path, dtype=torch.float32):
     if config.lm.tie_embeddings:
         sd["lm.lm_head.weight"] = sd["lm.embed.weight"]
     load_strict(model, {k: v.to(dtype) for k, v in sd.items()}, str(folder), assign=True)
-    _after_meta(model)
+    after_meta_load(model)
     if (folder / "tokenizer.json").is_file():
         model.tokenizer = LMTokenizer.from_pretrained(folder)
     return model.to(dtype).eval()
 
 
-def _after_meta(model) -> None:
-    """Re-tie the LM head and rebuild the rotary tables of a model loaded onto the meta device."""
-    if model.config.lm.tie_embeddings:
-        model.lm.lm_head.weight = model.lm.embed.weight
-    if model.lm.rotary is not None:
-        model.lm.rotary.to_empty(device="cpu").reset_buffers()
-
-
 def save_hf_llava(model, folder: Path) -> None:
-    from mmfm.nn.connectors import MLPProjector
-    from mmfm.nn.lora import merge_lora
-
     c = model.config
     if not isinstance(model.projector, MLPProjector) or len(model.projector.net) != 3:
         raise CheckpointError(f"transformers' Llava has the mlp2x_gelu projector; this model uses {c.projector!r}")
@@ -187,10 +189,7 @@ def save_hf_llava(model, folder: Path) -> None:
         sd = {k: v.detach().float() for k, v in m2.state_dict().items()}
     hf = config_to_hf(c)
     (folder / "config.json").write_text(json.dumps(hf, indent=2))
-    pre = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": c.vision.image_size},
-           "resample": 3, "do_center_crop": True, "crop_size": {"height": c.vision.image_size, "width": c.vision.image_size},
-           "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-           "image_mean": list(c.image_mean), "image_std": list(c.image_std), "do_convert_rgb": True}
+    pre = hf_clip.preprocessor_config(c.vision.image_size, c.image_mean, c.image_std)
     (folder / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
     save_safetensors(state_dict_to_hf(sd, c), folder / "model.safetensors", metadata={"format": "pt"})
 
@@ -198,8 +197,6 @@ def save_hf_llava(model, folder: Path) -> None:
 def load_llava_projector(path, model) -> None:
     """Load an original LLaVA projector file (mm_projector.bin / .safetensors, keys model.mm_projector.N.*)
     into `model.projector` (stage 1's output, the usual starting point of stage 2)."""
-    from mmfm.checkpoint import load_strict
-
     sd = load_state_dict(path)
     _, proj, rest = _split_keys(sd)
     if rest or not proj:

@@ -13,6 +13,7 @@ import torch
 
 from mmfm.checkpoint import load_state_dict, load_strict, read_json, save_safetensors
 from mmfm.errors import CheckpointError
+from mmfm.models.clip import CLIP, CLIPConfig, apply_overrides
 
 _BLOCK = {"ln_1": "norm1", "ln_2": "norm2", "attn.in_proj": "attn.qkv", "attn.out_proj": "attn.out",
           "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
@@ -28,7 +29,10 @@ _TOP = {
     "logit_scale": "logit_scale",
 }
 _PROJ = {"visual.proj": "visual.proj.weight", "text_projection": "text.proj.weight"}
-_TOWERS = {"visual.transformer.resblocks": "visual.transformer.blocks", "transformer.resblocks": "text.transformer.blocks"}
+_TOWERS = {
+    "visual.transformer.resblocks": "visual.transformer.blocks",
+    "transformer.resblocks": "text.transformer.blocks",
+}
 # open_clip options whose non-default values change the architecture in ways mmfm's CLIP does not have
 _UNSUPPORTED_VISION = {"ls_init_value": None, "attentional_pool": False, "no_ln_pre": False, "pool_type": "tok",
                        "final_ln_after_pool": False, "timm_model_name": None}
@@ -165,15 +169,14 @@ def read_open_clip_checkpoint(path: Path, config: dict | str | Path | None = Non
     return oc.get("model_cfg", oc), None, path
 
 
-def load_open_clip(path: Path, config: dict | str | Path | None = None, **overrides):
+def load_open_clip(path: Path, config: dict | str | Path | None = None, sd: dict | None = None, **overrides):
     """A folder with open_clip_config.json + open_clip_model.safetensors (or open_clip_pytorch_model.bin),
-    or a checkpoint file with its model config given as `config` (dict or JSON path)."""
-    from mmfm.models.clip import CLIP, CLIPConfig, apply_overrides
-
+    or a checkpoint file with its model config given as `config` (dict or JSON path); `sd`: the file's
+    tensors when the caller has read them already."""
     oc, preprocess, weights = read_open_clip_checkpoint(path, config)
     cfg = apply_overrides(config_from_open_clip(oc, preprocess), overrides, str(path))
     model = CLIP(CLIPConfig.from_dict(cfg))
-    load_strict(model, state_dict_from_open_clip(load_state_dict(weights)), str(path))
+    load_strict(model, state_dict_from_open_clip(load_state_dict(weights) if sd is None else sd), str(path))
     return model
 
 

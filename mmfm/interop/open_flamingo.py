@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from mmfm.checkpoint import load_state_dict, load_strict
 from mmfm.errors import CheckpointError
+from mmfm.interop.registry import load as load_any
+from mmfm.lm.frozen_base import after_meta_load, tower_state
+from mmfm.lm.model import LanguageModel, as_dtype
+from mmfm.models.clip import CLIP
+from mmfm.models.flamingo import Flamingo, FlamingoConfig
 
 _ATTN = {"to_q": "q", "to_kv": "kv", "to_out": "out"}
 _FF = {"0": "norm", "1": "fc1", "3": "fc2"}
@@ -104,7 +110,6 @@ def read_open_flamingo_checkpoint(path) -> dict[str, torch.Tensor]:
     read without unpickling code (weights_only=True); DDP's "module." prefixes are removed."""
     from pathlib import Path
 
-    from mmfm.checkpoint import load_state_dict
 
     path = Path(path)
     if not path.is_file():
@@ -134,19 +139,11 @@ def load_open_flamingo(checkpoint, vision, lm, *, image_token_id: int | None = N
     the open_clip model it was trained with (a path mmfm.load reads, or an mmfm CLIP), `lm` its language
     model (a path to an HF Llama folder / GGUF, or a LanguageModel). The token ids default to
     OpenFlamingo's order: `<|endofchunk|>` = vocab, `<image>` = vocab + 1."""
-    import mmfm
-    from mmfm.checkpoint import load_strict
-    from mmfm.interop.hf_llava import _after_meta
-    from mmfm.lm.frozen_base import tower_state
-    from mmfm.lm.model import LanguageModel, as_dtype
-    from mmfm.models.clip import CLIP
-    from mmfm.models.flamingo import Flamingo, FlamingoConfig
-
     sd = checkpoint if isinstance(checkpoint, dict) else read_open_flamingo_checkpoint(checkpoint)
-    clip = vision if isinstance(vision, CLIP) else mmfm.load(vision)
+    clip = vision if isinstance(vision, CLIP) else load_any(vision)
     if not isinstance(clip, CLIP):
         raise CheckpointError(f"{vision}: the vision encoder must be a CLIP checkpoint (open_clip, HF or mmfm)")
-    lm = lm if isinstance(lm, LanguageModel) else mmfm.load(lm)
+    lm = lm if isinstance(lm, LanguageModel) else load_any(lm)
     if not isinstance(lm, LanguageModel):
         raise CheckpointError(f"{lm}: the language model must be an HF Llama folder, a GGUF file or an mmfm LM")
     vocab = lm.config.vocab_size
@@ -160,7 +157,9 @@ def load_open_flamingo(checkpoint, vision, lm, *, image_token_id: int | None = N
         raise CheckpointError("the checkpoint has no lang_encoder.gated_cross_attn_layers.*")
     every = min(gated) + 1
     if sorted(gated) != [i for i in range(lm.config.layers) if (i + 1) % every == 0]:
-        raise CheckpointError(f"gated layers at {sorted(gated)} do not match every {every}th of {lm.config.layers} LM layers")
+        raise CheckpointError(
+            f"gated layers at {sorted(gated)} do not match every {every}th of {lm.config.layers} LM layers"
+        )
     g0 = gated[min(gated)]
     depth = len({k.split(".")[1] for k in resampler if k.startswith("layers.")})
     cfg = FlamingoConfig(
@@ -192,7 +191,7 @@ def load_open_flamingo(checkpoint, vision, lm, *, image_token_id: int | None = N
         state["new_head.weight"] = head[vocab:]
     dt = as_dtype(dtype)
     load_strict(model, {k: v.to(dt) for k, v in state.items()}, "OpenFlamingo checkpoint", assign=True)
-    _after_meta(model)
+    after_meta_load(model)
     model.tokenizer = lm.tokenizer
     return model.eval()
 
@@ -206,9 +205,13 @@ def open_flamingo_state_dict(model) -> dict[str, torch.Tensor]:
         block = {k[len(f"xattn.{i}."):]: v for k, v in sd.items() if k.startswith(f"xattn.{i}.")}
         out.update(gated_to_open_flamingo(block, f"lang_encoder.gated_cross_attn_layers.{i}."))
         out.update(gated_to_open_flamingo(block, f"lang_encoder.model.layers.{i}.gated_cross_attn_layer."))
-    out["lang_encoder.model.embed_tokens.weight"] = torch.cat([sd["lm.embed.weight"], sd["new_embed.weight"].to(sd["lm.embed.weight"].dtype)])
+    out["lang_encoder.model.embed_tokens.weight"] = torch.cat(
+        [sd["lm.embed.weight"], sd["new_embed.weight"].to(sd["lm.embed.weight"].dtype)]
+    )
     if model.new_head is not None:
-        out["lang_encoder.lm_head.weight"] = torch.cat([sd["lm.lm_head.weight"], sd["new_head.weight"].to(sd["lm.lm_head.weight"].dtype)])
+        out["lang_encoder.lm_head.weight"] = torch.cat(
+            [sd["lm.lm_head.weight"], sd["new_head.weight"].to(sd["lm.lm_head.weight"].dtype)]
+        )
     return {k: v.contiguous() for k, v in out.items()}
 
 

@@ -14,6 +14,7 @@ import torch
 from mmfm.checkpoint import load_folder_weights, load_state_dict, load_strict, read_json, save_safetensors
 from mmfm.errors import CheckpointError
 from mmfm.models.sam.config import SAMConfig
+from mmfm.models.sam.model import SAM
 
 # ------------------------------------------------------------------------------ official layout
 _OFFICIAL = [(r"^image_encoder\.patch_embed\.proj\.", "image_encoder.patch_embed."),
@@ -54,15 +55,24 @@ def config_from_official(sd: dict, decoder_heads: int = 8) -> SAMConfig:
         prompt_dim = sd["image_encoder.neck.0.weight"].shape[0]
         dec_depth = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("mask_decoder.transformer.layers."))
         return SAMConfig(
-            image_size=grid * patch, patch_size=patch, encoder_dim=dim, encoder_depth=depth,
-            encoder_heads=dim // head_dim, mlp_ratio=sd["image_encoder.blocks.0.mlp.lin1.weight"].shape[0] / dim,
-            window_size=window, global_attn_indexes=global_idx, prompt_dim=prompt_dim,
-            mask_in_chans=sd["prompt_encoder.mask_downscaling.3.weight"].shape[0], decoder_depth=dec_depth,
+            image_size=grid * patch,
+            patch_size=patch,
+            encoder_dim=dim,
+            encoder_depth=depth,
+            encoder_heads=dim // head_dim,
+            mlp_ratio=sd["image_encoder.blocks.0.mlp.lin1.weight"].shape[0] / dim,
+            window_size=window,
+            global_attn_indexes=global_idx,
+            prompt_dim=prompt_dim,
+            mask_in_chans=sd["prompt_encoder.mask_downscaling.3.weight"].shape[0],
+            decoder_depth=dec_depth,
             decoder_heads=decoder_heads,
             decoder_mlp_dim=sd["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
             num_multimask_outputs=sd["mask_decoder.mask_tokens.weight"].shape[0] - 1,
             iou_head_hidden=sd["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
-            iou_head_depth=len([k for k in sd if k.startswith("mask_decoder.iou_prediction_head.layers.") and k.endswith(".weight")]),
+            iou_head_depth=len(
+                [k for k in sd if k.startswith("mask_decoder.iou_prediction_head.layers.") and k.endswith(".weight")]
+            ),
         )
     except (KeyError, IndexError, ValueError) as e:
         raise CheckpointError(f"not an official SAM state dict (missing or odd {e}); expected image_encoder.*, "
@@ -70,8 +80,6 @@ def config_from_official(sd: dict, decoder_heads: int = 8) -> SAMConfig:
 
 
 def load_official(path: Path, config: SAMConfig | None = None, sd: dict | None = None):
-    from mmfm.models.sam.model import SAM
-
     sd = load_state_dict(path) if sd is None else sd
     if config is None and (path.parent / "sam_config.json").is_file():
         config = SAMConfig.from_dict(read_json(path.parent / "sam_config.json"))
@@ -95,7 +103,10 @@ def _hf_rules(c: SAMConfig) -> list[tuple[str, str]]:
         (r"^image_encoder\.neck\.1\.", "vision_encoder.neck.layer_norm1."),
         (r"^image_encoder\.neck\.2\.", "vision_encoder.neck.conv2."),
         (r"^image_encoder\.neck\.3\.", "vision_encoder.neck.layer_norm2."),
-        (r"^prompt_encoder\.pe_layer\.positional_encoding_gaussian_matrix$", "shared_image_embedding.positional_embedding"),
+        (
+            r"^prompt_encoder\.pe_layer\.positional_encoding_gaussian_matrix$",
+            "shared_image_embedding.positional_embedding",
+        ),
         (r"^prompt_encoder\.point_embeddings\.", "prompt_encoder.point_embed."),
         (r"^prompt_encoder\.mask_downscaling\.0\.", "prompt_encoder.mask_embed.conv1."),
         (r"^prompt_encoder\.mask_downscaling\.1\.", "prompt_encoder.mask_embed.layer_norm1."),
@@ -132,13 +143,13 @@ def to_hf_state_dict(sd: dict, c: SAMConfig) -> dict:
     rules = _hf_rules(c)
     out = {_hf_key(k, rules): v.contiguous() for k, v in sd.items()}
     # HF keeps the Fourier matrix twice (the model's and the prompt encoder's copy of it)
-    out["prompt_encoder.shared_embedding.positional_embedding"] = out["shared_image_embedding.positional_embedding"].clone()
+    out["prompt_encoder.shared_embedding.positional_embedding"] = out[
+        "shared_image_embedding.positional_embedding"
+    ].clone()
     return out
 
 
 def from_hf_state_dict(sd: dict, c: SAMConfig) -> dict:
-    from mmfm.models.sam.model import SAM
-
     with torch.device("meta"):
         own = SAM(c).state_dict()
     rules = _hf_rules(c)
@@ -176,26 +187,51 @@ def config_from_hf(cfg: dict) -> SAMConfig:
 
 def config_to_hf(c: SAMConfig) -> dict:
     return {
-        "model_type": "sam", "architectures": ["SamModel"],
-        "vision_config": {"hidden_size": c.encoder_dim, "output_channels": c.prompt_dim,
-                          "num_hidden_layers": c.encoder_depth, "num_attention_heads": c.encoder_heads,
-                          "image_size": c.image_size, "patch_size": c.patch_size, "mlp_dim": int(c.encoder_dim * c.mlp_ratio),
-                          "window_size": c.window_size, "global_attn_indexes": list(c.global_attn_indexes),
-                          "use_rel_pos": c.use_rel_pos, "use_abs_pos": c.use_abs_pos, "num_pos_feats": c.prompt_dim // 2,
-                          "layer_norm_eps": 1e-6},
-        "prompt_encoder_config": {"hidden_size": c.prompt_dim, "image_size": c.image_size, "patch_size": c.patch_size,
-                                  "mask_input_channels": c.mask_in_chans},
-        "mask_decoder_config": {"hidden_size": c.prompt_dim, "num_hidden_layers": c.decoder_depth,
-                                "num_attention_heads": c.decoder_heads, "mlp_dim": c.decoder_mlp_dim,
-                                "attention_downsample_rate": c.attention_downsample_rate,
-                                "num_multimask_outputs": c.num_multimask_outputs, "iou_head_depth": c.iou_head_depth,
-                                "iou_head_hidden_dim": c.iou_head_hidden},
+        "model_type": "sam",
+        "architectures": ["SamModel"],
+        "vision_config": {
+            "hidden_size": c.encoder_dim,
+            "output_channels": c.prompt_dim,
+            "num_hidden_layers": c.encoder_depth,
+            "num_attention_heads": c.encoder_heads,
+            "image_size": c.image_size,
+            "patch_size": c.patch_size,
+            "mlp_dim": int(c.encoder_dim * c.mlp_ratio),
+            "window_size": c.window_size,
+            "global_attn_indexes": list(c.global_attn_indexes),
+            "use_rel_pos": c.use_rel_pos,
+            "use_abs_pos": c.use_abs_pos,
+            "num_pos_feats": c.prompt_dim // 2,
+            "layer_norm_eps": 1e-6,
+        },
+        "prompt_encoder_config": {
+            "hidden_size": c.prompt_dim,
+            "image_size": c.image_size,
+            "patch_size": c.patch_size,
+            "mask_input_channels": c.mask_in_chans,
+        },
+        "mask_decoder_config": {
+            "hidden_size": c.prompt_dim,
+            "num_hidden_layers": c.decoder_depth,
+            "num_attention_heads": c.decoder_heads,
+            "mlp_dim": c.decoder_mlp_dim,
+            "attention_downsample_rate": c.attention_downsample_rate,
+            "num_multimask_outputs": c.num_multimask_outputs,
+            "iou_head_depth": c.iou_head_depth,
+            "iou_head_hidden_dim": c.iou_head_hidden,
+        },
     }
 
 
-def load_hf_sam(folder: Path):
-    from mmfm.models.sam.model import SAM
+def save_official(model, folder: Path) -> Path:
+    """segment-anything's layout: sam.pth (its state-dict keys) + sam_config.json (what the file lacks)."""
+    folder = Path(folder)
+    torch.save(to_official(model.state_dict()), folder / "sam.pth")
+    (folder / "sam_config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
+    return folder
 
+
+def load_hf_sam(folder: Path):
     cfg = read_json(folder / "config.json")
     if cfg.get("model_type") != "sam":
         raise CheckpointError(f"{folder}: model_type {cfg.get('model_type')!r}, expected 'sam'")

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import torch
 
+from mmfm.checkpoint import load_state_dict, load_strict, read_json, save_safetensors
 from mmfm.errors import CheckpointError, ConfigError
+from mmfm.lm.model import as_dtype, load_lm, smollm2_path
+from mmfm.lm.tokenizer import LMTokenizer
 
 
 def tower_state(clip, tower, prefix: str = "vision.") -> dict[str, torch.Tensor]:
@@ -20,11 +23,17 @@ def tower_state(clip, tower, prefix: str = "vision.") -> dict[str, torch.Tensor]
             if k.startswith("visual.") and k[len("visual."):] in own}
 
 
+def after_meta_load(model) -> None:
+    """Re-tie the LM head and rebuild the rotary tables of a model loaded onto the meta device."""
+    if model.config.lm.tie_embeddings:
+        model.lm.lm_head.weight = model.lm.embed.weight
+    if model.lm.rotary is not None:
+        model.lm.rotary.to_empty(device="cpu").reset_buffers()
+
+
 def save_learned(model, folder: Path, model_type: str, keep_lm: tuple[str, ...] = ()) -> None:
     """config.json + model.safetensors; a tied LM head is not written twice, and with base_lm set the
     LM's weights are left out except keys ending in `keep_lm` (LoRA adapters)."""
-    from mmfm.checkpoint import save_safetensors
-
     sd = dict(model.state_dict())
     if model.config.lm.tie_embeddings:
         sd.pop("lm.lm_head.weight", None)
@@ -37,11 +46,6 @@ def save_learned(model, folder: Path, model_type: str, keep_lm: tuple[str, ...] 
 def load_learned(folder, model_cls, config_cls, what: str, dtype="float32", base_tokenizer=None):
     """The inverse of save_learned: config, weights, the base LM from its package when base_lm is set,
     the tokenizer of the folder (else the base LM's, passed through `base_tokenizer(tok, config)`)."""
-    from mmfm.checkpoint import load_state_dict, load_strict, read_json
-    from mmfm.interop.hf_llava import _after_meta
-    from mmfm.lm.model import as_dtype
-    from mmfm.lm.tokenizer import LMTokenizer
-
     folder = Path(folder)
     dtype = as_dtype(dtype)
     try:
@@ -51,11 +55,11 @@ def load_learned(folder, model_cls, config_cls, what: str, dtype="float32", base
     sd = load_state_dict(folder / "model.safetensors")
     tokenizer = LMTokenizer.from_pretrained(folder) if (folder / "tokenizer.json").is_file() else None
     if config.base_lm == "smollm2":
-        from mmfm.lm.model import load_lm, smollm2_path
-
         base = load_lm(smollm2_path(), dtype=dtype)
         if base.config.to_dict() | {"extra": {}} != config.lm.to_dict() | {"extra": {}}:
-            raise CheckpointError(f"{folder}: the installed SmolLM2 does not have the LM config this model was trained on")
+            raise CheckpointError(
+                f"{folder}: the installed SmolLM2 does not have the LM config this model was trained on"
+            )
         sd.update({"lm." + k: v for k, v in base.model.state_dict().items()})
         if tokenizer is None:
             tokenizer = base_tokenizer(base.tokenizer, config) if base_tokenizer else base.tokenizer
@@ -64,7 +68,7 @@ def load_learned(folder, model_cls, config_cls, what: str, dtype="float32", base
     if config.lm.tie_embeddings:
         sd["lm.lm_head.weight"] = sd["lm.embed.weight"]
     load_strict(model, {k: v.to(dtype) for k, v in sd.items()}, str(folder), assign=True)
-    _after_meta(model)
+    after_meta_load(model)
     model.tokenizer = tokenizer
     return model.to(dtype).eval()
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mmfm.errors import CheckpointError, DependencyError
+from mmfm.lm.tokenizer import LMTokenizer
 from mmfm.nn.decoder import DecoderConfig
 
 SUPPORTED_ARCHS = ("llama",)
@@ -124,7 +125,9 @@ class GGUFHeader:
         t = self.tensors[name]
         shape = (int(np.prod(t.shape[:-1])) if len(t.shape) > 1 else 1, t.shape[-1])
         if tuple(out.shape) != shape:
-            raise CheckpointError(f"{self.path}: tensor {name!r} has shape {t.shape}, the model expects {tuple(out.shape)}")
+            raise CheckpointError(
+                f"{self.path}: tensor {name!r} has shape {t.shape}, the model expects {tuple(out.shape)}"
+            )
         row_bytes = t.nbytes // shape[0]
         step = max(1, chunk_bytes // max(row_bytes, 1))
         qtype = GGMLQuantizationType(t.qtype)
@@ -140,7 +143,9 @@ class GGUFHeader:
                     w = quants.dequantize(raw, qtype)
                 except Exception as e:  # noqa: BLE001 - an unimplemented type, a short buffer
                     raise CheckpointError(f"{self.path}: tensor {name} ({qtype.name}) cannot be read ({e})") from e
-                out[r0 : r0 + rows] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32).reshape(rows, shape[1]))
+                out[r0 : r0 + rows] = torch.from_numpy(
+                    np.ascontiguousarray(w, dtype=np.float32).reshape(rows, shape[1])
+                )
         return out
 
     def load(self, name: str, dtype=torch.float32) -> torch.Tensor:
@@ -231,8 +236,6 @@ def read_metadata(path: str | Path) -> dict:
 def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
     """(DecoderConfig, mmfm state dict in `dtype`, LMTokenizer, metadata). Each weight is dequantized
     straight into its place in the (fused) mmfm tensor."""
-    from mmfm.lm.tokenizer import LMTokenizer
-
     path = Path(path)
     g = open_gguf(path)
     meta = g.meta

@@ -13,11 +13,20 @@ from pathlib import Path
 
 import torch
 
-from mmfm.checkpoint import load_state_dict, load_strict, read_json, save_safetensors
+from mmfm.checkpoint import load_state_dict, load_strict, read_json, resolve, save_safetensors
 from mmfm.errors import CheckpointError, ConfigError, DependencyError, InvalidPrompt, InvalidText
+from mmfm.lm.gguf_file import read_gguf
+from mmfm.lm.hf_llama import read_hf_llama, write_hf_llama
 from mmfm.lm.tokenizer import LMTokenizer, check_messages
 from mmfm.nn.decoder import DecoderConfig, DecoderLM
-from mmfm.nn.generate import GenerationConfig, IncrementalDetokenizer, generate, stream_tokens
+from mmfm.nn.generate import (
+    GenerationConfig,
+    IncrementalDetokenizer,
+    generate,
+    sampling_config,
+    stream_tokens,
+    texts,
+)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -85,13 +94,10 @@ class LanguageModel:
 
     def _gen_config(self, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, seed=None, num_beams=1,
                     stop=None, length_penalty=1.0) -> GenerationConfig:
-        stop = [stop] if isinstance(stop, str) else list(stop or [])
-        return GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
-            top_k=top_k, top_p=top_p, seed=seed, num_beams=num_beams, length_penalty=length_penalty,
-            eos_token_ids=self.tokenizer.eos_token_ids or self.config.eos_token_ids, stop_strings=stop,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
+        return sampling_config(max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                               num_beams=num_beams, length_penalty=length_penalty, stop=stop,
+                               eos_token_ids=self.tokenizer.eos_token_ids or self.config.eos_token_ids,
+                               pad_token_id=self.tokenizer.pad_token_id)
 
     # ------------------------------------------------------------------------------ generation
     def complete(self, prompts, *, chat: bool | None = None, system: str | None = None, n: int = 1,
@@ -99,7 +105,9 @@ class LanguageModel:
         """Generate for one prompt or a list of prompts (each a string or a list of messages), `n`
         samples each, batched with left padding. Returns len(prompts) * n completions, prompt-major."""
         if not isinstance(prompts, (str, list, tuple)):
-            raise InvalidPrompt(f"a prompt is a string, a list of messages or a list of those, got {type(prompts).__name__}")
+            raise InvalidPrompt(
+                f"a prompt is a string, a list of messages or a list of those, got {type(prompts).__name__}"
+            )
         single = isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict))
         prompts = [prompts] if single else list(prompts)
         if not prompts:
@@ -112,14 +120,8 @@ class LanguageModel:
         input_ids, mask = self.tokenizer.pad(ids)
         out = generate(self.model, input_ids, mask, config=cfg, decode=self.tokenizer.decode)
         results = []
-        for row, toks in enumerate(out.tokens):
-            text = self.tokenizer.decode(toks)
-            hit = out.stop_string_hit[row] if out.stop_string_hit else None
-            if hit is None:
-                hit = next((s for s in cfg.stop_strings if s in text), None)
-            if hit is not None:
-                text = text[: text.index(hit)]
-            results.append(Completion(text, toks, out.finish_reasons[row], len(ids[row])))
+        for row, text in enumerate(texts(out, self.tokenizer.decode, cfg)):
+            results.append(Completion(text, out.tokens[row], out.finish_reasons[row], len(ids[row])))
         return results
 
     def generate(self, prompt, **kwargs) -> str | list[str]:
@@ -170,8 +172,6 @@ class LanguageModel:
         folder.mkdir(parents=True, exist_ok=True)
         sd = {k: v.float() for k, v in self.model.state_dict().items()}
         if format == "hf":
-            from mmfm.lm.hf_llama import write_hf_llama
-
             if self.config.tie_embeddings:
                 sd.pop("lm_head.weight", None)
             write_hf_llama(folder, self.config, sd)
@@ -216,13 +216,9 @@ def _release_freed_memory() -> None:
 
 def load_lm(path: str | os.PathLike, dtype="float32") -> LanguageModel:
     """A GGUF file, an HF Llama folder, or an mmfm LM folder."""
-    from mmfm.checkpoint import resolve
-
     dtype = as_dtype(dtype)
     path = resolve(path)
     if path.is_file():
-        from mmfm.lm.gguf_file import read_gguf
-
         config, sd, tok, meta = read_gguf(path, dtype=dtype)
         return LanguageModel(_build(config, sd, dtype, str(path)), tok, name=meta.get("general.name") or path.stem)
     cfg = read_json(path / "config.json") if (path / "config.json").is_file() else None
@@ -233,8 +229,6 @@ def load_lm(path: str | os.PathLike, dtype="float32") -> LanguageModel:
         config = DecoderConfig.from_dict(cfg["decoder"])
         sd = load_state_dict(path / "model.safetensors")
     elif cfg.get("model_type") == "llama":
-        from mmfm.lm.hf_llama import read_hf_llama
-
         config, sd = read_hf_llama(path)
     else:
         raise CheckpointError(f"{path}: model_type {cfg.get('model_type')!r} is not a language model mmfm loads")

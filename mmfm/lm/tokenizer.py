@@ -9,14 +9,12 @@ from pathlib import Path
 
 import torch
 
-from mmfm.errors import CheckpointError, InvalidPrompt, InvalidText
+from mmfm.errors import CheckpointError, DependencyError, InvalidPrompt, InvalidText
 
 # llama.cpp's pre-tokenizer names -> how the text is split before BPE. The regexes are the ones
 # llama.cpp and the original tokenizer.json files use.
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"""
-LLAMA3_SPLIT = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+LLAMA3_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501
 DIGITS_THEN_GPT2 = ("smollm", "starcoder", "refact", "codeshell", "command-r")
 PLAIN_GPT2 = ("gpt-2", "gpt2", "default", "")
 LLAMA3_STYLE = ("llama-bpe", "llama3", "smaug-bpe", "dbrx")
@@ -86,7 +84,9 @@ class LMTokenizer:
         return out
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, eos_token_id=None, bos_token_id=None, pad_token_id=None) -> LMTokenizer:
+    def from_pretrained(
+        cls, folder: str | Path, eos_token_id=None, bos_token_id=None, pad_token_id=None
+    ) -> LMTokenizer:
         """A HF folder: tokenizer.json, and tokenizer_config.json / chat_template.jinja if present."""
         from tokenizers import Tokenizer
 
@@ -216,7 +216,6 @@ def _render(template: str, **context) -> str:
         import jinja2
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError as e:  # pragma: no cover - jinja2 is a dependency
-        from mmfm.errors import DependencyError
 
         raise DependencyError("chat templates need jinja2: pip install jinja2") from e
     if _ENV is None:
@@ -231,7 +230,9 @@ def _render(template: str, **context) -> str:
 
             return datetime.now().strftime(fmt)
 
-        _ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        _ENV = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
         _ENV.filters["tojson"] = tojson
         _ENV.globals["raise_exception"] = raise_exception
         _ENV.globals["strftime_now"] = strftime_now

@@ -14,89 +14,84 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmfm.checkpoint import load_state_dict, load_strict, read_json, resolve, save_safetensors
+from mmfm.config import Config
 from mmfm.errors import CheckpointError, ConfigError
 from mmfm.nn import TextTransformer, VisionTransformer
+from mmfm.text.tokenizer import CLIPTokenizer
 from mmfm.vision.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPPreprocess
+
+Activation = Literal["gelu", "quick_gelu", "gelu_tanh", "relu"]
 
 
 @dataclass
-class CLIPVisionConfig:
+class CLIPVisionConfig(Config):
+    POSITIVE: ClassVar[tuple[str, ...]] = ("image_size", "patch_size", "width", "layers", "heads", "mlp_dim",
+                                           "attn_pool_heads")
+
     image_size: int = 224
     patch_size: int = 16
     width: int = 768
     layers: int = 12
     heads: int = 12
     mlp_dim: int | None = None  # None: 4 x width
-    act: str = "gelu"
-    stem: str = "patch"  # patch (CLIP's ViT) | conv (hybrid: a small CNN makes the tokens)
-    pool: str = "cls"  # cls (CLIP's class token) | attn (open_clip's attentional pooler, one learned query)
+    act: Activation = "gelu"
+    stem: Literal["patch", "conv"] = "patch"  # CLIP's ViT | hybrid: a small CNN makes the tokens
+    pool: Literal["cls", "attn"] = "cls"  # CLIP's class token | open_clip's attentional pooler (one query)
     attn_pool_heads: int = 8
 
 
 @dataclass
-class CLIPTextConfig:
+class CLIPTextConfig(Config):
+    POSITIVE: ClassVar[tuple[str, ...]] = ("vocab_size", "context_length", "width", "layers", "heads", "mlp_dim")
+
     vocab_size: int = 49408
     context_length: int = 77
     width: int = 512
     layers: int = 12
     heads: int = 8
     mlp_dim: int | None = None
-    act: str = "gelu"
+    act: Activation = "gelu"
     sot_token_id: int = 49406
     eot_token_id: int = 49407
     pad_token_id: int = 0
 
 
 @dataclass
-class CLIPConfig:
+class CLIPConfig(Config):
+    POSITIVE: ClassVar[tuple[str, ...]] = ("embed_dim", "norm_eps")
+
     embed_dim: int = 512
     vision: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
     text: CLIPTextConfig = field(default_factory=CLIPTextConfig)
     norm_eps: float = 1e-5
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = math.log(100.0)
-    image_mean: tuple = OPENAI_CLIP_MEAN
-    image_std: tuple = OPENAI_CLIP_STD
-    crop_rounding: str = "round"  # "floor" for checkpoints preprocessed by transformers
-    tokenizer: str = "clip"  # clip (files in the folder) | world (shipped with mmfm)
+    image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
+    image_std: tuple[float, ...] = OPENAI_CLIP_STD
+    crop_rounding: Literal["round", "floor"] = "round"  # "floor" for checkpoints preprocessed by transformers
+    tokenizer: Literal["clip", "world"] = "clip"  # files in the folder | the world's, shipped with mmfm
 
-    def __post_init__(self):
-        if isinstance(self.vision, dict):
-            self.vision = CLIPVisionConfig(**self.vision)
-        if isinstance(self.text, dict):
-            self.text = CLIPTextConfig(**self.text)
-        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
+    def validate(self) -> None:
         for tower in (self.vision, self.text):
-            if tower.act not in ("gelu", "quick_gelu", "gelu_tanh", "relu"):
-                raise ConfigError(f"unknown activation {tower.act!r}")
             if tower.width % tower.heads:
                 raise ConfigError(f"width {tower.width} is not divisible by heads {tower.heads}")
         if self.vision.image_size % self.vision.patch_size:
-            raise ConfigError(f"image_size {self.vision.image_size} is not a multiple of patch_size {self.vision.patch_size}")
+            raise ConfigError(
+                f"image_size {self.vision.image_size} is not a multiple of patch_size {self.vision.patch_size}"
+            )
         t = self.text
         for name in ("sot_token_id", "eot_token_id", "pad_token_id"):
             if not 0 <= getattr(t, name) < t.vocab_size:
                 raise ConfigError(f"text.{name}={getattr(t, name)} is outside the vocabulary (size {t.vocab_size})")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> CLIPConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"model_type", "mmfm_version"}
-        if unknown:
-            raise ConfigError(f"unknown CLIP config keys: {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 class CLIPLogits(NamedTuple):
@@ -180,36 +175,25 @@ class CLIP(nn.Module):
         return CLIPPreprocess(c.vision.image_size, c.image_mean, c.image_std, crop_rounding=c.crop_rounding)
 
     # ------------------------------------------------------------------------------------- save / load
-    def save_pretrained(self, folder, format: str = "mmfm") -> Path:  # noqa: A002 - the natural name
-        """format: "mmfm" (config.json + model.safetensors), "hf" (a folder transformers' CLIPModel
-        loads), or "open_clip" (open_clip_config.json + open_clip_model.safetensors)."""
+    def save_pretrained(self, folder) -> Path:
+        """mmfm's folder: config.json + model.safetensors (+ the tokenizer's files). Other formats:
+        `mmfm.save(model, folder, format="hf" | "open_clip")`."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        if format == "hf":
-            from mmfm.interop.hf_clip import save_hf
-
-            save_hf(self, folder)
-        elif format == "open_clip":
-            from mmfm.interop.open_clip import save_open_clip
-
-            save_open_clip(self, folder)
-        elif format == "mmfm":
-            cfg = {"model_type": "mmfm-clip", **self.config.to_dict()}
-            (folder / "config.json").write_text(json.dumps(cfg, indent=2))
-            save_safetensors(self.state_dict(), folder / "model.safetensors", metadata={"format": "pt"})
-        else:
-            raise ConfigError(f"unknown format {format!r}; use mmfm, hf or open_clip")
-        if self.tokenizer is not None and format != "open_clip":
+        cfg = {"model_type": "mmfm-clip", **self.config.to_dict()}
+        (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+        save_safetensors(self.state_dict(), folder / "model.safetensors", metadata={"format": "pt"})
+        if self.tokenizer is not None:
             self.tokenizer.save(folder)
         return folder
 
     @classmethod
     def from_pretrained(cls, path_or_id, **overrides) -> CLIP:
-        """An mmfm, HF transformers or open_clip CLIP folder (or Hub id). `overrides` (e.g. act=...)
-        are checked against what the checkpoint records and a conflict raises CheckpointError."""
-        from mmfm.interop.detect import load_clip
-
-        return load_clip(resolve(path_or_id), **overrides)
+        """An mmfm CLIP folder (or Hub id); `mmfm.load` reads HF transformers and open_clip ones too.
+        `overrides` (e.g. act=...) are checked against what the checkpoint records: a conflict raises
+        CheckpointError."""
+        path = resolve(path_or_id)
+        return attach_tokenizer(load_mmfm_clip(path, **overrides), path).eval()
 
 
 def _lock(tower: nn.Module, blocks, unlocked: int, heads) -> None:
@@ -234,6 +218,27 @@ def load_mmfm_clip(folder: Path, **overrides) -> CLIP:
     return model
 
 
+def attach_tokenizer(model, path: Path):
+    """Give a CLIP or CoCa the tokenizer its folder holds (HF's vocab.json / tokenizer.json), or the
+    world's when its config says so; refuse one whose start/end ids or size do not fit the text tower."""
+    t = model.config.text
+    tok = None
+    if path.is_dir() and ((path / "vocab.json").is_file() or (path / "tokenizer.json").is_file()):
+        tok = CLIPTokenizer.from_pretrained(path, context_length=t.context_length, pad_id=t.pad_token_id)
+    elif model.config.tokenizer == "world":
+        tok = CLIPTokenizer.world(context_length=t.context_length)
+    if tok is not None:
+        if tok.eot_token_id != t.eot_token_id or tok.sot_token_id != t.sot_token_id:
+            raise CheckpointError(
+                f"{path}: the tokenizer's start/end ids ({tok.sot_token_id}, {tok.eot_token_id}) differ from the "
+                f"model config's ({t.sot_token_id}, {t.eot_token_id}); the text tower would pool the wrong token"
+            )
+        if tok.vocab_size > t.vocab_size:
+            raise CheckpointError(f"{path}: tokenizer has {tok.vocab_size} tokens, the model only {t.vocab_size}")
+    model.tokenizer = tok
+    return model
+
+
 def apply_overrides(cfg: dict, overrides: dict, source: str) -> dict:
     """Overrides fill in what a checkpoint does not record and must agree with what it does; a
     contradiction (say act="gelu" for weights recorded as quick_gelu) raises CheckpointError, so a
@@ -248,7 +253,13 @@ def apply_overrides(cfg: dict, overrides: dict, source: str) -> dict:
         else:
             targets = [out]
         for d in targets:
-            if name in d and d[name] != value and not (isinstance(value, (list, tuple)) and list(value) == list(d[name])):
-                raise CheckpointError(f"{source} records {key}={d[name]!r}, which conflicts with the requested {value!r}")
+            if (
+                name in d
+                and d[name] != value
+                and not (isinstance(value, (list, tuple)) and list(value) == list(d[name]))
+            ):
+                raise CheckpointError(
+                    f"{source} records {key}={d[name]!r}, which conflicts with the requested {value!r}"
+                )
             d[name] = value
     return out

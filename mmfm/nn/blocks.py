@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mmfm.nn.attention import Attention, KVCache, StaticKV, Unpadded
+from mmfm.nn.attention import Attention, KVCache, StaticKV
+from mmfm.nn.plan import Plan
 
 
 class QuickGELU(nn.Module):
@@ -47,7 +50,8 @@ class MLP(nn.Module):
 
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x)), as Llama. gate and up are one fused (dim -> 2 * hidden) matmul,
-    stored gate first; loaders concatenate Llama's separate gate_proj / up_proj. (B, T, dim) -> (B, T, out_dim or dim)."""
+    stored gate first; loaders concatenate Llama's separate gate_proj / up_proj.
+    (B, T, dim) -> (B, T, out_dim or dim)."""
 
     def __init__(self, dim: int, hidden: int, bias: bool = False, act: str = "silu", out_dim: int | None = None):
         super().__init__()
@@ -157,18 +161,13 @@ class TransformerBlock(nn.Module):
         cache: KVCache | None = None,
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
-        keep_last: int = 0,
-        tokens: Unpadded | None = None,
+        plan: Plan | None = None,
     ) -> torch.Tensor:
-        """keep_last > 0: every position writes its keys/values to the cache, only the last
-        `keep_last` go on (B, keep_last, dim): the last layer of a prefill needs nothing else.
-        tokens: x is the real tokens of a padded batch, (1, N, dim) (see attention.Unpadded)."""
-        h = self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rope=rope, cache=cache, keep_last=keep_last,
-                      tokens=tokens)
-        if tokens is not None and 0 < keep_last < tokens.length:
-            x = tokens.unpack(x)[:, -keep_last:]  # the attention answered for the padded (B, keep_last)
-        elif tokens is None and 0 < keep_last < x.shape[1]:
-            x = x[:, -keep_last:]
+        """plan (mmfm.nn.plan): x may be the real tokens of a padded batch, and the output only the last
+        positions (every position still writes its keys/values to the cache)."""
+        h = self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rope=rope, cache=cache, plan=plan)
+        if plan is not None:
+            x = plan.residual(x)
         x = x + self.ls1(h)
         if self.cross is not None:
             x = x + self.cross(self.norm_x(x), context=context, mask=context_mask)
@@ -232,33 +231,49 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads, **block_kwargs) for _ in range(layers))
         self.grad_checkpointing = False
 
-    def forward(self, x, mask=None, is_causal=False, rope=None, caches=None, context=None,
-                context_mask=None, output_hidden_states: bool = False, before_layer=None, keep_last: int = 0,
-                tokens: Unpadded | None = None):
+    def forward(self, x, mask=None, is_causal=False, rope=None, caches=None, context=None, context_mask=None,
+                output_hidden_states: bool = False, before_layer=None, plan: Plan | None = None):
         """before_layer(i, x) -> x, when given, runs before block i (Flamingo's gated cross-attention
-        sits there, outside the frozen blocks). keep_last > 0: the last block computes only the last
-        `keep_last` positions (all of them still fill its cache); not with output_hidden_states.
-        tokens: x is (1, N, dim), the real tokens of a padded (B, T) batch (attention.Unpadded; not with
-        before_layer, output_hidden_states or cross-attention); the output is padded again, (B, T, dim)."""
-        if tokens is not None and (before_layer is not None or output_hidden_states or context is not None):
+        sits there, outside the frozen blocks). plan (mmfm.nn.plan): how the blocks run; the output is
+        then (B, T or keep_last, dim). Unpadded tokens do not go with before_layer, output_hidden_states
+        or a context, which need the padded layout."""
+        if plan is not None and plan.tokens is not None and (
+            before_layer is not None or output_hidden_states or context is not None
+        ):
             raise ValueError("unpadded tokens do not go with before_layer, output_hidden_states or a context")
         hidden = [x] if output_hidden_states else None
         last = len(self.blocks) - 1
+        inner = plan.for_block(last=False) if plan is not None else None
         for i, blk in enumerate(self.blocks):
             if before_layer is not None:
                 x = before_layer(i, x)
             cache = caches[i] if caches is not None else None
+            step = plan if i == last else inner
             if self.grad_checkpointing and self.training and cache is None:
-                x = checkpoint(blk, x, mask, is_causal, rope, None, context, context_mask, 0, tokens,
-                               use_reentrant=False)
+                run = functools.partial(blk, mask=mask, is_causal=is_causal, rope=rope, context=context,
+                                        context_mask=context_mask, plan=step)
+                x = checkpoint(run, x, use_reentrant=False)
             else:
-                x = blk(x, mask, is_causal, rope, cache, context, context_mask,
-                        keep_last if i == last and hidden is None else 0, tokens)
+                x = blk(x, mask, is_causal, rope, cache, context, context_mask, step)
             if hidden is not None:
                 hidden.append(x)
-        if tokens is not None and not 0 < keep_last < tokens.length:
-            x = tokens.unpack(x)
+        if plan is not None:
+            x = plan.leave(x)
         return x, (tuple(hidden) if hidden is not None else None)
 
 
-__all__ = ["MLP", "SwiGLU", "RMSNorm", "LayerNorm2d", "CrossAttentionBlock", "AttentionalPooler", "QuickGELU", "LayerScale", "TransformerBlock", "Transformer", "norm", "activation", "frozen_to_eval"]
+__all__ = [
+    "MLP",
+    "SwiGLU",
+    "RMSNorm",
+    "LayerNorm2d",
+    "CrossAttentionBlock",
+    "AttentionalPooler",
+    "QuickGELU",
+    "LayerScale",
+    "TransformerBlock",
+    "Transformer",
+    "norm",
+    "activation",
+    "frozen_to_eval",
+]

@@ -11,18 +11,24 @@ Shapes: input_ids (B, T) or inputs_embeds (B, T, dim); attention_mask (B, past +
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
+from mmfm.config import Config
 from mmfm.errors import ConfigError
-from mmfm.nn.attention import KVCache, RotaryEmbedding, Unpadded, causal_mask, combine_masks
-from mmfm.nn.blocks import Transformer, norm
+from mmfm.nn.attention import KVCache, RotaryEmbedding, causal_mask, combine_masks
+from mmfm.nn.blocks import ACTIVATIONS, Transformer, norm
+from mmfm.nn.plan import Plan
 
 
 @dataclass
-class DecoderConfig:
+class DecoderConfig(Config):
+    POSITIVE: ClassVar[tuple[str, ...]] = ("vocab_size", "dim", "layers", "heads", "kv_heads", "head_dim", "hidden",
+                                           "max_seq_len", "norm_eps", "rope_theta")
+
     vocab_size: int = 49152
     dim: int = 576
     layers: int = 30
@@ -30,7 +36,7 @@ class DecoderConfig:
     kv_heads: int | None = None  # None = heads (multi-head); fewer = grouped-query attention
     head_dim: int | None = None  # None = dim // heads
     hidden: int = 1536  # feed-forward width
-    style: str = "llama"  # "llama" | "gpt"
+    style: Literal["llama", "gpt"] = "llama"
     act: str | None = None  # None = silu (llama, inside SwiGLU) / gelu_tanh (gpt)
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
@@ -43,9 +49,7 @@ class DecoderConfig:
     pad_token_id: int | None = None
     extra: dict = field(default_factory=dict)  # provenance (source format, quantization), not used by the model
 
-    def __post_init__(self):
-        if self.style not in ("llama", "gpt"):
-            raise ConfigError(f"DecoderConfig.style must be 'llama' or 'gpt', got {self.style!r}")
+    def validate(self) -> None:
         self.kv_heads = self.kv_heads or self.heads
         if self.heads % self.kv_heads:
             raise ConfigError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
@@ -55,32 +59,25 @@ class DecoderConfig:
             self.head_dim = self.dim // self.heads
         if self.act is None:
             self.act = "silu" if self.style == "llama" else "gelu_tanh"
-        for name in ("vocab_size", "dim", "layers", "heads", "hidden", "max_seq_len"):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(f"DecoderConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.act not in ACTIVATIONS:
+            raise ConfigError(f"DecoderConfig.act must be one of {', '.join(ACTIVATIONS)}, got {self.act!r}")
 
     @property
     def eos_token_ids(self) -> list[int]:
         e = self.eos_token_id
         return [] if e is None else ([e] if isinstance(e, int) else list(e))
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DecoderConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown DecoderConfig keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
-
 
 @dataclass
 class DecoderOutput:
-    logits: torch.Tensor | None  # (B, T', vocab); None with compute_logits=False
-    last_hidden: torch.Tensor  # (B, T or logits_to_keep, dim), after the final norm
+    """What every decoder-based model's forward returns (DecoderLM, LLaVA, Flamingo, CoCa's captioner),
+    as transformers' ModelOutput: fields a call did not compute are None."""
+
+    logits: torch.Tensor | None = None  # (B, T', vocab); None with compute_logits=False or with labels
+    last_hidden: torch.Tensor | None = None  # (B, T or logits_to_keep, dim), after the final norm
     hidden_states: tuple[torch.Tensor, ...] | None = None  # layers + 1, before the final norm
+    loss: torch.Tensor | None = None  # with labels: mean next-token cross-entropy over supervised tokens
+    num_tokens: int = 0  # the number of supervised tokens behind `loss`
 
 
 class DecoderLM(nn.Module):
@@ -171,19 +168,12 @@ class DecoderLM(nn.Module):
             rope = (cos.to(x.dtype), sin.to(x.dtype))
         else:
             x = x + self.pos_embed(position_ids)
-        # A padded batch of several tokens (a prefill, a training batch) runs its norms, projections and
-        # MLPs on the real tokens only; attention and the cache still see the padded (B, T) layout.
-        # Gathering and scattering cost about what 1/16 of the rows' matmuls do (measured at SmolLM2's
-        # width), so a batch with less padding than that stays padded.
-        tokens = None
-        if attention_mask is not None and t > 1 and not output_hidden_states and before_layer is None:
-            keep = attention_mask[:, past : past + t].bool()
-            if int(keep.sum()) * 16 <= keep.numel() * 15:
-                tokens = Unpadded(keep)
-                x = tokens.pack(x)
-        h, hidden = self.transformer(x, mask=mask, is_causal=is_causal, rope=rope, caches=caches,
-                                     output_hidden_states=output_hidden_states, before_layer=before_layer,
-                                     keep_last=logits_to_keep, tokens=tokens)
+        # CPU shortcuts with the same numbers (mmfm.nn.plan): real tokens only, last positions only
+        plan = Plan.for_decoder(attention_mask, past, t, 0 if output_hidden_states else logits_to_keep,
+                                unpad=not output_hidden_states and before_layer is None)
+        h, hidden = self.transformer(plan.enter(x) if plan is not None else x, mask=mask, is_causal=is_causal,
+                                     rope=rope, caches=caches, output_hidden_states=output_hidden_states,
+                                     before_layer=before_layer, plan=plan)
         h = self.norm(h[:, -logits_to_keep:] if logits_to_keep else h)
         logits = None
         if compute_logits:

@@ -41,11 +41,11 @@ class GenerationConfig:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if not self.temperature >= 0:  # NaN too: it would silently mean greedy
+            raise ConfigError(f"temperature must be a number >= 0, got {self.temperature}")
         if self.temperature == 0:  # OpenAI's convention: temperature 0 means greedy
             self.do_sample, self.temperature = False, 1.0
-        if not 0 < self.top_p <= 1:
+        if not 0 < self.top_p <= 1:  # NaN fails this too
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0 or self.num_beams < 1:
             raise ConfigError("top_k must be >= 0 and num_beams >= 1")
@@ -61,6 +61,34 @@ class GenerationOutput:
     finish_reasons: list[str]  # "stop" (end token or stop string) or "length"
     scores: list[float] | None = None  # beam search: the length-normalised log-probability
     stop_string_hit: list[str | None] = field(default_factory=list)
+
+
+def sampling_config(max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                    seed: int | None = None, num_beams: int = 1, length_penalty: float = 1.0, stop=None,
+                    do_sample: bool | None = None, eos_token_ids: Sequence[int] = (),
+                    pad_token_id: int = 0) -> GenerationConfig:
+    """The sampling arguments of every model's `generate` (OpenAI's meanings: temperature 0 is greedy,
+    `stop` is a string or a list of them) as a GenerationConfig. do_sample, when given, overrides what
+    the temperature implies (CoCa samples with top-p at temperature 1)."""
+    stop = [stop] if isinstance(stop, str) else list(stop or [])
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=temperature > 0 if do_sample is None else do_sample,
+        temperature=temperature or 1.0, top_k=top_k, top_p=top_p, seed=seed, num_beams=num_beams,
+        length_penalty=length_penalty, eos_token_ids=eos_token_ids, stop_strings=stop, pad_token_id=pad_token_id,
+    )
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """`text` up to the earliest stop string it holds (the stop string itself is never returned)."""
+    at = min((text.index(s) for s in stop_strings if s in text), default=len(text))
+    return text[:at]
+
+
+def texts(out: GenerationOutput, decode: Callable[[list[int]], str], cfg: GenerationConfig,
+          strip: bool = False) -> list[str]:
+    """Each row's new tokens as text, cut before its stop string."""
+    rows = [cut_at_stop(decode(toks), cfg.stop_strings) for toks in out.tokens]
+    return [r.strip() for r in rows] if strip else rows
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -275,7 +303,9 @@ def beam_search(
     """Beam search as transformers does it (early_stopping=False): per step the 2 * beams best
     continuations; one that ends with an end token becomes a finished hypothesis scored
     sum(logprob) / new_length ** length_penalty; a row is done when its `beams` finished hypotheses
-    cannot be beaten by the best running beam."""
+    cannot be beaten by the best running beam. One function on purpose (~90 lines): the step loop reads
+    and rewrites the beams, their scores, caches, mask and hypotheses together, and reads top to bottom
+    as transformers' algorithm does; split, each piece would take and return all of them."""
     cfg = config
     nb = cfg.num_beams
     forward_kwargs = forward_kwargs or {}

@@ -1,26 +1,21 @@
 """Prepacked Linear weights for decoding on the CPU.
 
 A decode step multiplies a few rows (the batch) by every weight of the model once, so it is bound by
-how fast the weights stream from memory. PyTorch's default CPU path for such a skinny matmul reads a
-row-major weight at about half the memory bandwidth on the machines we measured (a 30-layer
-SmolLM2-shaped stack: 8.8 GB/s where a plain sum over the same bytes reads 21.8 GB/s). A packed
-layout streams the same weights 1.3-2x faster (bench/RESULTS.md); we use the two that PyTorch's own
-inductor "freezing" uses for CPU inference: MKL's packed sgemm for fp32 (~4 us a call; results differ
-from F.linear by accumulation order, ~1e-7) and oneDNN's blocked layout for bf16 (bit-identical; ~19
-us a call, which is why fp32 does not use it). `PackedLinears` packs the Linears of a model (fp32
-LoRA merged) and swaps the packs in only around each decode step, so the model is never left
-altered between steps.
+how fast the weights stream from memory, and PyTorch's default CPU path for such a skinny matmul reads
+a row-major weight well below the memory bandwidth. The packed layouts that PyTorch's own inductor
+"freezing" uses stream them faster (numbers in bench/RESULTS.md): MKL's packed sgemm for fp32 (results
+differ from F.linear by accumulation order, ~1e-7) and oneDNN's blocked layout for bf16 (bit-identical).
 
-Packing reads and writes every weight once (~0.2 s for SmolLM2-135M in fp32, as long as three decode
-steps), so a pack is kept on its Linear and reused by the next generation while the weight is the
-same tensor at the same version: an in-place update (an optimizer step, load_state_dict) bumps the
-version, `.to()` makes a new tensor, and either repacks. The cost is a second copy of the weights.
+`PackedLinears(model, batch)` makes a `PackedLinear` module for each plain Linear (fp32 LoRA merged),
+and `with packs.active():` puts them in their parents' place for one decode step and puts the Linears
+back after, so the model is never left altered between steps. A pack is kept on its Linear and reused
+by the next generation while the weight is the same tensor at the same version; an in-place update (an
+optimizer step, load_state_dict) bumps the version and `.to()` makes a new tensor: either repacks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator
 
 import torch
@@ -55,13 +50,19 @@ def _pack(backend: str, weight: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight, batch)
 
 
-def _mkl_forward(packed, weight, bias, batch, x):
-    # MKL's packed GEMM was packed for `batch` rows; other row counts fall back to the plain weight
-    return torch.ops.mkl._mkl_linear.default(x, packed, weight, bias, batch)
+class PackedLinear(nn.Module):
+    """A Linear's forward on its packed weight. Not a Parameter holder: it is built from a Linear,
+    swapped in only while decoding, and never saved."""
 
+    def __init__(self, backend: str, packed: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 batch: int):
+        super().__init__()
+        self.backend, self.packed, self.weight, self.bias, self.batch = backend, packed, weight, bias, batch
 
-def _onednn_forward(packed, bias, x):
-    return torch.ops.mkldnn._linear_pointwise.default(x, packed, bias, "none", [], "")
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "mkl":  # packed for `batch` rows; other row counts fall back to the plain weight
+            return torch.ops.mkl._mkl_linear.default(x, self.packed, self.weight, self.bias, self.batch)
+        return torch.ops.mkldnn._linear_pointwise.default(x, self.packed, self.bias, "none", [], "")
 
 
 def _version_key(*tensors: torch.Tensor) -> tuple:
@@ -71,38 +72,25 @@ def _version_key(*tensors: torch.Tensor) -> tuple:
 
 class PackedLinears:
     """The `nn.Linear`s of `model` packed for `batch` rows; `with packs.active(): model(...)` runs them on
-    the packs. A fp32 LoRALinear is packed with its adapter merged in (one matmul instead of three;
-    the same result up to fp32 rounding); a bf16 one is left alone, since rounding the merged weight to
-    bf16 would change its outputs. Other Linear subclasses are left alone (their forward may add more)."""
+    the packs. A fp32 LoRALinear is packed with its adapter merged in (one matmul instead of three; the
+    same result up to fp32 rounding); a bf16 one is left alone, since rounding the merged weight to bf16
+    would change its outputs. Other Linear subclasses are left alone (their forward may add more)."""
 
     def __init__(self, model: nn.Module, batch: int):
-        self.forwards: list[tuple[nn.Linear, functools.partial]] = []
+        packed: dict[int, PackedLinear] = {}
         for m in model.modules():  # each module once, a tied LM head included
-            lora = type(m) is LoRALinear
-            if not (type(m) is nn.Linear or lora):
-                continue
-            w = m.weight
-            if w.device.type != "cpu" or w.dtype not in _DTYPES:
-                continue
-            if lora and (w.dtype != torch.float32 or m.lora_a.dtype != torch.float32):
-                continue
-            if m.bias is not None and m.bias.dtype != w.dtype:
-                continue
-            backend = _backend(w.dtype)
-            if backend is None:
-                continue
-            key = (backend, batch, _version_key(w, *((m.lora_a, m.lora_b) if lora else ())))
-            cached = getattr(m, "_mmfm_pack", None)
-            if cached is None or cached[0] != key:
-                weight = (m.merged_weight() if lora else w).detach()
-                cached = (key, _pack(backend, weight, batch), weight)
-                m._mmfm_pack = cached  # a plain attribute: not a buffer, never saved in a state dict
-            bias = None if m.bias is None else m.bias.detach()
-            if backend == "mkl":
-                fwd = functools.partial(_mkl_forward, cached[1], cached[2], bias, batch)
-            else:
-                fwd = functools.partial(_onednn_forward, cached[1], bias)
-            self.forwards.append((m, fwd))
+            p = _packed(m, batch)
+            if p is not None:
+                packed[id(m)] = p
+        # every place a packed Linear sits: (parent's child table, name, the Linear, its pack)
+        self.slots = [(parent._modules, name, child, packed[id(child)])
+                      for parent in model.modules() for name, child in parent._modules.items()
+                      if child is not None and id(child) in packed]
+
+    @property
+    def forwards(self) -> list[tuple[nn.Module, PackedLinear]]:
+        """(Linear, its pack), each Linear once."""
+        return list({id(lin): (lin, p) for _, _, lin, p in self.slots}.values())
 
     @classmethod
     def maybe(cls, model: nn.Module, batch: int, new_tokens: int, enabled: bool | None) -> PackedLinears | None:
@@ -121,15 +109,40 @@ class PackedLinears:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
-        # an instance attribute shadows nn.Linear.forward; deleting it restores it. Written to __dict__
-        # directly: nn.Module.__setattr__ / __delattr__ cost ~1 us each, ~0.25 ms a step for 120 Linears
-        for m, f in self.forwards:
-            m.__dict__["forward"] = f
+        # the parents' child tables are written directly: nn.Module.__setattr__ is slow enough to show
+        # in a decode step of a 30-layer LM
+        for table, name, _, packed in self.slots:
+            table[name] = packed
         try:
             yield
         finally:
-            for m, _ in self.forwards:
-                m.__dict__.pop("forward", None)
+            for table, name, linear, _ in self.slots:
+                table[name] = linear
 
 
-__all__ = ["PackedLinears", "available"]
+def _packed(m: nn.Module, batch: int) -> PackedLinear | None:
+    """The pack of a plain (or fp32 LoRA) CPU Linear, from its cache when the weight is unchanged."""
+    lora = type(m) is LoRALinear
+    if not (type(m) is nn.Linear or lora):
+        return None
+    w = m.weight
+    if w.device.type != "cpu" or w.dtype not in _DTYPES:
+        return None
+    if lora and (w.dtype != torch.float32 or m.lora_a.dtype != torch.float32):
+        return None
+    if m.bias is not None and m.bias.dtype != w.dtype:
+        return None
+    backend = _backend(w.dtype)
+    if backend is None:
+        return None
+    key = (backend, batch, _version_key(w, *((m.lora_a, m.lora_b) if lora else ())))
+    cached = getattr(m, "_mmfm_pack", None)
+    if cached is None or cached[0] != key:
+        weight = (m.merged_weight() if lora else w).detach()
+        bias = None if m.bias is None else m.bias.detach()
+        cached = (key, PackedLinear(backend, _pack(backend, weight, batch), weight, bias, batch))
+        m.__dict__["_mmfm_pack"] = cached  # a plain attribute: not a submodule, never in a state dict
+    return cached[1]
+
+
+__all__ = ["PackedLinear", "PackedLinears", "available"]

@@ -141,8 +141,8 @@ class ConvStem(nn.Module):
     """A small CNN in place of the patchify convolution (a "hybrid" ViT, as in the ViT paper's R50+ViT):
     log2(patch) stages of conv3x3 -> BatchNorm -> ReLU -> 2x2 max-pool, ending at `width` channels on
     the same token grid. Why: a plain ViT has no translation-invariant prior, and on the Shapes world
-    at 64 px with a 2-core budget it learns color at once but shape only slowly (same data, supervised,
-    200 steps: plain ViT 0.26 top-1, this hybrid 0.94). (B, 3, H, W) -> (B, width, H/patch, W/patch)."""
+    at 64 px with a 2-core budget it learns color at once but shape only slowly (bench/RESULTS.md).
+    (B, 3, H, W) -> (B, width, H/patch, W/patch)."""
 
     def __init__(self, width: int, patch_size: int):
         super().__init__()
@@ -152,7 +152,12 @@ class ConvStem(nn.Module):
         chans = [3] + [min(width, 16 * 2**i) for i in range(n - 1)] + [width]
         layers = []
         for a, b in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(a, b, 3, padding=1, bias=False),
+                nn.BatchNorm2d(b),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

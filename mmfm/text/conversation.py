@@ -107,7 +107,9 @@ class ConversationEncoder:
             ids += piece
             labels += piece if supervised else [IGNORE] * len(piece)
         if max_len is not None and len(ids) > max_len:
-            if any(t == self.image_token_id for t in ids[max_len:]) and any(t == self.image_token_id for t in ids[:max_len]):
+            if any(t == self.image_token_id for t in ids[max_len:]) and any(
+                t == self.image_token_id for t in ids[:max_len]
+            ):
                 raise InvalidPrompt(f"max_len {max_len} cuts through an image's tokens; raise it")
             ids, labels = ids[:max_len], labels[:max_len]
         if all(lab == IGNORE for lab in labels):

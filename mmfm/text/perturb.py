@@ -25,19 +25,98 @@ import re
 
 import numpy as np
 
+from mmfm.errors import ConfigError
+
 DETERMINERS = {"a", "an", "the", "one", "two", "three", "four", "five", "six", "some", "many", "several", "this",
                "that", "these", "those", "his", "her", "its", "their", "my", "your", "our", "no", "each", "every"}
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black", "pink", "brown", "gray", "grey",
           "silver", "gold", "cyan"]
 SIZES = ["small", "large", "big", "little", "tiny", "huge", "tall", "short", "long"]
-OTHER_ADJ = ["wooden", "metal", "plastic", "glass", "old", "young", "new", "empty", "full", "open", "closed", "wet", "dry",
-             "hot", "cold", "round", "square", "striped", "dark", "bright", "happy", "sad", "clean", "dirty", "soft",
-             "hard", "thick", "thin", "fresh", "ripe"]
+OTHER_ADJ = [
+    "wooden",
+    "metal",
+    "plastic",
+    "glass",
+    "old",
+    "young",
+    "new",
+    "empty",
+    "full",
+    "open",
+    "closed",
+    "wet",
+    "dry",
+    "hot",
+    "cold",
+    "round",
+    "square",
+    "striped",
+    "dark",
+    "bright",
+    "happy",
+    "sad",
+    "clean",
+    "dirty",
+    "soft",
+    "hard",
+    "thick",
+    "thin",
+    "fresh",
+    "ripe",
+]
 ADJECTIVES = set(COLORS) | set(SIZES) | set(OTHER_ADJ)
-NOUNS = ["man", "woman", "person", "dog", "cat", "horse", "car", "bus", "train", "table", "chair", "cup", "mug", "grass",
-         "tree", "shirt", "plate", "bowl", "bird", "boat", "ball", "bike", "bicycle", "street", "building", "window",
-         "door", "sign", "circle", "square", "triangle", "star", "hexagon", "cross", "heart", "shape", "object",
-         "kitchen", "room", "bed", "phone", "book", "water", "sky", "field", "pizza", "cake", "child", "girl", "boy"]
+NOUNS = [
+    "man",
+    "woman",
+    "person",
+    "dog",
+    "cat",
+    "horse",
+    "car",
+    "bus",
+    "train",
+    "table",
+    "chair",
+    "cup",
+    "mug",
+    "grass",
+    "tree",
+    "shirt",
+    "plate",
+    "bowl",
+    "bird",
+    "boat",
+    "ball",
+    "bike",
+    "bicycle",
+    "street",
+    "building",
+    "window",
+    "door",
+    "sign",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "hexagon",
+    "cross",
+    "heart",
+    "shape",
+    "object",
+    "kitchen",
+    "room",
+    "bed",
+    "phone",
+    "book",
+    "water",
+    "sky",
+    "field",
+    "pizza",
+    "cake",
+    "child",
+    "girl",
+    "boy",
+]
 NOUN_SET = set(NOUNS) | {n + "s" for n in NOUNS} | {"men", "women", "people", "children", "crosses", "buses"}
 RELATIONS = ["to the left of", "to the right of", "on top of", "in front of", "next to", "close to", "far from",
              "behind", "above", "below", "under", "over", "beside", "inside", "near", "on", "in", "with", "holding",
@@ -179,7 +258,7 @@ def replace(caption: str, rng: np.random.Generator, vocab: dict | None = None) -
     cands = []
     for k, tg in enumerate(t):
         low = w[k].lower()
-        for name, words in groups.items():
+        for words in groups.values():
             if low in words and (tg in ("ADJ", "NOUN")):
                 cands.append((k, [x for x in words if x != low]))
     if not cands:
@@ -271,7 +350,6 @@ def perturb(caption: str, kind: str, rng: np.random.Generator | None = None) -> 
         return shuffle_within_trigrams(caption, rng)
     if kind == "shuffle_trigrams":
         return shuffle_trigrams(caption, rng)
-    from mmfm.errors import ConfigError
 
     raise ConfigError(f"unknown perturbation {kind!r}; use one of {', '.join(PERTURBATIONS)}")
 
@@ -284,6 +362,18 @@ def bindings(text: str) -> list[tuple[str, ...]]:
     return [tuple(sorted(w[k].lower() for k in range(s, e) if t[k] != "DET")) for s, e in noun_phrases(w, t)]
 
 
-__all__ = ["bindings", "tag", "tokenize", "noun_phrases", "perturb", "PERTURBATIONS", "swap_attributes", "swap_relation",
-           "replace", "shuffle_nouns_adjectives", "shuffle_allbut_nouns_adjectives", "shuffle_within_trigrams",
-           "shuffle_trigrams"]
+__all__ = [
+    "bindings",
+    "tag",
+    "tokenize",
+    "noun_phrases",
+    "perturb",
+    "PERTURBATIONS",
+    "swap_attributes",
+    "swap_relation",
+    "replace",
+    "shuffle_nouns_adjectives",
+    "shuffle_allbut_nouns_adjectives",
+    "shuffle_within_trigrams",
+    "shuffle_trigrams",
+]

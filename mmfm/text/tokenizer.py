@@ -112,7 +112,7 @@ class CLIPTokenizer:
 
     @classmethod
     def world(cls, context_length: int = 32) -> CLIPTokenizer:
-        """The small BPE tokenizer of the Shapes world, shipped with mmfm (see build_world_tokenizer)."""
+        """The small BPE tokenizer of the Shapes world, shipped with mmfm (built by mmfm.world.build_tokenizer)."""
         return cls(_load_world(), context_length=context_length)
 
     def save(self, folder) -> None:

@@ -18,6 +18,17 @@ from pathlib import Path
 import torch
 
 from mmfm.errors import ConfigError
+from mmfm.eval.clip_world import _pixels, zeroshot_world
+from mmfm.eval.compositionality import clip_scorer
+from mmfm.eval.world_compositionality import world_items, world_suite
+from mmfm.eval.zeroshot import build_classifier, encode_images
+from mmfm.models.clip import CLIP
+from mmfm.text.tokenizer import CLIPTokenizer
+from mmfm.train.clip import CLIPTrainModule, WorldCLIPData, preset
+from mmfm.train.trainer import Trainer
+from mmfm.vision.plot import line_plot
+from mmfm.world import World
+from mmfm.world.vocab import SEEN_PAIRS, SIZE_NAMES
 
 BATCHES = (8, 32, 128, 512)
 
@@ -25,11 +36,6 @@ BATCHES = (8, 32, 128, 512)
 @torch.no_grad()
 def fine_grained_zeroshot(model, n: int = 1000, seed: int = 0) -> float:
     """Top-1 over the 112 size x color x shape classes on new single-object scenes (seen compositions)."""
-    from mmfm.eval.clip_world import _pixels
-    from mmfm.eval.zeroshot import build_classifier, encode_images
-    from mmfm.world import World
-    from mmfm.world.vocab import SEEN_PAIRS, SIZE_NAMES
-
     world = World(seed=seed, size=model.config.vision.image_size)
     classes = [f"{z} {c} {s}" for z in SIZE_NAMES for c, s in SEEN_PAIRS]
     rendered, labels = [], []
@@ -47,15 +53,6 @@ def run_batch_size_experiment(out="runs/batch_size", batches=BATCHES, pairs: int
                               eval_n: int = 500, scenes: int = 24_000, progress: bool = True) -> dict:
     """Train one world-tiny CLIP per batch size on `pairs` seen pairs each; write results.json and
     batch_size.png. Returns {batch: {steps, lr, fine_grained, zeroshot_seen, swaps...}}."""
-    from mmfm.eval.clip_world import zeroshot_world
-    from mmfm.eval.compositionality import clip_scorer
-    from mmfm.eval.world_compositionality import world_items, world_suite
-    from mmfm.models.clip import CLIP
-    from mmfm.text.tokenizer import CLIPTokenizer
-    from mmfm.train.clip import CLIPTrainModule, WorldCLIPData, preset
-    from mmfm.train.trainer import Trainer
-    from mmfm.vision.plot import line_plot
-
     if any(pairs % b for b in batches):
         raise ConfigError(f"pairs ({pairs}) must be a multiple of every batch size {list(batches)}")
     out = Path(out)
@@ -72,20 +69,27 @@ def run_batch_size_experiment(out="runs/batch_size", batches=BATCHES, pairs: int
                     seed=seed, log_every=max(1, steps // 50))
         tcfg.progress = progress
         if data is None:
-            data = WorldCLIPData.build(config, scenes, b, seed=seed, max_objects=extra["max_objects"], progress=progress)
+            data = WorldCLIPData.build(
+                config, scenes, b, seed=seed, max_objects=extra["max_objects"], progress=progress
+            )
         data.batch_size = b
         torch.manual_seed(seed)
         model = CLIP(config)
         model.tokenizer = CLIPTokenizer.world(context_length=config.text.context_length)
-        Trainer(CLIPTrainModule(model), tcfg, lambda s, m, r, w, tc=tcfg: data.batch(s, m, r, w, tc.accum),
+        Trainer(CLIPTrainModule(model), tcfg, lambda s, m, r, w, tc=tcfg, d=data: d.batch(s, m, r, w, tc.accum),
                 out / f"b{b}").train()
         model.eval()
         zs = zeroshot_world(model, model.tokenizer, n=eval_n, seed=seed)
         suite = world_suite(clip_scorer(model), items=items)
-        results[b] = {"steps": steps, "lr": tcfg.lr, "seconds": round(time.perf_counter() - t0, 1),
-                      "fine_grained": fine_grained_zeroshot(model, n=eval_n, seed=seed),
-                      "zeroshot_seen": zs["seen"]["single"]["top1"], "zeroshot_heldout": zs["heldout"]["single"]["top1"],
-                      **{k: v["accuracy"] for k, v in suite.items()}}
+        results[b] = {
+            "steps": steps,
+            "lr": tcfg.lr,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "fine_grained": fine_grained_zeroshot(model, n=eval_n, seed=seed),
+            "zeroshot_seen": zs["seen"]["single"]["top1"],
+            "zeroshot_heldout": zs["heldout"]["single"]["top1"],
+            **{k: v["accuracy"] for k, v in suite.items()},
+        }
         (out / "results.json").write_text(json.dumps(results, indent=2))
     keys = ("fine_grained", "zeroshot_seen", "attribute_swap", "relation_swap", "word_order")
     series = {k: [(math.log2(b), r[k]) for b, r in results.items()] for k in keys}
@@ -95,7 +99,15 @@ def run_batch_size_experiment(out="runs/batch_size", batches=BATCHES, pairs: int
 
 
 def format_results(results: dict) -> str:
-    keys = ("fine_grained", "zeroshot_seen", "zeroshot_heldout", "attribute_swap", "relation_swap", "word_order", "replace")
+    keys = (
+        "fine_grained",
+        "zeroshot_seen",
+        "zeroshot_heldout",
+        "attribute_swap",
+        "relation_swap",
+        "word_order",
+        "replace",
+    )
     lines = [f"{'batch':>6}{'steps':>7} " + "".join(f"{k:>17}" for k in keys)]
     for b, r in results.items():
         lines.append(f"{b:>6}{r['steps']:>7} " + "".join(f"{r[k]:>17.3f}" for k in keys))

@@ -9,51 +9,56 @@ held-out color x shape compositions be named from their parts."""
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmfm.eval.clip_world import linear_probe_world, retrieval_world, zeroshot_world
 from mmfm.models.clip import CLIP, CLIPConfig
+from mmfm.nn.losses import clip_loss
 from mmfm.text.tokenizer import CLIPTokenizer
-from mmfm.train.losses import clip_loss
-from mmfm.train.trainer import TrainConfig
+from mmfm.train.trainer import TrainConfig, Trainer, split_preset
+from mmfm.world import World
+from mmfm.world.vocab import SHAPES
+
+
+def world_towers(stem: str = "conv") -> tuple[dict, dict]:
+    """The world-tiny image and text towers (CLIP's and CoCa's), as config dicts. The image tower is a
+    hybrid ViT (a 3-stage CNN makes the 8x8 tokens): the plain ViT (`stem="patch"`) learns color at once
+    but shape too slowly for a 2-core, 10-minute budget."""
+    tok = CLIPTokenizer.world()
+    vision = dict(image_size=64, patch_size=8, width=96, layers=4, heads=3, stem=stem)
+    text = dict(vocab_size=tok.vocab_size, context_length=24, width=96, layers=2, heads=3,
+                sot_token_id=tok.sot_token_id, eot_token_id=tok.eot_token_id, pad_token_id=0)
+    return vision, text
 
 
 def world_tiny_config(stem: str = "conv", pool: str = "attn") -> CLIPConfig:
-    """The world-tiny CLIP. Its image tower is a hybrid ViT (a 3-stage CNN makes the 8x8 tokens): the
-    plain ViT (`stem="patch"`, preset world-tiny-vit) learns color at once but shape too slowly for a
-    2-core, 10-minute budget. The image embedding is pooled by one learned attention query (open_clip's
-    attentional pooler) instead of the class token: at the same budget that lifts zero-shot top-1 from
-    0.83 to 0.95 on seen and from 0.78 to 0.89 on held-out compositions (preset world-tiny-cls keeps
-    the class token; see bench/RESULTS.md)."""
-    tok = CLIPTokenizer.world()
-    return CLIPConfig(
-        embed_dim=128,
-        vision=dict(image_size=64, patch_size=8, width=96, layers=4, heads=3, stem=stem, pool=pool, attn_pool_heads=4),
-        text=dict(vocab_size=tok.vocab_size, context_length=24, width=96, layers=2, heads=3,
-                  sot_token_id=tok.sot_token_id, eot_token_id=tok.eot_token_id, pad_token_id=0),
-        tokenizer="world",
-    )
+    """The world-tiny CLIP. Its image embedding is pooled by one learned attention query (open_clip's
+    attentional pooler) by default, which at this budget beats the class token (bench/RESULTS.md)."""
+    vision, text = world_towers(stem)
+    return CLIPConfig(embed_dim=128, vision={**vision, "pool": pool, "attn_pool_heads": 4}, text=text,
+                      tokenizer="world")
 
+
+# The world-tiny schedule and data, shared by CLIP and CoCa so that their zero-shot numbers compare.
+WORLD_TINY_TRAIN = dict(steps=800, batch_size=256, lr=1.5e-3, weight_decay=0.1, warmup=80, min_lr=1e-5)
+WORLD_TINY_DATA = dict(scenes=24_000, max_objects=4)
 
 PRESETS = {
-    "world-tiny": dict(
-        model=world_tiny_config,
-        train=dict(steps=800, batch_size=256, lr=1.5e-3, weight_decay=0.1, warmup=80, min_lr=1e-5),
-        scenes=24_000, max_objects=4,
-    ),
+    "world-tiny": dict(model=world_tiny_config, train=WORLD_TINY_TRAIN, **WORLD_TINY_DATA),
     "world-tiny-cls": dict(  # CLIP's class-token pooling: exports to transformers / open_clip
-        model=lambda: world_tiny_config(pool="cls"),
-        train=dict(steps=800, batch_size=256, lr=1.5e-3, weight_decay=0.1, warmup=80, min_lr=1e-5),
-        scenes=24_000, max_objects=4,
+        model=lambda: world_tiny_config(pool="cls"), train=WORLD_TINY_TRAIN, **WORLD_TINY_DATA,
     ),
     "world-tiny-vit": dict(  # the plain-ViT tower with the class token: exports to transformers / open_clip
         model=lambda: world_tiny_config(stem="patch", pool="cls"),
-        train=dict(steps=1000, batch_size=256, lr=1.5e-3, weight_decay=0.1, warmup=100, min_lr=1e-5),
-        scenes=24_000, max_objects=4,
+        train={**WORLD_TINY_TRAIN, "steps": 1000, "warmup": 100}, **WORLD_TINY_DATA,
     ),
 }
 
@@ -79,7 +84,6 @@ class WorldCLIPData:
               split: str = "train", progress: bool = True, hard_negatives: bool = False) -> WorldCLIPData:
         from tqdm.auto import tqdm
 
-        from mmfm.world import World
 
         world = World(seed=seed, size=config.vision.image_size, max_objects=max_objects)
         tok = CLIPTokenizer.world(context_length=config.text.context_length)
@@ -126,8 +130,6 @@ class WorldCLIPData:
 def shape_negative(r, allowed_pairs, rng) -> str:
     """'a <color> <shape>' that is false of the scene: one of its objects with another shape. Only
     compositions of the training split are used, so held-out pairs never appear in training text."""
-    from mmfm.world.vocab import SHAPES
-
     objs = [o for o, a in zip(r.scene.objects, r.areas) if a > 0] or list(r.scene.objects)
     present = {(o.color, o.shape) for o in objs}
     allowed = set(map(tuple, allowed_pairs))
@@ -158,27 +160,33 @@ class CLIPTrainModule(nn.Module):
 
 
 def preset(name: str) -> tuple[CLIPConfig, TrainConfig, dict]:
-    from mmfm.train.trainer import split_preset
-
     model, train, extra = split_preset(PRESETS, name, "CLIP")
     return model(), train, extra
 
 
 def train_world_clip(preset_name: str = "world-tiny", out="runs/clip", resume: bool = False, progress: bool = True,
-                     scenes: int | None = None, evaluate: bool = True, eval_n: int = 1000, **overrides) -> dict:
-    # overrides: any TrainConfig field (steps, batch_size, lr, warmup, seed, bf16, save_every, log_every, ...)
-    """Train a CLIP on the Shapes world with a preset (overrides: steps, batch_size, lr, seed, bf16,
-    save_every, ...), save it to `out/model` (mmfm format, with its tokenizer), and write
-    `out/report.json` with zero-shot (one template vs the ensemble, seen vs held-out compositions),
-    linear-probe and retrieval scores. Runs under torchrun (DDP, gloo) as well."""
-    import json
-    import time
-    from pathlib import Path
-
-    from mmfm.train.trainer import Trainer
-
+                     scenes: int | None = None, evaluate: bool = True, eval_n: int = 1000, on_step=None,
+                     **overrides) -> dict:
+    """Train a CLIP on the Shapes world with a preset (overrides: any TrainConfig field: steps, batch_size,
+    lr, seed, bf16, save_every, ...; on_step(step) runs after each step), save it to `out/model` (mmfm
+    format, with its tokenizer), and write `out/report.json` with zero-shot (one template vs the ensemble,
+    seen vs held-out compositions), linear-probe and retrieval scores. Runs under torchrun (DDP) as well."""
     config, tcfg, extra = preset(preset_name)
-    tcfg.update(**overrides)
+
+    def evaluate_clip(model, seed: int) -> dict:
+        return {"zeroshot": zeroshot_world(model, model.tokenizer, n=eval_n, seed=seed),
+                "linear_probe": linear_probe_world(model, n_test=eval_n, seed=seed),
+                "retrieval": retrieval_world(model, model.tokenizer, n=min(eval_n, 500), seed=seed)}
+
+    return train_world_contrastive(preset_name, CLIP, CLIPTrainModule, config, tcfg.update(**overrides), extra, out,
+                                   resume=resume, progress=progress, scenes=scenes,
+                                   evaluate=evaluate_clip if evaluate else None, on_step=on_step)
+
+
+def train_world_contrastive(preset_name: str, model_cls, module_cls, config, tcfg: TrainConfig, extra: dict, out,
+                            resume: bool, progress: bool, scenes: int | None, evaluate=None, on_step=None) -> dict:
+    """The world recipe CLIP and CoCa share: the caption cache, the Trainer, then on rank 0 the model saved
+    to out/model, `evaluate(model, seed) -> dict` merged into the report, and out/report.json written."""
     tcfg.progress = progress
     out = Path(out)
     t0 = time.perf_counter()
@@ -186,22 +194,20 @@ def train_world_clip(preset_name: str = "world-tiny", out="runs/clip", resume: b
                                max_objects=extra["max_objects"], progress=progress,
                                hard_negatives=extra.get("hard_negatives", False))
     torch.manual_seed(tcfg.seed)
-    model = CLIP(config)
+    model = model_cls(config)
     model.tokenizer = CLIPTokenizer.world(context_length=config.text.context_length)
-    trainer = Trainer(CLIPTrainModule(model), tcfg, lambda s, m, r, w: data.batch(s, m, r, w, tcfg.accum), out)
+    trainer = Trainer(module_cls(model), tcfg, lambda s, m, r, w: data.batch(s, m, r, w, tcfg.accum), out,
+                      on_step=on_step)
     trainer.train(resume=resume)
-    train_s = time.perf_counter() - t0
-    report = {"preset": preset_name, "train_config": {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "seed")},
-              "train_seconds": round(train_s, 1)}
+    report = {
+        "preset": preset_name,
+        "train_config": {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "seed")},
+        "train_seconds": round(time.perf_counter() - t0, 1),
+    }
     if trainer.rank == 0:
         model.save_pretrained(out / "model")
-        if evaluate:
-            from mmfm.eval.clip_world import linear_probe_world, retrieval_world, zeroshot_world
-
-            model.eval()
-            report["zeroshot"] = zeroshot_world(model, model.tokenizer, n=eval_n, seed=tcfg.seed)
-            report["linear_probe"] = linear_probe_world(model, n_test=eval_n, seed=tcfg.seed)
-            report["retrieval"] = retrieval_world(model, model.tokenizer, n=min(eval_n, 500), seed=tcfg.seed)
+        if evaluate is not None:
+            report.update(evaluate(model.eval(), tcfg.seed))
             report["total_seconds"] = round(time.perf_counter() - t0, 1)
         (out / "report.json").write_text(json.dumps(report, indent=2))
     return report

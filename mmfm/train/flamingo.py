@@ -3,16 +3,13 @@ vision tower frozen, a Perceiver Resampler, gated cross-attention blocks and the
 learned on interleaved world episodes (`mmfm.data.flamingo_world`).
 
 The `world-tiny` preset is Flamingo scaled to a 2-core budget: a block before every 5th of the 30 LM
-layers (6 blocks; OpenFlamingo-9B has one every 4th), 16 latents per image (the 8x8 patch grid is 64
-tokens), a resampler of depth 2. Two changes of optimisation (not of architecture) make it learn in
-minutes instead of never (measured on color-only episodes, 150 steps of 8, color accuracy 0/4-shot):
-- The gated blocks learn at 10x the base lr (1e-2). SmolLM2's residual stream has a std of 10 to 30
-  past layer 3, while a fresh block's output has ~0.3 before its tanh gate: at the base lr the
-  blocks' contribution stays a rounding error (0.23 / 0.28 at 1e-3 and 0.23 / 0.30 at 3e-3 for
-  everything; 0.97 / 0.97 with the blocks at 1e-2).
-- The latents start at N(0, 0.02) instead of OpenFlamingo's N(0, 1): with unit latents the resampler's
-  output hardly depends on the image at first (its spread across images is 0.16 of its std vs 0.56),
-  and color stayed at chance (0.10 / 0.07) after the same 150 steps.
+layers (OpenFlamingo-9B has one every 4th), 16 latents per image, a resampler of depth 2. Two changes
+of optimisation (not of architecture) make it learn in minutes instead of never (measurements in
+bench/RESULTS.md):
+- the gated blocks learn at 10x the base lr: SmolLM2's residual stream is large past layer 3, and a
+  fresh block's output, small before its tanh gate, stays a rounding error at the base lr;
+- the latents start at N(0, 0.02) instead of OpenFlamingo's N(0, 1): with unit latents the resampler's
+  output hardly depends on the image at first.
 """
 
 from __future__ import annotations
@@ -22,11 +19,19 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
+import mmfm
+from mmfm.checkpoint import load_strict
+from mmfm.data.flamingo_world import WorldEpisodes
 from mmfm.errors import ConfigError
+from mmfm.eval.fewshot import evaluate_fewshot
+from mmfm.lm.frozen_base import after_meta_load, tower_state
+from mmfm.lm.model import load_lm, smollm2_path
+from mmfm.models.clip import CLIP
 from mmfm.models.flamingo import Flamingo, FlamingoConfig, add_flamingo_tokens
-from mmfm.train.trainer import TrainConfig
+from mmfm.train.trainer import FrozenLMTrainModule, TrainConfig, Trainer
+from mmfm.weights import path as weights_path
+from mmfm.world import World
 
 PRESETS = {
     "world-tiny": dict(
@@ -48,14 +53,6 @@ def preset(name: str) -> dict:
 def build_world_flamingo(vision_dir=None, lm=None, seed: int = 0, **model_kwargs) -> Flamingo:
     """A new Flamingo: a CLIP's vision tower (default the shipped world CLIP), SmolLM2 (bf16, frozen), and
     freshly initialised resampler, gated blocks (gates 0) and new token rows (fp32, trainable)."""
-    import mmfm
-    from mmfm.checkpoint import load_strict
-    from mmfm.interop.hf_llava import _after_meta
-    from mmfm.lm.frozen_base import tower_state
-    from mmfm.lm.model import load_lm, smollm2_path
-    from mmfm.models.clip import CLIP
-    from mmfm.weights import path as weights_path
-
     clip = mmfm.load(vision_dir or weights_path("clip-world-tiny"))
     if not isinstance(clip, CLIP):
         raise ConfigError(f"{vision_dir}: the vision tower must come from a CLIP checkpoint")
@@ -71,33 +68,17 @@ def build_world_flamingo(vision_dir=None, lm=None, seed: int = 0, **model_kwargs
     with torch.device("meta"):
         fresh = Flamingo(config)
     load_strict(fresh, sd, "world Flamingo", assign=True)
-    _after_meta(fresh)
+    after_meta_load(fresh)
     fresh.init_new_tokens()
     fresh.vision.float()
     fresh.tokenizer = add_flamingo_tokens(lm.tokenizer, config.lm.vocab_size)
     return fresh
 
 
-class FlamingoTrainModule(nn.Module):
-    checkpoint_trainable_only = True  # the frozen LM and tower are rebuilt on resume
-
-    def __init__(self, model: Flamingo):
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: dict):
-        loss, n = self.model(batch["input_ids"], batch["pixels"], labels=batch["labels"])
-        return loss, {"tokens": float(n)}
-
-
 def train_world_flamingo(preset_name: str = "world-tiny", out="runs/flamingo", vision=None, resume: bool = False,
                          progress: bool = True, evaluate: bool = True, eval_n: int = 60, **overrides) -> dict:
     """Builds the model, trains it, writes out/model, metrics.jsonl, curves.png, report.json and (with
     evaluate) the few-shot table and plot."""
-    from mmfm.data.flamingo_world import WorldEpisodes
-    from mmfm.train.trainer import Trainer
-    from mmfm.world import World
-
     p = preset(preset_name)
     tcfg = TrainConfig(**p["train"]).update(**overrides)
     tcfg.progress = progress
@@ -113,7 +94,7 @@ def train_world_flamingo(preset_name: str = "world-tiny", out="runs/flamingo", v
     c = model.config
     data = WorldEpisodes(model.tokenizer, c.image_token_id, c.eoc_token_id, tcfg.batch_size, c.image_mean,
                          c.image_std, World(seed=tcfg.seed), seed=tcfg.seed)
-    trainer = Trainer(FlamingoTrainModule(model), tcfg, lambda s, m, r, w: data.batch(s, m, r, w, tcfg.accum), out)
+    trainer = Trainer(FrozenLMTrainModule(model), tcfg, lambda s, m, r, w: data.batch(s, m, r, w, tcfg.accum), out)
     trainer.train(resume=resume)
     report = {"preset": preset_name, "trainable_parameters": trainable,
               "train_seconds": round(time.perf_counter() - t0, 1),
@@ -124,8 +105,6 @@ def train_world_flamingo(preset_name: str = "world-tiny", out="runs/flamingo", v
     if trainer.rank == 0:
         model.save_pretrained(out / "model")
         if evaluate:
-            from mmfm.eval.fewshot import evaluate_fewshot
-
             report["fewshot"] = evaluate_fewshot(model, n=eval_n, seed=tcfg.seed, out=out)
         (out / "report.json").write_text(json.dumps(report, indent=2))
     return report

@@ -19,11 +19,19 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
+import mmfm
+from mmfm.checkpoint import load_strict
+from mmfm.data.llava_world import WorldInstructions, parse_qa_weights
 from mmfm.errors import ConfigError
+from mmfm.eval.llava_world import evaluate_llava_world
+from mmfm.lm.frozen_base import after_meta_load, tower_state
+from mmfm.lm.model import load_lm, smollm2_path
+from mmfm.models.clip import CLIP
 from mmfm.models.llava import Llava, LlavaConfig
-from mmfm.train.trainer import TrainConfig
+from mmfm.train.trainer import FrozenLMTrainModule, TrainConfig, Trainer
+from mmfm.weights import path as weights_path
+from mmfm.world import World
 
 LORA_TARGETS = ("attn.qkv", "attn.out", "mlp.gate_up", "mlp.down")
 SYSTEM = "You answer questions about pictures of shapes."
@@ -53,11 +61,6 @@ def preset(name: str) -> dict:
 def build_world_llava(vision_dir=None, lm=None, seed: int = 0, lm_dtype: str = "bfloat16", **model_kwargs) -> Llava:
     """A new LLaVA: a CLIP's vision tower (default: the shipped world CLIP), SmolLM2 (frozen, bf16 by
     default) and a freshly initialised projector."""
-    from mmfm.interop.hf_llava import _after_meta
-    from mmfm.lm.frozen_base import tower_state
-    from mmfm.lm.model import load_lm, smollm2_path
-    from mmfm.weights import path as weights_path
-
     clip = _load_clip(vision_dir or weights_path("clip-world-tiny"))
     lm = lm or load_lm(smollm2_path(), dtype=lm_dtype)
     c = clip.config
@@ -71,25 +74,12 @@ def build_world_llava(vision_dir=None, lm=None, seed: int = 0, lm_dtype: str = "
     with torch.device("cpu"):
         fresh = Llava.make_projector(config)
     sd.update({"projector." + k: v for k, v in fresh.state_dict().items()})
-    from mmfm.checkpoint import load_strict
 
     load_strict(model, sd, "world LLaVA", assign=True)
-    _after_meta(model)
+    after_meta_load(model)
     model.vision.float()
     model.tokenizer = lm.tokenizer
     return model
-
-
-class LlavaTrainModule(nn.Module):
-    checkpoint_trainable_only = True  # the frozen LM and tower are rebuilt on resume
-
-    def __init__(self, model: Llava):
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: dict):
-        loss, n = self.model(batch["input_ids"], batch["pixels"], labels=batch["labels"])
-        return loss, {"tokens": float(n)}
 
 
 def prepare_stage(model: Llava, stage: int, lora: dict | None) -> int:
@@ -107,9 +97,6 @@ def prepare_stage(model: Llava, stage: int, lora: dict | None) -> int:
 
 
 def _load_clip(vision_dir):
-    import mmfm
-    from mmfm.models.clip import CLIP
-
     clip = mmfm.load(vision_dir)
     if not isinstance(clip, CLIP):
         raise ConfigError(f"{vision_dir}: the vision tower must come from a CLIP checkpoint")
@@ -119,9 +106,6 @@ def _load_clip(vision_dir):
 def swap_tower(model: Llava, vision_dir) -> None:
     """Replace a LLaVA's vision tower by another CLIP's (same architecture), e.g. one fine-tuned with
     hard negatives; the projector is kept and stage 2 teaches it to read the new features."""
-    from mmfm.checkpoint import load_strict
-    from mmfm.lm.frozen_base import tower_state
-
     clip = _load_clip(vision_dir)
     if clip.config.vision != model.config.vision:
         raise ConfigError(f"{vision_dir}: its vision tower ({clip.config.vision}) differs from the model's "
@@ -138,11 +122,6 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     `vision`'s when given, and writes out/stage2. `qa_weights` ("shape=3,color=2" or a dict) weighs
     the question types of stage 2's single-question conversations. Each stage writes model/,
     metrics.jsonl, curves.png and report.json."""
-    import mmfm
-    from mmfm.data.llava_world import WorldInstructions, parse_qa_weights
-    from mmfm.train.trainer import Trainer
-    from mmfm.world import World
-
     if stage not in (1, 2):
         raise ConfigError(f"--stage must be 1 or 2, got {stage}")
     p = preset(preset_name)
@@ -156,7 +135,9 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     else:
         init = Path(init) if init else out.parent / "stage1" / "model"
         if not (init / "config.json").is_file():
-            raise ConfigError(f"stage 2 starts from a stage-1 model; none at {init} (run --stage 1 first or pass --from)")
+            raise ConfigError(
+                f"stage 2 starts from a stage-1 model; none at {init} (run --stage 1 first or pass --from)"
+            )
         model = mmfm.load(init, dtype="bfloat16" if tcfg.bf16 else "float32")
         model.vision.float()
         if vision is not None:
@@ -165,7 +146,7 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     enc = model.conversation()
     data = WorldInstructions(enc, stage, tcfg.batch_size, model.config.image_mean, model.config.image_std,
                              World(seed=tcfg.seed), seed=tcfg.seed, qa_weights=qa_weights)
-    trainer = Trainer(LlavaTrainModule(model), tcfg, lambda s, m, r, w: data.batch(s, m, r, w, tcfg.accum), out)
+    trainer = Trainer(FrozenLMTrainModule(model), tcfg, lambda s, m, r, w: data.batch(s, m, r, w, tcfg.accum), out)
     trainer.train(resume=resume)
     report = {"preset": preset_name, "stage": stage, "trainable_parameters": trainable, "qa_weights": qa_weights,
               "vision": str(vision) if vision else None,
@@ -174,8 +155,6 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     if trainer.rank == 0:
         model.save_pretrained(out / "model")
         if evaluate and stage == 2:
-            from mmfm.eval.llava_world import evaluate_llava_world
-
             report.update(evaluate_llava_world(model.eval(), n=eval_n, seed=tcfg.seed, out=out))
         (out / "report.json").write_text(json.dumps(report, indent=2))
     return report

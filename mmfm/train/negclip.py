@@ -3,41 +3,25 @@ fine-tune a CLIP with hard negatives so that word order and attribute binding ma
 
 Each batch holds B/2 scenes and, for each, its nearest neighbour in the starting CLIP's image space
 (a hard-negative image) with its own caption; every image comes with one caption and one hard-negative
-caption. The negative captions enter only the image->text softmax (`clip_loss(negatives=...)`),
-the text->image side is plain InfoNCE, as in the NegCLIP recipe. Under torchrun the features,
-negatives included, are gathered across ranks (the original code is single-GPU).
+caption. The negative captions enter only the image->text softmax (`clip_loss(negatives=...)`), the
+text->image side is plain InfoNCE, as in the NegCLIP recipe; under torchrun everything is gathered.
 
-One departure, on by default (`NegCLIPModule(drop_false_negatives=False)` turns it off): a text identical
-to a row's own caption is left out of that row's softmaxes. In world batches 28% of the rows share
-their caption with another row and 22% find their caption as another row's hard negative (a scene and
-its attribute-swapped neighbour), which asked the model to push images away from their own captions.
-
-A second departure, in the world preset (`hard_negative_weight`, 0 = the published recipe): each
-row's caption is also scored against its own hard negative alone (`hard_negative_loss`, a two-way
-softmax). On the world, NegCLIP's loss as published left the swaps at chance however we weighted or
-masked it: one hard negative among 2B candidates is swamped by the easy ones and the text encoder
-stays on a bag-of-words plateau (a caption and its attribute swap at cosine 0.998). With the term the
-same 1500 steps take held-out attribute swaps from 0.52 to 0.84 and word order from 0.50 to 0.83.
-The preset also trains on scenes of 2-4 objects: a one-object scene has no swap to learn from.
-
-A third, the world preset's relation phase (PRESETS["world-tiny"]["relations"], run folder out/relations),
-after the main one: relation swaps ("A left of B" vs "B left of A") stayed at chance through every loss
-above, even with an exact one-hot code in place of the text encoder. Mixing "left of" with "right of"
-makes the image->text score a three-way product (relation word x which noun comes first x where the
-objects are), a saddle whose gradients all start near zero. The phase draws batches from scenes with a
-relation swap (hard_negative_weight 4; fp32, as in the runs that found the recipe) and first shows the
-relations in one canonical direction only ("B right of A" is written "A left of B", "below" as "above"),
-a two-way product the tower does learn; then all four words, with each caption asked to read like its
-converse ("A right of B" closer to "B left of A" than to "A left of B", `converse_weight`). A short consolidation on the ordinary mixture at a decaying rate (out/relations/
-consolidate) brings back zero-shot and the attribute swaps, which relation-only batches erode.
+Departures, each with a switch back to the published recipe (why and the measurements: bench/RESULTS.md,
+"Compositionality"):
+- false negatives dropped: a text identical to a row's own caption leaves that row's softmaxes
+  (`NegCLIPModule(drop_false_negatives=False)` keeps them);
+- in the world preset, each caption is also scored against its own hard negative alone
+  (`hard_negative_loss`; `hard_negative_weight` 0 turns it off), since one hard negative among 2B
+  candidates is swamped by the easy ones;
+- in the world preset, a relation phase after the main one (`--relation-steps 0` skips it): relations
+  first in one canonical direction ("B right of A" written "A left of B"), then all four words with
+  each caption scored against its converse (`converse_weight`), then a short consolidation on the
+  ordinary mixture that brings back zero-shot and the attribute swaps.
 
 Captions and their negatives, per scene (drawn among those the scene has, weighted by KIND_WEIGHTS):
-- the world's exact negatives (mmfm.world.annotate): attribute swap, relation swap, replacement;
-- word order: a relation caption with its nouns and adjectives shuffled;
-- one of the scene's ordinary captions with a rule-based perturbation (mmfm.text.perturb), so that
-  the captions of CLIP training keep appearing (zero-shot should not drift).
-A negative that would name a held-out color x shape composition is dropped: held-out pairs never
-appear in training text, not even as negatives.
+the world's exact negatives (attribute swap, relation swap, replacement), word order (a relation caption
+shuffled), and ordinary captions with a rule-based perturbation (mmfm.text.perturb) so that CLIP's own
+captions keep appearing. A negative naming a held-out color x shape composition is dropped.
 """
 
 from __future__ import annotations
@@ -53,21 +37,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import mmfm
 from mmfm.errors import ConfigError
+from mmfm.eval.clip_world import zeroshot_world
+from mmfm.eval.compositionality import clip_scorer
+from mmfm.eval.world_compositionality import world_suite
+from mmfm.models.clip import CLIP
+from mmfm.nn.losses import clip_loss, hard_negative_loss, text_keys
 from mmfm.text.perturb import bindings, perturb, shuffle_nouns_adjectives
-from mmfm.train.losses import clip_loss, hard_negative_loss, text_keys
-from mmfm.train.trainer import TrainConfig
+from mmfm.train.trainer import TrainConfig, Trainer
+from mmfm.world import World
 from mmfm.world.annotate import REL_PHRASE
 from mmfm.world.vocab import COLOR_NAMES, INVERSE_RELATION, SHAPES, is_held_out
 
 PRESETS = {
-    "world-tiny": dict(train=dict(steps=1500, batch_size=128, lr=1e-3, weight_decay=0.1, warmup=100, min_lr=1e-6),
-                       scenes=40000, min_objects=2, hard_negative_weight=1.0,
-                       relations=dict(train=dict(steps=1300, batch_size=64, lr=1e-3, weight_decay=0.0, warmup=50,
-                                                 min_lr=1e-3, bf16=False),
-                                      canonical_steps=600, relation_share=1.0, hard_negative_weight=4.0,
-                                      converse_weight=1.0, consolidate=dict(steps=300, batch_size=96, lr=3e-4, warmup=20,
-                                                                      min_lr=1e-5))),
+    "world-tiny": dict(
+        train=dict(steps=1500, batch_size=128, lr=1e-3, weight_decay=0.1, warmup=100, min_lr=1e-6),
+        scenes=40000,
+        min_objects=2,
+        hard_negative_weight=1.0,
+        relations=dict(
+            train=dict(steps=1300, batch_size=64, lr=1e-3, weight_decay=0.0, warmup=50, min_lr=1e-3, bf16=False),
+            canonical_steps=600,
+            relation_share=1.0,
+            hard_negative_weight=4.0,
+            converse_weight=1.0,
+            consolidate=dict(steps=300, batch_size=96, lr=3e-4, warmup=20, min_lr=1e-5),
+        ),
+    ),
 }
 # How often each kind of negative is drawn, relative to the others, among those a scene has. The swaps
 # get most of the batch: drawn uniformly (attribute swaps were ~13% of the negatives) the world CLIP
@@ -145,7 +142,6 @@ class NegCLIPData:
               min_objects: int = 1) -> NegCLIPData:
         from tqdm.auto import tqdm
 
-        from mmfm.world import World
 
         if batch_size % 2:
             raise ConfigError("NegCLIP batches pair each scene with its neighbour: use an even batch size")
@@ -270,27 +266,29 @@ class NegCLIPModule(nn.Module):
 
 
 def evaluate_negclip(model, n: int = 500, seed: int = 0) -> dict:
-    from mmfm.eval.clip_world import zeroshot_world
-    from mmfm.eval.compositionality import clip_scorer
-    from mmfm.eval.world_compositionality import world_suite
-
     model.eval()
     zs = zeroshot_world(model, model.tokenizer, n=2 * n, seed=seed)
     return {"world_suite": world_suite(clip_scorer(model), n=n, seed=seed),
             "zeroshot": {k: v["single"]["top1"] for k, v in zs.items()}}
 
 
-def train_negclip(init, out="runs/negclip", preset_name: str = "world-tiny", scenes: int | None = None,
-                  resume: bool = False, progress: bool = True, evaluate: bool = True, eval_n: int = 500,
-                  hard_negative_weight: float | None = None, min_objects: int | None = None, relation_steps: int | None = None,
-                  **overrides) -> dict:
+def train_negclip(
+    init,
+    out="runs/negclip",
+    preset_name: str = "world-tiny",
+    scenes: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    evaluate: bool = True,
+    eval_n: int = 500,
+    hard_negative_weight: float | None = None,
+    min_objects: int | None = None,
+    relation_steps: int | None = None,
+    **overrides,
+) -> dict:
     """Fine-tune the CLIP at `init` with NegCLIP on world scenes; writes out/model and out/report.json
     (world suite and zero-shot top-1, before and after). `relation_steps` sets the length of the preset's
     relation phase (written to out/relations; 0 skips it; its canonical part keeps its share)."""
-    import mmfm
-    from mmfm.models.clip import CLIP
-    from mmfm.train.trainer import Trainer
-
     if preset_name not in PRESETS:
         raise ConfigError(f"unknown NegCLIP preset {preset_name!r}; known: {', '.join(PRESETS)}")
     p = PRESETS[preset_name]
@@ -311,7 +309,9 @@ def train_negclip(init, out="runs/negclip", preset_name: str = "world-tiny", sce
     report["hard_negative_weight"], report["min_objects"] = hn, mo
     data = NegCLIPData.build(model.eval(), scenes or p["scenes"], tcfg.batch_size, seed=tcfg.seed, progress=progress,
                              min_objects=mo)
-    trainer = Trainer(NegCLIPModule(model, hard_negative_weight=hn), tcfg, lambda s, m, r, w: data.batch(s, m, r, w, tcfg.accum), out)
+    trainer = Trainer(
+        NegCLIPModule(model, hard_negative_weight=hn), tcfg, lambda s, m, r, w: data.batch(s, m, r, w, tcfg.accum), out
+    )
     trainer.train(resume=resume)
     rp = p.get("relations")
     if rp and relation_steps != 0:  # the relation phase (see the module docstring), in out/relations
@@ -323,14 +323,18 @@ def train_negclip(init, out="runs/negclip", preset_name: str = "world-tiny", sce
         canonical_steps = int(rp["canonical_steps"] * scale)
         rcfg.steps = round(rcfg.steps * scale)
         rdata = data.with_schedule(rcfg.batch_size, canonical_steps, rp["relation_share"])
-        module = NegCLIPModule(model, hard_negative_weight=rp["hard_negative_weight"], converse_weight=rp["converse_weight"])
+        module = NegCLIPModule(
+            model, hard_negative_weight=rp["hard_negative_weight"], converse_weight=rp["converse_weight"]
+        )
         trainer = Trainer(module, rcfg, lambda s, m, r, w: rdata.batch(s, m, r, w, rcfg.accum), out / "relations")
         trainer.train(resume=resume)
         # then the ordinary mixture again at a decaying rate, so that zero-shot and the other swaps recover
         ccfg = phase_config(**{**rp["train"], **rp["consolidate"]})
         ccfg.steps = max(1, round(ccfg.steps * scale))
         cdata = data.with_schedule(ccfg.batch_size)
-        trainer = Trainer(module, ccfg, lambda s, m, r, w: cdata.batch(s, m, r, w, ccfg.accum), out / "relations" / "consolidate")
+        trainer = Trainer(
+            module, ccfg, lambda s, m, r, w: cdata.batch(s, m, r, w, ccfg.accum), out / "relations" / "consolidate"
+        )
         trainer.train(resume=resume)
         report["relations"] = {k: v for k, v in rp.items() if k not in ("train", "consolidate")} | {
             "steps": rcfg.steps, "batch_size": rcfg.batch_size, "canonical_steps": canonical_steps,

@@ -11,15 +11,23 @@ points, 2 with the mask alone); `rounds` and `mask_only_rounds` set that here.
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmfm.eval.sam_world import evaluate_sam_world
 from mmfm.models.sam.config import sam_config
 from mmfm.models.sam.model import SAM
+from mmfm.train.trainer import Trainer, split_preset
+from mmfm.vision.masks import mask_ious
+from mmfm.world import World
+from mmfm.world.scene import render
 
 PRESETS = {
     "world-tiny": dict(
@@ -46,13 +54,6 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     p = logits.sigmoid().flatten(-2)
     t = target.flatten(-2)
     return 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
-
-
-def mask_ious(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """(..., H, W) bool x (..., H, W) bool -> (...) IoU (1 when both are empty)."""
-    inter = (pred & gt).flatten(-2).sum(-1).float()
-    union = (pred | gt).flatten(-2).sum(-1).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
 def sample_pixels(mask: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
@@ -83,8 +84,6 @@ class WorldSAMData:
               split: str = "train", min_area: int = 12, progress: bool = True) -> WorldSAMData:
         from tqdm.auto import tqdm
 
-        from mmfm.world import World
-        from mmfm.world.scene import render
 
         world = World(seed=seed, size=size)
         images, masks, boxes, first, count = [], [], [], [], []
@@ -151,7 +150,9 @@ class SAMTrainModule(nn.Module):
             rows = (batch["use_box"] == use_box).nonzero().flatten()
             if len(rows) == 0:
                 continue
-            loss, met = self._interactive(emb[rows], gt[rows], batch["point"][rows], batch["box"][rows] if use_box else None)
+            loss, met = self._interactive(
+                emb[rows], gt[rows], batch["point"][rows], batch["box"][rows] if use_box else None
+            )
             total = total + loss * len(rows) / n_all
             for key, v in met.items():
                 metrics[f"{'box' if use_box else 'point'}_{key}"] = v
@@ -174,7 +175,9 @@ class SAMTrainModule(nn.Module):
             multimask = r == 0 and box is None  # one point is ambiguous: train the best of 3
             points = (coords, labels) if coords.shape[1] else None
             low, iou = m.decode(emb, points=points, boxes=box, mask_input=mask_in, multimask_output=multimask)
-            per_mask = 20 * focal_loss(low, target[:, None].expand_as(low)) + dice_loss(low, target[:, None].expand_as(low))
+            per_mask = 20 * focal_loss(low, target[:, None].expand_as(low)) + dice_loss(
+                low, target[:, None].expand_as(low)
+            )
             with torch.no_grad():
                 true_iou = mask_ious(low > 0, gt_low[:, None].expand_as(low))
             best = per_mask.argmin(1) if multimask else torch.zeros(n, dtype=torch.long, device=low.device)
@@ -199,8 +202,6 @@ class SAMTrainModule(nn.Module):
 
 
 def preset(name: str):
-    from mmfm.train.trainer import split_preset
-
     model, train, extra = split_preset(PRESETS, name, "SAM")
     return sam_config(model), train, extra
 
@@ -210,12 +211,6 @@ def train_world_sam(preset_name: str = "world-tiny", out="runs/sam", resume: boo
                     **overrides) -> dict:
     """Train SAM on the world (overrides: steps, batch_size, lr, seed, bf16, ...), save `out/model`,
     write `out/report.json` with the world evaluation."""
-    import json
-    import time
-    from pathlib import Path
-
-    from mmfm.train.trainer import Trainer
-
     config, tcfg, extra = preset(preset_name)
     tcfg.update(**overrides)
     if rounds is not None:
@@ -235,8 +230,6 @@ def train_world_sam(preset_name: str = "world-tiny", out="runs/sam", resume: boo
     if trainer.rank == 0:
         model.save_pretrained(out / "model")
         if evaluate:
-            from mmfm.eval.sam_world import evaluate_sam_world
-
             report["eval"] = evaluate_sam_world(model.eval(), n=eval_n, seed=tcfg.seed)
             report["total_seconds"] = round(time.perf_counter() - t0, 1)
         (out / "report.json").write_text(json.dumps(report, indent=2))

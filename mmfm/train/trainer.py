@@ -15,7 +15,6 @@ import json
 import math
 import os
 import random
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mmfm.errors import TrainingError
+from mmfm.errors import ConfigError, TrainingError
+from mmfm.vision.plot import line_plot
 
 
 @dataclass
@@ -48,8 +48,6 @@ class TrainConfig:
 
     def update(self, **overrides) -> TrainConfig:
         """Set the given fields (None = keep the preset's); an unknown name is a ConfigError."""
-        from mmfm.errors import ConfigError
-
         for k, v in overrides.items():
             if v is None:
                 continue
@@ -95,11 +93,12 @@ def lr_lambda(cfg: TrainConfig):
 
 
 class Trainer:
-    def __init__(self, module: nn.Module, config: TrainConfig, batch_fn, out_dir, on_save=None):
+    def __init__(self, module: nn.Module, config: TrainConfig, batch_fn, out_dir, on_save=None, on_step=None):
         self.cfg = config
         self.out = Path(out_dir)
         self.batch_fn = batch_fn
         self.on_save = on_save  # called with (model, out_dir, step) on rank 0 after each checkpoint
+        self.on_step = on_step  # called with the step number after each step (and its checkpoint)
         self.rank, self.world = 0, 1
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             if not dist.is_initialized():
@@ -115,8 +114,12 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.wrapped = DistributedDataParallel(module)
-        self.opt = torch.optim.AdamW(param_groups(module, config.weight_decay, config.lr), lr=config.lr, betas=tuple(config.betas),
-                                     eps=config.eps)
+        self.opt = torch.optim.AdamW(
+            param_groups(module, config.weight_decay, config.lr),
+            lr=config.lr,
+            betas=tuple(config.betas),
+            eps=config.eps,
+        )
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(config))
         self.step = 0
 
@@ -213,9 +216,8 @@ class Trainer:
                 t0, seen = time.perf_counter(), 0
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                 self.save()
-            if os.environ.get("MMFM_FAULT_KILL_AT_STEP") == str(self.step):
-                # fault injection for the kill-and-resume test: die like a killed job, no cleanup
-                os.kill(os.getpid(), signal.SIGKILL)
+            if self.on_step is not None:
+                self.on_step(self.step)
         bar.close()
         self.save()
         return history
@@ -250,8 +252,6 @@ class Trainer:
         return {"loss": total, **sums}
 
     def plot(self) -> None:
-        from mmfm.vision.plot import line_plot
-
         path = self.out / "metrics.jsonl"
         if not path.is_file():
             return
@@ -259,7 +259,9 @@ class Trainer:
         if not recs:
             return
         series = {"loss": [(r["step"], r["loss"]) for r in recs]}
-        line_plot(series, title=f"{type(self.model).__name__} training loss", xlabel="step").save(self.out / "curves.png")
+        line_plot(series, title=f"{type(self.model).__name__} training loss", xlabel="step").save(
+            self.out / "curves.png"
+        )
 
 
 def _rng_state() -> dict:
@@ -267,7 +269,12 @@ def _rng_state() -> dict:
     py_state = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": [torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "numpy": [
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "python": [int(py_state[0]), torch.tensor(py_state[1], dtype=torch.int64)],
     }
 
@@ -282,9 +289,23 @@ def _set_rng_state(s: dict) -> None:
 def split_preset(presets: dict, name: str, kind: str):
     """A training preset {"model": ..., "train": {...}, **extra} -> (its model entry, TrainConfig, extra).
     An unknown name raises ConfigError listing the known ones."""
-    from mmfm.errors import ConfigError
-
     if name not in presets:
         raise ConfigError(f"unknown {kind} preset {name!r}; known: {', '.join(presets)}")
     p = presets[name]
     return p["model"], TrainConfig(**p["train"]), {k: v for k, v in p.items() if k not in ("model", "train")}
+
+
+class FrozenLMTrainModule(nn.Module):
+    """The training step of a model on a frozen LM (LLaVA, Flamingo): next-token loss over the supervised
+    tokens of a batch {input_ids, pixels, labels}. Only the trainable tensors are checkpointed: the
+    frozen LM and tower are rebuilt from their sources on resume."""
+
+    checkpoint_trainable_only = True
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict):
+        out = self.model(batch["input_ids"], batch["pixels"], labels=batch["labels"])
+        return out.loss, {"tokens": float(out.num_tokens)}

@@ -47,7 +47,9 @@ def overlay(
         rad = max(2, 2 * scale)
         for x, y in points:
             x, y = x * scale, y * scale
-            draw.ellipse((x - rad, y - rad, x + rad, y + rad), fill=(255, 255, 255), outline=(0, 0, 0), width=max(1, scale // 2))
+            draw.ellipse(
+                (x - rad, y - rad, x + rad, y + rad), fill=(255, 255, 255), outline=(0, 0, 0), width=max(1, scale // 2)
+            )
     return out
 
 

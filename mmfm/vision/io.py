@@ -49,7 +49,9 @@ def load_image(src, max_pixels: int = MAX_PIXELS) -> Image.Image:
             except Image.DecompressionBombError as e:
                 raise InvalidImage(f"{name}: refused before decoding: {e}; downscale the image") from e
             except UnidentifiedImageError as e:
-                raise InvalidImage(f"{name}: not a readable image; pass a PNG, JPEG, WebP, BMP, GIF or TIFF file") from e
+                raise InvalidImage(
+                    f"{name}: not a readable image; pass a PNG, JPEG, WebP, BMP, GIF or TIFF file"
+                ) from e
             except (OSError, ValueError, SyntaxError) as e:
                 raise InvalidImage(f"{name}: not a readable image ({e})") from e
             return _to_rgb(img, max_pixels, name)

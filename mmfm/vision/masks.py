@@ -165,3 +165,11 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     offset = idxs.to(boxes) * (boxes.max() + 1)
     return nms(boxes + offset[:, None], scores, iou_threshold)
+
+
+def mask_ious(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Element-wise: (..., H, W) bool x (..., H, W) bool -> (...) IoU (1 when both are empty, as a
+    prediction of nothing for nothing is right). `mask_iou` above is the pairwise (N, M) version."""
+    inter = (pred & gt).flatten(-2).sum(-1).float()
+    union = (pred | gt).flatten(-2).sum(-1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))

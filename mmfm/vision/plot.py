@@ -30,7 +30,9 @@ def line_plot(series: dict[str, list[tuple[float, float]]], title: str = "", xla
     y0, y1 = y0 - pad, y1 + pad
 
     def px(x, y):
-        return left + (x - x0) / (x1 - x0) * (w - left - right), top + (1 - (f(y) - y0) / (y1 - y0)) * (h - top - bottom)
+        return left + (x - x0) / (x1 - x0) * (w - left - right), top + (1 - (f(y) - y0) / (y1 - y0)) * (
+            h - top - bottom
+        )
 
     d.rectangle((left, top, w - right, h - bottom), outline=(0, 0, 0))
     for i in range(5):

@@ -1,4 +1,4 @@
-"""The Shapes world: procedural scenes with full ground truth (see DESIGN.md)."""
+"""The Shapes world: procedural scenes with full ground truth (docs/ARCHITECTURE.md)."""
 
 from mmfm.world.annotate import Annotations, Annotator, interior_points
 from mmfm.world.facts import holds, select

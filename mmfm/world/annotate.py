@@ -147,7 +147,9 @@ class Annotator:
         ann.qa = self.questions(r, vis, rng)
         ann.negatives = self.negatives(r, vis, rng)
         ann.points = self.point_queries(r, vis, rng)
-        ann.relations = [(i, rel, j) for i in vis for j in vis if i != j for rel in RELATIONS if relation_holds(r, i, rel, j)]
+        ann.relations = [
+            (i, rel, j) for i in vis for j in vis if i != j for rel in RELATIONS if relation_holds(r, i, rel, j)
+        ]
         return ann
 
     def captions_only(self, r: Rendered, rng: np.random.Generator) -> list[Caption]:
@@ -259,7 +261,9 @@ class Annotator:
             c, s = absent[rng.integers(len(absent))] if absent else (o.color, o.shape)
         fact = ("atleast", c, s, None, 1)
         yes = bool(select(r, c, s))
-        out.append(QA(f"Is there {_a(_name(c, s))}?", "yes" if yes else "no", "existence", (fact if yes else ("not", fact),)))
+        out.append(
+            QA(f"Is there {_a(_name(c, s))}?", "yes" if yes else "no", "existence", (fact if yes else ("not", fact),))
+        )
         # relation, balanced yes/no
         rel = self._relation(r, vis, rng)
         if rel is not None:
@@ -276,7 +280,12 @@ class Annotator:
         objs = r.scene.objects
         out: list[Negative] = []
         # attribute swap between two objects that differ in both color and shape
-        pairs = [(i, j) for i in vis for j in vis if i < j and objs[i].color != objs[j].color and objs[i].shape != objs[j].shape]
+        pairs = [
+            (i, j)
+            for i in vis
+            for j in vis
+            if i < j and objs[i].color != objs[j].color and objs[i].shape != objs[j].shape
+        ]
         rng.shuffle(pairs)
         for i, j in pairs:
             a, b = objs[i], objs[j]
@@ -315,5 +324,7 @@ class Annotator:
             idx = select(r, c, s)
             query = f"{c} {plural(s, len(idx))}" if c and s else plural(s, len(idx)) if s else f"{c} objects"
             p = [tuple(pts[i]) for i in idx]
-            out.append(PointQuery(query, p, format_points(p, r.size, r.size, query), count_answer(p, r.size, r.size, query)))
+            out.append(
+                PointQuery(query, p, format_points(p, r.size, r.size, query), count_answer(p, r.size, r.size, query))
+            )
         return out

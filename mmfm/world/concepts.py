@@ -20,7 +20,11 @@ _LAYOUTS: dict[str, list[tuple[str, str, float, float, float]]] = {
     "house": [("square", "white", 0.0, 0.55, 1.0), ("triangle", "red", 0.0, -0.27 - 0.645 * 1.0, 1.0)],
     "tree": [("square", "orange", 0.0, 1.05, 0.42), ("circle", "green", 0.0, -0.25, 1.0)],
     "swiss flag": [("square", "red", 0.0, 0.0, 1.25), ("cross", "white", 0.0, 0.0, 0.72)],
-    "target": [("circle", "red", 0.0, 0.0, 1.25), ("circle", "white", 0.0, 0.0, 0.85), ("circle", "red", 0.0, 0.0, 0.42)],
+    "target": [
+        ("circle", "red", 0.0, 0.0, 1.25),
+        ("circle", "white", 0.0, 0.0, 0.85),
+        ("circle", "red", 0.0, 0.0, 0.42),
+    ],
     "flower": [
         ("circle", "pink", -0.85, 0.0, 0.5),
         ("circle", "pink", 0.85, 0.0, 0.5),

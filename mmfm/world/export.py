@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from mmfm.vision.draw import grid, overlay
+from mmfm.vision.masks import coco_rle
 from mmfm.world.annotate import interior_points
 from mmfm.world.world import Sample
 
@@ -17,7 +18,6 @@ from mmfm.world.world import Sample
 def sample_record(s: Sample) -> dict:
     """Everything known about a sample, JSON-ready."""
     r = s.rendered
-    from mmfm.vision.masks import coco_rle
 
     objects = []
     pts = interior_points(r)

@@ -143,7 +143,12 @@ class World:
             if single:
                 c, s = pairs[rng.integers(len(pairs))]
                 if force_color is not None:
-                    c, s = force_color, [p for p in pairs if p[0] == force_color][rng.integers(1_000) % sum(p[0] == force_color for p in pairs)][1]
+                    c, s = (
+                        force_color,
+                        [p for p in pairs if p[0] == force_color][
+                            rng.integers(1_000) % sum(p[0] == force_color for p in pairs)
+                        ][1],
+                    )
                 obj = sample_object(rng, c, s, rotate=self.rotate)
                 r = render(Scene((obj,), sample_background(rng), int(rng.integers(2**31))), self.size)
             else:

@@ -8,7 +8,15 @@ renders a visual rationale.
                          "RESULT=Result(var=IMAGE0)", images={"IMAGE": img}, task="edit")
 """
 
-from mmfm.chain.visprog.interpreter import Context, Interpreter, ModuleSpec, Param, Registry, RunResult, validate
+from mmfm.chain.visprog.interpreter import (
+           Context,
+           Interpreter,
+           ModuleSpec,
+           Param,
+           Registry,
+           RunResult,
+           validate,
+)
 from mmfm.chain.visprog.modules import Region, default_registry
 from mmfm.chain.visprog.program import Program, Step, Var, parse
 from mmfm.chain.visprog.prompts import generate_program

@@ -61,7 +61,9 @@ class Registry:
 
 
 def _fits(value_kind: str, wanted: str) -> bool:
-    return wanted == "any" or value_kind == "any" or value_kind == wanted or (wanted == "number" and value_kind == "bool")
+    return (
+        wanted == "any" or value_kind == "any" or value_kind == wanted or (wanted == "number" and value_kind == "bool")
+    )
 
 
 def _literal_kind(v) -> str:

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from mmfm.chain.visprog.emoji import render_emoji
 from mmfm.chain.visprog.interpreter import Context, ModuleSpec, Param, Registry
 from mmfm.chain.visprog.safe_eval import safe_eval
 from mmfm.errors import DependencyError, ProgramError
+from mmfm.models.sam import SamAutomaticMaskGenerator
+from mmfm.vision.masks import nms
 
 
 @dataclass
@@ -133,7 +136,6 @@ def locate(ctx: Context, image: Image.Image, object: str) -> list[Region]:  # no
     if len(keep) > 1:  # overlapping windows / masks of one object count once
         import torch
 
-        from mmfm.vision.masks import nms
 
         idx = nms(torch.tensor([r.box for r in keep], dtype=torch.float32),
                   torch.tensor([r.score for r in keep]), iou_threshold=0.5)
@@ -142,8 +144,6 @@ def locate(ctx: Context, image: Image.Image, object: str) -> list[Region]:  # no
 
 
 def segment(ctx: Context, image: Image.Image) -> list[Region]:
-    from mmfm.models.sam import SamAutomaticMaskGenerator
-
     gen = SamAutomaticMaskGenerator(ctx.model("sam"), **ctx.options.get("amg", {}))
     out = []
     for m in gen.generate(_rgb(image)):
@@ -264,7 +264,6 @@ def tag(ctx, image: Image.Image, object: list) -> Image.Image:  # noqa: A002
 
 
 def emoji(ctx, image: Image.Image, object: list, emoji: str) -> Image.Image:  # noqa: A002
-    from mmfm.chain.visprog.emoji import render_emoji
 
     out = image.convert("RGB").copy()
     for r in object:

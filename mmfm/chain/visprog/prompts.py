@@ -15,47 +15,68 @@ INPUTS = {"image_question": {"IMAGE": "image"}, "two_images": {"LEFT": "image", 
 
 EXAMPLES = {
     "image_question": [
-        ("How many red circles are there?",
-         "BOX0=Loc(image=IMAGE, object='red circle')\nANSWER0=Count(box=BOX0)\nRESULT=Result(var=ANSWER0)"),
-        ("What color is the shape to the left of the star?",
-         "BOX0=Loc(image=IMAGE, object='star')\nIMAGE0=CropLeftOf(image=IMAGE, box=BOX0)\n"
-         "ANSWER0=Vqa(image=IMAGE0, question='What color is the shape?')\nRESULT=Result(var=ANSWER0)"),
-        ("Are there more squares than triangles?",
-         "BOX0=Loc(image=IMAGE, object='square')\nBOX1=Loc(image=IMAGE, object='triangle')\n"
-         "ANSWER0=Count(box=BOX0)\nANSWER1=Count(box=BOX1)\n"
-         "ANSWER2=Eval(expr='{ANSWER0} > {ANSWER1}')\nRESULT=Result(var=ANSWER2)"),
+        (
+            "How many red circles are there?",
+            "BOX0=Loc(image=IMAGE, object='red circle')\nANSWER0=Count(box=BOX0)\nRESULT=Result(var=ANSWER0)",
+        ),
+        (
+            "What color is the shape to the left of the star?",
+            "BOX0=Loc(image=IMAGE, object='star')\nIMAGE0=CropLeftOf(image=IMAGE, box=BOX0)\n"
+            "ANSWER0=Vqa(image=IMAGE0, question='What color is the shape?')\nRESULT=Result(var=ANSWER0)",
+        ),
+        (
+            "Are there more squares than triangles?",
+            "BOX0=Loc(image=IMAGE, object='square')\nBOX1=Loc(image=IMAGE, object='triangle')\n"
+            "ANSWER0=Count(box=BOX0)\nANSWER1=Count(box=BOX1)\n"
+            "ANSWER2=Eval(expr='{ANSWER0} > {ANSWER1}')\nRESULT=Result(var=ANSWER2)",
+        ),
     ],
     "two_images": [
-        ("The left image has exactly two circles.",
-         "BOX0=Loc(image=LEFT, object='circle')\nANSWER0=Count(box=BOX0)\n"
-         "ANSWER1=Eval(expr='{ANSWER0} == 2')\nRESULT=Result(var=ANSWER1)"),
-        ("Both images contain a blue shape.",
-         "ANSWER0=Vqa(image=LEFT, question='Is there a blue shape?')\n"
-         "ANSWER1=Vqa(image=RIGHT, question='Is there a blue shape?')\n"
-         "ANSWER2=Eval(expr='{ANSWER0} and {ANSWER1}')\nRESULT=Result(var=ANSWER2)"),
-        ("There are more stars in the right image than in the left image.",
-         "BOX0=Loc(image=LEFT, object='star')\nBOX1=Loc(image=RIGHT, object='star')\n"
-         "ANSWER0=Count(box=BOX0)\nANSWER1=Count(box=BOX1)\n"
-         "ANSWER2=Eval(expr='{ANSWER1} > {ANSWER0}')\nRESULT=Result(var=ANSWER2)"),
+        (
+            "The left image has exactly two circles.",
+            "BOX0=Loc(image=LEFT, object='circle')\nANSWER0=Count(box=BOX0)\n"
+            "ANSWER1=Eval(expr='{ANSWER0} == 2')\nRESULT=Result(var=ANSWER1)",
+        ),
+        (
+            "Both images contain a blue shape.",
+            "ANSWER0=Vqa(image=LEFT, question='Is there a blue shape?')\n"
+            "ANSWER1=Vqa(image=RIGHT, question='Is there a blue shape?')\n"
+            "ANSWER2=Eval(expr='{ANSWER0} and {ANSWER1}')\nRESULT=Result(var=ANSWER2)",
+        ),
+        (
+            "There are more stars in the right image than in the left image.",
+            "BOX0=Loc(image=LEFT, object='star')\nBOX1=Loc(image=RIGHT, object='star')\n"
+            "ANSWER0=Count(box=BOX0)\nANSWER1=Count(box=BOX1)\n"
+            "ANSWER2=Eval(expr='{ANSWER1} > {ANSWER0}')\nRESULT=Result(var=ANSWER2)",
+        ),
     ],
     "edit": [
-        ("Hide the face of the woman with a heart",
-         "OBJ0=FaceDet(image=IMAGE)\nIMAGE0=Emoji(image=IMAGE, object=OBJ0, emoji='heart')\nRESULT=Result(var=IMAGE0)"),
-        ("Make everything black and white except the person",
-         "OBJ0=Loc(image=IMAGE, object='person')\nIMAGE0=ColorPop(image=IMAGE, object=OBJ0)\nRESULT=Result(var=IMAGE0)"),
-        ("Blur the background behind the dog",
-         "OBJ0=Loc(image=IMAGE, object='dog')\nIMAGE0=BgBlur(image=IMAGE, object=OBJ0)\nRESULT=Result(var=IMAGE0)"),
-        ("Remove the cup",
-         "OBJ0=Seg(image=IMAGE)\nOBJ1=Select(image=IMAGE, object=OBJ0, query='cup')\n"
-         "IMAGE0=Replace(image=IMAGE, object=OBJ1, prompt='table')\nRESULT=Result(var=IMAGE0)"),
+        (
+            "Hide the face of the woman with a heart",
+            "OBJ0=FaceDet(image=IMAGE)\nIMAGE0=Emoji(image=IMAGE, object=OBJ0, emoji='heart')\nRESULT=Result(var=IMAGE0)",  # noqa: E501
+        ),
+        (
+            "Make everything black and white except the person",
+            "OBJ0=Loc(image=IMAGE, object='person')\nIMAGE0=ColorPop(image=IMAGE, object=OBJ0)\nRESULT=Result(var=IMAGE0)",  # noqa: E501
+        ),
+        (
+            "Blur the background behind the dog",
+            "OBJ0=Loc(image=IMAGE, object='dog')\nIMAGE0=BgBlur(image=IMAGE, object=OBJ0)\nRESULT=Result(var=IMAGE0)",
+        ),
+        (
+            "Remove the cup",
+            "OBJ0=Seg(image=IMAGE)\nOBJ1=Select(image=IMAGE, object=OBJ0, query='cup')\n"
+            "IMAGE0=Replace(image=IMAGE, object=OBJ1, prompt='table')\nRESULT=Result(var=IMAGE0)",
+        ),
     ],
     "tag": [
-        ("Tag the faces",
-         "OBJ0=FaceDet(image=IMAGE)\nIMAGE0=Tag(image=IMAGE, object=OBJ0)\nRESULT=Result(var=IMAGE0)"),
-        ("Tag the fruits with their names",
-         "OBJ0=Seg(image=IMAGE)\nLIST0=List(query='fruits', max=10)\n"
-         "OBJ1=Classify(image=IMAGE, object=OBJ0, categories='apple,banana,orange')\n"
-         "IMAGE0=Tag(image=IMAGE, object=OBJ1)\nRESULT=Result(var=IMAGE0)"),
+        ("Tag the faces", "OBJ0=FaceDet(image=IMAGE)\nIMAGE0=Tag(image=IMAGE, object=OBJ0)\nRESULT=Result(var=IMAGE0)"),
+        (
+            "Tag the fruits with their names",
+            "OBJ0=Seg(image=IMAGE)\nLIST0=List(query='fruits', max=10)\n"
+            "OBJ1=Classify(image=IMAGE, object=OBJ0, categories='apple,banana,orange')\n"
+            "IMAGE0=Tag(image=IMAGE, object=OBJ1)\nRESULT=Result(var=IMAGE0)",
+        ),
     ],
 }
 

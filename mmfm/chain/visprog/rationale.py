@@ -69,7 +69,9 @@ def render_html(run, title: str = "VisProg run") -> str:
                     f"{t.seconds:.2f} s</div></td><td>{ins}</td><td>{out}</td></tr>")
     not_run = run.program.steps[len(run.trace):]
     for s in not_run:
-        rows.append(f"<tr class=skip><td></td><td><code>{html.escape(s.source)}</code></td><td colspan=2>not run</td></tr>")
+        rows.append(
+            f"<tr class=skip><td></td><td><code>{html.escape(s.source)}</code></td><td colspan=2>not run</td></tr>"
+        )
     if run.ok:
         verdict = f"<h2>Result</h2>{_value(run.result, None)}"
     else:

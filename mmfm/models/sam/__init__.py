@@ -5,4 +5,12 @@ from mmfm.models.sam.config import SAM_CONFIGS, SAMConfig, sam_config
 from mmfm.models.sam.model import SAM, load_mmfm_sam
 from mmfm.models.sam.predictor import SamPredictor
 
-__all__ = ["SAM", "SAMConfig", "SAM_CONFIGS", "sam_config", "SamPredictor", "SamAutomaticMaskGenerator", "load_mmfm_sam"]
+__all__ = [
+    "SAM",
+    "SAMConfig",
+    "SAM_CONFIGS",
+    "sam_config",
+    "SamPredictor",
+    "SamAutomaticMaskGenerator",
+    "load_mmfm_sam",
+]

@@ -17,13 +17,16 @@ import torch
 
 from mmfm.errors import ConfigError, DependencyError
 from mmfm.models.sam.predictor import SamPredictor
+from mmfm.vision.io import load_image
 from mmfm.vision.masks import batched_nms, coco_rle, masks_to_boxes, rle_decode
 
 
 def build_point_grid(n_per_side: int) -> np.ndarray:
     """(n^2, 2) points in [0, 1]^2 at cell centres, x fastest."""
     side = np.linspace(1 / (2 * n_per_side), 1 - 1 / (2 * n_per_side), n_per_side)
-    return np.stack([np.tile(side[None, :], (n_per_side, 1)), np.tile(side[:, None], (1, n_per_side))], -1).reshape(-1, 2)
+    return np.stack([np.tile(side[None, :], (n_per_side, 1)), np.tile(side[:, None], (1, n_per_side))], -1).reshape(
+        -1, 2
+    )
 
 
 def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer: int) -> list[np.ndarray]:
@@ -114,7 +117,9 @@ def _connected_components():
             return regions, n
         return label
     except ImportError:
-        raise DependencyError("min_mask_region_area > 0 needs OpenCV or SciPy: pip install 'opencv-python-headless<5'") from None
+        raise DependencyError(
+            "min_mask_region_area > 0 needs OpenCV or SciPy: pip install 'opencv-python-headless<5'"
+        ) from None
 
 
 def _xyxy_to_xywh(b) -> list:
@@ -151,8 +156,6 @@ class SamAutomaticMaskGenerator:
     def generate(self, image) -> list[dict]:
         """image: HWC uint8 RGB array (or anything `load_image` reads)."""
         if not isinstance(image, np.ndarray):
-            from mmfm.vision.io import load_image
-
             image = np.asarray(load_image(image))
         data = self._generate_masks(image)
         if self.min_mask_region_area > 0:
@@ -212,13 +215,17 @@ class SamAutomaticMaskGenerator:
         p = self.predictor
         pts = torch.as_tensor(p.transform.apply_coords(points, size), device=p.model.device)
         labels = torch.ones(len(pts), dtype=torch.int, device=pts.device)
-        masks, iou, _ = p.predict_torch(pts[:, None].float(), labels[:, None], multimask_output=True, return_logits=True)
+        masks, iou, _ = p.predict_torch(
+            pts[:, None].float(), labels[:, None], multimask_output=True, return_logits=True
+        )
         k = masks.shape[1]
         data = {"masks": masks.flatten(0, 1).cpu(), "iou_preds": iou.flatten(0, 1).float().cpu(),
                 "points": torch.as_tensor(points.repeat(k, axis=0))}
         if self.pred_iou_thresh > 0:
             data = _filter(data, data["iou_preds"] > self.pred_iou_thresh)
-        data["stability_score"] = calculate_stability_score(data["masks"], p.model.mask_threshold, self.stability_score_offset)
+        data["stability_score"] = calculate_stability_score(
+            data["masks"], p.model.mask_threshold, self.stability_score_offset
+        )
         if self.stability_score_thresh > 0:
             data = _filter(data, data["stability_score"] >= self.stability_score_thresh)
         data["masks"] = data["masks"] > p.model.mask_threshold

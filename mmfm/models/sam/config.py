@@ -3,8 +3,10 @@ windows of 14 with four global blocks) and the small world sizes trained here.""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import ClassVar
 
+from mmfm.config import Config
 from mmfm.errors import ConfigError
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -12,7 +14,13 @@ SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass
-class SAMConfig:
+class SAMConfig(Config):
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "image_size", "patch_size", "encoder_dim", "encoder_depth", "encoder_heads", "mlp_ratio", "prompt_dim",
+        "mask_in_chans", "decoder_depth", "decoder_heads", "decoder_mlp_dim", "attention_downsample_rate",
+        "num_multimask_outputs", "iou_head_depth", "iou_head_hidden",
+    )
+
     # image encoder (ViT with windowed + global attention, decomposed relative positions)
     image_size: int = 1024
     patch_size: int = 16
@@ -40,9 +48,7 @@ class SAMConfig:
     mask_threshold: float = 0.0
     extra: dict = field(default_factory=dict)
 
-    def __post_init__(self):
-        self.global_attn_indexes = tuple(int(i) for i in self.global_attn_indexes)
-        self.pixel_mean, self.pixel_std = tuple(self.pixel_mean), tuple(self.pixel_std)
+    def validate(self) -> None:
         if self.image_size % self.patch_size:
             raise ConfigError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.encoder_dim % self.encoder_heads:
@@ -51,24 +57,15 @@ class SAMConfig:
             raise ConfigError("prompt_dim / attention_downsample_rate must be divisible by decoder_heads")
         if self.prompt_dim % 8 or self.mask_in_chans % 4:
             raise ConfigError("prompt_dim must be a multiple of 8 and mask_in_chans of 4")
+        if any(not 0 <= i < self.encoder_depth for i in self.global_attn_indexes):
+            raise ConfigError(
+                f"global_attn_indexes {self.global_attn_indexes} must be blocks 0..{self.encoder_depth - 1}"
+            )
 
     @property
     def embedding_size(self) -> int:
         """Side of the image embedding grid (64 for the published models)."""
         return self.image_size // self.patch_size
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["global_attn_indexes"] = list(self.global_attn_indexes)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SAMConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown SAMConfig keys {unknown}")
-        return cls(**d)
 
 
 SAM_CONFIGS = {

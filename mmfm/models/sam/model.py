@@ -67,21 +67,15 @@ class SAM(nn.Module):
         return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
 
     # ------------------------------------------------------------------------------ files
-    def save_pretrained(self, folder: str | Path, format: str = "mmfm") -> Path:
-        from mmfm.interop.sam import to_hf_folder, to_official
-
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """mmfm's folder: config.json + model.safetensors. The official file and transformers' SamModel
+        folder: `mmfm.save(model, folder, format="official" | "hf")`."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        if format == "mmfm":
-            (folder / "config.json").write_text(json.dumps({"model_type": "mmfm-sam", "sam": self.config.to_dict()}, indent=2))
-            save_safetensors(self.state_dict(), folder / "model.safetensors", metadata={"format": "mmfm-sam"})
-        elif format == "official":
-            torch.save(to_official(self.state_dict()), folder / "sam.pth")
-            (folder / "sam_config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
-        elif format == "hf":
-            to_hf_folder(self, folder)
-        else:
-            raise CheckpointError(f"format {format!r}: use 'mmfm', 'official' or 'hf'")
+        (folder / "config.json").write_text(
+            json.dumps({"model_type": "mmfm-sam", "sam": self.config.to_dict()}, indent=2)
+        )
+        save_safetensors(self.state_dict(), folder / "model.safetensors", metadata={"format": "mmfm-sam"})
         return folder
 
 

@@ -137,8 +137,13 @@ class SamPredictor:
             if bad:
                 raise InvalidPrompt(f"points {bad[:3]} are outside the {w}x{h} image (x in [0, {w}], y in [0, {h}])")
             if not np.isin(pl, (-1, 0, 1)).all() or not np.all(pl == np.round(pl)):
-                raise InvalidPrompt(f"point labels must be 1 (foreground), 0 (background) or -1 (ignore), got {sorted(set(pl.tolist()))}")
-            coords = torch.as_tensor(self.transform.apply_coords(pc, self.original_size), dtype=torch.float, device=dev)[None]
+                raise InvalidPrompt(
+                    "point labels must be 1 (foreground), 0 (background) or -1 (ignore), "
+                     f"got {sorted(set(pl.tolist()))}"
+                )
+            coords = torch.as_tensor(
+                self.transform.apply_coords(pc, self.original_size), dtype=torch.float, device=dev
+            )[None]
             labels = torch.as_tensor(pl, dtype=torch.int, device=dev)[None]
         elif point_labels is not None:
             raise InvalidPrompt("point_labels given without point_coords")
@@ -149,15 +154,22 @@ class SamPredictor:
             if not np.isfinite(b).all():
                 raise InvalidPrompt("box contains NaN or infinity")
             if b[2] < b[0] or b[3] < b[1]:
-                raise InvalidPrompt(f"box {b.tolist()} is inverted: it must be x0, y0, x1, y1 with x1 >= x0 and y1 >= y0")
+                raise InvalidPrompt(
+                    f"box {b.tolist()} is inverted: it must be x0, y0, x1, y1 with x1 >= x0 and y1 >= y0"
+                )
             if b[0] < 0 or b[1] < 0 or b[2] > w or b[3] > h:
                 raise InvalidPrompt(f"box {b.tolist()} is outside the {w}x{h} image")
-            box_t = torch.as_tensor(self.transform.apply_boxes(b[None], self.original_size), dtype=torch.float, device=dev)
+            box_t = torch.as_tensor(
+                self.transform.apply_boxes(b[None], self.original_size), dtype=torch.float, device=dev
+            )
         if mask_input is not None:
             m = _array(mask_input, "mask_input")
             side = 4 * self.model.config.embedding_size
             if m.shape not in ((1, side, side), (side, side)):
-                raise InvalidPrompt(f"mask_input must be the low-res logits of a previous prediction, shape (1, {side}, {side}); got {m.shape}")
+                raise InvalidPrompt(
+                    "mask_input must be the low-res logits of a previous prediction, "
+                     f"shape (1, {side}, {side}); got {m.shape}"
+                )
             if not np.isfinite(m).all():
                 raise InvalidPrompt("mask_input contains NaN or infinity")
             mask_t = torch.as_tensor(m.reshape(1, 1, side, side), dtype=torch.float, device=dev)

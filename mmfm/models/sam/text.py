@@ -14,6 +14,7 @@ from PIL import Image
 
 from mmfm.errors import InvalidPrompt
 from mmfm.models.sam.amg import SamAutomaticMaskGenerator
+from mmfm.vision.io import load_image
 
 
 def _crop(image: np.ndarray, mask: np.ndarray, box, pad: float = 0.15) -> Image.Image:
@@ -39,8 +40,6 @@ def _crop(image: np.ndarray, mask: np.ndarray, box, pad: float = 0.15) -> Image.
 def segment(sam, image, text: str, clip, templates=("a photo of a {}.", "a {}.", "{}"), amg: dict | None = None,
             top_k: int = 5) -> dict:
     """The mask of the region that best matches `text`: {"mask", "box" XYXY, "score", "candidates"}."""
-    from mmfm.vision.io import load_image
-
     if not isinstance(text, str) or not text.strip():
         raise InvalidPrompt("the text prompt is empty; describe the object, e.g. 'the red circle'")
     if len(text) > 300:
@@ -66,5 +65,10 @@ def segment(sam, image, text: str, clip, templates=("a photo of a {}.", "a {}.",
     if not predictor.is_image_set:
         predictor.set_image(arr)
     masks, iou, _ = predictor.predict(box=box, multimask_output=False)
-    return {"mask": masks[0], "box": box.tolist(), "score": float(scores[int(order[0])]), "predicted_iou": float(iou[0]),
-            "candidates": [{"bbox": records[i]["bbox"], "score": round(float(scores[i]), 4)} for i in order[:top_k]]}
+    return {
+        "mask": masks[0],
+        "box": box.tolist(),
+        "score": float(scores[int(order[0])]),
+        "predicted_iou": float(iou[0]),
+        "candidates": [{"bbox": records[i]["bbox"], "score": round(float(scores[i]), 4)} for i in order[:top_k]],
+    }

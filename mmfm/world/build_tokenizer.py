@@ -2,7 +2,7 @@
 mmfm/text/assets (vocab.json + merges.txt in CLIP's format). Deterministic: the same world gives the
 same files; a test checks the shipped files against a fresh build.
 
-    python -m mmfm.text.build_world_tokenizer
+    python -m mmfm.world.build_tokenizer
 """
 
 from __future__ import annotations
@@ -21,15 +21,14 @@ from mmfm.text.tokenizer import (
     clip_pipeline,
     whitespace_clean,
 )
+from mmfm.world.world import World
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parent.parent / "text" / "assets"
 VOCAB_SIZE = 1024
 
 
 def world_corpus(n: int = 3000, seed: int = 0):
     """Every kind of text the world's training split produces."""
-    from mmfm.world import World
-
     world = World(seed=seed)
     for i in range(n):
         yield from world.sample("train", i).ann.texts()

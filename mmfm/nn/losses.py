@@ -8,6 +8,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from mmfm.errors import InvalidPrompt
+from mmfm.text.conversation import IGNORE
+
 
 def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -91,7 +94,9 @@ def hard_negative_loss(image_features: torch.Tensor, text_features: torch.Tensor
     for as long as we could train; this term isolates the one comparison that teaches binding."""
     logits = logit_scale * torch.stack([(image_features * text_features).sum(-1),
                                         (image_features * negatives).sum(-1)], 1)
-    per_row = F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device), reduction="none")
+    per_row = F.cross_entropy(
+        logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device), reduction="none"
+    )
     if valid is None:
         return per_row.mean()
     valid = valid.to(per_row.dtype)
@@ -101,3 +106,26 @@ def hard_negative_loss(image_features: torch.Tensor, text_features: torch.Tensor
         dist.all_reduce(count)
         count = count / world
     return (per_row * valid).sum() / count.clamp(min=1.0 / world)
+
+
+def coca_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+              logits: torch.Tensor, labels: torch.Tensor, pad_id: int, clip_weight: float = 1.0,
+              caption_weight: float = 2.0) -> tuple[torch.Tensor, dict]:
+    """CoCa: clip_weight * contrastive + caption_weight * captioning cross-entropy (padding ignored),
+    as open_clip's CoCaLoss. logits (B, T, vocab) predict labels (B, T). Returns (total, parts)."""
+    contrastive = clip_loss(image_features.float(), text_features.float(), logit_scale)
+    caption = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=pad_id)
+    total = clip_weight * contrastive + caption_weight * caption
+    return total, {"contrastive_loss": contrastive.detach(), "caption_loss": caption.detach()}
+
+
+def next_token_loss(hidden: torch.Tensor, labels: torch.Tensor, head) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross-entropy over the supervised positions (labels != IGNORE) and their number.
+    hidden (B, T, dim) are the LM's final states, labels (B, T); `head` (dim -> vocab) runs only at the
+    supervised positions: at short sequences the vocabulary projection is most of a step's cost."""
+    target = labels[:, 1:]
+    keep = target != IGNORE
+    n = int(keep.sum())
+    if n == 0:
+        raise InvalidPrompt("no supervised token in this batch: every label is IGNORE")
+    return F.cross_entropy(head(hidden[:, :-1][keep]).float(), target[keep]), n

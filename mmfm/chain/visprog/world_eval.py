@@ -15,6 +15,10 @@ import re
 
 import numpy as np
 
+from mmfm.chain.visprog import VisProg
+from mmfm.chain.visprog.backends import llava_vqa
+from mmfm.chain.visprog.program import parse
+from mmfm.errors import MMFMError
 from mmfm.world import World
 from mmfm.world.vocab import article, plural
 
@@ -63,13 +67,9 @@ def evaluate_statements(llava, n: int = 100, split: str = "test", seed: int = 0,
     client for the program writer (None skips that row)."""
     from tqdm.auto import tqdm
 
-    from mmfm.chain.visprog import VisProg
-    from mmfm.chain.visprog.program import parse
-    from mmfm.errors import MMFMError
 
     world = World(seed=seed)
     items = [world.statement(split, 50_000 + i) for i in range(n)]
-    from mmfm.chain.visprog.backends import llava_vqa
 
     vp = VisProg(llm=llm, vqa=llava_vqa(llava, max_new_tokens=8), clip=clip)
     rows: dict[str, list] = {"program (template)": [], "end-to-end": []}
