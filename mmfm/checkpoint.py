@@ -1,8 +1,14 @@
 """Safe checkpoint I/O shared by every model: safetensors or `torch.load(weights_only=True)` only,
-folder-or-hub resolution, and strict state-dict loading that names what does not fit."""
+folder-or-hub resolution, strict state-dict loading that names what does not fit, and integrity.
+
+Integrity: every folder mmfm writes gets a manifest (MANIFEST: each file's size and SHA-256), and every
+read of a file listed there checks it first, so a file changed or damaged after it was written is a
+CheckpointError naming it, never a silently different model. Weights are written atomically, and
+non-finite weights are refused at load with the tensor's name."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -12,6 +18,7 @@ import torch
 
 from mmfm.errors import CheckpointError
 
+MANIFEST = "mmfm-manifest.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
@@ -22,6 +29,8 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
     if p.exists():
         return p
     s = str(path_or_id)
+    if p.parent != Path(".") and p.parent.is_dir():  # a local folder exists: a mistyped name, not a Hub id
+        raise CheckpointError(f"{s}: no such file or folder in {p.parent}")
     if s.count("/") == 1 and not s.startswith((".", "/")):
         try:
             from huggingface_hub import snapshot_download
@@ -41,6 +50,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    verify_file(path)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes); it was not written completely")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -51,7 +63,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except (OSError, RuntimeError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise CheckpointError(f"{path}: unreadable or unsafe checkpoint ({type(e).__name__}: {e})") from e
     except Exception as e:  # noqa: BLE001 - the unpickler refuses code objects with its own types
-        raise CheckpointError(f"{path}: refused to load ({type(e).__name__}: {e}); only tensors are accepted") from e
+        msg = str(e).split("\n")[0].split(" Re-running `torch.load` with")[0]  # not torch's weights_only=False advice
+        raise CheckpointError(f"{path}: refused to load ({type(e).__name__}: {msg}); mmfm loads only tensors, never "
+                              "pickled code") from e
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -78,16 +92,81 @@ def load_folder_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def save_safetensors(sd: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Written to a temporary file and moved into place: a kill never leaves half a weights file."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(path), metadata=metadata)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object (a config); anything else, or a file changed since its manifest, is a CheckpointError."""
+    path = Path(path)
+    verify_file(path)
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable config ({e})") from e
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: unreadable config ({type(e).__name__}: {str(e)[:200]})") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: a config must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+# ------------------------------------------------------------------------------------------ integrity
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: str | os.PathLike) -> Path:
+    """MANIFEST in `folder`: the size and SHA-256 of every file directly in it (written last, atomically)."""
+    folder = Path(folder)
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp")}
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"format": 1, "files": files}, indent=1))
+    os.replace(tmp, folder / MANIFEST)
+    return folder / MANIFEST
+
+
+_VERIFIED: dict[tuple, bool] = {}
+
+
+def verify_file(path: Path) -> None:
+    """If `path`'s folder has a manifest that lists it, its size and SHA-256 must match (each file is
+    checked once per process while unchanged)."""
+    path = Path(path)
+    manifest = path.parent / MANIFEST
+    if path.name == MANIFEST or not manifest.is_file():
+        return
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    try:
+        entry = json.loads(manifest.read_text())["files"].get(path.name)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{manifest}: the manifest is damaged ({type(e).__name__}); the folder cannot be "
+                              "checked") from e
+    if entry is None:
+        return
+    if st.st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
+        raise CheckpointError(f"{path}: its content does not match {MANIFEST} (written {entry.get('bytes')} bytes, "
+                              f"now {st.st_size}): the file was changed or damaged after it was saved (if you "
+                              f"edited it on purpose, delete {MANIFEST})")
+    _VERIFIED[key] = True
+
+
+def check_finite(sd: dict[str, torch.Tensor], source: str) -> None:
+    """NaN or inf in a weight makes every output NaN (a classifier printing nan%): refuse it by name."""
+    for k, v in sd.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{source}: tensor {k!r} holds NaN or inf values; the weights are damaged")
 
 
 def load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint",
@@ -100,6 +179,7 @@ def load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: st
     shapes = [
         f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape
     ]
+    check_finite(sd, source)
     if missing or unexpected or shapes:
         parts = []
         for name, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):

@@ -23,6 +23,8 @@ from mmfm.errors import ConfigError
 @dataclasses.dataclass
 class Config:
     POSITIVE: ClassVar[tuple[str, ...]] = ()  # fields that must be > 0 when set
+    # A model past this (80 GB of fp32 weights) is a typo or a hostile file, not something to allocate.
+    MAX_PARAMETERS: ClassVar[int] = 20_000_000_000
     IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset({"model_type", "mmfm_version"})  # written beside a config
 
     def __post_init__(self):
@@ -34,9 +36,18 @@ class Config:
             if value is not None and not value > 0:
                 raise ConfigError(f"{type(self).__name__}.{name} must be positive, got {value!r}")
         self.validate()
+        n = self.parameters()
+        if n is not None and n > self.MAX_PARAMETERS:
+            raise ConfigError(f"{type(self).__name__} asks for about {n:,} parameters ({n * 4 / 1e9:,.0f} GB in fp32), "
+                              f"over mmfm's limit of {self.MAX_PARAMETERS:,}; check its sizes")
 
     def validate(self) -> None:
         """Rules between fields; runs after every field has its type."""
+
+    def parameters(self) -> int | None:
+        """About how many parameters the model of this config has (None: not estimated); checked
+        against MAX_PARAMETERS before anything is allocated."""
+        return None
 
     def to_dict(self) -> dict:
         """JSON-ready: nested configs as dicts, tuples as lists."""

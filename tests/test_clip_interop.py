@@ -174,6 +174,7 @@ def test_mismatches_raise_checkpoint_error(tmp_path):
         mmfm.load(tmp_path / "hf")
     # a tokenizer whose end token is not the config's
     m, folder = tiny_mmfm(tmp_path)
+    (folder / "mmfm-manifest.json").unlink()  # the config is edited by hand below, on purpose
     cfg = json.loads((folder / "config.json").read_text())
     cfg["text"]["eot_token_id"] = 5
     (folder / "config.json").write_text(json.dumps(cfg))

@@ -182,3 +182,78 @@ def test_trainable_only_checkpoints_resume_exactly(tmp_path):
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
     for a, b in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def _flip(path, offset_fraction: float = 0.6, n: int = 4096):
+    """Overwrite n bytes in the middle of a file (a damaged disk block), size unchanged."""
+    data = bytearray(path.read_bytes())
+    at = int(len(data) * offset_fraction)
+    data[at : at + n] = bytes((b ^ 0x5A) for b in data[at : at + n])
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_checkpoint_is_refused_and_the_intact_one_named(tmp_path):
+    """Bytes altered in checkpoint.pt after it was written: resume refuses it (torch alone would load it
+    and train on), names the previous checkpoint, which is intact, and resumes from that one once moved."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=6, batch_size=4, lr=1e-2, warmup=1, progress=False, log_every=1, save_every=2)
+    batch = lambda s, m, r, w: torch.arange(4) + s % 6  # noqa: E731
+    Trainer(_Toy(), cfg, batch, tmp_path).train()
+    assert torch.load(tmp_path / "checkpoint.prev.pt", weights_only=True)["step"] == 4
+    _flip(tmp_path / "checkpoint.pt", 0.5, 64)
+    with pytest.raises(TrainingError, match=r"damaged.*checkpoint\.prev\.pt \(step 4\), is intact"):
+        Trainer(_Toy(), cfg, batch, tmp_path).load()
+    (tmp_path / "checkpoint.pt").write_bytes(b"")  # truncated to nothing
+    with pytest.raises(TrainingError, match="unreadable.*step 4"):
+        Trainer(_Toy(), cfg, batch, tmp_path).load()
+    (tmp_path / "checkpoint.prev.pt").replace(tmp_path / "checkpoint.pt")
+    tr = Trainer(_Toy(), cfg, batch, tmp_path)
+    tr.load()
+    assert tr.step == 4
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(TrainingError, match="no intact earlier checkpoint"):
+        Trainer(_Toy(), cfg, batch, tmp_path).load()
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "lo')  # cut by a kill
+    torch.save({"step": 0}, tmp_path / "checkpoint.pt")
+    with pytest.raises(TrainingError, match="not an mmfm training checkpoint"):
+        Trainer(_Toy(), cfg, batch, tmp_path).load()
+
+
+def test_a_model_folder_checks_its_files(tmp_path):
+    """Every folder mmfm writes carries a manifest; a weight or config changed after the save is a
+    CheckpointError naming the file, and non-finite weights are refused by tensor name."""
+    import mmfm
+    from mmfm.checkpoint import MANIFEST
+    from mmfm.errors import CheckpointError
+    from mmfm.models.clip import CLIP, CLIPConfig
+
+    clip = CLIP(CLIPConfig(embed_dim=8, vision=dict(image_size=16, patch_size=8, width=16, layers=1, heads=2),
+                           text=dict(vocab_size=20, context_length=8, width=16, layers=1, heads=2, sot_token_id=18,
+                                     eot_token_id=19)))
+    for fmt in ("mmfm", "hf"):
+        folder = mmfm.save(clip, tmp_path / fmt, format=fmt)
+        assert (folder / MANIFEST).is_file()
+        mmfm.load(folder)  # intact: loads
+        _flip(folder / "model.safetensors", 0.7, 256)
+        with pytest.raises(CheckpointError, match="model.safetensors: its content does not match"):
+            mmfm.load(folder)
+    folder = clip.save_pretrained(tmp_path / "cfg")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["embed_dim"] = 9
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="config.json: its content does not match"):
+        mmfm.load(folder)
+    with torch.no_grad():
+        clip.visual.proj.weight.fill_(float("nan"))
+    folder = clip.save_pretrained(tmp_path / "nan")
+    with pytest.raises(CheckpointError, match="'visual.proj.weight' holds NaN"):
+        mmfm.load(folder)
+    for bad in ("[1, 2]", "null", "\x00\x01binary"):
+        (tmp_path / "odd").mkdir(exist_ok=True)
+        (tmp_path / "odd" / "config.json").write_text(bad)
+        with pytest.raises(CheckpointError, match="config"):
+            mmfm.load(tmp_path / "odd")
+    (tmp_path / "zero.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        mmfm.load(tmp_path / "zero.pt")
+

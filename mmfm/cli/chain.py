@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from mmfm.errors import InvalidPrompt
+from mmfm.errors import InvalidPrompt, ProgramError
 
 
 def _llm(base_url: str | None, model: str | None):
@@ -43,6 +43,7 @@ def visprog(
     """Visual programming: run a program of vision modules, write the result and its rationale."""
     import mmfm
     from mmfm.chain.visprog import VisProg, parse, write_html
+    from mmfm.chain.visprog.program import MAX_PROGRAM_CHARS
     from mmfm.vision.io import load_image
 
     if not 1 <= len(image) <= 2:
@@ -70,6 +71,10 @@ def visprog(
     if program is not None:
         if not program.is_file():
             raise InvalidPrompt(f"{program}: no such program file")
+        size = program.stat().st_size
+        if size > 4 * MAX_PROGRAM_CHARS:  # checked before reading: the file could be gigabytes
+            raise ProgramError(f"{program}: {size:,} bytes is too large for a program (at most {MAX_PROGRAM_CHARS:,} "
+                               "characters)")
         prog = parse(program.read_text(encoding="utf-8", errors="replace"))
     else:
         prog = vp.write_program(request, task).program

@@ -55,6 +55,9 @@ def print_report(report: dict) -> None:
         )
 
 
+EVAL_TASKS = ("zeroshot", "retrieval", "linear-probe", "concepts")
+
+
 def eval_clip(
     model: Path = typer.Option(..., "--model", help="A CLIP folder (mmfm, HF or open_clip)."),
     task: str = typer.Option("zeroshot", help="zeroshot | retrieval | linear-probe | concepts"),
@@ -64,12 +67,15 @@ def eval_clip(
     out: Path = typer.Option(None, "--out", help="JSON file for the results (default: next to the model)."),
 ) -> None:
     """Evaluate a CLIP on the Shapes world; prints a table and writes JSON."""
-    import mmfm
+    from mmfm.cli import load_model
     from mmfm.eval.clip_world import linear_probe_world, retrieval_world, zeroshot_world
+    from mmfm.models.clip import CLIP
 
-    m = mmfm.load(model)
-    if m.tokenizer is None:
-        raise InvalidPrompt(f"{model} has no tokenizer files; zero-shot needs one")
+    if task not in EVAL_TASKS:
+        raise InvalidPrompt(f"unknown task {task!r}; use {', '.join(EVAL_TASKS)}")
+    if templates not in ("single", "ensemble"):
+        raise InvalidPrompt(f"unknown templates {templates!r}; use single or ensemble")
+    m = load_model(model, CLIP, "eval clip", "zero-shot and retrieval")
     if task == "zeroshot":
         from mmfm.chain.cupl import load_prompts
 
@@ -120,13 +126,19 @@ def classify(
     """Zero-shot classify images against your labels; prints ranked probabilities."""
     import torch
 
-    import mmfm
+    from mmfm.cli import load_model
+    from mmfm.eval.templates import TEMPLATE_SETS
     from mmfm.eval.zeroshot import build_classifier, check_labels
+    from mmfm.models.clip import CLIP
     from mmfm.vision.io import load_image
 
     names = check_labels([s.strip() for s in labels.split(",")] if labels.strip() else [])
+    if templates != "single" and templates not in TEMPLATE_SETS:
+        raise InvalidPrompt(f"unknown templates {templates!r}; use {', '.join(TEMPLATE_SETS)} or single")
+    if top < 1:
+        raise InvalidPrompt(f"--top must be at least 1 (how many classes to print), got {top}")
     pics = [load_image(p) for p in images]  # InvalidImage before any model work
-    m = mmfm.load(model)
+    m = load_model(model, CLIP, "classify", "class names")
     tpl = ("a photo of {a} {}",) if templates == "single" else templates
     clf = build_classifier(m, m.tokenizer, names, tpl)
     with torch.no_grad():

@@ -55,7 +55,7 @@ def _load_coca(model: Path):
     from mmfm.cli import load_model
     from mmfm.models.coca import CoCa
 
-    return load_model(model, CoCa, "a CoCa", "captions")
+    return load_model(model, CoCa, "caption", "captions")
 
 
 def eval_coca(

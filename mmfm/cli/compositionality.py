@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from mmfm.cli import options
-from mmfm.errors import CheckpointError
 
 
 def eval_compositionality(
@@ -25,13 +24,11 @@ def eval_compositionality(
     ),
 ) -> None:
     """Compositionality benchmarks with their published scoring; results as a table, JSON and CSV."""
-    import mmfm
+    from mmfm.cli import load_model
     from mmfm.eval.compositionality import clip_scorer, flatten, run_suite, write_results
     from mmfm.models.clip import CLIP
 
-    m = mmfm.load(model)
-    if not isinstance(m, CLIP) or m.tokenizer is None:
-        raise CheckpointError(f"{model}: compositionality suites score a CLIP with its tokenizer")
+    m = load_model(model, CLIP, "eval compositionality", "the suites")
     scorer = clip_scorer(m.float().eval())
     results = {}
     for s in suite:

@@ -15,7 +15,7 @@ def _load_flamingo(model: Path):
     from mmfm.cli import load_model
     from mmfm.models.flamingo import Flamingo
 
-    return load_model(model, Flamingo, "a Flamingo model", "few-shot prompts")
+    return load_model(model, Flamingo, "fewshot", "few-shot prompts")
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:

@@ -19,7 +19,7 @@ def _load_llava(model: Path | None):
         from mmfm.weights import path
 
         model = path("llava-world-tiny")
-    return load_model(model, Llava, "a LLaVA model", "answers")
+    return load_model(model, Llava, "ask / point", "answers")
 
 
 def ask(

@@ -27,9 +27,13 @@ def chat(
 ) -> None:
     """Ask the language model; the answer streams as it is generated."""
     from mmfm.errors import InvalidText
+    from mmfm.nn.generate import sampling_config
+    from mmfm.text.tokenizer import check_utf8
 
     if not prompt.strip():
         raise InvalidText("the prompt is empty; write a question, e.g. mmfm chat \"What is the capital of France?\"")
+    check_utf8(prompt)
+    sampling_config(max_tokens, temperature=temperature, top_p=top_p, seed=seed)  # bad values: before loading
     lm = _load(model, dtype)
     for piece in lm.stream(prompt, system=system, max_new_tokens=max_tokens, temperature=temperature,
                            top_p=top_p, seed=seed):
@@ -46,8 +50,12 @@ def serve_llm(
     ),
     dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 or float32."),
     api_key: str = typer.Option(None, "--api-key", envvar="MMFM_API_KEY", help="Require this bearer key."),
+    max_queue: int = typer.Option(16, "--max-queue", help="Requests that may wait for the model; more get 503."),
 ) -> None:
-    """Serve the language model over the OpenAI chat-completions API."""
+    """Serve the language model over the OpenAI chat-completions API (FastAPI on uvicorn)."""
+    from mmfm.errors import ConfigError
     from mmfm.serve.openai_api import serve
 
-    serve(_load(model, dtype), host=host, port=port, api_key=api_key)
+    if not 0 <= max_queue <= 4096:
+        raise ConfigError(f"--max-queue must be 0..4096, got {max_queue}")
+    serve(_load(model, dtype), host=host, port=port, api_key=api_key, max_queue=max_queue)

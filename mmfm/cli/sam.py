@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from mmfm.cli import options
-from mmfm.errors import InvalidPrompt
+from mmfm.cli import load_model, options, output_file
+from mmfm.errors import ConfigError, InvalidPrompt
 
 
 def _numbers(text: str, n: int, what: str) -> list[float]:
@@ -32,6 +32,9 @@ def parse_point(text: str) -> tuple[float, float, int]:
     return x, y, lab
 
 
+MAX_SCALE, MAX_OVERLAY_PIXELS = 64, 1 << 26
+
+
 def segment(
     image: Path = typer.Argument(..., help="Image file."),
     model: str = typer.Option(..., "--model", help="SAM: mmfm folder, HF SamModel folder or official .pth."),
@@ -49,8 +52,9 @@ def segment(
     import numpy as np
     from PIL import Image
 
-    import mmfm
-    from mmfm.models.sam.amg import SamAutomaticMaskGenerator
+    from mmfm.models.clip import CLIP
+    from mmfm.models.sam import SAM
+    from mmfm.models.sam.amg import MAX_POINTS_PER_SIDE, SamAutomaticMaskGenerator
     from mmfm.models.sam.predictor import SamPredictor
     from mmfm.vision.draw import overlay
     from mmfm.vision.io import load_image
@@ -62,8 +66,16 @@ def segment(
     parsed = [parse_point(p) for p in point or []]
     bx = _numbers(box, 4, "box") if box else None
     arr = np.asarray(load_image(image))  # InvalidImage before any model work
-    sam = mmfm.load(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    output_file(out)
+    if not 1 <= scale <= MAX_SCALE or arr.shape[0] * arr.shape[1] * scale**2 > MAX_OVERLAY_PIXELS:
+        raise ConfigError(f"--scale must be 1..{MAX_SCALE} and keep the overlay under {MAX_OVERLAY_PIXELS:,} pixels "
+                          f"(the image is {arr.shape[1]} x {arr.shape[0]}), got {scale}")
+    if auto and not 1 <= points_per_side <= MAX_POINTS_PER_SIDE:
+        raise ConfigError(f"--points-per-side must be 1..{MAX_POINTS_PER_SIDE}, got {points_per_side}")
+    if text is not None and not clip:
+        raise InvalidPrompt("--text needs a CLIP to read it: add --clip CLIP_DIR")
+    sam = load_model(model, SAM, "segment")
+    clip_model = load_model(clip, CLIP, "segment --text", "text prompts") if text is not None else None
     stem = out.with_suffix("")
     if auto:
         recs = SamAutomaticMaskGenerator(sam, points_per_side=points_per_side, output_mode="coco_rle").generate(arr)
@@ -79,7 +91,7 @@ def segment(
             raise InvalidPrompt("--text needs a CLIP model: --clip DIR")
         from mmfm.models.sam.text import segment as text_segment
 
-        res = text_segment(sam, arr, text, clip=mmfm.load(clip))
+        res = text_segment(sam, arr, text, clip=clip_model)
         overlay(arr, res["mask"][None], boxes=[res["box"]], labels=[text], scale=scale).save(out)
         Image.fromarray(res["mask"].astype(np.uint8) * 255).save(f"{stem}_mask.png")
         Path(f"{stem}.json").write_text(json.dumps({k: v for k, v in res.items() if k != "mask"} |
@@ -135,13 +147,15 @@ def eval_sam(
 ) -> None:
     """mIoU from one point (best of 3, oracle, single) and from a box on held-out world scenes, on all
     objects and on overlapping ones; automatic-mask recall; with --clip, text prompts."""
-    import mmfm
     from mmfm.eval.sam_world import evaluate_sam_world, text_prompt_world
+    from mmfm.models.clip import CLIP
+    from mmfm.models.sam import SAM
 
-    sam = mmfm.load(model)
+    sam = load_model(model, SAM, "eval sam")
+    clip_model = load_model(clip, CLIP, "eval sam --clip", "text prompts") if clip else None
     res = evaluate_sam_world(sam, n=n, amg_images=amg_images)
-    if clip:
-        res.update(text_prompt_world(sam, mmfm.load(clip), n=text_n))
+    if clip_model is not None:
+        res.update(text_prompt_world(sam, clip_model, n=text_n))
     print_sam_report(res)
     if out:
         out.write_text(json.dumps(res, indent=2))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mmfm.checkpoint import load_state_dict, read_json, resolve
+from mmfm.checkpoint import load_state_dict, read_json, resolve, write_manifest
 from mmfm.errors import CheckpointError, ConfigError
 from mmfm.interop import coca as oc_coca
 from mmfm.interop import hf_clip, hf_llava, open_clip, sam
@@ -194,11 +194,12 @@ def save(model, folder, format: str = "mmfm") -> Path:  # noqa: A002 - the natur
                           f"not {format!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    out = writer(model, folder)
+    writer(model, folder)
     tok = getattr(model, "tokenizer", None)
     if format == "hf" and tok is not None and isinstance(model, (CLIP, Llava)):
         (tok.save if isinstance(model, CLIP) else tok.save_pretrained)(folder)
-    return Path(out) if out is not None else folder
+    write_manifest(folder)  # every file written is checked when it is read back
+    return folder
 
 
 __all__ = ["LOADERS", "SAVERS", "Checkpoint", "identify", "load", "save", "formats"]

@@ -177,8 +177,9 @@ def open_gguf(path: Path) -> GGUFHeader:
         return GGUFHeader(path)
     except CheckpointError:
         raise
-    except (struct.error, UnicodeDecodeError, OverflowError, ValueError, MemoryError) as e:
-        raise CheckpointError(f"{path}: corrupt GGUF header ({type(e).__name__}: {e})") from e
+    except (struct.error, UnicodeDecodeError, OverflowError, ValueError, MemoryError, RecursionError, EOFError,
+            KeyError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{path}: corrupt GGUF header ({type(e).__name__}: {str(e)[:200]})") from e
 
 
 def config_from_metadata(meta: dict, path: Path) -> DecoderConfig:
@@ -193,6 +194,8 @@ def config_from_metadata(meta: dict, path: Path) -> DecoderConfig:
         return v
 
     dim, heads = int(get("embedding_length")), int(get("attention.head_count"))
+    if dim <= 0 or heads <= 0:
+        raise CheckpointError(f"{path}: GGUF metadata gives embedding_length {dim} and head_count {heads}")
     head_dim = int(get("attention.key_length", dim // heads))
     rot = int(get("rope.dimension_count", head_dim))
     if rot != head_dim:

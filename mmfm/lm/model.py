@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from mmfm.checkpoint import load_state_dict, load_strict, read_json, resolve, save_safetensors
+from mmfm.checkpoint import load_state_dict, load_strict, read_json, resolve, save_safetensors, write_manifest
 from mmfm.errors import CheckpointError, ConfigError, DependencyError, InvalidPrompt, InvalidText
 from mmfm.lm.gguf_file import read_gguf
 from mmfm.lm.hf_llama import read_hf_llama, write_hf_llama
@@ -30,6 +30,8 @@ from mmfm.nn.generate import (
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
+
+MAX_SAMPLES = 64  # samples per prompt: each is a row of the batch
 
 def as_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
@@ -82,8 +84,7 @@ class LanguageModel:
                 prompt = [{"role": "system", "content": system}] + prompt
             if not any(m["content"].strip() for m in prompt if m["role"] != "system"):
                 raise InvalidPrompt("every message is empty; write something for the model to answer")
-            text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True)
-            return self.tokenizer.encode(text, add_special_tokens=False)
+            return self.tokenizer.encode_chat(prompt, add_generation_prompt=True)
         raise InvalidPrompt(f"a prompt is a string or a list of messages, got {type(prompt).__name__}")
 
     def _budget(self, n_prompt: int, max_new_tokens: int) -> int:
@@ -112,8 +113,8 @@ class LanguageModel:
         prompts = [prompts] if single else list(prompts)
         if not prompts:
             raise InvalidPrompt("no prompts given")
-        if n < 1:
-            raise ConfigError(f"n must be >= 1, got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
+            raise ConfigError(f"n must be an integer in 1..{MAX_SAMPLES} (samples per prompt), got {n!r}")
         ids = [self.prompt_ids(p, chat, system) for p in prompts for _ in range(n)]
         budget = min(self._budget(len(x), max_new_tokens) for x in ids)
         cfg = self._gen_config(max_new_tokens=budget, **sampling)
@@ -184,6 +185,7 @@ class LanguageModel:
         else:
             raise ConfigError(f"format {format!r}: use 'mmfm' or 'hf'")
         self.tokenizer.save_pretrained(folder)
+        write_manifest(folder)
         return folder
 
 

@@ -5,11 +5,14 @@ plus the chat template rendered with jinja2 in a sandbox, as transformers render
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
 
 from mmfm.errors import CheckpointError, DependencyError, InvalidPrompt, InvalidText
+from mmfm.text.conversation import MARK_END, new_marker
+from mmfm.text.tokenizer import check_utf8
 
 # llama.cpp's pre-tokenizer names -> how the text is split before BPE. The regexes are the ones
 # llama.cpp and the original tokenizer.json files use.
@@ -53,6 +56,7 @@ class LMTokenizer:
         self.pad_token_id = pad_token_id if pad_token_id is not None else (self.eos_token_ids or [0])[0]
         self.chat_template = chat_template
         self.add_bos = add_bos
+        self._plain_tok = None  # a copy that matches no added token (encode_plain)
 
     # -------------------------------------------------------------------------------- building
     @classmethod
@@ -175,13 +179,63 @@ class LMTokenizer:
                 mask[i, n - len(x):] = 1
         return input_ids, mask
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The checkpoint's own chat template, rendered like transformers renders it."""
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            marker: str | None = None) -> str:
+        """The checkpoint's own chat template, rendered like transformers renders it. With a `marker`
+        (`new_marker()`), each message's content is rendered as `marker + str(i) + MARK_END` instead, so
+        that `split_marked` can hand the contents to `encode_plain` apart from the template's text."""
         check_messages(messages)
         if not self.chat_template:
             raise InvalidPrompt("this model has no chat template; pass a plain prompt instead of messages")
+        if marker is not None:
+            messages = [{**m, "content": f"{marker}{i}{MARK_END}"} for i, m in enumerate(messages)]
         return _render(self.chat_template, messages=messages, add_generation_prompt=add_generation_prompt,
                        bos_token=self._name(self.bos_token_id), eos_token=self._name((self.eos_token_ids or [None])[0]))
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Ids of text that must stay text: a user's or the model's words. A special-token string in it
+        ("<|im_end|>", "<|im_start|>system") is spelled with ordinary tokens, never matched as the control
+        token, so a message cannot end its turn or forge another role."""
+        _check_text(text)
+        if self._plain_tok is None:
+            from tokenizers import Tokenizer
+
+            spec = json.loads(self.tok.to_str())
+            spec["added_tokens"] = []  # no token is matched whole: BPE spells everything from bytes
+            spec["post_processor"] = None
+            self._plain_tok = Tokenizer.from_str(json.dumps(spec))
+        return self._plain_tok.encode(text, add_special_tokens=False).ids
+
+    def split_marked(self, text: str, marker: str, messages: list[dict]) -> list[tuple[str, bool]]:
+        """A rendering made with `marker` -> [(piece, is_content)]: the template's own text, and each
+        message's content where the template put it. InvalidPrompt if the template changed a marker
+        (it edits contents) while a content holds a special-token string: that content cannot be kept
+        apart from the control tokens safely."""
+        pieces: list[tuple[str, bool]] = []
+        pos = 0
+        pattern = re.compile(re.escape(marker) + r"(\d+)" + re.escape(MARK_END))
+        for m in pattern.finditer(text):
+            pieces.append((text[pos : m.start()], False))
+            i = int(m.group(1))
+            if i >= len(messages):
+                raise InvalidPrompt("the chat template produced a message that was not given")
+            pieces.append((messages[i]["content"], True))
+            pos = m.end()
+        pieces.append((text[pos:], False))
+        if marker in "".join(p for p, content in pieces if not content):
+            raise InvalidPrompt("this model's chat template edits message text, so control-token strings in "
+                                "messages cannot be kept as plain text; remove them from the messages")
+        return [(p, c) for p, c in pieces if p]
+
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """The ids of a conversation: the template's text with its control tokens, each message's content
+        as plain text (`encode_plain`)."""
+        marker = new_marker()
+        text = self.apply_chat_template(messages, add_generation_prompt, marker=marker)
+        ids: list[int] = []
+        for piece, content in self.split_marked(text, marker, messages):
+            ids += self.encode_plain(piece) if content else self.encode(piece, add_special_tokens=False)
+        return ids  # as transformers' apply_chat_template(tokenize=True): the template writes any BOS itself
 
     def _name(self, i: int | None) -> str:
         return "" if i is None else (self.tok.id_to_token(i) or "")
@@ -192,6 +246,7 @@ def _check_text(text) -> None:
         raise InvalidText(f"expected a string, got {type(text).__name__}")
     if len(text) > MAX_TEXT_CHARS:
         raise InvalidText(f"text of {len(text):,} characters is over the {MAX_TEXT_CHARS:,} limit; shorten it")
+    check_utf8(text)
 
 
 def check_messages(messages) -> None:

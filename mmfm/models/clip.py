@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfm.checkpoint import load_state_dict, load_strict, read_json, resolve, save_safetensors
+from mmfm.checkpoint import load_state_dict, load_strict, read_json, resolve, save_safetensors, write_manifest
 from mmfm.config import Config
 from mmfm.errors import CheckpointError, ConfigError
 from mmfm.nn import TextTransformer, VisionTransformer
@@ -48,6 +48,10 @@ class CLIPVisionConfig(Config):
     pool: Literal["cls", "attn"] = "cls"  # CLIP's class token | open_clip's attentional pooler (one query)
     attn_pool_heads: int = 8
 
+    def parameters(self) -> int:
+        w, mlp = self.width, self.mlp_dim or 4 * self.width
+        return self.layers * (4 * w * w + 2 * w * mlp) + ((self.image_size // self.patch_size) ** 2 + 3 * 256) * w
+
 
 @dataclass
 class CLIPTextConfig(Config):
@@ -63,6 +67,10 @@ class CLIPTextConfig(Config):
     sot_token_id: int = 49406
     eot_token_id: int = 49407
     pad_token_id: int = 0
+
+    def parameters(self) -> int:
+        w, mlp = self.width, self.mlp_dim or 4 * self.width
+        return self.layers * (4 * w * w + 2 * w * mlp) + (self.vocab_size + self.context_length) * w
 
 
 @dataclass
@@ -185,6 +193,7 @@ class CLIP(nn.Module):
         save_safetensors(self.state_dict(), folder / "model.safetensors", metadata={"format": "pt"})
         if self.tokenizer is not None:
             self.tokenizer.save(folder)
+        write_manifest(folder)
         return folder
 
     @classmethod

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfm.checkpoint import load_state_dict, load_strict, read_json, resolve, save_safetensors
+from mmfm.checkpoint import load_state_dict, load_strict, read_json, resolve, save_safetensors, write_manifest
 from mmfm.config import Config
 from mmfm.errors import CheckpointError, ConfigError
 from mmfm.models.clip import CLIPTextConfig, CLIPVisionConfig, attach_tokenizer
@@ -234,6 +234,7 @@ class CoCa(nn.Module):
         save_safetensors(self.state_dict(), folder / "model.safetensors", metadata={"format": "pt"})
         if self.tokenizer is not None:
             self.tokenizer.save(folder)
+        write_manifest(folder)
         return folder
 
     @classmethod

@@ -24,6 +24,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from mmfm.checkpoint import write_manifest
 from mmfm.config import Config
 from mmfm.errors import CheckpointError, ConfigError, InvalidImage, InvalidPrompt
 from mmfm.lm.frozen_base import load_learned, save_learned
@@ -309,6 +310,7 @@ class Flamingo(nn.Module):
         save_learned(self, folder, "mmfm-flamingo")
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder)
+        write_manifest(folder)
         return folder
 
     @classmethod

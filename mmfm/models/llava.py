@@ -21,6 +21,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from mmfm.checkpoint import write_manifest
 from mmfm.config import Config
 from mmfm.errors import ConfigError, InvalidImage, InvalidPrompt
 from mmfm.lm.frozen_base import load_learned, save_learned
@@ -257,6 +258,7 @@ class Llava(nn.Module):
         save_learned(self, folder, "mmfm-llava", keep_lm=(".lora_a", ".lora_b"))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder)
+        write_manifest(folder)
         return folder
 
     @classmethod

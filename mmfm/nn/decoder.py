@@ -62,6 +62,11 @@ class DecoderConfig(Config):
         if self.act not in ACTIVATIONS:
             raise ConfigError(f"DecoderConfig.act must be one of {', '.join(ACTIVATIONS)}, got {self.act!r}")
 
+    def parameters(self) -> int:
+        d, hd = self.dim, self.head_dim
+        per_layer = d * (self.heads + 2 * self.kv_heads) * hd + self.heads * hd * d + 3 * d * self.hidden
+        return self.layers * per_layer + self.vocab_size * d * (1 if self.tie_embeddings else 2)
+
     @property
     def eos_token_ids(self) -> list[int]:
         e = self.eos_token_id

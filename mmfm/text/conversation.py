@@ -16,12 +16,21 @@ image feature, as transformers' processors expand it).
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 from mmfm.errors import InvalidPrompt
 
 IGNORE = -100
 TEMPLATES = ("plain", "chat")
+MARK_END = "\ue001"
+
+
+def new_marker() -> str:
+    """Where a chat template puts a message's content, marked so that the content can be encoded as plain
+    text apart from the template's control tokens: private-use characters around a random nonce, which no
+    user text can forge."""
+    return f"\ue000{secrets.token_hex(8)}:"
 
 
 @dataclass
@@ -40,16 +49,28 @@ class ConversationEncoder:
         self.system_prompt = system_prompt
 
     # ---------------------------------------------------------------------------- pieces
-    def encode_text(self, text: str) -> tuple[list[int], int]:
-        """Text with placeholders -> (ids with each placeholder expanded, number of placeholders)."""
+    def encode_text(self, text: str, plain: bool = False) -> tuple[list[int], int]:
+        """Text with placeholders -> (ids with each placeholder expanded, number of placeholders).
+        plain: a message's words, where a special-token string stays text (`LMTokenizer.encode_plain`)."""
         parts = text.split(self.image_token)
         ids: list[int] = []
         for i, part in enumerate(parts):
             if i:
                 ids += [self.image_token_id] * self.tokens_per_image
             if part:
-                ids += self.tok.encode(part, add_special_tokens=False)
+                ids += self.tok.encode_plain(part) if plain else self.tok.encode(part, add_special_tokens=False)
         return ids, len(parts) - 1
+
+    def encode_rendered(self, text: str, marker: str, messages: list[dict]) -> tuple[list[int], int]:
+        """A piece of a chat rendered with `marker`: the template's text with its control tokens, the
+        messages' contents as plain text."""
+        ids: list[int] = []
+        n = 0
+        for piece, content in self.tok.split_marked(text, marker, messages):
+            piece_ids, k = self.encode_text(piece, plain=content)
+            ids += piece_ids
+            n += k
+        return ids, n
 
     def _with_system(self, messages: list[dict]) -> list[dict]:
         if self.system_prompt is not None and (not messages or messages[0]["role"] != "system"):
@@ -65,8 +86,9 @@ class ConversationEncoder:
         if template == "plain":
             n = sum(m["content"].count(self.image_token) for m in messages)
             return [self.image_token_id] * (self.tokens_per_image * n), n
-        text = self.tok.apply_chat_template(self._with_system(messages), add_generation_prompt=True)
-        return self.encode_text(text)
+        msgs = self._with_system(messages)
+        marker = new_marker()
+        return self.encode_rendered(self.tok.apply_chat_template(msgs, True, marker=marker), marker, msgs)
 
     # ---------------------------------------------------------------------------- training
     def example(self, messages: list[dict], template: str = "chat", max_len: int | None = None) -> Example:
@@ -77,18 +99,20 @@ class ConversationEncoder:
         if not messages or not isinstance(messages, list):
             raise InvalidPrompt("a training conversation is a non-empty list of {role, content} messages")
         pieces: list[tuple[str, bool]] = []  # (text, supervised)
+        marker, msgs = None, messages
         if template == "plain":
             n = sum(m["content"].count(self.image_token) for m in messages if m["role"] == "user")
             answers = [m["content"] for m in messages if m["role"] == "assistant"]
             pieces = [(self.image_token * max(n, 1), False)] + [(a + "\n", True) for a in answers]
         else:
             msgs = self._with_system(messages)
+            marker = new_marker()  # contents are rendered as markers and encoded as plain text
             done = 0
             for k, m in enumerate(msgs):
                 if m["role"] != "assistant":
                     continue
-                before = self.tok.apply_chat_template(msgs[:k], add_generation_prompt=True)
-                after = self.tok.apply_chat_template(msgs[: k + 1], add_generation_prompt=False)
+                before = self.tok.apply_chat_template(msgs[:k], add_generation_prompt=True, marker=marker)
+                after = self.tok.apply_chat_template(msgs[: k + 1], add_generation_prompt=False, marker=marker)
                 if not (after.startswith(before) and before.startswith(_joined(pieces))):
                     raise InvalidPrompt("the chat template does not render conversations as growing prefixes; "
                                         "labels cannot be placed by spans with it")
@@ -100,7 +124,10 @@ class ConversationEncoder:
         for text, supervised in pieces:
             if not text:
                 continue
-            piece, n = self.encode_text(text)
+            if marker is None:  # the plain template: an image, then the answers (plain text)
+                piece, n = self.encode_text(text, plain=supervised)
+            else:
+                piece, n = self.encode_rendered(text, marker, msgs)
             if supervised and n:
                 raise InvalidPrompt("an assistant answer contains an image placeholder; images go in user turns")
             n_images += n

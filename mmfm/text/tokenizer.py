@@ -21,7 +21,8 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 
-from mmfm.errors import ConfigError, InvalidText
+from mmfm.checkpoint import verify_file
+from mmfm.errors import CheckpointError, ConfigError, InvalidText
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 SPLIT_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -57,6 +58,16 @@ def basic_clean(text: str) -> str:
     except ImportError:  # ftfy is a dependency; keep working (minus mojibake repair) if it is gone
         pass
     return html.unescape(html.unescape(text)).strip()
+
+
+def check_utf8(text: str) -> None:
+    """A lone surrogate (invalid UTF-8 bytes passed through the shell, or JSON's "\\udcff") cannot be
+    tokenized: say so instead of failing inside the tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidText(f"the text is not valid UTF-8 (character {e.start}: {text[e.start]!r}); "
+                          "pass UTF-8 text") from e
 
 
 def whitespace_clean(text: str) -> str:
@@ -103,11 +114,21 @@ class CLIPTokenizer:
 
     @classmethod
     def from_pretrained(cls, folder, **kw) -> CLIPTokenizer:
+        """vocab.json + merges.txt or tokenizer.json; a damaged file is a CheckpointError naming it."""
         folder = Path(folder)
-        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            return cls.from_files(folder / "vocab.json", folder / "merges.txt", **kw)
-        if (folder / "tokenizer.json").is_file():
-            return cls.from_tokenizer_json(folder / "tokenizer.json", **kw)
+        try:
+            if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+                verify_file(folder / "vocab.json")
+                verify_file(folder / "merges.txt")
+                return cls.from_files(folder / "vocab.json", folder / "merges.txt", **kw)
+            if (folder / "tokenizer.json").is_file():
+                verify_file(folder / "tokenizer.json")
+                return cls.from_tokenizer_json(folder / "tokenizer.json", **kw)
+        except (CheckpointError, ConfigError):
+            raise
+        except Exception as e:  # noqa: BLE001 - json, UTF-8, the Rust BPE builder: all mean a damaged file
+            raise CheckpointError(f"{folder}: the tokenizer files are unreadable ({type(e).__name__}: "
+                                  f"{str(e)[:200]})") from e
         raise ConfigError(f"{folder}: no vocab.json + merges.txt or tokenizer.json to load a CLIP tokenizer from")
 
     @classmethod
@@ -134,6 +155,7 @@ class CLIPTokenizer:
             raise InvalidText(f"text must be a string, got {type(text).__name__}")
         if len(text) > MAX_CHARS:
             raise InvalidText(f"text of {len(text):,} characters is over the {MAX_CHARS:,} limit; shorten it")
+        check_utf8(text)
         return whitespace_clean(basic_clean(text)).lower() if self.clean else text
 
     def encode(self, text: str) -> list[int]:
@@ -143,6 +165,8 @@ class CLIPTokenizer:
     def __call__(self, texts, context_length: int | None = None) -> torch.Tensor:
         if isinstance(texts, str):
             texts = [texts]
+        if not isinstance(texts, (list, tuple)):
+            raise InvalidText(f"expected a string or a list of strings, got {type(texts).__name__}")
         texts = list(texts)
         ctx = context_length or self.context_length
         if ctx < 2:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +22,7 @@ from mmfm.eval.clip_world import linear_probe_world, retrieval_world, zeroshot_w
 from mmfm.models.clip import CLIP, CLIPConfig
 from mmfm.nn.losses import clip_loss
 from mmfm.text.tokenizer import CLIPTokenizer
-from mmfm.train.trainer import TrainConfig, Trainer, split_preset
+from mmfm.train.trainer import TrainConfig, Trainer, run_folder, split_preset
 from mmfm.world import World
 from mmfm.world.vocab import SHAPES
 
@@ -188,7 +187,7 @@ def train_world_contrastive(preset_name: str, model_cls, module_cls, config, tcf
     """The world recipe CLIP and CoCa share: the caption cache, the Trainer, then on rank 0 the model saved
     to out/model, `evaluate(model, seed) -> dict` merged into the report, and out/report.json written."""
     tcfg.progress = progress
-    out = Path(out)
+    out = run_folder(out)  # before the data cache is built
     t0 = time.perf_counter()
     data = WorldCLIPData.build(config, scenes or extra["scenes"], tcfg.batch_size, seed=tcfg.seed,
                                max_objects=extra["max_objects"], progress=progress,

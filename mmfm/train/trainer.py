@@ -11,6 +11,7 @@ and a TrainConfig.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -95,7 +96,7 @@ def lr_lambda(cfg: TrainConfig):
 class Trainer:
     def __init__(self, module: nn.Module, config: TrainConfig, batch_fn, out_dir, on_save=None, on_step=None):
         self.cfg = config
-        self.out = Path(out_dir)
+        self.out = run_folder(out_dir)
         self.batch_fn = batch_fn
         self.on_save = on_save  # called with (model, out_dir, step) on rank 0 after each checkpoint
         self.on_step = on_step  # called with the step number after each step (and its checkpoint)
@@ -128,6 +129,10 @@ class Trainer:
     def ckpt_path(self) -> Path:
         return self.out / "checkpoint.pt"
 
+    @property
+    def prev_ckpt_path(self) -> Path:
+        return self.out / "checkpoint.prev.pt"
+
     def _model_state(self) -> dict:
         """The module's state; without the frozen parameters when the module sets
         `checkpoint_trainable_only` (LLaVA, Flamingo: the frozen LM is rebuilt from its package on
@@ -148,8 +153,11 @@ class Trainer:
                 "rng": _rng_state(),
                 "train_config": asdict(self.cfg),
             }
+            state["sha256"] = state_digest(state)  # torch's zip reader checks no CRC: the state checks itself
             tmp = self.ckpt_path.with_suffix(".tmp")
             torch.save(state, tmp)
+            if self.ckpt_path.is_file():  # the last two are kept: a damaged newest one leaves the one before
+                os.replace(self.ckpt_path, self.prev_ckpt_path)
             os.replace(tmp, self.ckpt_path)  # atomic: a kill never leaves a half-written checkpoint
             self.plot()
             if self.on_save is not None:
@@ -158,9 +166,13 @@ class Trainer:
             dist.barrier()
 
     def load(self) -> None:
-        if not self.ckpt_path.is_file():
-            raise TrainingError(f"--resume: no checkpoint at {self.ckpt_path}")
-        state = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+        state, problem = read_checkpoint(self.ckpt_path)
+        if problem is not None:
+            prev, prev_problem = read_checkpoint(self.prev_ckpt_path)
+            hint = (f"the previous one, {self.prev_ckpt_path} (step {prev['step']}), is intact: move it to "
+                    f"{self.ckpt_path.name} to resume from there" if prev_problem is None
+                    else "no intact earlier checkpoint is left: start the run again without --resume")
+            raise TrainingError(f"--resume: {self.ckpt_path} {problem}; {hint}")
         saved = state["train_config"]
         for key in ("steps", "batch_size", "lr", "seed", "accum"):
             if saved.get(key) != asdict(self.cfg).get(key):
@@ -180,7 +192,14 @@ class Trainer:
         self.step = state["step"]
         metrics = self.out / "metrics.jsonl"
         if metrics.is_file() and self.rank == 0:  # drop what the killed run logged after its checkpoint
-            keep = [ln for ln in metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
+            keep = []
+            for ln in metrics.read_text(errors="replace").splitlines():
+                try:
+                    rec = json.loads(ln)
+                    if rec["step"] <= self.step:
+                        keep.append(ln)
+                except (ValueError, KeyError, TypeError):  # a line cut by the kill, or not ours: dropped
+                    continue
             metrics.write_text("".join(ln + "\n" for ln in keep))
 
     # ------------------------------------------------------------------------------------- loop
@@ -293,6 +312,54 @@ def split_preset(presets: dict, name: str, kind: str):
         raise ConfigError(f"unknown {kind} preset {name!r}; known: {', '.join(presets)}")
     p = presets[name]
     return p["model"], TrainConfig(**p["train"]), {k: v for k, v in p.items() if k not in ("model", "train")}
+
+
+def run_folder(out) -> Path:
+    """A training run's folder: an existing file there (a mistyped --out) is a ConfigError before any work."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; runs write several files into a folder")
+    return out
+
+
+def state_digest(state: dict) -> str:
+    """SHA-256 over every tensor's bytes and every value of a checkpoint's state, in key order."""
+    h = hashlib.sha256()
+
+    def walk(x, key: str) -> None:
+        h.update(key.encode())
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous().reshape(-1)
+            h.update(str((t.dtype, tuple(x.shape))).encode())
+            h.update(memoryview(t.view(torch.uint8).numpy()))
+        elif isinstance(x, dict):
+            for k in sorted(x, key=str):
+                if key or k != "sha256":
+                    walk(x[k], f"{key}/{k}")
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(v, f"{key}[{i}]")
+        else:
+            h.update(repr(x).encode())
+
+    walk(state, "")
+    return h.hexdigest()
+
+
+def read_checkpoint(path: Path) -> tuple[dict | None, str | None]:
+    """(state, None) for an intact training checkpoint, else (None, what is wrong with it)."""
+    if not path.is_file():
+        return None, "does not exist"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncation, a foreign pickle, a bad zip: all mean unusable
+        return None, f"is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+    if not isinstance(state, dict) or not {"step", "model", "optimizer", "scheduler", "rng",
+                                            "train_config"} <= set(state):
+        return None, "is not an mmfm training checkpoint"
+    if "sha256" in state and state["sha256"] != state_digest(state):  # checkpoints before 0.1 carry none
+        return None, "is damaged (its content does not match the SHA-256 recorded when it was written)"
+    return state, None
 
 
 class FrozenLMTrainModule(nn.Module):

@@ -96,9 +96,16 @@ def _to_rgb(img: Image.Image, max_pixels: int, name: str) -> Image.Image:
 
 def _from_array(x) -> Image.Image:
     if not isinstance(x, np.ndarray):  # torch tensor (C, H, W) or (H, W)
+        if x.ndim not in (2, 3) or x.is_complex():
+            raise InvalidImage(f"tensor of shape {tuple(x.shape)} is not an image; expected (C, H, W) or (H, W)")
         x = x.detach().cpu()
+        x = x.float() if str(x.dtype) == "torch.bfloat16" else x  # numpy has no bfloat16
         x = x.permute(1, 2, 0).numpy() if x.ndim == 3 else x.numpy()
     arr = np.asarray(x)
+    if arr.dtype.kind not in "buif":
+        raise InvalidImage(f"an array of {arr.dtype} is not an image; pass numbers (uint8 0..255 or floats 0..1)")
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8) * 255
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)) or 0 in arr.shape:

@@ -127,6 +127,9 @@ def _xyxy_to_xywh(b) -> list:
     return [b[0], b[1], b[2] - b[0], b[3] - b[1]]
 
 
+# 256 x 256 = 65,536 prompts already take minutes on a CPU; 3000 per side would be 9 million
+MAX_POINTS_PER_SIDE = 256
+
 class SamAutomaticMaskGenerator:
     def __init__(self, model, points_per_side: int | None = 32, points_per_batch: int = 64,
                  pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,
@@ -136,6 +139,9 @@ class SamAutomaticMaskGenerator:
                  min_mask_region_area: int = 0, output_mode: str = "binary_mask"):
         if (points_per_side is None) == (point_grids is None):
             raise ConfigError("give exactly one of points_per_side or point_grids")
+        if points_per_side is not None and not 1 <= points_per_side <= MAX_POINTS_PER_SIDE:
+            raise ConfigError(f"points-per-side must be 1..{MAX_POINTS_PER_SIDE} (a grid of n x n prompts), "
+                              f"got {points_per_side}")
         if output_mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):
             raise ConfigError(f"output_mode {output_mode!r}: use binary_mask, uncompressed_rle or coco_rle")
         self.point_grids = point_grids if point_grids is not None else build_all_layer_point_grids(

@@ -62,6 +62,10 @@ class SAMConfig(Config):
                 f"global_attn_indexes {self.global_attn_indexes} must be blocks 0..{self.encoder_depth - 1}"
             )
 
+    def parameters(self) -> int:
+        d = self.encoder_dim
+        return self.encoder_depth * int((4 + 2 * self.mlp_ratio) * d * d) + 8 * self.decoder_mlp_dim * self.prompt_dim
+
     @property
     def embedding_size(self) -> int:
         """Side of the image embedding grid (64 for the published models)."""

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfm.checkpoint import load_state_dict, load_strict, read_json, save_safetensors
+from mmfm.checkpoint import load_state_dict, load_strict, read_json, save_safetensors, write_manifest
 from mmfm.errors import CheckpointError
 from mmfm.models.sam.config import SAMConfig, sam_config
 from mmfm.models.sam.image_encoder import ImageEncoderViT
@@ -76,6 +76,7 @@ class SAM(nn.Module):
             json.dumps({"model_type": "mmfm-sam", "sam": self.config.to_dict()}, indent=2)
         )
         save_safetensors(self.state_dict(), folder / "model.safetensors", metadata={"format": "mmfm-sam"})
+        write_manifest(folder)
         return folder
 
 

@@ -73,6 +73,10 @@ class SamPredictor:
             arr = np.asarray(load_image(image))
         if min(arr.shape[:2]) < 1:
             raise InvalidImage("the image is empty")
+        h, w = arr.shape[:2]
+        if min(sam_resize_shape(h, w, self.transform.target_length)) < 1:
+            raise InvalidImage(f"the image is {w} x {h}: at SAM's input size its short side would be under one "
+                               f"pixel; an aspect ratio this extreme cannot be segmented (crop it first)")
         resized = self.transform.apply_image(np.ascontiguousarray(arr))
         x = torch.as_tensor(resized, device=self.model.device).permute(2, 0, 1)[None].float()
         self.set_torch_image(x, arr.shape[:2])
