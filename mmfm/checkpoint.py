@@ -114,6 +114,19 @@ def read_json(path: Path) -> dict:
     return obj
 
 
+def save_model_folder(folder, config: dict, sd: dict[str, torch.Tensor], fmt: str = "pt", tokenizer=None) -> Path:
+    """mmfm's folder for a model: config.json, model.safetensors, the tokenizer's files (its `save`), then
+    the manifest over all of them."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    save_safetensors(sd, folder / "model.safetensors", metadata={"format": fmt})
+    if tokenizer is not None:
+        tokenizer.save(folder)
+    write_manifest(folder)
+    return folder
+
+
 # ------------------------------------------------------------------------------------------ integrity
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()

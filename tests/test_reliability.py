@@ -149,6 +149,15 @@ def test_pickles_and_paths(capsys, files, tmp_path):
             match="no such file or folder")
 
 
+def test_a_gguf_with_deeply_nested_arrays(capsys, files, tmp_path):
+    import struct
+
+    head = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 3) + b"key" + struct.pack("<I", 9)
+    nested = struct.pack("<IQ", 9, 1) * 100_000 + struct.pack("<IQ", 4, 0)  # 100,000 arrays of one array
+    (tmp_path / "deep.gguf").write_bytes(head + nested)
+    refused(capsys, "chat", "hi", "--model", tmp_path / "deep.gguf", match="nested")
+
+
 # ------------------------------------------------------------------------------------------ options
 @pytest.mark.parametrize("args, match", [
     (["--auto", "--points-per-side", "0"], "points-per-side"),
@@ -175,6 +184,15 @@ def test_choices_and_numbers(capsys, files):
     refused(capsys, "eval", "clip", "--model", CLIP_DIR, "--task", "nope", match="task")
     refused(capsys, "chat", "hi", "--temperature", "nan", match="temperature")
     refused(capsys, "chat", "hi", "--max-tokens", "0", match="max")
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "clip", "--steps", "0"], ["train", "clip", "--lr", "nan"], ["train", "sam", "--batch-size", "-1"],
+    ["eval", "sam", "--model", "x", "--n", "-5"], ["eval", "llava", "--n", "0"], ["world", "sample", "--n", "100000"],
+    ["serve-llm", "--port", "70000"], ["caption", "x.png", "--model", "x", "--beams", "0"],
+])
+def test_numbers_out_of_range_before_any_work(capsys, args):
+    refused(capsys, *args, match="must be in")
 
 
 def test_a_huge_program_file_is_refused_before_it_is_read(capsys, files, tmp_path):

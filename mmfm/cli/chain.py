@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from mmfm.cli import options
 from mmfm.errors import InvalidPrompt, ProgramError
 
 
@@ -38,7 +39,7 @@ def visprog(
     ),
     llm_url: str = typer.Option(None, "--llm-url", help="OpenAI-compatible base URL (default: the local SmolLM2)."),
     llm_model: str = typer.Option(None, "--llm-model", help="Model name at --llm-url, or a local GGUF / folder."),
-    step_timeout: float = typer.Option(120.0, "--step-timeout", help="Seconds allowed per step."),
+    step_timeout: float = options.bounded(120.0, "--step-timeout", lo=0.1, hi=86400, help="Seconds allowed per step."),
 ) -> None:
     """Visual programming: run a program of vision modules, write the result and its rationale."""
     import mmfm
@@ -106,9 +107,9 @@ cupl_app = typer.Typer(help="CuPL: LLM-written class descriptions for zero-shot 
 def cupl_generate(
     classes: Path = typer.Option(..., "--classes", help="Class names: one per line, or a JSON list."),
     out: Path = typer.Option(Path("prompts.json"), "--out", help="Where to write {class: [sentences]}."),
-    n: int = typer.Option(10, "--n", help="Answers per class and prompt."),
-    temperature: float = typer.Option(0.99, "--temperature"),
-    max_tokens: int = typer.Option(50, "--max-tokens"),
+    n: int = options.bounded(10, "--n", lo=1, hi=64, help="Answers per class and prompt."),
+    temperature: float = options.bounded(0.99, "--temperature", lo=0, hi=2),
+    max_tokens: int = options.bounded(50, "--max-tokens", lo=1, hi=4096),
     seed: int = typer.Option(0, "--seed"),
     llm_url: str = typer.Option(None, "--llm-url", help="OpenAI-compatible base URL (default: the local SmolLM2)."),
     llm_model: str = typer.Option(None, "--llm-model", help="Model name at --llm-url, or a local GGUF / folder."),

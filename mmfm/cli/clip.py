@@ -21,7 +21,7 @@ def train_clip(
     resume: bool = options.RESUME,
     save_every: int = options.SAVE_EVERY,
     bf16: bool = options.BF16,
-    scenes: int = typer.Option(None, help="Training scenes in the cache (default: the preset's)."),
+    scenes: int = options.SCENES,
     evaluate: bool = options.EVALUATE,
     log_every: int = options.LOG_EVERY,
 ) -> None:
@@ -63,7 +63,7 @@ def eval_clip(
     task: str = typer.Option("zeroshot", help="zeroshot | retrieval | linear-probe | concepts"),
     templates: str = typer.Option("ensemble", help="single | ensemble"),
     prompts: Path = typer.Option(None, "--prompts", help="CuPL-style JSON {class: [sentences]} for zeroshot."),
-    n: int = typer.Option(1000, help="Evaluation images per split."),
+    n: int = options.bounded(1000, lo=1, hi=10**6, help="Evaluation images per split."),
     out: Path = typer.Option(None, "--out", help="JSON file for the results (default: next to the model)."),
 ) -> None:
     """Evaluate a CLIP on the Shapes world; prints a table and writes JSON."""

@@ -21,9 +21,9 @@ def train_coca(
     resume: bool = options.RESUME,
     save_every: int = options.SAVE_EVERY,
     bf16: bool = options.BF16,
-    scenes: int = typer.Option(None, help="Training scenes in the cache (default: the preset's)."),
+    scenes: int = options.SCENES,
     evaluate: bool = options.EVALUATE,
-    eval_n: int = typer.Option(500, "--eval-n", help="Scenes per split for the captioning evaluation."),
+    eval_n: int = options.bounded(500, "--eval-n", lo=1, hi=10**6, help="Scenes per split for captioning."),
     log_every: int = options.LOG_EVERY,
 ) -> None:
     """Train a CoCa on the Shapes world (contrastive + captioning); works under torchrun (DDP)."""
@@ -61,8 +61,8 @@ def _load_coca(model: Path):
 def eval_coca(
     model: Path = typer.Option(..., "--model", help="A CoCa folder (mmfm or open_clip)."),
     task: str = typer.Option("captioning", help="captioning | zeroshot"),
-    n: int = typer.Option(500, help="Evaluation scenes per split."),
-    beams: int = typer.Option(1, "--beams", help="Beam width for captioning."),
+    n: int = options.bounded(500, lo=1, hi=10**6, help="Evaluation scenes per split."),
+    beams: int = options.bounded(1, "--beams", lo=1, hi=64, help="Beam width for captioning."),
     out: Path = typer.Option(None, "--out", help="JSON file for the results (default: next to the model)."),
 ) -> None:
     """Evaluate a CoCa on the Shapes world: BLEU-4 / CIDEr-D of its captions, or zero-shot top-1."""
@@ -88,8 +88,8 @@ def eval_coca(
 def caption(
     images: list[Path] = typer.Argument(..., help="Image files."),
     model: Path = typer.Option(..., "--model", help="A CoCa folder (mmfm or open_clip)."),
-    beams: int = typer.Option(1, "--beams", help="Beam width (1 = greedy)."),
-    max_tokens: int = typer.Option(None, "--max-tokens", help="At most this many tokens per caption."),
+    beams: int = options.bounded(1, "--beams", lo=1, hi=64, help="Beam width (1 = greedy)."),
+    max_tokens: int = options.bounded(None, "--max-tokens", lo=1, hi=4096, help="Most tokens per caption."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling when < 1 (with --seed)."),
     seed: int = typer.Option(0, help="Sampling seed."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of lines."),

@@ -18,7 +18,7 @@ def eval_compositionality(
         "aro-coco-order, aro-flickr-order, sugarcrepe, crepe, world (repeatable).",
     ),
     data: Path = typer.Option(None, "--data", help="The folder with the suite's files (not needed for world)."),
-    n: int = typer.Option(500, help="World suite: items per kind."),
+    n: int = options.bounded(500, lo=1, hi=10**6, help="World suite: items per kind."),
     out: Path = typer.Option(
         None, "--out", help="Folder for compositionality.json / .csv (default: next to the model)."
     ),
@@ -51,10 +51,10 @@ def train_negclip(
     batch_size: int = typer.Option(None, "--batch-size", help="Global batch (half scenes, half their neighbours)."),
     lr: float = options.LR,
     seed: int = typer.Option(None, help="Seed."),
-    scenes: int = typer.Option(None, help="Training scenes (default: the preset's)."),
+    scenes: int = options.bounded(None, lo=1, hi=10**7, help="Training scenes (default: the preset's)."),
     resume: bool = options.RESUME,
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="World suite and zero-shot before and after."),
-    eval_n: int = typer.Option(500, "--eval-n", help="World-suite items per kind."),
+    eval_n: int = options.bounded(500, "--eval-n", lo=1, hi=10**6, help="World-suite items per kind."),
     bf16: bool = options.BF16,
     log_every: int = options.LOG_EVERY,
     hard_negative_weight: float = typer.Option(
@@ -94,9 +94,9 @@ def batch_size_experiment(
     ),
     batches: str = typer.Option("8,32,128,512", help="Batch sizes, comma-separated."),
     pairs: int = typer.Option(51_200, help="Image-text pairs seen by every run (a multiple of each batch)."),
-    eval_n: int = typer.Option(500, "--eval-n", help="Evaluation items per split / kind."),
+    eval_n: int = options.bounded(500, "--eval-n", lo=1, hi=10**6, help="Evaluation items per split / kind."),
     seed: int = typer.Option(0, help="Seed."),
-    scenes: int = typer.Option(24_000, help="Training scenes in the cache."),
+    scenes: int = options.bounded(24_000, lo=1, hi=10**7, help="Training scenes in the cache."),
 ) -> None:
     """Train the world CLIP at several batch sizes on the same pairs; fine-grained zero-shot and swaps vs batch."""
     from mmfm.errors import ConfigError

@@ -40,7 +40,7 @@ def train_flamingo(
     seed: int = options.SEED,
     resume: bool = options.RESUME,
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Few-shot evaluation after training."),
-    eval_n: int = typer.Option(60, "--eval-n", help="Episodes per task and number of shots."),
+    eval_n: int = options.bounded(60, "--eval-n", lo=1, hi=10**5, help="Episodes per task and number of shots."),
 ) -> None:
     """Train Flamingo on world episodes: frozen SmolLM2 and world CLIP, learned resampler and gated blocks."""
     from mmfm.eval.fewshot import format_table
@@ -55,7 +55,7 @@ def train_flamingo(
 
 def eval_flamingo(
     model: Path = typer.Option(..., "--model", help="A Flamingo folder."),
-    n: int = typer.Option(60, help="Held-out episodes per task and number of shots."),
+    n: int = options.bounded(60, lo=1, hi=10**5, help="Held-out episodes per task and number of shots."),
     shots: str = typer.Option("0,4,8", help="Numbers of demonstrations, comma-separated."),
     tasks: str = typer.Option("color,shape,count,new_names", help="Tasks, comma-separated."),
     selection: str = typer.Option("random,rices", help="How demonstrations are chosen: random, rices or both."),
@@ -99,7 +99,7 @@ def parse_fewshot_args(args: list[str]) -> tuple[list[tuple[str, str]], str, str
 def fewshot(
     ctx: typer.Context,
     model: Path = typer.Option(..., "--model", help="A Flamingo folder."),
-    max_tokens: int = typer.Option(16, "--max-tokens", help="At most this many new tokens."),
+    max_tokens: int = options.bounded(16, "--max-tokens", lo=1, hi=4096, help="At most this many new tokens."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Answer a query image from demonstrations, in context:

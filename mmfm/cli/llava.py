@@ -28,7 +28,7 @@ def ask(
     model: Path = typer.Option(
         None, "--model", help="A LLaVA folder (mmfm or transformers); default: the shipped world LLaVA."
     ),
-    max_tokens: int = typer.Option(64, "--max-tokens", help="At most this many new tokens."),
+    max_tokens: int = options.bounded(64, "--max-tokens", lo=1, hi=4096, help="At most this many new tokens."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Answer a question about an image."""
@@ -101,7 +101,7 @@ def train_llava(
     seed: int = options.SEED,
     resume: bool = typer.Option(False, "--resume", help="Continue from out/stageN/checkpoint.pt."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate after stage 2."),
-    eval_n: int = typer.Option(100, "--eval-n", help="Questions per type for the evaluation."),
+    eval_n: int = options.bounded(100, "--eval-n", lo=1, hi=10**5, help="Questions per type for the evaluation."),
     bf16: bool = typer.Option(
         True,
         "--bf16/--fp32",
@@ -141,7 +141,7 @@ def train_llava(
 
 def eval_llava(
     model: Path = typer.Option(..., "--model", help="A LLaVA folder."),
-    n: int = typer.Option(100, help="Questions per type (and counting / pointing items) per split."),
+    n: int = options.bounded(100, lo=1, hi=10**5, help="Questions per type (and counting / pointing items) per split."),
     out: Path = typer.Option(None, "--out", help="Folder for eval.json and points.png (default: next to the model)."),
     seed: int = typer.Option(
         0, help="World seed: which new scenes are drawn (the accuracy moves by a few points between seeds at n=200)."

@@ -6,6 +6,8 @@ import sys
 
 import typer
 
+from mmfm.cli import options
+
 
 def _load(model: str | None, dtype: str):
     from mmfm.lm import default, load_lm
@@ -20,7 +22,7 @@ def chat(
     ),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p"),
-    max_tokens: int = typer.Option(256, "--max-tokens", help="Most new tokens."),
+    max_tokens: int = options.bounded(256, "--max-tokens", lo=1, hi=32768, help="Most new tokens."),
     system: str = typer.Option(None, "--system", help="System message."),
     seed: int = typer.Option(None, "--seed", help="Seed for sampling."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 (fast path) or float32."),
@@ -43,7 +45,7 @@ def chat(
 
 
 def serve_llm(
-    port: int = typer.Option(8000, "--port"),
+    port: int = options.bounded(8000, "--port", lo=1, hi=65535),
     host: str = typer.Option("127.0.0.1", "--host"),
     model: str = typer.Option(
         None, "--model", help="GGUF file, HF Llama folder or mmfm folder (default: SmolLM2-135M-Instruct)."

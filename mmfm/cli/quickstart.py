@@ -10,13 +10,15 @@ from pathlib import Path
 
 import typer
 
+from mmfm.cli import options
+
 
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Output folder."),
     seed: int = typer.Option(0, help="Seed of the world and of training."),
-    steps: int = typer.Option(None, help="Training steps (default: the world-tiny preset's)."),
-    scenes: int = typer.Option(None, help="Training scenes (default: the preset's)."),
-    eval_n: int = typer.Option(1000, "--eval-n", help="Evaluation images per split."),
+    steps: int = options.bounded(None, lo=1, hi=10**7, help="Training steps (default: the world-tiny preset's)."),
+    scenes: int = options.bounded(None, lo=1, hi=10**7, help="Training scenes (default: the preset's)."),
+    eval_n: int = options.bounded(1000, "--eval-n", lo=1, hi=10**6, help="Evaluation images per split."),
 ) -> None:
     """Look at the world, train the world-tiny CLIP, report zero-shot vs linear probe."""
     from mmfm.cli.clip import print_report

@@ -118,10 +118,10 @@ def segment(
 
 def train_sam(
     preset: str = typer.Option("world-tiny", help="Training preset."),
-    steps: int = typer.Option(None, help="Optimizer steps."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Images per step."),
+    steps: int = options.STEPS,
+    batch_size: int = options.bounded(None, "--batch-size", lo=1, hi=65536, help="Images per step."),
     lr: float = options.LR,
-    rounds: int = typer.Option(None, help="Interactive rounds per step (the paper: 11)."),
+    rounds: int = options.bounded(None, lo=1, hi=64, help="Interactive rounds per step (the paper: 11)."),
     seed: int = typer.Option(None, help="Seed."),
     out: Path = typer.Option(Path("runs/sam"), "--out", help="Run folder."),
     resume: bool = options.RESUME,
@@ -139,11 +139,11 @@ def train_sam(
 
 def eval_sam(
     model: str = typer.Option(..., "--model", help="SAM checkpoint."),
-    n: int = typer.Option(300, help="Held-out world scenes."),
-    amg_images: int = typer.Option(20, "--amg-images", help="Scenes for automatic-mask recall."),
+    n: int = options.bounded(300, lo=1, hi=10**6, help="Held-out world scenes."),
+    amg_images: int = options.bounded(20, "--amg-images", lo=0, hi=10**5, help="Scenes for automatic-mask recall."),
     out: Path = typer.Option(None, "--out", help="Write the JSON here."),
     clip: str = typer.Option(None, "--clip", help="A CLIP: also score '<color> <shape>' text prompts."),
-    text_n: int = typer.Option(50, "--text-n", help="Held-out scenes for the text prompts."),
+    text_n: int = options.bounded(50, "--text-n", lo=1, hi=10**5, help="Held-out scenes for the text prompts."),
 ) -> None:
     """mIoU from one point (best of 3, oracle, single) and from a box on held-out world scenes, on all
     objects and on overlapping ones; automatic-mask recall; with --clip, text prompts."""

@@ -7,17 +7,19 @@ from pathlib import Path
 
 import typer
 
+from mmfm.cli import options
+
 app = typer.Typer(help="The embedded Shapes world: look at samples and their ground truth.", no_args_is_help=True)
 
 
 @app.command()
 def sample(
-    n: int = typer.Option(16, "--n", min=1, max=256, help="How many scenes."),
+    n: int = options.bounded(16, "--n", lo=1, hi=256, help="How many scenes."),
     out: Path = typer.Option(Path("world_sample"), "--out", help="Output folder."),
     split: str = typer.Option("train", help="train, val, test, heldout or concepts."),
-    size: int = typer.Option(128, help="Image side in pixels."),
+    size: int = options.bounded(128, lo=16, hi=1024, help="Image side in pixels."),
     seed: int = typer.Option(0, help="World seed."),
-    scale: int = typer.Option(2, min=1, max=8, help="Upsampling of the overlay grid, for readability."),
+    scale: int = options.bounded(2, lo=1, hi=8, help="Upsampling of the overlay grid, for readability."),
 ) -> None:
     """Write a PNG grid of scenes with masks, boxes and points overlaid, and a JSON of their ground truth."""
     from mmfm.world import World

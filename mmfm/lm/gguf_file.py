@@ -28,6 +28,7 @@ SUPPORTED_ARCHS = ("llama",)
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _NP = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32, 7: np.bool_,
        10: np.uint64, 11: np.int64, 12: np.float64}
+MAX_NESTING = 8  # llama.cpp's files nest arrays one deep; a deeper header is corrupt or hostile
 _STRING, _ARRAY = 8, 9
 # Limits against a malicious or broken header asking for absurd allocations.
 MAX_COUNT, MAX_STRING, MAX_DIMS = 50_000_000, 64 << 20, 4
@@ -101,7 +102,9 @@ class GGUFHeader:
             raise CheckpointError(f"{self.path}: a {n:,}-byte string in the header; corrupt file")
         return self._read(n).decode("utf-8", errors="replace")
 
-    def _value(self, vtype: int):
+    def _value(self, vtype: int, depth: int = 0):
+        if depth > MAX_NESTING:
+            raise CheckpointError(f"{self.path}: header arrays nested over {MAX_NESTING} deep; corrupt file")
         if vtype in _SCALARS:
             return self._num(_SCALARS[vtype])
         if vtype == _STRING:
@@ -112,7 +115,7 @@ class GGUFHeader:
                 raise CheckpointError(f"{self.path}: an array of {n:,} items in the header; corrupt file")
             if itype in _NP:
                 return np.frombuffer(self._read(n * np.dtype(_NP[itype]).itemsize), dtype=_NP[itype]).tolist()
-            return [self._value(itype) for _ in range(n)]
+            return [self._value(itype, depth + 1) for _ in range(n)]
         raise CheckpointError(f"{self.path}: unknown GGUF value type {vtype}; corrupt file")
 
     def read_into(self, name: str, out: torch.Tensor, chunk_bytes: int = 8 << 20) -> torch.Tensor:

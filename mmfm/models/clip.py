@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfm.checkpoint import load_state_dict, load_strict, read_json, resolve, save_safetensors, write_manifest
+from mmfm.checkpoint import load_state_dict, load_strict, read_json, resolve, save_model_folder
 from mmfm.config import Config
 from mmfm.errors import CheckpointError, ConfigError
 from mmfm.nn import TextTransformer, VisionTransformer
@@ -186,15 +186,8 @@ class CLIP(nn.Module):
     def save_pretrained(self, folder) -> Path:
         """mmfm's folder: config.json + model.safetensors (+ the tokenizer's files). Other formats:
         `mmfm.save(model, folder, format="hf" | "open_clip")`."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        cfg = {"model_type": "mmfm-clip", **self.config.to_dict()}
-        (folder / "config.json").write_text(json.dumps(cfg, indent=2))
-        save_safetensors(self.state_dict(), folder / "model.safetensors", metadata={"format": "pt"})
-        if self.tokenizer is not None:
-            self.tokenizer.save(folder)
-        write_manifest(folder)
-        return folder
+        return save_model_folder(folder, {"model_type": "mmfm-clip", **self.config.to_dict()}, self.state_dict(),
+                                 tokenizer=self.tokenizer)
 
     @classmethod
     def from_pretrained(cls, path_or_id, **overrides) -> CLIP:

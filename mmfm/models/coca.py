@@ -14,7 +14,6 @@ its coca_* checkpoints); `pooler="separate"` is the paper's (one query for the c
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfm.checkpoint import load_state_dict, load_strict, read_json, resolve, save_safetensors, write_manifest
+from mmfm.checkpoint import load_state_dict, load_strict, read_json, resolve, save_model_folder
 from mmfm.config import Config
 from mmfm.errors import CheckpointError, ConfigError
 from mmfm.models.clip import CLIPTextConfig, CLIPVisionConfig, attach_tokenizer
@@ -228,14 +227,8 @@ class CoCa(nn.Module):
     def save_pretrained(self, folder) -> Path:
         """mmfm's folder: config.json (model_type mmfm-coca) + model.safetensors + the tokenizer's files.
         open_clip's: `mmfm.save(model, folder, format="open_clip")`."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(json.dumps({"model_type": "mmfm-coca", **self.config.to_dict()}, indent=2))
-        save_safetensors(self.state_dict(), folder / "model.safetensors", metadata={"format": "pt"})
-        if self.tokenizer is not None:
-            self.tokenizer.save(folder)
-        write_manifest(folder)
-        return folder
+        return save_model_folder(folder, {"model_type": "mmfm-coca", **self.config.to_dict()}, self.state_dict(),
+                                 tokenizer=self.tokenizer)
 
     @classmethod
     def from_pretrained(cls, path_or_id) -> CoCa:

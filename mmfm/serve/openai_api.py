@@ -21,10 +21,12 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmfm.errors import MMFMError
@@ -32,6 +34,40 @@ from mmfm.errors import MMFMError
 MAX_BODY = 1 << 20
 MAX_N = 8
 MAX_SEED = 2**63 - 1
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class ChatRequest(BaseModel):
+    """The request body as the OpenAPI schema shows it. The route reads the body itself (`parse_chat_request`),
+    so that a body too deep, too large or not JSON is a 400 / 413 rather than a framework error."""
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int | None = Field(None, ge=1, le=MAX_N)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stream: bool = False
+
+
+def _inlined(schema: dict) -> dict:
+    """A pydantic JSON schema with its `$defs` written in place (the OpenAPI document has no `$defs`)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(x):
+        if isinstance(x, dict):
+            if set(x) == {"$ref"} and x["$ref"].startswith("#/$defs/"):
+                return walk(defs[x["$ref"].split("/")[-1]])
+            return {k: walk(v) for k, v in x.items()}
+        return [walk(v) for v in x] if isinstance(x, list) else x
+
+    return walk(schema)
 
 
 class BadRequest(Exception):
@@ -92,7 +128,7 @@ class _Guard:
     """ASGI middleware (not Starlette's BaseHTTPMiddleware, which buffers streams and hides disconnects):
     the API key, the declared body size, and a 500 answer for any bug of ours before a response began."""
 
-    OPEN = ("/health",)
+    OPEN = ("/health", "/openapi.json", "/docs", "/docs/oauth2-redirect")  # no secrets there
 
     def __init__(self, app, api_key: str | None = None):
         self.app, self.api_key = app, api_key
@@ -181,7 +217,8 @@ def create_app(lm, *, api_key: str | None = None, model_name: str | None = None,
     async def models():
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "mmfm"}]}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": _inlined(ChatRequest.model_json_schema())}}}})
     async def chat_completions(request: Request):
         try:
             req = parse_chat_request(await read_body(request), lm.config.max_seq_len)
@@ -223,6 +260,12 @@ def create_app(lm, *, api_key: str | None = None, model_name: str | None = None,
         cancel = threading.Event()
         end = object()
 
+        def handoff(item) -> None:
+            try:
+                loop.call_soon_threadsafe(pieces.put_nowait, item)
+            except RuntimeError:  # the request's event loop is closed: nobody is reading any more
+                cancel.set()
+
         def produce() -> None:
             try:
                 for piece in lm.stream(req["messages"], max_new_tokens=req["max_new_tokens"],
@@ -230,14 +273,14 @@ def create_app(lm, *, api_key: str | None = None, model_name: str | None = None,
                                        seed=req["seed"]):
                     if cancel.is_set():
                         raise _Cancelled
-                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
-                loop.call_soon_threadsafe(pieces.put_nowait, end)
+                    handoff(piece)
+                handoff(end)
             except _Cancelled:
                 pass
             except Exception as e:  # noqa: BLE001 - handed to the response
-                loop.call_soon_threadsafe(pieces.put_nowait, e)
+                handoff(e)
             finally:
-                loop.call_soon_threadsafe(leave_queue)
+                leave_queue()  # on this thread: the place is freed even if the request's loop is gone
 
         loop.run_in_executor(worker, produce)
         first = await pieces.get()

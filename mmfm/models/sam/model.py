@@ -9,14 +9,13 @@ reference's pre- and post-processing. The image is encoded once; each prompt cos
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfm.checkpoint import load_state_dict, load_strict, read_json, save_safetensors, write_manifest
+from mmfm.checkpoint import load_state_dict, load_strict, read_json, save_model_folder
 from mmfm.errors import CheckpointError
 from mmfm.models.sam.config import SAMConfig, sam_config
 from mmfm.models.sam.image_encoder import ImageEncoderViT
@@ -70,14 +69,8 @@ class SAM(nn.Module):
     def save_pretrained(self, folder: str | Path) -> Path:
         """mmfm's folder: config.json + model.safetensors. The official file and transformers' SamModel
         folder: `mmfm.save(model, folder, format="official" | "hf")`."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(
-            json.dumps({"model_type": "mmfm-sam", "sam": self.config.to_dict()}, indent=2)
-        )
-        save_safetensors(self.state_dict(), folder / "model.safetensors", metadata={"format": "mmfm-sam"})
-        write_manifest(folder)
-        return folder
+        return save_model_folder(folder, {"model_type": "mmfm-sam", "sam": self.config.to_dict()}, self.state_dict(),
+                                 "mmfm-sam")
 
 
 def load_mmfm_sam(folder: Path) -> SAM:

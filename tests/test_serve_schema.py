@@ -1,0 +1,46 @@
+"""The server's OpenAPI schema, fuzzed with schemathesis: requests generated from the schema (and, in
+negative mode, requests that break it) against the ASGI app in this process, on a tiny random LM so that
+each generation is quick. Every answer must be a 2xx or 4xx with a JSON body: never a 5xx."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import mmfm
+from tests.lm_helpers import save_hf_folder, tiny_llama, tiny_tokenizer
+
+schemathesis = pytest.importorskip("schemathesis")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from mmfm.serve.openai_api import create_app
+
+    tok, _, _ = tiny_tokenizer()
+    folder = save_hf_folder(tiny_llama(tok.get_vocab_size()), tmp_path_factory.mktemp("lm") / "hf", tok)
+    lm = mmfm.load(folder)
+    return create_app(lm, api_key="k", max_queue=4)
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_no_request_the_schema_allows_or_forbids_is_a_server_error(app, mode):
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    strategy = schema["/v1/chat/completions"]["POST"].as_strategy(schemathesis.GenerationMode(mode))
+    seen = []
+
+    @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case=strategy)
+    def check(case):
+        response = case.call(headers={"Authorization": "Bearer k"})
+        seen.append(response.status_code)
+        assert response.status_code < 500, (case.body, response.text[:300])
+        assert "error" in response.json() or response.status_code == 200
+
+    check()
+    assert len(seen) >= 10
+    if mode == "positive":
+        assert 200 in seen  # valid requests do get answers
+    else:
+        assert any(400 <= s < 500 for s in seen)
