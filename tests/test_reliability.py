@@ -98,6 +98,14 @@ def test_text_that_is_not_text(smol, text):
 def test_invalid_utf8_arguments_at_the_cli(capsys, files):
     refused(capsys, "chat", "caf\udce9", match="utf-8")
     refused(capsys, "classify", files / "scene.png", "--model", CLIP_DIR, "--labels", "red \udcff", match="utf-8")
+    refused(capsys, "ask", files / "scene.png", "How many \udcff?", match="utf-8")
+
+
+def test_the_python_api_bounds_its_work(smol):
+    with pytest.raises(ConfigError, match="n must be an integer in 1..64"):
+        smol.complete("hi", n=10**9)
+    with pytest.raises(ConfigError, match="temperature"):
+        smol.generate("hi", temperature=float("nan"))
 
 
 # ------------------------------------------------------------------------------------------ models
