@@ -5,12 +5,11 @@ each generation is quick. Every answer must be a 2xx or 4xx with a JSON body: ne
 from __future__ import annotations
 
 import pytest
+import schemathesis  # in the test extra: a missing install fails here, it is never skipped
 from hypothesis import HealthCheck, given, settings
 
 import mmfm
 from tests.lm_helpers import save_hf_folder, tiny_llama, tiny_tokenizer
-
-schemathesis = pytest.importorskip("schemathesis")
 
 
 @pytest.fixture(scope="module")
