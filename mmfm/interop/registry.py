@@ -17,12 +17,13 @@ import torch
 from mmfm.checkpoint import load_state_dict, read_json, resolve, write_manifest
 from mmfm.errors import CheckpointError, ConfigError
 from mmfm.interop import coca as oc_coca
-from mmfm.interop import hf_clip, hf_llava, open_clip, sam
+from mmfm.interop import hf_clip, hf_llava, hf_molmo2, open_clip, sam
 from mmfm.lm.model import LanguageModel, as_dtype, load_lm
 from mmfm.models.clip import CLIP, attach_tokenizer, load_mmfm_clip
 from mmfm.models.coca import CoCa, load_mmfm_coca
 from mmfm.models.flamingo import Flamingo, load_mmfm_flamingo
 from mmfm.models.llava import Llava, load_mmfm_llava
+from mmfm.models.molmo2 import Molmo2, load_mmfm_molmo2
 from mmfm.models.sam.model import SAM, load_mmfm_sam
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -117,6 +118,10 @@ LOADERS: tuple[Loader, ...] = (
            lambda ck, kw: load_mmfm_llava(ck.path, dtype=kw.get("dtype", "float32"))),
     Loader("hf-llava", lambda ck: ck.model_type == "llava",
            lambda ck, kw: hf_llava.load_hf_llava(ck.path, dtype=as_dtype(kw.get("dtype", "float32")))),
+    Loader("mmfm-molmo2", lambda ck: ck.model_type == "mmfm-molmo2",
+           lambda ck, kw: load_mmfm_molmo2(ck.path, dtype=kw.get("dtype", "float32"))),
+    Loader("hf-molmo2", lambda ck: ck.model_type == "molmo2",
+           lambda ck, kw: hf_molmo2.load_hf_molmo2(ck.path, dtype=as_dtype(kw.get("dtype", "float32")))),
     Loader("mmfm-sam", lambda ck: ck.model_type == "mmfm-sam", lambda ck, kw: load_mmfm_sam(ck.path)),
     Loader("hf-sam", lambda ck: ck.model_type == "sam", lambda ck, kw: sam.load_hf_sam(ck.path)),
     Loader("official-sam",
@@ -154,8 +159,9 @@ def _match(ck: Checkpoint) -> Loader:
 
 def load(path_or_id, **kwargs):
     """Any checkpoint mmfm knows (CLIP: mmfm, HF transformers, open_clip; CoCa: mmfm, open_clip; SAM: mmfm,
-    HF, official; LLaVA: mmfm, HF; Flamingo: mmfm; language models: GGUF, HF Llama, mmfm), detected from
-    its files. kwargs: dtype (LLaVA, Flamingo, LM), config (open_clip and official files), CLIP overrides."""
+    HF, official; LLaVA: mmfm, HF; Molmo2: mmfm, HF; Flamingo: mmfm; language models: GGUF, HF Llama, mmfm),
+    detected from its files. kwargs: dtype (LLaVA, Molmo2, Flamingo, LM), config (open_clip and official
+    files), CLIP overrides."""
     ck = Checkpoint.open(resolve(path_or_id))
     return _match(ck).load(ck, dict(kwargs))
 
@@ -177,6 +183,8 @@ SAVERS: dict[tuple[type, str], Callable] = {
     (Llava, "mmfm"): _save_mmfm,
     (Llava, "hf"): hf_llava.save_hf_llava,
     (Flamingo, "mmfm"): _save_mmfm,
+    (Molmo2, "mmfm"): _save_mmfm,
+    (Molmo2, "hf"): hf_molmo2.save_hf_molmo2,
     (LanguageModel, "mmfm"): lambda m, f: m.save_pretrained(f, format="mmfm"),
     (LanguageModel, "hf"): lambda m, f: m.save_pretrained(f, format="hf"),
 }

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmfm.nn.norms import RMSNorm
 from mmfm.nn.plan import Plan
 
 
@@ -128,7 +129,10 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -
 class Attention(nn.Module):
     """Multi-head attention. Self-attention uses one fused `qkv` projection; with `kv_dim` set it is
     cross-attention (`q` from x, `kv` from the context). `kv_heads` < `heads` gives grouped-query
-    attention. Shapes: x (B, Tq, dim), context (B, Tk, kv_dim) -> (B, Tq, dim)."""
+    attention. Shapes: x (B, Tq, dim), context (B, Tk, kv_dim) -> (B, Tq, out_dim or dim).
+
+    qk_norm (self-attention): RMSNorm on queries and keys before the rotary positions, "head" over each
+    head's Dh channels (Qwen3) or "full" over the whole projection (OLMo 2); Molmo2's LMs use either."""
 
     def __init__(
         self,
@@ -140,6 +144,9 @@ class Attention(nn.Module):
         bias: bool = True,
         out_bias: bool | None = None,
         dropout: float = 0.0,
+        out_dim: int | None = None,
+        qk_norm: str | None = None,
+        norm_eps: float = 1e-6,
     ):
         super().__init__()
         self.heads = heads
@@ -156,8 +163,15 @@ class Attention(nn.Module):
             self.kv = nn.Linear(kv_dim, kv_out, bias=bias)
         else:
             self.qkv = nn.Linear(dim, q_out + kv_out, bias=bias)
-        self.out = nn.Linear(q_out, dim, bias=bias if out_bias is None else out_bias)
+        self.out = nn.Linear(q_out, out_dim or dim, bias=bias if out_bias is None else out_bias)
         self.dropout = dropout
+        self.qk_norm = qk_norm
+        if qk_norm not in (None, "head", "full"):
+            raise ValueError(f"qk_norm must be None, 'head' or 'full', got {qk_norm!r}")
+        if qk_norm is not None:
+            full = qk_norm == "full"
+            self.q_norm = RMSNorm(q_out if full else self.head_dim, norm_eps)
+            self.k_norm = RMSNorm(self.kv_heads * self.head_dim if full else self.head_dim, norm_eps)
 
     def _split(self, t: torch.Tensor, heads: int) -> torch.Tensor:
         b, n, _ = t.shape
@@ -200,12 +214,7 @@ class Attention(nn.Module):
             if plan is not None:
                 qkv = plan.padded(qkv)
                 b, t = qkv.shape[:2]
-            # queries and keys stay one (B, heads + kv_heads, T, Dh) view, rotated together
-            qk = qkv[..., : hd_q + hd_kv].view(b, t, self.heads + self.kv_heads, self.head_dim).transpose(1, 2)
-            if rope is not None:
-                qk = apply_rotary(qk, *rope)
-            q, k = qk.split([self.heads, self.kv_heads], 1)
-            v = self._split(qkv[..., hd_q + hd_kv :], self.kv_heads)
+            q, k, v = (self._normed_qkv if self.qk_norm else self._fused_qkv)(qkv, rope)
         if isinstance(cache, KVCache):
             k, v = cache.update(k, v)
         if plan is not None:
@@ -221,6 +230,32 @@ class Attention(nn.Module):
         if plan is not None:
             y = plan.output(y)
         return self.out(y)
+
+    def _fused_qkv(self, qkv: torch.Tensor, rope):
+        """(B, T, C) projections -> q, k, v as (B, heads, T, Dh)."""
+        b, t, _ = qkv.shape
+        hd_q, hd_kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        # queries and keys stay one (B, heads + kv_heads, T, Dh) view, rotated together
+        qk = qkv[..., : hd_q + hd_kv].view(b, t, self.heads + self.kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            qk = apply_rotary(qk, *rope)
+        q, k = qk.split([self.heads, self.kv_heads], 1)
+        return q, k, self._split(qkv[..., hd_q + hd_kv :], self.kv_heads)
+
+    def _normed_qkv(self, qkv: torch.Tensor, rope):
+        """As _fused_qkv, with the q/k RMSNorms applied before the rotation."""
+        b, t, _ = qkv.shape
+        hd_q, hd_kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        q, k, v = qkv.split([hd_q, hd_kv, hd_kv], -1)
+        if self.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.view(b, t, self.heads, self.head_dim), k.view(b, t, self.kv_heads, self.head_dim)
+        if self.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        return q, k, self._split(v, self.kv_heads)
 
     def _sdpa(self, q, k, v, mask, is_causal):
         p = self.dropout if self.training else 0.0

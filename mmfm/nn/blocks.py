@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mmfm.nn.attention import Attention, KVCache, StaticKV
+from mmfm.nn.norms import RMSNorm
 from mmfm.nn.plan import Plan
 
 
@@ -53,31 +53,17 @@ class SwiGLU(nn.Module):
     stored gate first; loaders concatenate Llama's separate gate_proj / up_proj.
     (B, T, dim) -> (B, T, out_dim or dim)."""
 
-    def __init__(self, dim: int, hidden: int, bias: bool = False, act: str = "silu", out_dim: int | None = None):
+    def __init__(self, dim: int, hidden: int, bias: bool = False, act: str = "silu", out_dim: int | None = None,
+                 out_bias: bool | None = None):
         super().__init__()
         self.hidden = hidden
         self.gate_up = nn.Linear(dim, 2 * hidden, bias=bias)
-        self.down = nn.Linear(hidden, out_dim or dim, bias=bias)
+        self.down = nn.Linear(hidden, out_dim or dim, bias=bias if out_bias is None else out_bias)
         self.act = activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).split(self.hidden, -1)
         return self.down(self.act(gate) * up)
-
-
-class RMSNorm(nn.Module):
-    """x / rms(x) * weight, computed in fp32 and cast back (Llama's numerics)."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # one call instead of pow / mean / add / rsqrt / mul (a decode step runs 61 of these)
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # the same products, one call fewer
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
 class LayerNorm2d(nn.Module):
@@ -114,8 +100,10 @@ class LayerScale(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LN block: x + attn(norm1(x)), then x + mlp(norm2(x)). With `cross_dim` it also has a
-    cross-attention sub-layer between the two (x + xattn(norm_x(x), context)), as a decoder layer.
+    """Pre-LN block: x + attn(norm1(x)), then x + mlp(norm2(x)); post_norm=True normalises each
+    sub-layer's output instead, x + norm1(attn(x)) (OLMo 2's layout, Molmo2's "norm_after"). With
+    `cross_dim` it also has a cross-attention sub-layer between the two (x + xattn(norm_x(x), context)),
+    as a decoder layer.
     Shapes: x (B, T, dim) -> (B, T, dim)."""
 
     def __init__(
@@ -134,11 +122,16 @@ class TransformerBlock(nn.Module):
         mlp_bias: bool | None = None,
         cross_dim: int | None = None,
         layer_scale: float | None = None,
+        qk_norm: str | None = None,
+        post_norm: bool = False,
+        out_bias: bool | None = None,
     ):
         super().__init__()
         hidden = hidden or int(dim * mlp_ratio)
+        self.post_norm = post_norm
         self.norm1 = norm(norm_kind, dim, norm_eps)
-        self.attn = Attention(dim, heads, head_dim=head_dim, kv_heads=kv_heads, bias=bias)
+        self.attn = Attention(dim, heads, head_dim=head_dim, kv_heads=kv_heads, bias=bias, out_bias=out_bias,
+                              qk_norm=qk_norm, norm_eps=1e-6 if norm_eps is None else norm_eps)
         self.cross = None
         if cross_dim is not None:
             self.norm_x = norm(norm_kind, dim, norm_eps)
@@ -165,12 +158,17 @@ class TransformerBlock(nn.Module):
     ) -> torch.Tensor:
         """plan (mmfm.nn.plan): x may be the real tokens of a padded batch, and the output only the last
         positions (every position still writes its keys/values to the cache)."""
-        h = self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rope=rope, cache=cache, plan=plan)
+        if self.post_norm:
+            h = self.norm1(self.attn(x, mask=mask, is_causal=is_causal, rope=rope, cache=cache, plan=plan))
+        else:
+            h = self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rope=rope, cache=cache, plan=plan)
         if plan is not None:
             x = plan.residual(x)
         x = x + self.ls1(h)
         if self.cross is not None:
             x = x + self.cross(self.norm_x(x), context=context, mask=context_mask)
+        if self.post_norm:
+            return x + self.ls2(self.norm2(self.mlp(x)))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 

@@ -6,6 +6,8 @@
 - `MolmoConnector`: Molmo's. Features of two ViT layers are concatenated, every 2x2 block of patches
   is pooled into one token by attention whose query is the mean of the 4 patches ("attention-meanq"),
   then a SwiGLU MLP maps it to the LM width. 4x fewer image tokens than LLaVA for the same grid.
+- `PatchPooler`: Molmo2's generalisation of it: which patches a token pools is a table of indices (any
+  window, across crops, -1 for none), so overlapping crops and video frames pool with one module.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmfm.errors import ConfigError
+from mmfm.nn.attention import Attention, combine_masks
 from mmfm.nn.blocks import SwiGLU, activation
 
 _MLP = re.compile(r"mlp(\d+)x_gelu")
@@ -84,4 +87,26 @@ class MolmoConnector(nn.Module):
         return self.mlp(y.view(b, gh2 * gw2, -1))
 
 
-__all__ = ["MLPProjector", "MolmoConnector", "projector_kind"]
+class PatchPooler(nn.Module):
+    """features (N, P, in_dim) of N crops or frames, index (T, K) into the N * P patches (-1 = none) ->
+    (T', out_dim) for the T' rows with at least one patch. Each row's patches are attended by their
+    mean (padding slots masked and left out of the mean), then a SwiGLU maps the result to out_dim."""
+
+    def __init__(self, in_dim: int, width: int, out_dim: int, heads: int, head_dim: int, hidden: int,
+                 kv_heads: int | None = None, bias: bool = True, mlp_bias: bool = False, act: str = "silu"):
+        super().__init__()
+        self.attn = Attention(in_dim, heads, head_dim=head_dim, kv_heads=kv_heads, kv_dim=in_dim, bias=bias,
+                              out_dim=width)
+        self.mlp = SwiGLU(width, hidden, bias=mlp_bias, act=act, out_dim=out_dim, out_bias=False)
+
+    def forward(self, features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        flat = features.reshape(-1, features.shape[-1])
+        valid = index >= 0
+        groups = flat[index.clamp_min(0)] * valid[..., None].to(flat.dtype)  # (T, K, C)
+        count = valid.sum(-1).clamp_min(1).to(flat.dtype)
+        query = groups.sum(1, keepdim=True) / count[:, None, None]
+        y = self.attn(query, context=groups, mask=combine_masks(valid[:, None, None, :]))
+        return self.mlp(y[:, 0])[valid.any(-1)]
+
+
+__all__ = ["MLPProjector", "MolmoConnector", "PatchPooler", "projector_kind"]

@@ -42,8 +42,12 @@ class DecoderConfig(Config):
     rope_theta: float = 10000.0
     max_seq_len: int = 2048  # context window (and the learned position table of gpt)
     tie_embeddings: bool = True
-    attn_bias: bool = False
+    attn_bias: bool = False  # q/k/v biases (the output projection follows it unless out_bias says otherwise)
+    out_bias: bool | None = None
     mlp_bias: bool = False
+    qk_norm: Literal["none", "head", "full"] = "none"  # RMSNorm on q and k: per head (Qwen3) | whole (OLMo 2)
+    post_norm: bool = False  # normalise each sub-layer's output instead of its input (OLMo 2)
+    extra_vocab: int = 0  # embedding rows past the head's vocabulary (Molmo2's image tokens: input only)
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
@@ -59,13 +63,17 @@ class DecoderConfig(Config):
             self.head_dim = self.dim // self.heads
         if self.act is None:
             self.act = "silu" if self.style == "llama" else "gelu_tanh"
+        if self.extra_vocab < 0:
+            raise ConfigError(f"DecoderConfig.extra_vocab must be >= 0, got {self.extra_vocab}")
+        if self.extra_vocab and self.tie_embeddings:
+            raise ConfigError("extra_vocab rows are input-only: they need an untied LM head (tie_embeddings=false)")
         if self.act not in ACTIVATIONS:
             raise ConfigError(f"DecoderConfig.act must be one of {', '.join(ACTIVATIONS)}, got {self.act!r}")
 
     def parameters(self) -> int:
         d, hd = self.dim, self.head_dim
         per_layer = d * (self.heads + 2 * self.kv_heads) * hd + self.heads * hd * d + 3 * d * self.hidden
-        return self.layers * per_layer + self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return self.layers * per_layer + self.vocab_size * d * (1 if self.tie_embeddings else 2) + self.extra_vocab * d
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -89,7 +97,7 @@ class DecoderLM(nn.Module):
     def __init__(self, config: DecoderConfig):
         super().__init__()
         self.config = c = config
-        self.embed = nn.Embedding(c.vocab_size, c.dim)
+        self.embed = nn.Embedding(c.vocab_size + c.extra_vocab, c.dim)
         llama = c.style == "llama"
         self.pos_embed = None if llama else nn.Embedding(c.max_seq_len, c.dim)
         self.rotary = RotaryEmbedding(c.head_dim, theta=c.rope_theta, max_len=c.max_seq_len) if llama else None
@@ -97,7 +105,8 @@ class DecoderLM(nn.Module):
             c.layers, c.dim, c.heads,
             hidden=c.hidden, act=c.act, kv_heads=c.kv_heads, head_dim=c.head_dim,
             norm_kind="rmsnorm" if llama else "layernorm", norm_eps=c.norm_eps,
-            mlp_kind="swiglu" if llama else "mlp", bias=c.attn_bias, mlp_bias=c.mlp_bias,
+            mlp_kind="swiglu" if llama else "mlp", bias=c.attn_bias, mlp_bias=c.mlp_bias, out_bias=c.out_bias,
+            qk_norm=None if c.qk_norm == "none" else c.qk_norm, post_norm=c.post_norm,
         )
         self.norm = norm("rmsnorm" if llama else "layernorm", c.dim, c.norm_eps)
         self.lm_head = nn.Linear(c.dim, c.vocab_size, bias=False)
@@ -139,13 +148,16 @@ class DecoderLM(nn.Module):
         output_hidden_states: bool = False,
         compute_logits: bool = True,
         before_layer=None,
+        mask: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """compute_logits=False skips the LM head (logits is None): a trainer that needs logits only at
         its supervised positions applies `lm_head` to those rows of `last_hidden` itself.
         logits_to_keep > 0 (a prefill): the last block, the final norm and the head run on the last
         `logits_to_keep` positions only, the others just fill the last block's cache; last_hidden is
         then (B, logits_to_keep, dim) (not with output_hidden_states, which returns every position).
-        before_layer(i, x) -> x runs before block i (Flamingo inserts its gated cross-attention there)."""
+        before_layer(i, x) -> x runs before block i (Flamingo inserts its gated cross-attention there).
+        mask: a boolean (B, 1, T, past + T) mask, True = may attend, used instead of the causal and padding
+        one (Molmo2's bidirectional image block, packed sequences); position_ids should come with it."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)
@@ -158,8 +170,12 @@ class DecoderLM(nn.Module):
 
         # One mask for every layer. Without padding, prefill uses SDPA's own causal path and a
         # decode step attends to the whole cache, so no mask is built at all.
-        mask, is_causal = None, False
-        if attention_mask is not None:
+        is_causal, custom_mask = False, mask is not None
+        if custom_mask:
+            if mask.dtype != torch.bool or mask.ndim != 4 or mask.shape[-2:] != (t, past + t):
+                raise ValueError(f"mask must be a boolean (B, 1, {t}, {past + t}) tensor, got {tuple(mask.shape)}")
+            mask = combine_masks(mask)
+        elif attention_mask is not None:
             mask = combine_masks(causal_mask(t, past + t, device=x.device)[None, None],
                                  attention_mask.bool()[:, None, None, : past + t])
         elif t > 1:
@@ -175,7 +191,7 @@ class DecoderLM(nn.Module):
             x = x + self.pos_embed(position_ids)
         # CPU shortcuts with the same numbers (mmfm.nn.plan): real tokens only, last positions only
         plan = Plan.for_decoder(attention_mask, past, t, 0 if output_hidden_states else logits_to_keep,
-                                unpad=not output_hidden_states and before_layer is None)
+                                unpad=not output_hidden_states and before_layer is None and not custom_mask)
         h, hidden = self.transformer(plan.enter(x) if plan is not None else x, mask=mask, is_causal=is_causal,
                                      rope=rope, caches=caches, output_hidden_states=output_hidden_states,
                                      before_layer=before_layer, plan=plan)

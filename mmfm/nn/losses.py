@@ -119,13 +119,19 @@ def coca_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     return total, {"contrastive_loss": contrastive.detach(), "caption_loss": caption.detach()}
 
 
-def next_token_loss(hidden: torch.Tensor, labels: torch.Tensor, head) -> tuple[torch.Tensor, int]:
+def next_token_loss(hidden: torch.Tensor, labels: torch.Tensor, head,
+                    weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over the supervised positions (labels != IGNORE) and their number.
     hidden (B, T, dim) are the LM's final states, labels (B, T); `head` (dim -> vocab) runs only at the
-    supervised positions: at short sequences the vocabulary projection is most of a step's cost."""
+    supervised positions: at short sequences the vocabulary projection is most of a step's cost.
+    weights (B, T), the weight of each label: the loss is then sum(w * ce) / sum(w) (token weighting)."""
     target = labels[:, 1:]
     keep = target != IGNORE
     n = int(keep.sum())
     if n == 0:
         raise InvalidPrompt("no supervised token in this batch: every label is IGNORE")
-    return F.cross_entropy(head(hidden[:, :-1][keep]).float(), target[keep]), n
+    logits = head(hidden[:, :-1][keep]).float()
+    if weights is None:
+        return F.cross_entropy(logits, target[keep]), n
+    w = weights[:, 1:][keep].float()
+    return (F.cross_entropy(logits, target[keep], reduction="none") * w).sum() / w.sum().clamp_min(1e-12), n
