@@ -114,3 +114,48 @@ def parse_points_v2(text: str, sizes: dict[int, tuple[int, int]] | None = None) 
                 else:
                     out.append((img, float(x), float(y)))
     return out
+
+
+# ------------------------------------------------------------------------------------ Molmo2, video
+# In a video the group's first number is a time in seconds (one decimal) instead of an image index:
+# <points coords="0.5 1 412 230; 2.0 2 655 718">red circles</points>. Tracks use the same markup,
+# one group per frame with the object's id as k.
+
+
+def format_video_points(points, width: int, height: int, text: str) -> str:
+    """points: (time s, k, x, y pixels) -> Molmo2's video markup, groups in time order."""
+    groups: dict[float, list] = {}
+    for t, k, x, y in points:
+        groups.setdefault(round(float(t), 1), []).append(
+            (int(k), min(1000, max(0, round(1000 * x / width))), min(1000, max(0, round(1000 * y / height)))))
+    if not groups:
+        return ""
+    body = "; ".join(f"{t:.1f} " + " ".join(f"{k} {x:03d} {y:03d}" for k, x, y in sorted(pts))
+                     for t, pts in sorted(groups.items()))
+    return f'<points coords="{body}">{html.escape(text, quote=True)}</points>'
+
+
+def parse_video_points(text: str, duration: float, width: int = 1000,
+                       height: int = 1000) -> list[tuple[float, int, float, float]]:
+    """Every (time, k, x, y) in Molmo2's video markup, x and y in pixels of a width x height frame.
+    A time outside 0..duration, a coordinate outside 0-1000 or a malformed group is InvalidText."""
+    out = []
+    for tag in _COORDS.finditer(text):
+        for group in tag.group(1).split(";"):
+            nums = group.split()
+            if not nums:
+                continue
+            try:
+                t, rest = float(nums[0]), [int(v) for v in nums[1:]]
+            except ValueError as e:
+                raise InvalidText(f"malformed Molmo2 video coords {group!r}: {e}") from e
+            if not rest or len(rest) % 3:
+                raise InvalidText(f"malformed Molmo2 video coords {group!r}: expected a time then (k, x, y) triples")
+            if not 0.0 <= t <= duration + 1e-6:
+                raise InvalidText(f"Molmo2 video point at {t} s is outside the clip (0-{duration:.1f} s)")
+            for i in range(0, len(rest), 3):
+                k, x, y = rest[i : i + 3]
+                if not (0 <= x <= 1000 and 0 <= y <= 1000):
+                    raise InvalidText(f"Molmo2 point ({x}, {y}) is outside 0-1000")
+                out.append((t, k, x * width / 1000.0, y * height / 1000.0))
+    return out

@@ -1,0 +1,129 @@
+"""World videos (ground truth that agrees with the pixels, events, tasks, held-out splits), video I/O
+through PyAV, Molmo2's spatio-temporal point format, and bad video input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mmfm.errors import ConfigError, InvalidImage, InvalidText
+from mmfm.text.pointing import format_video_points, parse_video_points
+from mmfm.vision.video import draw_points, read_video, write_video
+from mmfm.world.video import clip, video_tasks
+from mmfm.world.vocab import HELD_OUT_PAIRS
+
+
+def test_clips_are_deterministic_and_their_ground_truth_matches_the_pixels():
+    a, b = clip(0, "train", 5), clip(0, "train", 5)
+    assert np.array_equal(a.frames, b.frames) and a.events == b.events
+    assert not np.array_equal(a.frames, clip(1, "train", 5).frames)
+    for c in (clip(0, "train", i) for i in range(12)):
+        f, n = c.visible.shape
+        for t in range(f):
+            for i in range(n):
+                if c.visible[t, i]:
+                    x, y = c.points[t, i].astype(int)
+                    assert c.masks[t, i, y, x]  # the point is on the object
+                    rgb = np.asarray(c.movers[i].obj.rgb, float)
+                    assert np.abs(c.frames[t, y, x].astype(float) - rgb).max() <= 8  # and has its colour
+        # visible masks never overlap: occlusion is exact
+        assert (c.masks.sum(1) <= 1).all()
+
+
+def test_events_and_tasks_follow_the_motion():
+    kinds = set()
+    for i in range(40):
+        c = clip(2, "train", i)
+        for e in c.events:
+            kinds.add(e["event"])
+            assert e["time"] == round(e["frame"] / c.fps, 1)
+            if e["event"] == "leaves":
+                assert not c.visible[e["frame"]:, e["object"]].any() and c.visible[e["frame"] - 1, e["object"]]
+            if e["event"] == "appears":
+                assert c.visible[e["frame"], e["object"]] and not c.visible[: e["frame"], e["object"]].any()
+        for task in video_tasks(c):
+            if task["task"] in ("count", "point"):
+                want = [j for j, m in enumerate(c.movers) if m.obj.shape == task["shape"] and c.visible[:, j].any()]
+                if task["task"] == "count":
+                    assert task["count"] == len(want)
+                else:  # one point per object, at the frame it appears, on the object
+                    assert sorted(k for _, k, _, _ in task["points"]) == want
+            if task["task"] == "track":
+                assert len(task["points"]) == int(c.visible[:, task["object"]].sum())
+    assert {"appears", "leaves", "starts moving", "touches", "overtakes"} <= kinds
+
+
+def test_heldout_clips_hold_a_heldout_composition_and_train_clips_none():
+    for i in range(20):
+        assert any((m.obj.color, m.obj.shape) in HELD_OUT_PAIRS for m in clip(0, "heldout", i).movers)
+        assert not any((m.obj.color, m.obj.shape) in HELD_OUT_PAIRS for m in clip(0, "train", i).movers)
+    with pytest.raises(ConfigError):
+        clip(0, "concepts", 0)
+
+
+def test_video_points_round_trip_and_times_outside_the_clip_are_refused():
+    pts = [(0.5, 1, 10.0, 20.0), (0.0, 2, 63.0, 0.0), (2.0, 1, 32.0, 32.0)]
+    text = format_video_points(pts, 64, 64, "red circles")
+    assert text.startswith('<points coords="0.0 2 984 000; 0.5 1 156 312; 2.0 1 500 500">')
+    back = parse_video_points(text, duration=3.5, width=64, height=64)
+    assert [(t, k) for t, k, _, _ in back] == [(0.0, 2), (0.5, 1), (2.0, 1)]
+    assert max(abs(x - x0) + abs(y - y0) for (_, _, x, y), (_, _, x0, y0)
+               in zip(back, sorted(pts, key=lambda p: p[0]))) < 0.2
+    with pytest.raises(InvalidText, match="outside the clip"):
+        parse_video_points(text, duration=1.0)
+    with pytest.raises(InvalidText):
+        parse_video_points('<points coords="0.5 1 1200 3">x</points>', duration=4)
+    with pytest.raises(InvalidText):
+        parse_video_points('<points coords="0.5 1 12">x</points>', duration=4)
+
+
+def test_video_files_round_trip_and_sample_like_molmo2(tmp_path):
+    c = clip(0, "train", 1, frames=12, fps=6.0)
+    write_video(c.frames, tmp_path / "c.mp4", fps=6.0)
+    write_video(draw_points(c.frames, [[(0, 5.0, 5.0)]] * 12, scale=2), tmp_path / "c.gif", fps=6.0)
+    v = read_video(tmp_path / "c.mp4", max_frames=64, max_fps=2.0)
+    assert v.total == 12 and v.fps == 6.0
+    assert len(v.frames) == 4 and v.timestamps == [0.0, 0.5, 1.0, 1.5]  # 2 s at 2 fps, as transformers samples
+    assert np.abs(v.frames[0].astype(int) - c.frames[0]).mean() < 12  # a lossy codec, the same picture
+    g = read_video(tmp_path / "c.gif", max_frames=3)
+    assert g.frames.shape == (3, 128, 128, 3)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(c.frames[:5]):
+        from PIL import Image
+
+        Image.fromarray(f).save(folder / f"{i:03d}.png")
+    d = read_video(folder, fps=1.0)
+    assert d.total == 5 and np.array_equal(d.frames, c.frames[:5])
+
+
+def test_bad_videos_are_typed_errors(tmp_path):
+    (tmp_path / "junk.mp4").write_bytes(b"\x00\x01 not a video" * 100)
+    with pytest.raises(InvalidImage):
+        read_video(tmp_path / "junk.mp4")
+    good = write_video(clip(0, "train", 0).frames, tmp_path / "ok.mp4")
+    (tmp_path / "cut.mp4").write_bytes(good.read_bytes()[:200])  # truncated: no frame survives
+    with pytest.raises(InvalidImage):
+        read_video(tmp_path / "cut.mp4")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidImage, match="no frames"):
+        read_video(tmp_path / "empty")
+    with pytest.raises(InvalidImage, match="no such"):
+        read_video(tmp_path / "missing.mp4")
+    with pytest.raises(InvalidImage):
+        write_video([], tmp_path / "none.gif")
+
+
+def test_world_video_command_writes_clips_and_ground_truth(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmfm.cli.main import app
+
+    r = CliRunner().invoke(app, ["world", "video", "--out", str(tmp_path), "--n", "2", "--frames", "6", "--mp4"])
+    assert r.exit_code == 0, r.output
+    gt = json.loads((tmp_path / "ground_truth.json").read_text())
+    assert len(gt) == 2 and len(gt[0]["tracks"]) == 6 and gt[0]["events"]
+    assert read_video(tmp_path / "train_00000.gif").total == 6
+    assert read_video(tmp_path / "train_00001.mp4").total == 6
