@@ -127,3 +127,26 @@ def test_world_video_command_writes_clips_and_ground_truth(tmp_path):
     assert len(gt) == 2 and len(gt[0]["tracks"]) == 6 and gt[0]["events"]
     assert read_video(tmp_path / "train_00000.gif").total == 6
     assert read_video(tmp_path / "train_00001.mp4").total == 6
+
+
+def test_video_scores_reward_the_truth_and_punish_mistakes():
+    from mmfm.eval.video import count_scores, st_point_scores, track_scores
+
+    c = next(c for c in (clip(3, "test", i) for i in range(50))
+             if len({m.obj.shape for m in c.movers}) < len(c.movers) or len(c.movers) >= 3)
+    tasks = video_tasks(c)
+    for task in (t for t in tasks if t["task"] == "point"):
+        perfect = [(t, x, y) for t, _, x, y in task["points"]]
+        assert st_point_scores(perfect, c, task["shape"])["f1"] == 1.0
+        late = [(t + 2.0, x, y) for t, x, y in perfect]  # right place, wrong time
+        assert st_point_scores(late, c, task["shape"])["recall"] == 0.0
+        doubled = perfect + perfect  # the same object twice: one match only
+        assert st_point_scores(doubled, c, task["shape"])["precision"] == 0.5
+    for task in (t for t in tasks if t["task"] == "track"):
+        pts = [(t, x, y) for t, _, x, y in task["points"]]
+        s = track_scores(pts, c, task["object"])
+        assert s["in_mask"] == 1.0 and s["switches"] == 0
+        assert track_scores(pts[: len(pts) // 2], c, task["object"])["in_mask"] <= 0.5 + 1e-9
+        assert track_scores([(t, 0, 0) for t, _, _ in pts], c, task["object"])["in_mask"] < 1.0
+    s = count_scores([3, 2, None, 5], [3, 3, 1, 5])
+    assert s["exact"] == 0.5 and s["within_one"] == 0.75 and s["exact_ci95"] > 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mmfm.errors import InvalidText
-from mmfm.eval.vqa import _max_matching, normalize_answer, parse_count, point_scores, vqa_accuracy
+from mmfm.eval.vqa import max_matching, normalize_answer, parse_count, point_scores, vqa_accuracy
 from mmfm.text.pointing import count_answer, format_points, format_points_v2, parse_points, parse_points_v2
 
 
@@ -78,4 +78,4 @@ def test_maximum_matching_equals_hungarian():
     for _ in range(200):
         ok = rng.random((rng.integers(1, 7), rng.integers(1, 7))) < 0.4
         r, c = scipy.linear_sum_assignment(-ok.astype(float))
-        assert _max_matching(ok) == int(ok[r, c].sum())
+        assert max_matching(ok) == int(ok[r, c].sum())

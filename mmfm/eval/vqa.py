@@ -79,7 +79,7 @@ def parse_count(text: str) -> int | None:
     return int(NUMBERS.get(tok, tok))
 
 
-def _max_matching(ok: np.ndarray) -> int:
+def max_matching(ok: np.ndarray) -> int:
     """Size of a maximum matching in the bipartite graph ok (P predictions x G objects) (Kuhn's algorithm,
     exact; what Hungarian matching with 0/1 costs finds)."""
     P, G = ok.shape
@@ -109,11 +109,11 @@ def point_scores(points, masks: np.ndarray) -> dict:
         xi, yi = int(x), int(y)
         if G and 0 <= yi < masks.shape[1] and 0 <= xi < masks.shape[2]:
             ok[i] = masks[:, yi, xi]
-    tp = _max_matching(ok) if pts and G else 0
+    tp = max_matching(ok) if pts and G else 0
     prec = tp / len(pts) if pts else 0.0
     rec = tp / G if G else 0.0
     f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
     return {"tp": tp, "precision": prec, "recall": rec, "f1": f1}
 
 
-__all__ = ["normalize_answer", "vqa_accuracy", "parse_count", "point_scores", "NUMBERS"]
+__all__ = ["normalize_answer", "vqa_accuracy", "parse_count", "point_scores", "max_matching", "NUMBERS"]
