@@ -272,3 +272,39 @@ def test_token_weighting_follows_the_report_and_changes_the_loss():
         on = model(**pack(exs, vis, max_len=400).model_inputs()).loss
         off = model(**pack(exs, vis, max_len=400, weighting=False).model_inputs()).loss
     assert abs(on.item() - off.item()) > 1e-4
+
+
+def test_released_config_keys_load_with_the_same_logits(tmp_path):
+    """The released checkpoints' config.json uses the original keys (vit_config, vit_layers, qkv_bias,
+    rope_theta, ...) and lists more ViT layers than its weights hold; transformers trims them, so do we."""
+    import json
+
+    legacy = {
+        "model_type": "molmo2", "architectures": ["Molmo2ForConditionalGeneration"], "tie_word_embeddings": False,
+        "image_start_token_id": V, "image_end_token_id": V + 1, "image_patch_id": V + 2, "image_col_id": V + 3,
+        "low_res_image_start_token_id": V + 4, "image_low_res_id": V + 6, "frame_start_token_id": V + 7,
+        "frame_end_token_id": V + 8, "use_frame_special_tokens": True,
+        "vit_config": {"model_type": "molmo2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 5,
+                       "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 8,
+                       "hidden_act": "gelu_pytorch_tanh", "image_default_input_size": [CROP, CROP],
+                       "image_patch_size": PATCH, "image_num_pos": (CROP // PATCH) ** 2, "layer_norm_eps": 1e-6},
+        "adapter_config": {"model_type": "molmo2", "vit_layers": [-3, -5], "hidden_size": 32,
+                           "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 8, "hidden_act": "silu",
+                           "intermediate_size": 48, "text_hidden_size": 40},
+        "text_config": {"model_type": "molmo2_text", "hidden_size": 40, "num_attention_heads": 4,
+                        "num_key_value_heads": 2, "head_dim": 10, "vocab_size": V, "additional_vocab_size": 12,
+                        "num_hidden_layers": 2, "intermediate_size": 64, "qk_norm_type": "qwen3", "qkv_bias": False,
+                        "rope_theta": 5000.0, "rope_scaling": None, "layer_norm_eps": 1e-6, "norm_after": False,
+                        "max_position_embeddings": 512},
+    }
+    torch.manual_seed(1)
+    ref = Molmo2ForConditionalGeneration(HFConfig(**json.loads(json.dumps(legacy)))).eval()
+    assert ref.config.vision_config.num_hidden_layers == 3  # transformers' trim: the deepest read layer + 1
+    ref.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(legacy))  # as the hub ships it
+    model = mmfm.load(tmp_path)
+    assert model.config.vision.layers == 3 and model.config.adapter.feature_layers == (2, 0)
+    ids, patches, pooling = image_case(model, [(70, 90)])
+    want = hf_logits(ref, ids, patches, pooling, False, 1)
+    with torch.no_grad():
+        assert (model(ids, patches, pooling).logits - want).abs().max().item() <= 1e-4

@@ -31,7 +31,7 @@ experiment_app = typer.Typer(help="Experiments that reproduce a claim of the cou
 
 
 def _register() -> None:
-    from mmfm.cli import chain, clip, coca, compositionality, flamingo, llava, lm, quickstart, sam, world
+    from mmfm.cli import chain, clip, coca, compositionality, flamingo, llava, lm, molmo2, quickstart, sam, world
 
     app.add_typer(world.app, name="world")
     app.add_typer(train_app, name="train")
@@ -48,8 +48,11 @@ def _register() -> None:
     app.command(name="caption")(coca.caption)
     train_app.command(name="llava")(llava.train_llava)
     eval_app.command(name="llava")(llava.eval_llava)
-    app.command(name="ask")(llava.ask)
-    app.command(name="point")(llava.point)
+    app.command(name="ask")(molmo2.ask)  # one image -> LLaVA; a video or image set -> Molmo2
+    app.command(name="point")(molmo2.point)
+    app.command(name="track")(molmo2.track)
+    train_app.command(name="molmo2")(molmo2.train_molmo2)
+    eval_app.command(name="molmo2")(molmo2.eval_molmo2)
     train_app.command(name="flamingo")(flamingo.train_flamingo)
     eval_app.command(name="flamingo")(flamingo.eval_flamingo)
     app.command(name="fewshot", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(

@@ -233,6 +233,10 @@ def load_hf_molmo2(folder: Path, dtype=torch.float32) -> Molmo2:
 
 def save_hf_molmo2(model: Molmo2, folder: Path) -> None:
     c = model.config
+    if c.tower != "vit":
+        raise CheckpointError("transformers' Molmo2 has its own ViT; a model on an mmfm CLIP tower saves as mmfm only")
+    if c.lora:
+        raise CheckpointError("merge the LoRA adapters first (mmfm.nn.lora.merge_lora); transformers has no LoRA")
     sd = {k: v.detach().float() for k, v in model.state_dict().items()}
     (Path(folder) / "config.json").write_text(json.dumps(config_to_hf(c), indent=2))
     save_safetensors(state_dict_to_hf(sd, c), Path(folder) / "model.safetensors", metadata={"format": "pt"})

