@@ -125,6 +125,14 @@ def _grounded(files, query, model, out, max_frames, fps, question, what):
     return answer, pts
 
 
+def _report(video, query, answer, pts, out, as_json: bool, what: str) -> None:
+    if as_json:
+        typer.echo(json.dumps({"video": str(video), "query": query, "answer": answer,
+                               "points": [list(p) for p in pts], "out": str(out)}))
+    else:
+        typer.echo(f"{answer}\n{len(pts)} {what} -> {out}")
+
+
 def point(
     args: list[str] = FILES,
     model: Path = MODEL,
@@ -142,11 +150,7 @@ def point(
     q = query[4:] if query.lower().startswith("the ") else query
     out = out or Path("points.gif")
     answer, pts = _grounded(files, query, model, out, max_frames, fps, f"Point to every {q} when it appears.", "point")
-    if as_json:
-        typer.echo(json.dumps({"video": str(files[0]), "query": query, "answer": answer,
-                               "points": [list(p) for p in pts], "out": str(out)}))
-    else:
-        typer.echo(f"{answer}\n{len(pts)} point(s) -> {out}")
+    _report(files[0], query, answer, pts, out, as_json, "point(s)")
 
 
 def track(
@@ -161,11 +165,7 @@ def track(
     files, query = _split(args, "object to track")
     q = query[4:] if query.lower().startswith("the ") else query
     answer, pts = _grounded(files, query, model, out, max_frames, fps, f"Track the {q}.", "track")
-    if as_json:
-        typer.echo(json.dumps({"video": str(files[0]), "query": query, "answer": answer,
-                               "points": [list(p) for p in pts], "out": str(out)}))
-    else:
-        typer.echo(f"{answer}\n{len(pts)} frame(s) tracked -> {out}")
+    _report(files[0], query, answer, pts, out, as_json, "frame(s) tracked")
 
 
 def train_molmo2(

@@ -27,11 +27,11 @@ def ask_clip(model, data, context_ids, patches, pooling, questions: list[str], m
     for i, r in enumerate(rows):  # left padding: the new tokens follow every row's last token
         ids[i, width - len(r):] = torch.tensor(r)
         mask[i, width - len(r):] = 1
-    n = patches.shape[0] * patches.shape[1]
-    all_patches = patches.repeat(len(rows), 1, 1)
-    all_pooling = torch.cat([torch.where(pooling >= 0, pooling + i * n, pooling) for i in range(len(rows))])
+    with torch.no_grad():
+        feats = model.encode(patches, pooling)  # the clip is encoded once, then stands in every row
     end = data.tok.token_to_id("<|im_end|>")
-    out = model.generate_ids(ids, all_patches, all_pooling, attention_mask=mask, max_new_tokens=max_new_tokens,
+    out = model.generate_ids(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                             image_features=feats.repeat(len(rows), 1),
                              eos_token_ids=[end] if end is not None else [])
     return [data.tok.decode(o).strip() for o in out]
 

@@ -19,6 +19,7 @@ its timestamp in seconds. `mmfm.vision.crops` makes the patches and pooling tabl
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -371,10 +372,14 @@ class Molmo2(nn.Module):
     @torch.inference_mode()
     def generate_ids(self, input_ids: torch.Tensor, patches: torch.Tensor | None = None,
                      pooling: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                     max_new_tokens: int = 32, eos_token_ids=(), **sampling) -> list[list[int]]:
+                     max_new_tokens: int = 32, eos_token_ids=(), image_features: torch.Tensor | None = None,
+                     **sampling) -> list[list[int]]:
         """New token ids for a (left-padded) batch; the prefill sees the vision-block mask, each new
-        token attends to everything before it through the KV cache."""
-        feats = self.encode(patches, pooling) if patches is not None else None
+        token attends to everything before it through the KV cache. image_features (from `encode`)
+        instead of patches when they are already computed (one clip asked several questions)."""
+        feats = image_features
+        if feats is None and patches is not None:
+            feats = self.encode(patches, pooling)
         x = self.embed(input_ids, feats)
         t, limit = input_ids.shape[1], self.config.lm.max_seq_len
         window = limit - t
@@ -391,7 +396,8 @@ class Molmo2(nn.Module):
         (they come from their package): only its LoRA adapters and the extra embedding rows are kept."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(_json({"model_type": "mmfm-molmo2", **self.config.to_dict()}))
+        config = {"model_type": "mmfm-molmo2", **self.config.to_dict()}
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
         sd = dict(self.state_dict())
         if self.config.base_lm:
             extra = sd["lm.embed.weight"][self.config.lm.vocab_size:]
@@ -426,12 +432,6 @@ class _VisionPrefill(nn.Module):
                            position_ids=position_ids, caches=caches, logits_to_keep=logits_to_keep)
         return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, caches=caches,
                        logits_to_keep=logits_to_keep)
-
-
-def _json(d: dict) -> str:
-    import json
-
-    return json.dumps(d, indent=2)
 
 
 def load_mmfm_molmo2(folder, dtype: str = "float32") -> Molmo2:

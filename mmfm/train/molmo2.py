@@ -103,14 +103,14 @@ def prepare(model: Molmo2, lora: dict) -> int:
 
 
 class Molmo2TrainModule(nn.Module):
-    """One step: the (packed) batch's loss. bidirectional=False rebuilds the tree mask with no vision
-    block (the ablation); only the trainable tensors are checkpointed."""
+    """One step: the (packed) batch's loss (the causal ablation changes the batches' masks, see
+    CausalVisionData); only the trainable tensors are checkpointed."""
 
     checkpoint_trainable_only = True
 
-    def __init__(self, model: Molmo2, bidirectional: bool = True):
+    def __init__(self, model: Molmo2):
         super().__init__()
-        self.model, self.bidirectional = model, bidirectional
+        self.model = model
 
     def forward(self, batch: dict):
         out = self.model(**batch)
