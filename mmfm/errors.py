@@ -26,6 +26,10 @@ class ConfigError(MMFMError, ValueError):
     """A configuration value is invalid or inconsistent."""
 
 
+class DataError(MMFMError, ValueError):
+    """A dataset cannot be used: unknown format, missing columns, or more unusable records than tolerated."""
+
+
 class ProgramError(MMFMError, ValueError):
     """A generated program does not parse, does not validate, or failed while running."""
 
@@ -53,6 +57,7 @@ __all__ = [
     "InvalidPrompt",
     "CheckpointError",
     "ConfigError",
+    "DataError",
     "ProgramError",
     "TrainingError",
     "DependencyError",

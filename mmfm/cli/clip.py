@@ -12,7 +12,7 @@ from mmfm.errors import InvalidPrompt
 
 
 def train_clip(
-    preset: str = typer.Option("world-tiny", help="Training preset."),
+    preset: str = typer.Option("world-tiny", help="Training preset (the world; ignored with --data)."),
     steps: int = options.STEPS,
     batch_size: int = options.BATCH_SIZE,
     lr: float = options.LR,
@@ -24,8 +24,40 @@ def train_clip(
     scenes: int = options.SCENES,
     evaluate: bool = options.EVALUATE,
     log_every: int = options.LOG_EVERY,
+    data: str = options.DATA,
+    fmt: str = options.FORMAT,
+    images: Path = options.IMAGES,
+    init: Path = typer.Option(None, "--from", help="With --data: the CLIP to fine-tune (mmfm, transformers or "
+                              "open_clip folder; default: the shipped world CLIP)."),
+    val_data: Path = options.VAL_DATA,
+    val_images: Path = options.VAL_IMAGES,
+    image_key: str = options.IMAGE_KEY,
+    caption_key: str = options.CAPTION_KEY,
+    epochs: float = options.EPOCHS,
+    warmup: int = options.WARMUP,
+    accum: int = options.ACCUM,
+    max_bad: float = options.MAX_BAD,
+    lock_image: bool = typer.Option(False, "--lock-image", help="LiT: freeze the image tower (open_clip's flag)."),
+    lock_image_unlocked: int = options.bounded(0, "--lock-image-unlocked-groups", lo=0, hi=1000,
+                                               help="With --lock-image: leave the last N blocks trainable."),
+    lock_text: bool = typer.Option(False, "--lock-text", help="Freeze the text tower."),
+    classnames: Path = typer.Option(None, "--classnames", help="Class names of an image-folder / CSV --val-data."),
+    templates: str = typer.Option(None, "--templates", help="Zero-shot templates of --val-data: a file ({c}) or "
+                                  "world | openai | simple."),
 ) -> None:
-    """Train a CLIP on the Shapes world; works under torchrun (DDP)."""
+    """Train a CLIP on the Shapes world, or fine-tune one on your image-text pairs (--data); works under
+    torchrun (DDP)."""
+    if data is not None:
+        from mmfm.cli.files import print_finetune
+        from mmfm.train.files import finetune_clip
+
+        report = finetune_clip(data, init or _shipped_clip(), out, "clip", fmt, images, image_key, caption_key,
+                               val_data, None, val_images, _classnames(classnames), _templates(templates),
+                               lock_image, lock_image_unlocked, lock_text, epochs, max_bad, resume, steps=steps,
+                               batch_size=batch_size, lr=lr, seed=seed, save_every=save_every, bf16=bf16,
+                               log_every=log_every, warmup=warmup, accum=accum)
+        print_finetune(report, out)
+        return
     from mmfm.train.clip import train_world_clip
 
     report = train_world_clip(preset, out, resume=resume, scenes=scenes, evaluate=evaluate, steps=steps,
@@ -34,6 +66,30 @@ def train_clip(
     if "zeroshot" in report:
         print_report(report)
     typer.echo(f"model: {out / 'model'}   report: {out / 'report.json'}   curves: {out / 'curves.png'}")
+
+
+def _shipped_clip() -> Path:
+    from mmfm.weights import path
+
+    return path("clip-world-tiny")
+
+
+def _classnames(path: Path | None) -> list[str] | None:
+    from mmfm.data.labeled import read_classnames
+
+    return read_classnames(path) if path else None
+
+
+def _templates(spec: str | None):
+    """A template file ({c} or {}), a template set's name, or None (the model's own default)."""
+    from mmfm.data.labeled import read_templates
+    from mmfm.eval.templates import TEMPLATE_SETS
+
+    if spec is None or spec in TEMPLATE_SETS:
+        return spec
+    if not Path(spec).is_file():
+        raise InvalidPrompt(f"--templates {spec!r}: neither a file nor one of {', '.join(TEMPLATE_SETS)}")
+    return read_templates(spec)
 
 
 def print_report(report: dict) -> None:
@@ -65,14 +121,29 @@ def eval_clip(
     prompts: Path = typer.Option(None, "--prompts", help="CuPL-style JSON {class: [sentences]} for zeroshot."),
     n: int = options.bounded(1000, lo=1, hi=10**6, help="Evaluation images per split."),
     out: Path = typer.Option(None, "--out", help="JSON file for the results (default: next to the model)."),
+    data: str = typer.Option(None, "--data", help="Your data instead of the world: an image folder or CSV "
+                             "(zeroshot, linear-probe: its training set), captions CSV / COCO captions (retrieval)."),
+    test_data: str = typer.Option(None, "--test-data", help="linear-probe: the test set (same classes)."),
+    fmt: str = options.FORMAT,
+    images: Path = options.IMAGES,
+    classnames: Path = typer.Option(None, "--classnames", help="Class names (a line each, or JSON); default: the "
+                                    "folder names / the CSV's labels."),
+    image_key: str = options.IMAGE_KEY,
+    caption_key: str = options.CAPTION_KEY,
+    label_key: str = typer.Option("label", "--label-key", help="CSV column of the class labels."),
+    max_bad: float = options.MAX_BAD,
 ) -> None:
-    """Evaluate a CLIP on the Shapes world; prints a table and writes JSON."""
+    """Evaluate a CLIP on the Shapes world, or on your data (--data); prints a table and writes JSON.
+    With --data, --templates is a file of templates with {c}, or world | openai | simple."""
     from mmfm.cli import load_model
     from mmfm.eval.clip_world import linear_probe_world, retrieval_world, zeroshot_world
     from mmfm.models.clip import CLIP
 
     if task not in EVAL_TASKS:
         raise InvalidPrompt(f"unknown task {task!r}; use {', '.join(EVAL_TASKS)}")
+    if data is not None:
+        return _eval_clip_files(model, task, data, test_data, fmt, images, _classnames(classnames), templates,
+                                prompts, image_key, caption_key, label_key, max_bad, out)
     if templates not in ("single", "ensemble"):
         raise InvalidPrompt(f"unknown templates {templates!r}; use single or ensemble")
     m = load_model(model, CLIP, "eval clip", "zero-shot and retrieval")
@@ -111,6 +182,52 @@ def eval_clip(
     else:
         raise InvalidPrompt(f"unknown task {task!r}; use zeroshot, retrieval, linear-probe or concepts")
     path = out or (model / f"eval_{task}.json")
+    path.write_text(json.dumps(res, indent=2))
+    typer.echo(f"wrote {path}")
+
+
+def _eval_clip_files(model, task, data, test_data, fmt, images, classnames, templates, prompts, image_key,
+                     caption_key, label_key, max_bad, out) -> None:
+    from mmfm.cli import load_model
+    from mmfm.data.files import detect_format
+    from mmfm.data.labeled import read_captions, read_classes
+    from mmfm.eval.files import linear_probe_files, retrieval_files, zeroshot_files
+    from mmfm.models.clip import CLIP
+
+    if task == "concepts":
+        raise InvalidPrompt("--task concepts is the world's; on your data use zeroshot, linear-probe or retrieval")
+    if task == "retrieval":
+        captioned = read_captions(data, detect_format(data, ("csv", "coco-captions"), fmt), images, image_key,
+                                  caption_key, max_bad)
+        m = load_model(model, CLIP, "eval clip", "retrieval")
+        res = retrieval_files(m, captioned)
+        reports = [captioned.report]
+    else:
+        labeled = read_classes(data, detect_format(data, ("csv", "imagefolder"), fmt), images, image_key, label_key,
+                               classnames, max_bad)
+        reports = [labeled.report]
+        if task == "zeroshot":
+            from mmfm.chain.cupl import load_prompts
+
+            m = load_model(model, CLIP, "eval clip", "zero-shot")
+            tpl = templates if templates not in ("single", "ensemble") else None
+            tpl = _templates(tpl) or ("world" if m.config.tokenizer == "world" else "openai")
+            res = zeroshot_files(m, labeled, tpl, prompts=load_prompts(prompts) if prompts else None)
+        else:
+            if test_data is None:
+                raise InvalidPrompt("--task linear-probe needs --test-data (the probe is fit on --data)")
+            test = read_classes(test_data, detect_format(test_data, ("csv", "imagefolder"), fmt), images, image_key,
+                                label_key, classnames or labeled.classnames, max_bad)
+            reports.append(test.report)
+            m = load_model(model, CLIP, "eval clip")
+            res = linear_probe_files(m, labeled, test)
+    for r in reports:
+        typer.echo(r.summary())
+    for k, v in res.items():
+        if isinstance(v, (int, float)):
+            typer.echo(f"{k:<32}{v:.4f}" if isinstance(v, float) else f"{k:<32}{v}")
+    res["data"] = [r.to_dict() for r in reports]
+    path = out or (Path(model) / f"eval_{task}_data.json")
     path.write_text(json.dumps(res, indent=2))
     typer.echo(f"wrote {path}")
 

@@ -25,8 +25,33 @@ def train_coca(
     evaluate: bool = options.EVALUATE,
     eval_n: int = options.bounded(500, "--eval-n", lo=1, hi=10**6, help="Scenes per split for captioning."),
     log_every: int = options.LOG_EVERY,
+    data: str = options.DATA,
+    fmt: str = options.FORMAT,
+    images: Path = options.IMAGES,
+    init: Path = typer.Option(None, "--from", help="With --data: the CoCa to fine-tune (mmfm or open_clip)."),
+    val_data: Path = options.VAL_DATA,
+    val_images: Path = options.VAL_IMAGES,
+    image_key: str = options.IMAGE_KEY,
+    caption_key: str = options.CAPTION_KEY,
+    epochs: float = options.EPOCHS,
+    warmup: int = options.WARMUP,
+    accum: int = options.ACCUM,
+    max_bad: float = options.MAX_BAD,
 ) -> None:
-    """Train a CoCa on the Shapes world (contrastive + captioning); works under torchrun (DDP)."""
+    """Train a CoCa on the Shapes world (contrastive + captioning), or fine-tune one on your image-text
+    pairs (--data --from); works under torchrun (DDP)."""
+    if data is not None:
+        from mmfm.cli.files import print_finetune
+        from mmfm.train.files import finetune_clip
+
+        if init is None:
+            raise InvalidPrompt("--data needs --from: the CoCa to fine-tune")
+        report = finetune_clip(data, init, out, "coca", fmt, images, image_key, caption_key, val_data, None,
+                               val_images, epochs=epochs, max_bad=max_bad, resume=resume, steps=steps,
+                               batch_size=batch_size, lr=lr, seed=seed, save_every=save_every, bf16=bf16,
+                               log_every=log_every, warmup=warmup, accum=accum)
+        print_finetune(report, out)
+        return
     from mmfm.train.coca import train_world_coca
 
     report = train_world_coca(preset, out, resume=resume, scenes=scenes, evaluate=evaluate, eval_n=eval_n, steps=steps,

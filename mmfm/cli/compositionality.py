@@ -71,8 +71,31 @@ def train_negclip(
         "--relation-steps",
         help="Steps of the preset's relation phase after the main one (0 skips it; default: the preset's).",
     ),
+    data: str = options.DATA,
+    fmt: str = options.FORMAT,
+    images: Path = options.IMAGES,
+    val_data: Path = options.VAL_DATA,
+    val_images: Path = options.VAL_IMAGES,
+    image_key: str = options.IMAGE_KEY,
+    caption_key: str = options.CAPTION_KEY,
+    epochs: float = options.EPOCHS,
+    warmup: int = options.WARMUP,
+    accum: int = options.ACCUM,
+    max_bad: float = options.MAX_BAD,
 ) -> None:
-    """Fine-tune a CLIP with NegCLIP's hard negatives (captions and neighbour images); works under torchrun."""
+    """Fine-tune a CLIP with NegCLIP's hard negatives (captions and neighbour images) on the world, or on
+    your image-text pairs (--data: a hard-negative caption made from each caption by NegCLIP's rules);
+    works under torchrun."""
+    if data is not None:
+        from mmfm.cli.files import print_finetune
+        from mmfm.train.files import finetune_clip
+
+        report = finetune_clip(data, init, out, "negclip", fmt, images, image_key, caption_key, val_data, None,
+                               val_images, epochs=epochs, max_bad=max_bad, resume=resume, steps=steps,
+                               batch_size=batch_size, lr=lr, seed=seed, bf16=bf16, log_every=log_every,
+                               warmup=warmup, accum=accum)
+        print_finetune(report, out)
+        return
     from mmfm.train.negclip import train_negclip as run
 
     report = run(init, out, preset, scenes=scenes, resume=resume, evaluate=evaluate, eval_n=eval_n, steps=steps,

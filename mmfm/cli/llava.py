@@ -113,8 +113,32 @@ def train_llava(
         help="Stage 2: weights of the question types in single-question conversations, "
          "e.g. shape=3,color=2 (others 1).",
     ),
+    data: Path = typer.Option(None, "--data", help="Your LLaVA JSON / JSONL (image + conversations) instead of "
+                              "the world; --from defaults to the shipped world LLaVA."),
+    images: Path = options.IMAGES,
+    val_data: Path = options.VAL_DATA,
+    val_images: Path = options.VAL_IMAGES,
+    val_n: int = options.bounded(None, "--val-n", lo=1, hi=10**6, help="Evaluate at most N records of --val-data."),
+    lora_rank: int = options.bounded(16, "--lora-rank", lo=0, hi=4096, help="With --data, stage 2: LoRA rank "
+                                     "(0: train the whole LM); a model with adapters keeps its own."),
+    max_len: int = options.bounded(512, "--max-len", lo=8, hi=1 << 20, help="Tokens per conversation (longer: cut)."),
+    epochs: float = options.EPOCHS,
+    warmup: int = options.WARMUP,
+    accum: int = options.ACCUM,
+    max_bad: float = options.MAX_BAD,
 ) -> None:
-    """Train LLaVA on the Shapes world with SmolLM2-135M-Instruct (two stages, as LLaVA)."""
+    """Train LLaVA on the Shapes world with SmolLM2-135M-Instruct (two stages, as LLaVA), or fine-tune a
+    LLaVA on your LLaVA JSON (--data)."""
+    if data is not None:
+        from mmfm.cli.files import print_finetune
+        from mmfm.train.files import finetune_llava
+
+        report = finetune_llava(data, init, out, images, stage, lora_rank, val_data=val_data, val_images=val_images,
+                                max_len=max_len, epochs=epochs, max_bad=max_bad, val_n=val_n, resume=resume,
+                                steps=steps, batch_size=batch_size, lr=lr, seed=seed, bf16=bf16, warmup=warmup,
+                                accum=accum)
+        print_finetune(report, out)
+        return
     from mmfm.eval.llava_world import format_report
     from mmfm.train.llava import train_world_llava
 
@@ -146,12 +170,32 @@ def eval_llava(
     seed: int = typer.Option(
         0, help="World seed: which new scenes are drawn (the accuracy moves by a few points between seeds at n=200)."
     ),
+    data: Path = typer.Option(None, "--data", help="Your LLaVA JSON: each record's last answer is generated and "
+                              "compared with the reference (--n records at most)."),
+    images: Path = options.IMAGES,
+    max_bad: float = options.MAX_BAD,
 ) -> None:
-    """VQA by question type, counting direct vs by pointing, and pointing F1 on new world scenes."""
+    """VQA by question type, counting direct vs by pointing, and pointing F1 on new world scenes; with
+    --data, exact match and answer loss on your LLaVA JSON."""
     from mmfm.eval.llava_world import evaluate_llava_world, format_report
 
     if n < 1:
         raise InvalidPrompt("--n must be >= 1")
+    if data is not None:
+        from mmfm.data.files import detect_format
+        from mmfm.data.instructions import read_instructions
+        from mmfm.eval.files import llava_files
+
+        detect_format(data, ("llava",))
+        records, report = read_instructions(data, images, max_bad)
+        res = llava_files(_load_llava(model), records[:n], report)
+        typer.echo(report.summary())
+        typer.echo(f"{res['records']} records: exact match {res['exact_match']:.3f}, "
+                   f"answer loss {res['answer_loss']:.4f}")
+        path = out or Path(model) / "eval_data.json"
+        path.write_text(json.dumps({**res, "data": report.to_dict()}, indent=1))
+        typer.echo(f"wrote {path}")
+        return
     m = _load_llava(model)
     report = evaluate_llava_world(m, n=n, seed=seed, out=out or model)
     typer.echo(format_report(report))

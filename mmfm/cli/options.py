@@ -34,3 +34,20 @@ BF16 = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (default on).")
 EVALUATE = typer.Option(True, "--eval/--no-eval", help="Evaluate after training.")
 LOG_EVERY = bounded(None, "--log-every", lo=1, hi=10**7, help="Log metrics every N steps.")
 SCENES = bounded(None, lo=1, hi=10**7, help="Training scenes in the cache (default: the preset's).")
+
+# A user's own data (mmfm.data): every trainer takes these; --data switches from the world to the files.
+DATA = typer.Option(None, "--data", help="Your dataset: a CSV/TSV, webdataset shards ('{000..009}.tar'), an "
+                    "image folder, LLaVA JSON or COCO JSON (format detected; see --format).")
+FORMAT = typer.Option(None, "--format", help="csv | webdataset | imagefolder | llava | coco-instances | coco-captions "
+                      "(default: detected).")
+IMAGES = typer.Option(None, "--images", help="Folder the data's relative image paths start from "
+                      "(default: the data file's folder).")
+VAL_DATA = typer.Option(None, "--val-data", help="Held-out data, evaluated before and after training.")
+VAL_IMAGES = typer.Option(None, "--val-images", help="Image folder of --val-data (default: its file's folder).")
+EPOCHS = bounded(None, lo=1e-3, hi=1e5, help="Passes over --data (default 1; --steps wins).")
+WARMUP = bounded(None, lo=0, hi=10**7, help="Warmup steps (default: 10% of the steps, at most 100).")
+ACCUM = bounded(None, "--accum", lo=1, hi=4096, help="Gradient accumulation steps per optimizer step.")
+MAX_BAD = bounded(0.1, "--max-bad", lo=0.0, hi=1.0, help="Fraction of unusable records tolerated (skipped and "
+                  "listed in data_report.json) before the data is refused.")
+IMAGE_KEY = typer.Option("filepath", "--image-key", help="CSV column of the image paths (open_clip's --csv-img-key).")
+CAPTION_KEY = typer.Option("title", "--caption-key", help="CSV column of the captions (open_clip's --csv-caption-key).")

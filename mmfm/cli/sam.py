@@ -126,8 +126,37 @@ def train_sam(
     out: Path = typer.Option(Path("runs/sam"), "--out", help="Run folder."),
     resume: bool = options.RESUME,
     evaluate: bool = options.EVALUATE,
+    data: Path = typer.Option(None, "--data", help="Your COCO instances JSON (polygons or RLE) instead of the world."),
+    images: Path = options.IMAGES,
+    init: str = typer.Option(None, "--from", help="With --data: the SAM to fine-tune (official .pth, transformers or "
+                             "mmfm folder)."),
+    val_data: Path = options.VAL_DATA,
+    val_images: Path = options.VAL_IMAGES,
+    val_objects: int = options.bounded(None, "--val-objects", lo=1, hi=10**7,
+                                       help="Evaluate at most this many objects."),
+    objects_per_image: int = options.bounded(2, "--objects-per-image", lo=1, hi=64, help="Objects decoded per image."),
+    freeze_image_encoder: bool = typer.Option(False, "--freeze-image-encoder",
+                                              help="Train only the prompt encoder and mask decoder."),
+    epochs: float = options.EPOCHS,
+    warmup: int = options.WARMUP,
+    accum: int = options.ACCUM,
+    max_bad: float = options.MAX_BAD,
+    bf16: bool = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (default: fp32)."),
 ) -> None:
-    """Train SAM on the Shapes world with interactive prompting."""
+    """Train SAM on the Shapes world with interactive prompting, or fine-tune one on your COCO instances
+    (--data --from)."""
+    if data is not None:
+        from mmfm.cli.files import print_finetune
+        from mmfm.train.files import finetune_sam
+
+        if init is None:
+            raise InvalidPrompt("--data needs --from: the SAM to fine-tune (e.g. sam_vit_b_01ec64.pth)")
+        report = finetune_sam(data, init, out, images, val_data, val_images, objects_per_image, rounds or 3,
+                              epochs=epochs, max_bad=max_bad, val_objects=val_objects,
+                              freeze_image_encoder=freeze_image_encoder, resume=resume, steps=steps,
+                              batch_size=batch_size, lr=lr, seed=seed, warmup=warmup, accum=accum, bf16=bf16)
+        print_finetune(report, out)
+        return
     from mmfm.train.sam import train_world_sam
 
     report = train_world_sam(preset, out, resume=resume, evaluate=evaluate, steps=steps, batch_size=batch_size,
@@ -144,13 +173,32 @@ def eval_sam(
     out: Path = typer.Option(None, "--out", help="Write the JSON here."),
     clip: str = typer.Option(None, "--clip", help="A CLIP: also score '<color> <shape>' text prompts."),
     text_n: int = options.bounded(50, "--text-n", lo=1, hi=10**5, help="Held-out scenes for the text prompts."),
+    data: Path = typer.Option(None, "--data", help="Your COCO instances JSON instead of the world."),
+    images: Path = options.IMAGES,
+    max_objects: int = options.bounded(None, "--max-objects", lo=1, hi=10**7, help="With --data: at most N objects."),
+    max_bad: float = options.MAX_BAD,
 ) -> None:
     """mIoU from one point (best of 3, oracle, single) and from a box on held-out world scenes, on all
-    objects and on overlapping ones; automatic-mask recall; with --clip, text prompts."""
+    objects and on overlapping ones; automatic-mask recall; with --clip, text prompts. With --data: the
+    point and box mIoU on your COCO instances, at their original size."""
     from mmfm.eval.sam_world import evaluate_sam_world, text_prompt_world
     from mmfm.models.clip import CLIP
     from mmfm.models.sam import SAM
 
+    if data is not None:
+        from mmfm.data.coco import read_coco_instances
+        from mmfm.data.files import detect_format
+        from mmfm.eval.files import sam_files
+
+        detect_format(data, ("coco-instances",))
+        coco_images, report = read_coco_instances(data, images, max_bad)
+        res = sam_files(load_model(model, SAM, "eval sam"), coco_images, report, max_objects=max_objects)
+        typer.echo(report.summary())
+        typer.echo(f"{res['objects']} objects: mIoU 1 point best of 3 {res['miou_best3']:.3f}, oracle "
+                   f"{res['miou_oracle']:.3f}, single {res['miou_single']:.3f}, box {res['miou_box']:.3f}")
+        if out:
+            out.write_text(json.dumps({**res, "data": report.to_dict()}, indent=2))
+        return
     sam = load_model(model, SAM, "eval sam")
     clip_model = load_model(clip, CLIP, "eval sam --clip", "text prompts") if clip else None
     res = evaluate_sam_world(sam, n=n, amg_images=amg_images)

@@ -67,3 +67,28 @@ def video(
         records.append({"clip": f"{split}_{i:05d}", **record(c)})
     (out / "ground_truth.json").write_text(json.dumps(records, indent=1))
     typer.echo(f"wrote {n} clip(s) with tracks to {out} and {out / 'ground_truth.json'}")
+
+
+@app.command()
+def export(
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+    fmt: str = typer.Option("csv", "--format", help="csv | webdataset | imagefolder | coco | llava"),
+    kind: str = typer.Option("scenes", "--kind", help="scenes | concepts | objects | leftmost"),
+    split: str = typer.Option("train", help="train, val, test or heldout."),
+    n: int = options.bounded(100, "--n", lo=1, hi=10**6, help="How many images."),
+    start: int = options.bounded(0, "--start", lo=0, hi=10**9, help="First index (a disjoint set: another start)."),
+    size: int = options.bounded(64, lo=16, hi=1024, help="Image side in pixels."),
+    seed: int = typer.Option(0, help="World seed."),
+) -> None:
+    """World data in the ecosystem's formats (open_clip CSV, webdataset, image folders, COCO instances,
+    LLaVA JSON): what `mmfm train ... --data` reads."""
+    from mmfm.errors import ConfigError
+    from mmfm.world import World
+    from mmfm.world.export import EXPORT_FORMATS, EXPORT_KINDS, export_world
+
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"--format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+    if kind not in EXPORT_KINDS:
+        raise ConfigError(f"--kind {kind!r}: use one of {', '.join(EXPORT_KINDS)}")
+    path = export_world(World(seed=seed, size=size), out, fmt, kind, split, n, start)
+    typer.echo(f"wrote {path}")

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mmfm.data.instructions import collate
 from mmfm.errors import ConfigError, InvalidPrompt
-from mmfm.text.conversation import IGNORE, ConversationEncoder
+from mmfm.text.conversation import ConversationEncoder
 from mmfm.text.pointing import count_answer
 from mmfm.world import World
 from mmfm.world.annotate import interior_points
@@ -178,18 +179,6 @@ class WorldInstructions:
             labels.append(ex.labels)
             images.append(sample.rendered.image)
         return collate(rows, labels, world_pixels(images, self.mean, self.std), pad_id=0)
-
-
-def collate(rows: list[list[int]], labels: list[list[int]], pixels: torch.Tensor, pad_id: int = 0) -> dict:
-    """Right-padded: the padding comes after every real token, so causal attention needs no mask and
-    padded positions carry IGNORE labels."""
-    n = max(len(r) for r in rows)
-    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
-    lab = torch.full((len(rows), n), IGNORE, dtype=torch.long)
-    for k, (r, lb) in enumerate(zip(rows, labels)):
-        ids[k, : len(r)] = torch.tensor(r)
-        lab[k, : len(lb)] = torch.tensor(lb)
-    return {"input_ids": ids, "labels": lab, "pixels": pixels}
 
 
 __all__ = [

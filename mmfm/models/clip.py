@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal, NamedTuple
@@ -208,6 +209,14 @@ def _lock(tower: nn.Module, blocks, unlocked: int, heads) -> None:
         for m in heads:
             for p in m.parameters():
                 p.requires_grad = True
+    for m in tower.modules():  # a frozen BatchNorm (the conv stem's) keeps and uses its running statistics
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.train = types.MethodType(_always_eval, m)
+            m.eval()
+
+
+def _always_eval(self, mode: bool = True):
+    return nn.Module.train(self, False)
 
 
 def load_mmfm_clip(folder: Path, **overrides) -> CLIP:

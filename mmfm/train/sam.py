@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmfm.data.coco import first_prompts
 from mmfm.eval.sam_world import evaluate_sam_world
 from mmfm.models.sam.config import sam_config
 from mmfm.models.sam.model import SAM
@@ -116,19 +117,8 @@ class WorldSAMData:
         gt = self.masks[objs]
         # the first prompt, drawn here so that a resumed run sees the same data
         g = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        weights = gt.flatten(1).float()
-        idx = torch.multinomial(weights, 1, generator=g).squeeze(1)
-        size = gt.shape[-1]
-        point = torch.stack([idx % size, idx // size], 1).float()
-        box = self.boxes[objs].clone()
-        side = torch.stack([box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]], 1).repeat(1, 2) + 1
-        noise = torch.randn(box.shape, generator=g) * 0.1 * side
-        box = (box + noise.clamp(-3, 3)).clamp(0, size - 1)
-        box = torch.stack([torch.minimum(box[:, 0], box[:, 2]), torch.minimum(box[:, 1], box[:, 3]),
-                           torch.maximum(box[:, 0], box[:, 2]), torch.maximum(box[:, 1], box[:, 3])], 1)
-        use_box = torch.rand(len(objs), generator=g) < self.box_fraction
-        return {"images": self.images[scenes], "gt": gt, "point": point, "box": box, "use_box": use_box,
-                "k": self.k}
+        return {"images": self.images[scenes], "gt": gt, "k": self.k,
+                **first_prompts(gt, self.boxes[objs], g, self.box_fraction)}
 
 
 class SAMTrainModule(nn.Module):
@@ -142,8 +132,11 @@ class SAMTrainModule(nn.Module):
 
     def forward(self, batch: dict):
         m = self.model
-        x = batch["images"].permute(0, 3, 1, 2).float()
-        emb = m.encode_image(m.preprocess(x)).repeat_interleave(batch["k"], 0)
+        if "pixels" in batch:  # a user's images, already resized, normalised and padded
+            x = batch["pixels"]
+        else:
+            x = m.preprocess(batch["images"].permute(0, 3, 1, 2).float())
+        emb = m.encode_image(x).repeat_interleave(batch["k"], 0)
         gt = batch["gt"]
         total, metrics, n_all = 0.0, {}, gt.shape[0]
         for use_box in (False, True):
