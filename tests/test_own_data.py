@@ -424,3 +424,76 @@ def test_each_rank_reads_its_own_shards(tmp_path, monkeypatch):
         src = ShardPairs(str(tmp_path))
         seen.append({c for s in range(2) for _, c in src.batch_pairs(8, s, 0, rank=rank, world=2)})
     assert len(seen[0]) == len(seen[1]) == 8 and not seen[0] & seen[1]
+
+
+@pytest.fixture(scope="module")
+def hf_molmo2(tmp_path_factory):
+    """A random transformers Molmo2 (Qwen3-style LM) with a byte-level BPE tokenizer beside it."""
+    from transformers import Molmo2Config, Molmo2ForConditionalGeneration
+
+    from tests.lm_helpers import save_hf_folder, tiny_tokenizer
+
+    v = 400  # past the tokenizer's 384 tokens; Molmo2's vision ids follow the vocabulary
+    cfg = Molmo2Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=4, head_dim=8, image_size=[140, 140], patch_size=14),
+        adapter_config=dict(vision_feature_layer=[-1], hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                            head_dim=8, intermediate_size=48, text_hidden_size=48),
+        text_config=dict(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=12, vocab_size=v,
+                         additional_vocab_size=12, num_hidden_layers=2, intermediate_size=96, qk_norm_type="qwen3",
+                         rope_parameters={"rope_type": "default", "rope_theta": 5000.0}),
+        image_start_token_id=v, image_end_token_id=v + 1, image_patch_id=v + 2, low_res_image_start_token_id=v + 4,
+        frame_start_token_id=v + 7, frame_end_token_id=v + 8)
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("molmo2") / "hf"
+    save_hf_folder(Molmo2ForConditionalGeneration(cfg).eval(), d, tiny_tokenizer()[0])
+    return d
+
+
+def test_molmo2_finetunes_on_videos_and_image_sets_from_a_transformers_folder(hf_molmo2, tmp_path, capsys):
+    from mmfm.data.molmo2_files import read_media_instructions
+    from mmfm.train.files import finetune_molmo2
+    from mmfm.vision.video import write_video
+    from mmfm.world.video import clip, video_tasks
+
+    recs = []
+    for i in range(4):  # world clips as MP4, two questions each: one message tree per clip
+        c = clip(0, "train", i, frames=4, size=56)
+        write_video(c.frames, tmp_path / f"clip{i}.mp4", fps=2.0)
+        qas = [t for t in video_tasks(c) if t["task"] in ("count", "first_move", "end_position")][:2]
+        conv = []
+        for k, t in enumerate(qas):
+            conv += [{"from": "human", "value": ("<video>\n" if k == 0 else "") + t["question"]},
+                     {"from": "gpt", "value": t["answer"]}]
+        recs.append({"id": f"v{i}", "video": f"clip{i}.mp4", "conversations": conv})
+    pics = [img for img, _ in photos(56)]
+    for k, img in enumerate(pics):
+        img.save(tmp_path / f"p{k}.png")
+    recs.append({"id": "pair", "image": ["p0.png", "p1.png"], "conversations": [
+        {"from": "human", "value": "<image><image>Which image shows a cat?"}, {"from": "gpt", "value": "Neither."}]})
+    recs.append({"id": "gone", "video": "nowhere.mp4", "conversations": recs[0]["conversations"]})
+    (tmp_path / "videos.json").write_text(json.dumps(recs))
+    records, report = read_media_instructions(tmp_path / "videos.json", max_bad=0.5)
+    assert [r.video for r in records] == [True] * 4 + [False] and report.reasons == {"missing video": 1}
+    assert len(records[0].turns) == 2 and "<video>" not in records[0].turns[0][0]
+
+    # a video and an image set pack into one batch: their pooling tables (2x2 vs 3x3 windows) are padded
+    # with empty slots, which change no feature
+    model = mmfm.load(hf_molmo2)
+    from mmfm.data.molmo2_files import FileMolmo2Data
+
+    data = FileMolmo2Data(model, records, report, batch_size=2)
+    img = data.example(4)
+    wide = torch.nn.functional.pad(img.pooling, (0, 3), value=-1)
+    with torch.no_grad():
+        assert torch.equal(model.encode(img.patches, img.pooling), model.encode(img.patches, wide))
+    run = tmp_path / "run"
+    rep = finetune_molmo2(tmp_path / "videos.json", hf_molmo2, run, lora_rank=0, val_data=tmp_path / "videos.json",
+                          max_bad=0.5, steps=24, batch_size=2, lr=3e-3, progress=False, bf16=False)
+    curve = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert np.mean(curve[-3:]) < 0.7 * np.mean(curve[:3]), curve
+    assert rep["before"]["questions"] == rep["after"]["questions"] == 9
+    code, out, err = cli(capsys, "eval", "molmo2", "--model", run / "model", "--data", tmp_path / "videos.json",
+                         "--max-bad", 0.5, "--out", tmp_path)
+    assert code == 0, err
+    assert json.loads((tmp_path / "eval_data.json").read_text())["exact_match"] == rep["after"]["exact_match"]

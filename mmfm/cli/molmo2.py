@@ -184,8 +184,37 @@ def train_molmo2(
     bidirectional: bool = typer.Option(True, "--bidirectional/--causal-vision",
                                        help="Vision tokens attend to each other both ways (Molmo2) or causally."),
     bf16: bool = typer.Option(True, "--bf16/--fp32", help="Frozen LM in bf16 with autocast, or all fp32."),
+    data: Path = typer.Option(None, "--data", help="Your LLaVA-style JSON of videos ('video') or images ('image', "
+                              "one or a list), every human / gpt pair a branch of the record's message tree."),
+    images: Path = options.IMAGES,
+    init: Path = typer.Option(None, "--from", help="With --data: the Molmo2 to fine-tune (mmfm or transformers)."),
+    val_data: Path = options.VAL_DATA,
+    val_images: Path = options.VAL_IMAGES,
+    val_n: int = options.bounded(None, "--val-n", lo=1, hi=10**6, help="Evaluate at most N records of --val-data."),
+    lora_rank: int = options.bounded(16, "--lora-rank", lo=0, hi=4096, help="With --data: LoRA rank (0: the whole "
+                                     "LM); a model with adapters keeps its own."),
+    max_len: int = options.bounded(2048, "--max-len", lo=16, hi=1 << 20, help="Tokens per packed row."),
+    max_frames: int = options.bounded(None, "--max-frames", lo=1, hi=1024, help="Frames sampled per video "
+                                      "(default and maximum: the model's)."),
+    epochs: float = options.EPOCHS,
+    warmup: int = options.WARMUP,
+    accum: int = options.ACCUM,
+    max_bad: float = options.MAX_BAD,
 ) -> None:
-    """Train Molmo2 on world videos with SmolLM2-135M-Instruct and the world CLIP tower."""
+    """Train Molmo2 on world videos with SmolLM2-135M-Instruct and the world CLIP tower, or fine-tune one
+    on your videos and image sets (--data --from)."""
+    if data is not None:
+        from mmfm.cli.files import print_finetune
+        from mmfm.train.files import finetune_molmo2
+
+        if init is None:
+            raise InvalidPrompt("--data needs --from: the Molmo2 to fine-tune")
+        report = finetune_molmo2(data, init, out, images, lora_rank, val_data, val_images, max_len, max_frames,
+                                 packed, weighting, epochs=epochs, max_bad=max_bad, val_n=val_n, resume=resume,
+                                 steps=steps, batch_size=batch_size, lr=lr, seed=seed, bf16=bf16, warmup=warmup,
+                                 accum=accum)
+        print_finetune(report, out)
+        return
     from mmfm.train.molmo2 import train_world_molmo2
 
     report = train_world_molmo2(preset, out, resume=resume, evaluate=evaluate, eval_n=eval_n, packed=packed,
@@ -212,12 +241,32 @@ def eval_molmo2(
     seed: int = options.SEED,
     out: Path = typer.Option(None, "--out", help="Folder for eval.json."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    data: Path = typer.Option(None, "--data", help="Your LLaVA-style JSON of videos / images: every question "
+                              "asked, exact match with the reference (--n records at most)."),
+    images: Path = options.IMAGES,
+    max_bad: float = options.MAX_BAD,
 ) -> None:
-    """Video QA by type, counting, spatio-temporal pointing and tracking on test and held-out world videos."""
+    """Video QA by type, counting, spatio-temporal pointing and tracking on test and held-out world videos;
+    with --data, exact match on your videos and image sets."""
     from mmfm.data.molmo2_world import WorldVideoData
     from mmfm.eval.molmo2_world import evaluate_molmo2_world
 
     m = _load_molmo2(model)
+    if data is not None:
+        from mmfm.data.files import detect_format
+        from mmfm.data.molmo2_files import read_media_instructions
+        from mmfm.eval.files import molmo2_files
+
+        detect_format(data, ("llava",))
+        records, report = read_media_instructions(data, images, max_bad)
+        res = molmo2_files(m, records[:n], report)
+        typer.echo(report.summary())
+        typer.echo(f"{res['questions']} questions: exact match {res['exact_match']:.3f} "
+                   f"({', '.join(f'{k} {v:.3f}' for k, v in res['by_kind'].items())})")
+        path = (out or model) / "eval_data.json"
+        path.write_text(json.dumps({**res, "data": report.to_dict()}, indent=1))
+        typer.echo(f"wrote {path}")
+        return
     data = WorldVideoData(m, m._tok(), seed=seed or 0, size=m.config.vision.image_size)
     report = evaluate_molmo2_world(m, data, n=n, out=out)
     if as_json:

@@ -83,7 +83,11 @@ def _vision_pixels(examples: list[Example]) -> tuple[torch.Tensor | None, torch.
         pools.append(torch.where(ex.pooling >= 0, ex.pooling + offset, ex.pooling))
         patches.append(ex.patches)
         offset += ex.patches.shape[0] * ex.patches.shape[1]
-    return (torch.cat(patches), torch.cat(pools)) if patches else (None, None)
+    if not patches:
+        return None, None
+    k = max(p.shape[1] for p in pools)  # images and videos pool different windows: pad with empty (-1) slots
+    pools = [torch.nn.functional.pad(p, (0, k - p.shape[1]), value=-1) for p in pools]
+    return torch.cat(patches), torch.cat(pools)
 
 
 def _layout(examples: list[Example], weighting: bool, one_branch: int | None = None):

@@ -150,6 +150,36 @@ def llava_files(model, records, report: DataReport, max_new_tokens: int = 64, ba
             "answer_loss": round(losses / max(tokens, 1), 4), "examples": examples}
 
 
+@torch.no_grad()
+def molmo2_files(model, records, report: DataReport, max_new_tokens: int = 128, max_frames: int | None = None) -> dict:
+    """Every question of every record (mmfm.data.molmo2_files.MediaRecord) asked about its video or
+    images, the answer compared with the reference (exact match after SQuAD's normalisation), by kind
+    (pointing answers apart)."""
+    from mmfm.data.molmo2_files import answer_kind
+    from mmfm.errors import InvalidImage
+    from mmfm.vision.video import read_video
+
+    examples = []
+    for rec in records:
+        try:
+            media = ({"video": read_video(rec.paths[0], max_frames=max_frames or model.config.max_frames,
+                                          max_fps=model.config.max_fps)} if rec.video else {"images": rec.paths})
+        except InvalidImage as e:
+            report.skip(f"unreadable video ({str(e)[-60:]})", rec.id)
+            continue
+        for q, ref in rec.turns:
+            ans = model.ask(q, max_new_tokens=max_new_tokens, **media)
+            examples.append({"id": rec.id, "question": q, "reference": ref, "answer": ans, "kind": answer_kind(ref),
+                             "exact": normalize_answer(ans) == normalize_answer(ref)})
+    if not examples:
+        raise DataError(f"{report.source}: no record could be evaluated")
+    by_kind = {k: round(float(np.mean([e["exact"] for e in examples if e["kind"] == k])), 4)
+               for k in sorted({e["kind"] for e in examples})}
+    return {"records": len(records), "questions": len(examples),
+            "exact_match": round(float(np.mean([e["exact"] for e in examples])), 4), "by_kind": by_kind,
+            "examples": examples}
+
+
 def last_answer_only(labels: list[int]) -> list[int]:
     """Labels with every supervised span but the last set to IGNORE."""
     from mmfm.text.conversation import IGNORE
@@ -162,4 +192,5 @@ def last_answer_only(labels: list[int]) -> list[int]:
     return [IGNORE] * start + out[start:]
 
 
-__all__ = ["zeroshot_files", "linear_probe_files", "retrieval_files", "sam_files", "llava_files", "normalize_answer"]
+__all__ = ["zeroshot_files", "linear_probe_files", "retrieval_files", "sam_files", "llava_files", "molmo2_files",
+           "normalize_answer"]

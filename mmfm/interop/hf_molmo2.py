@@ -23,6 +23,7 @@ import torch
 from mmfm.checkpoint import load_folder_weights, load_strict, read_json, save_safetensors
 from mmfm.errors import CheckpointError, ConfigError
 from mmfm.lm.frozen_base import after_meta_load
+from mmfm.lm.tokenizer import LMTokenizer
 from mmfm.models.molmo2 import Molmo2, Molmo2Config
 
 _ACT = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu", "silu": "silu",
@@ -228,6 +229,8 @@ def load_hf_molmo2(folder: Path, dtype=torch.float32) -> Molmo2:
     sd = state_dict_from_hf(load_folder_weights(folder), config)
     load_strict(model, {k: v.to(dtype) for k, v in sd.items()}, str(folder), assign=True)
     after_meta_load(model)
+    if (folder / "tokenizer.json").is_file():  # a released folder carries its tokenizer
+        model.tokenizer = LMTokenizer.from_pretrained(folder)
     return model.to(dtype).eval()
 
 

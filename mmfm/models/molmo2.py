@@ -361,7 +361,7 @@ class Molmo2(nn.Module):
             frames = torch.from_numpy(video.frames).permute(0, 3, 1, 2).contiguous()
             ids, patches, pooling = self.video_context(frames, video.timestamps)
         else:
-            tensors = [torch.from_numpy(np.asarray(load_image(im))).permute(2, 0, 1).contiguous() for im in images]
+            tensors = [torch.from_numpy(np.array(load_image(im))).permute(2, 0, 1).contiguous() for im in images]
             ids, patches, pooling = self.images_context(tensors)
         ids = torch.tensor([ids + self.turn_ids(question)])
         end = self._tok().token_to_id(self.END)

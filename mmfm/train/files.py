@@ -238,9 +238,65 @@ def finetune_llava(data, init=None, out="runs/llava-finetune", images=None, stag
     return {"from": str(init), "data": str(data), "stage": stage, "trainable_parameters": trainable, **res}
 
 
+# ----------------------------------------------------------------------------------------------- Molmo2
+def finetune_molmo2(data, init, out="runs/molmo2-finetune", images=None, lora_rank: int = 16, val_data=None,
+                    val_images=None, max_len: int = 2048, max_frames: int | None = None, packed: bool = True,
+                    weighting: bool = True, epochs: float | None = None, max_bad: float = 0.1,
+                    val_n: int | None = None, resume: bool = False, progress: bool = True, **overrides) -> dict:
+    """Fine-tune a Molmo2 (mmfm or transformers folder) on LLaVA-style JSON of videos or image sets: each
+    record a message tree, packed into rows with Molmo2's token weighting. The vision tower stays frozen;
+    the adapter and LoRA adapters of rank `lora_rank` learn (0: the whole LM; a model with adapters keeps
+    its own)."""
+    from mmfm.data.molmo2_files import FileMolmo2Data, read_media_instructions
+    from mmfm.eval.files import molmo2_files
+    from mmfm.models.molmo2 import Molmo2
+    from mmfm.train.molmo2 import LORA_TARGETS, Molmo2TrainModule, prepare
+
+    out = run_folder(out)
+    detect_format(data, ("llava",), None)
+    records, report = read_media_instructions(data, images, max_bad)
+    tcfg = train_config("llava2", len(records), epochs, **overrides)
+    tcfg.progress = progress
+    model = load_as(init, Molmo2, "train molmo2")
+    if model.tokenizer is None:
+        raise ConfigError(f"--from {init}: the Molmo2 has no tokenizer (tokenizer.json in its folder)")
+    evaluate = None
+    if val_data is not None:
+        detect_format(val_data, ("llava",), None)
+        val_records, val_report = read_media_instructions(val_data, val_images, max_bad)
+        val_records = val_records[:val_n] if val_n else val_records
+
+        def evaluate(m):
+            res = molmo2_files(m, val_records, val_report, max_frames=max_frames)
+            (out / "val_answers.json").write_text(json.dumps(res.pop("examples"), indent=1))
+            return res
+    out.mkdir(parents=True, exist_ok=True)
+    before = evaluate(model.eval()) if evaluate and not resume else None
+    if before is not None:
+        (out / "val_answers.json").rename(out / "val_answers_before.json")
+    if model.config.lora or not lora_rank:
+        model.requires_grad_(False)
+        model.adapter.requires_grad_(True)
+        for name, p in model.lm.named_parameters():
+            p.requires_grad_(not model.config.lora or "lora_" in name)
+        trainable = 0
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+                trainable += p.numel()
+    else:
+        trainable = prepare(model, dict(r=lora_rank, alpha=2 * lora_rank, targets=list(LORA_TARGETS)))
+    batches = FileMolmo2Data(model, records, report, tcfg.batch_size, max_len, max_frames, weighting, packed,
+                             seed=tcfg.seed)
+    res = _run(Molmo2TrainModule(model), tcfg, lambda s, m, r, w: batches.batch(s, m, r, w, tcfg.accum), out,
+               resume, [report], evaluate, before)
+    return {"from": str(init), "data": str(data), "trainable_parameters": trainable, **res}
+
+
 def check_data_args(data, images) -> None:
     if data is None and images is not None:
         raise DataError("--images names where a dataset's relative image paths point; give --data too")
 
 
-__all__ = ["finetune_clip", "finetune_sam", "finetune_llava", "train_config", "clip_evaluator", "DEFAULTS"]
+__all__ = ["finetune_clip", "finetune_sam", "finetune_llava", "finetune_molmo2", "train_config", "clip_evaluator",
+           "DEFAULTS"]
