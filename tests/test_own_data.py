@@ -164,7 +164,6 @@ def test_clip_finetunes_from_a_transformers_folder_and_eval_reads_the_same_files
 def test_lit_locking_negclip_negatives_and_coca_on_shards(pairs_dir, tmp_path):
     from mmfm.data.pairs import CsvPairs, PairBatches
     from mmfm.models.coca import CoCa
-    from mmfm.train.coca import world_tiny_config
     from mmfm.train.files import finetune_clip
 
     start = mmfm.load(CLIP_DIR)
@@ -181,17 +180,35 @@ def test_lit_locking_negclip_negatives_and_coca_on_shards(pairs_dir, tmp_path):
                     hard_negatives=True).batch(0)
     assert b["negative_ids"].shape == b["input_ids"].shape and not torch.equal(b["negative_ids"], b["input_ids"])
 
-    torch.manual_seed(0)
-    coca = CoCa(world_tiny_config())
-    from mmfm.text.tokenizer import CLIPTokenizer
-
-    coca.tokenizer = CLIPTokenizer.world(context_length=coca.config.text.context_length)
-    coca.save_pretrained(tmp_path / "coca")
-    rep = finetune_clip(str(pairs_dir / "shards"), tmp_path / "coca", tmp_path / "cocarun", "coca", max_bad=0.5,
-                        steps=3, batch_size=4, progress=False)
-    assert np.isfinite(rep["last_loss"]) and isinstance(mmfm.load(tmp_path / "cocarun" / "model"), CoCa)
+    # CoCa from an open_clip folder (open_clip's own classes, OpenAI's BPE beside it), on webdataset shards
+    rep = finetune_clip(str(pairs_dir / "shards"), _open_clip_coca_folder(tmp_path / "oc"), tmp_path / "cocarun",
+                        "coca", max_bad=0.5, steps=8, batch_size=4, lr=2e-3, log_every=1, progress=False)
+    assert rep["last_loss"] < rep["first_loss"] and isinstance(mmfm.load(tmp_path / "cocarun" / "model"), CoCa)
     with pytest.raises(Exception, match="give --steps"):
         finetune_clip(str(pairs_dir / "shards"), CLIP_DIR, tmp_path / "x", epochs=1, progress=False)
+
+
+def _open_clip_coca_folder(path):
+    from pathlib import Path
+
+    import open_clip
+    from open_clip.coca_model import CoCa as RefCoCa
+
+    from mmfm.checkpoint import save_safetensors
+    from mmfm.text.tokenizer import CLIPTokenizer
+
+    cfg = dict(embed_dim=24, multimodal_cfg=dict(context_length=16, vocab_size=49408, width=24, heads=2, layers=1),
+               text_cfg=dict(context_length=16, vocab_size=49408, width=24, heads=2, layers=1, embed_cls=True,
+                             output_tokens=True, pad_id=0),
+               vision_cfg=dict(image_size=32, layers=1, width=32, head_width=16, patch_size=8, attentional_pool=True,
+                               attn_pooler_heads=2, attn_pooler_queries=5, output_tokens=True))
+    torch.manual_seed(0)
+    path.mkdir()
+    (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    save_safetensors(RefCoCa(**cfg).state_dict(), path / "open_clip_model.safetensors")
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    CLIPTokenizer.from_bpe_gz(bpe, context_length=16).save(path)
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,9 @@ def to_messages(conv, image_token: str = IMAGE_TOKEN) -> list[dict]:
     return msgs
 
 
-def read_instructions(path, images=None, max_bad: float = 0.1) -> tuple[list[Instruction], DataReport]:
+def read_records(path, images, max_bad: float, parse) -> tuple[list, DataReport]:
+    """A JSON list (or JSON Lines) of LLaVA-style records -> [parse(record, image root, id)], a record
+    whose parse raises InvalidPrompt skipped with the message as its reason."""
     path = Path(path)
     root = image_root(path, images)
     report = DataReport(str(path), max_bad)
@@ -64,24 +66,28 @@ def read_instructions(path, images=None, max_bad: float = 0.1) -> tuple[list[Ins
     for i, rec in enumerate(records):
         report.seen()
         rid = str(rec.get("id", i)) if isinstance(rec, dict) else str(i)
-        if not isinstance(rec, dict):
-            report.skip("not a record", rid)
-            continue
-        name = rec.get("image")
-        if isinstance(name, list):  # LLaVA-OneVision's list of images: one is read here
-            name = name[0] if len(name) == 1 else None
-        img = resolve_image(root, name)
-        if img is None:
-            report.skip("missing image" if name else "no image (text-only records are not read)", rid)
-            continue
         try:
-            msgs = to_messages(rec.get("conversations"))
+            if not isinstance(rec, dict):
+                raise InvalidPrompt("not a record")
+            out.append(parse(rec, root, rid))
         except InvalidPrompt as e:
             report.skip(str(e), rid)
-            continue
-        out.append(Instruction(rid, img, msgs))
     report.check()
     return out, report
+
+
+def _instruction(rec: dict, root: Path, rid: str) -> Instruction:
+    name = rec.get("image")
+    if isinstance(name, list):  # LLaVA-OneVision's list of images: one is read here
+        name = name[0] if len(name) == 1 else None
+    img = resolve_image(root, name)
+    if img is None:
+        raise InvalidPrompt("missing image" if name else "no image (text-only records are not read)")
+    return Instruction(rid, img, to_messages(rec.get("conversations")))
+
+
+def read_instructions(path, images=None, max_bad: float = 0.1) -> tuple[list[Instruction], DataReport]:
+    return read_records(path, images, max_bad, _instruction)
 
 
 @dataclass
@@ -137,4 +143,5 @@ def collate(rows: list[list[int]], labels: list[list[int]], pixels: torch.Tensor
     return {"input_ids": ids, "labels": lab, "pixels": pixels}
 
 
-__all__ = ["Instruction", "InstructionBatches", "read_instructions", "to_messages", "collate", "IMAGE_TOKEN"]
+__all__ = ["Instruction", "InstructionBatches", "read_instructions", "read_records", "to_messages", "collate",
+           "IMAGE_TOKEN"]

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmfm.data.files import DataReport, image_root, positions, read_json_data, resolve_image, take
-from mmfm.data.instructions import ROLES
+from mmfm.data.files import DataReport, positions, resolve_image, take
+from mmfm.data.instructions import ROLES, read_records
 from mmfm.data.molmo2 import QA, Example, pack, unpacked
-from mmfm.errors import DataError, InvalidImage
+from mmfm.errors import InvalidImage, InvalidPrompt
 from mmfm.vision.io import load_image
 
 PLACEHOLDERS = ("<image>", "<video>")
@@ -33,53 +33,36 @@ class MediaRecord:
 
 def _turns(conv) -> list[tuple[str, str]]:
     if not isinstance(conv, list) or not conv:
-        raise ValueError("no conversations")
+        raise InvalidPrompt("no conversations")
     msgs = []
     for t in conv:
         if not isinstance(t, dict) or t.get("from") not in ROLES or not isinstance(t.get("value"), str):
-            raise ValueError("a turn is not {from: human|gpt|system, value: text}")
+            raise InvalidPrompt("a turn is not {from: human|gpt|system, value: text}")
         if ROLES[t["from"]] == "system":
             continue
         text = t["value"]
         for p in PLACEHOLDERS:
             text = text.replace(p, "")
         if not text.strip():
-            raise ValueError("an empty turn")
+            raise InvalidPrompt("an empty turn")
         msgs.append((ROLES[t["from"]], text.strip()))
     if [r for r, _ in msgs] != ["user", "assistant"] * (len(msgs) // 2) or len(msgs) % 2:
-        raise ValueError("turns do not alternate human, gpt")
+        raise InvalidPrompt("turns do not alternate human, gpt")
     return [(msgs[i][1], msgs[i + 1][1]) for i in range(0, len(msgs), 2)]
 
 
+def _media_record(rec: dict, root: Path, rid: str) -> MediaRecord:
+    video = "video" in rec
+    names = rec.get("video") if video else rec.get("image")
+    names = names if isinstance(names, list) else [names]
+    paths = [_media(root, n, video) for n in names]
+    if not names or any(p is None for p in paths) or (video and len(paths) != 1):
+        raise InvalidPrompt("missing video" if video else "missing image")
+    return MediaRecord(rid, paths, video, _turns(rec.get("conversations")))
+
+
 def read_media_instructions(path, images=None, max_bad: float = 0.1) -> tuple[list[MediaRecord], DataReport]:
-    path = Path(path)
-    root = image_root(path, images)
-    report = DataReport(str(path), max_bad)
-    records = read_json_data(path)
-    if not isinstance(records, list):
-        raise DataError(f"{path}: LLaVA-style data is a JSON list of records (or JSON Lines)")
-    out = []
-    for i, rec in enumerate(records):
-        report.seen()
-        rid = str(rec.get("id", i)) if isinstance(rec, dict) else str(i)
-        if not isinstance(rec, dict):
-            report.skip("not a record", rid)
-            continue
-        video = "video" in rec
-        names = rec.get("video") if video else rec.get("image")
-        names = names if isinstance(names, list) else [names]
-        paths = [_media(root, n, video) for n in names]
-        if not names or any(p is None for p in paths) or (video and len(paths) != 1):
-            report.skip("missing video" if video else "missing image", rid)
-            continue
-        try:
-            turns = _turns(rec.get("conversations"))
-        except ValueError as e:
-            report.skip(str(e), rid)
-            continue
-        out.append(MediaRecord(rid, paths, video, turns))
-    report.check()
-    return out, report
+    return read_records(path, images, max_bad, _media_record)
 
 
 def _media(root: Path, name, video: bool) -> Path | None:

@@ -186,6 +186,33 @@ def finetune_sam(data, init, out="runs/sam-finetune", images=None, val_data=None
 
 
 # ----------------------------------------------------------------------------------------------- LLaVA
+def answers_evaluator(val_data, val_images, max_bad: float, val_n, read, score, out: Path):
+    """--val-data of instruction records -> evaluate(model) -> scores: `score(model, records, report)`, its
+    answers written to out/val_answers.json. None without val data."""
+    if val_data is None:
+        return None
+    detect_format(val_data, ("llava",), None)
+    records, report = read(val_data, val_images, max_bad)
+    records = records[:val_n] if val_n else records
+
+    def evaluate(model):
+        res = score(model, records, report)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "val_answers.json").write_text(json.dumps(res.pop("examples"), indent=1))
+        return res
+
+    return evaluate
+
+
+def score_before(evaluate, model, out: Path, resume: bool):
+    """The starting model's scores (not on a resumed run), its answers kept as val_answers_before.json."""
+    if evaluate is None or resume:
+        return None
+    res = evaluate(model.eval())
+    (out / "val_answers.json").replace(out / "val_answers_before.json")
+    return res
+
+
 def finetune_llava(data, init=None, out="runs/llava-finetune", images=None, stage: int = 2, lora_rank: int = 16,
                    lora_alpha: float | None = None, val_data=None, val_images=None, max_len: int = 512,
                    epochs: float | None = None, max_bad: float = 0.1, val_n: int | None = None,
@@ -214,20 +241,9 @@ def finetune_llava(data, init=None, out="runs/llava-finetune", images=None, stag
         raise ConfigError(f"--from {init}: the LLaVA has no tokenizer (tokenizer.json in its folder)")
     model.vision.float()
     lora = dict(r=lora_rank, alpha=lora_alpha or 2 * lora_rank, targets=list(LORA_TARGETS)) if lora_rank else None
-    evaluate = None
-    if val_data is not None:
-        detect_format(val_data, ("llava",), None)
-        val_records, val_report = read_instructions(val_data, val_images, max_bad)
-        val_records = val_records[:val_n] if val_n else val_records
-
-        def evaluate(m):
-            res = llava_files(m, val_records, val_report, max_len=max_len)
-            (out / "val_answers.json").write_text(json.dumps(res.pop("examples"), indent=1))
-            return res
-    out.mkdir(parents=True, exist_ok=True)
-    before = evaluate(model.eval()) if evaluate and not resume else None
-    if before is not None:
-        (out / "val_answers.json").rename(out / "val_answers_before.json")
+    evaluate = answers_evaluator(val_data, val_images, max_bad, val_n, read_instructions,
+                                 lambda m, recs, rep: llava_files(m, recs, rep, max_len=max_len), out)
+    before = score_before(evaluate, model, out, resume)
     trainable = prepare_stage(model, stage, lora)
     if not trainable:
         raise ConfigError("nothing to train: the model's parameters are all frozen")
@@ -260,20 +276,9 @@ def finetune_molmo2(data, init, out="runs/molmo2-finetune", images=None, lora_ra
     model = load_as(init, Molmo2, "train molmo2")
     if model.tokenizer is None:
         raise ConfigError(f"--from {init}: the Molmo2 has no tokenizer (tokenizer.json in its folder)")
-    evaluate = None
-    if val_data is not None:
-        detect_format(val_data, ("llava",), None)
-        val_records, val_report = read_media_instructions(val_data, val_images, max_bad)
-        val_records = val_records[:val_n] if val_n else val_records
-
-        def evaluate(m):
-            res = molmo2_files(m, val_records, val_report, max_frames=max_frames)
-            (out / "val_answers.json").write_text(json.dumps(res.pop("examples"), indent=1))
-            return res
-    out.mkdir(parents=True, exist_ok=True)
-    before = evaluate(model.eval()) if evaluate and not resume else None
-    if before is not None:
-        (out / "val_answers.json").rename(out / "val_answers_before.json")
+    evaluate = answers_evaluator(val_data, val_images, max_bad, val_n, read_media_instructions,
+                                 lambda m, recs, rep: molmo2_files(m, recs, rep, max_frames=max_frames), out)
+    before = score_before(evaluate, model, out, resume)
     if model.config.lora or not lora_rank:
         model.requires_grad_(False)
         model.adapter.requires_grad_(True)
