@@ -31,7 +31,20 @@ experiment_app = typer.Typer(help="Experiments that reproduce a claim of the cou
 
 
 def _register() -> None:
-    from mmfm.cli import chain, clip, coca, compositionality, flamingo, llava, lm, molmo2, quickstart, sam, world
+    from mmfm.cli import (
+        chain,
+        clip,
+        coca,
+        compositionality,
+        flamingo,
+        llava,
+        lm,
+        molmo2,
+        quickstart,
+        sam,
+        simclr,
+        world,
+    )
 
     app.add_typer(world.app, name="world")
     app.add_typer(train_app, name="train")
@@ -43,6 +56,8 @@ def _register() -> None:
     train_app.command(name="sam")(sam.train_sam)
     eval_app.command(name="sam")(sam.eval_sam)
     app.command(name="segment")(sam.segment)
+    train_app.command(name="simclr")(simclr.train_simclr)
+    eval_app.command(name="simclr")(simclr.eval_simclr)
     train_app.command(name="coca")(coca.train_coca)
     eval_app.command(name="coca")(coca.eval_coca)
     app.command(name="caption")(coca.caption)

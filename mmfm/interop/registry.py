@@ -25,6 +25,7 @@ from mmfm.models.flamingo import Flamingo, load_mmfm_flamingo
 from mmfm.models.llava import Llava, load_mmfm_llava
 from mmfm.models.molmo2 import Molmo2, load_mmfm_molmo2
 from mmfm.models.sam.model import SAM, load_mmfm_sam
+from mmfm.models.simclr import SimCLR, load_mmfm_simclr
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 LM_MODEL_TYPES = ("llama", "mmfm-lm")
@@ -128,6 +129,7 @@ LOADERS: tuple[Loader, ...] = (
            lambda ck: (ck.path.is_dir() and ck.config is None and (ck.path / "sam.pth").is_file())
            or ck.has_keys("image_encoder.", "mask_decoder."),
            _official_sam),
+    Loader("mmfm-simclr", lambda ck: ck.model_type == "mmfm-simclr", lambda ck, kw: load_mmfm_simclr(ck.path)),
     Loader("mmfm-coca", lambda ck: ck.model_type == "mmfm-coca",
            lambda ck, kw: _with_tokenizer(load_mmfm_coca(ck.path), ck.path)),
     Loader("open_clip-coca", lambda ck: _is_open_clip_coca(ck) or ck.has_keys("text_decoder."),
@@ -176,6 +178,7 @@ SAVERS: dict[tuple[type, str], Callable] = {
     (CLIP, "hf"): hf_clip.save_hf,
     (CLIP, "open_clip"): open_clip.save_open_clip,
     (CoCa, "mmfm"): _save_mmfm,
+    (SimCLR, "mmfm"): _save_mmfm,
     (CoCa, "open_clip"): oc_coca.save_open_clip_coca,
     (SAM, "mmfm"): _save_mmfm,
     (SAM, "official"): sam.save_official,

@@ -82,6 +82,22 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     return (F.cross_entropy(logits_i, labels) + F.cross_entropy(logits_t, labels)) / 2
 
 
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """SimCLR's NT-Xent. z1, z2 (B, D): the two views' projections on this rank (normalised here). Each of
+    the 2B views is scored against the 2N views of the global batch (N = B x ranks): its other view is
+    the positive, the 2N - 2 other views the negatives, itself left out; the mean of the 2B
+    cross-entropies (so the mean over ranks, which DDP's averaging takes, is the global mean)."""
+    z1, z2 = F.normalize(z1.float(), dim=-1), F.normalize(z2.float(), dim=-1)
+    rank, _ = _world()
+    all1, all2 = gather_with_grad(z1), gather_with_grad(z2)
+    n, b = all1.shape[0], z1.shape[0]
+    logits = torch.cat([z1, z2]) @ torch.cat([all1, all2]).T / temperature  # (2B, 2N)
+    own = torch.arange(b, device=z1.device) + rank * b
+    self_idx = torch.cat([own, own + n])
+    logits = logits.masked_fill(F.one_hot(self_idx, 2 * n).bool(), float("-inf"))
+    return F.cross_entropy(logits, torch.cat([own + n, own]))
+
+
 def hard_negative_loss(image_features: torch.Tensor, text_features: torch.Tensor, negatives: torch.Tensor,
                        logit_scale: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Each row's caption against its own hard negative alone: CE over the two logits, averaged over
