@@ -108,3 +108,30 @@ def test_cli_train_and_eval_simclr(tmp_path, capsys):
                          "--out", tmp_path / "p.json")
     assert code == 0, err
     assert "color_shape" in json.loads((tmp_path / "p.json").read_text())
+
+
+def test_resnet_tower_and_your_own_images(tmp_path, capsys):
+    """A small ResNet tower, trained on a folder of images (world scenes and photos, labels unused), then
+    read by `mmfm eval clip --task linear-probe` on class folders."""
+    from mmfm.models.simclr import SimCLR
+    from mmfm.world import World
+    from mmfm.world.export import export_imagefolder
+    from tests.test_own_data import photos
+
+    w = World(seed=0, size=64)
+    items = [(w.classification("train", i)[0].pil(), "c") for i in range(24)] + [(p, "photos") for p, _ in photos(80)]
+    export_imagefolder(items, tmp_path / "imgs")
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    code, out, err = cli(capsys, "train", "simclr", "--preset", "world-tiny-resnet", "--data", tmp_path / "imgs",
+                         "--steps", 3, "--batch-size", 8, "--out", tmp_path / "run", "--max-bad", 0.5)
+    assert code == 0, err
+    m = mmfm.load(tmp_path / "run" / "model")
+    assert isinstance(m, SimCLR) and m.config.tower == "resnet"
+    assert json.loads((tmp_path / "run" / "data_report.json").read_text())[0]["reasons"] == {"not an image file": 1}
+    for split, start in (("train", 0), ("test", 100)):
+        export_imagefolder([(w.classification("train", start + i)[0].pil(), "red" if i % 2 else "blue")
+                            for i in range(12)], tmp_path / split)
+    code, out, err = cli(capsys, "eval", "clip", "--model", tmp_path / "run" / "model", "--task", "linear-probe",
+                         "--data", tmp_path / "train", "--test-data", tmp_path / "test", "--out", tmp_path / "lp.json")
+    assert code == 0, err
+    assert 0 <= json.loads((tmp_path / "lp.json").read_text())["top1"] <= 1

@@ -68,6 +68,21 @@ def train_clip(
     typer.echo(f"model: {out / 'model'}   report: {out / 'report.json'}   curves: {out / 'curves.png'}")
 
 
+def _image_tower(path):
+    """A model whose frozen image features a probe can read (CLIP, SimCLR, CoCa)."""
+    import mmfm
+    from mmfm.errors import CheckpointError
+    from mmfm.models.clip import CLIP
+    from mmfm.models.coca import CoCa
+    from mmfm.models.simclr import SimCLR
+
+    m = mmfm.load(path)
+    if not isinstance(m, (CLIP, SimCLR, CoCa)):
+        raise CheckpointError(f"{path} holds a {type(m).__name__}; a linear probe needs an image tower "
+                              "(CLIP, SimCLR, CoCa)")
+    return m.eval()
+
+
 def _shipped_clip() -> Path:
     from mmfm.weights import path
 
@@ -219,7 +234,7 @@ def _eval_clip_files(model, task, data, test_data, fmt, images, classnames, temp
             test = read_classes(test_data, detect_format(test_data, ("csv", "imagefolder"), fmt), images, image_key,
                                 label_key, classnames or labeled.classnames, max_bad)
             reports.append(test.report)
-            m = load_model(model, CLIP, "eval clip")
+            m = _image_tower(model)
             res = linear_probe_files(m, labeled, test)
     for r in reports:
         typer.echo(r.summary())

@@ -28,11 +28,18 @@ def train_simclr(
     strength: float = options.bounded(None, "--strength", lo=0.0, hi=4.0, help="Colour jitter strength s."),
     temperature: float = options.bounded(None, "--temperature", lo=1e-3, hi=10.0, help="NT-Xent temperature."),
     eval_n: int = options.bounded(1000, "--eval-n", lo=10, hi=10**6, help="Test scenes per split for the probes."),
+    data: Path = typer.Option(None, "--data", help="Your images instead of the world: a folder (any depth, labels "
+                              "unused) or a CSV's image column; read them with `mmfm eval clip --task linear-probe`."),
+    images: Path = options.IMAGES,
+    image_key: str = options.IMAGE_KEY,
+    max_bad: float = options.MAX_BAD,
 ) -> None:
-    """Train SimCLR on the Shapes world (two augmented views, NT-Xent); works under torchrun (DDP)."""
+    """Train SimCLR on the Shapes world or on your images (two augmented views, NT-Xent); works under
+    torchrun (DDP)."""
     from mmfm.train.simclr import train_world_simclr
 
-    report = train_world_simclr(preset, out, resume=resume, scenes=scenes, evaluate=evaluate,
+    report = train_world_simclr(preset, out, resume=resume, scenes=scenes, evaluate=evaluate, data=data,
+                                images=images, image_key=image_key, max_bad=max_bad,
                                 color_jitter=color_jitter, strength=strength, temperature=temperature, eval_n=eval_n,
                                 steps=steps, batch_size=batch_size, lr=lr, seed=seed, save_every=save_every,
                                 bf16=bf16, log_every=log_every)

@@ -5,14 +5,15 @@ the features a classifier then reads are taken *before* the head (the paper's fi
 throws away what the augmentations vary, colour for one).
 
 The tower is CLIP's image tower (any `CLIPVisionConfig`: the world-tiny hybrid ViT, a plain ViT), so
-SimCLR and CLIP compare at the same architecture; the head is the paper's 2-layer MLP (with BatchNorm,
-as SimCLR v2 and the reference implementations use it)."""
+SimCLR and CLIP compare at the same architecture, or a small ResNet (`tower="resnet"`, the paper's
+kind); the head is the paper's 2-layer MLP (with BatchNorm, as SimCLR v2 and the reference
+implementations use it)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from mmfm.config import Config
 from mmfm.errors import CheckpointError
 from mmfm.models.clip import CLIPVisionConfig
 from mmfm.nn import VisionTransformer
+from mmfm.nn.resnet import ResNet
 from mmfm.vision.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPPreprocess
 
 
@@ -30,7 +32,9 @@ from mmfm.vision.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPPrepro
 class SimCLRConfig(Config):
     POSITIVE: ClassVar[tuple[str, ...]] = ("feature_dim", "proj_hidden", "proj_dim", "norm_eps")
 
-    vision: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
+    vision: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)  # image_size counts for both towers
+    tower: Literal["vit", "resnet"] = "vit"  # CLIP's image tower | a small ResNet (mmfm.nn.resnet)
+    resnet_widths: tuple[int, ...] = (16, 32, 64, 128)
     feature_dim: int = 128  # the tower's output: the features probes and k-NN read
     proj_hidden: int = 512
     proj_dim: int = 128
@@ -44,11 +48,14 @@ class SimCLR(nn.Module):
         super().__init__()
         self.config = c = config or SimCLRConfig()
         v = c.vision
-        self.visual = VisionTransformer(
-            image_size=v.image_size, patch_size=v.patch_size, width=v.width, layers=v.layers, heads=v.heads,
-            mlp_dim=v.mlp_dim, act=v.act, output_dim=c.feature_dim, norm_eps=c.norm_eps, stem=v.stem, pool=v.pool,
-            attn_pool_heads=v.attn_pool_heads,
-        )
+        if c.tower == "resnet":
+            self.visual = ResNet(tuple(c.resnet_widths), output_dim=c.feature_dim)
+        else:
+            self.visual = VisionTransformer(
+                image_size=v.image_size, patch_size=v.patch_size, width=v.width, layers=v.layers, heads=v.heads,
+                mlp_dim=v.mlp_dim, act=v.act, output_dim=c.feature_dim, norm_eps=c.norm_eps, stem=v.stem,
+                pool=v.pool, attn_pool_heads=v.attn_pool_heads,
+            )
         self.head = nn.Sequential(nn.Linear(c.feature_dim, c.proj_hidden, bias=False), nn.BatchNorm1d(c.proj_hidden),
                                   nn.ReLU(inplace=True), nn.Linear(c.proj_hidden, c.proj_dim))
 
