@@ -128,6 +128,17 @@ def save_model_folder(folder, config: dict, sd: dict[str, torch.Tensor], fmt: st
 
 
 # ------------------------------------------------------------------------------------------ integrity
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A short hash of a model's weights (names, shapes and two moments of every tensor): the same model
+    loaded from any of its formats gives the same fingerprint, another model almost surely not. What a
+    photo index or a cached SAM image embedding records, so that a different model's vectors are refused."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().double()
+        h.update(f"{name}{tuple(t.shape)}{t.sum().item():.6e}{t.square().sum().item():.6e}".encode())
+    return h.hexdigest()[:16]
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

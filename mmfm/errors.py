@@ -30,6 +30,10 @@ class DataError(MMFMError, ValueError):
     """A dataset cannot be used: unknown format, missing columns, or more unusable records than tolerated."""
 
 
+class IndexFileError(MMFMError, ValueError):
+    """A photo index is missing, corrupt, or cannot answer a query (another model's vectors, an empty index)."""
+
+
 class ProgramError(MMFMError, ValueError):
     """A generated program does not parse, does not validate, or failed while running."""
 
@@ -56,6 +60,7 @@ __all__ = [
     "InvalidText",
     "InvalidPrompt",
     "CheckpointError",
+    "IndexFileError",
     "ConfigError",
     "DataError",
     "ProgramError",

@@ -9,6 +9,7 @@ import typer
 
 from mmfm.cli import options
 from mmfm.errors import InvalidPrompt
+from mmfm.vision.transforms import crop_window  # noqa: F401 - kept importable from here
 
 
 def _load_llava(model: Path | None):
@@ -42,13 +43,6 @@ def ask(
     m = _load_llava(model)
     answer = m.ask(pic, question, max_new_tokens=max_tokens)
     typer.echo(json.dumps({"image": str(image), "question": question, "answer": answer}) if as_json else answer)
-
-
-def crop_window(width: int, height: int) -> tuple[float, float, float]:
-    """Where the model's square view lies in the original image (shortest side resized, then
-    center-cropped): (left, top, side) in original pixels, whatever the model's input size."""
-    side = float(min(width, height))
-    return (width - side) / 2.0, (height - side) / 2.0, side
 
 
 def point(

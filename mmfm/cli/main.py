@@ -42,6 +42,7 @@ def _register() -> None:
         molmo2,
         quickstart,
         sam,
+        search,
         simclr,
         world,
     )
@@ -78,6 +79,8 @@ def _register() -> None:
     experiment_app.command(name="batch-size")(compositionality.batch_size_experiment)
     app.command(name="visprog")(chain.visprog)
     app.add_typer(chain.cupl_app, name="cupl")
+    app.command(name="index")(search.index)
+    app.command(name="search")(search.search)
     app.command(name="chat")(lm.chat)
     app.command(name="serve-llm")(lm.serve_llm)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from mmfm.cli import load_model, options, output_file
-from mmfm.errors import ConfigError, InvalidPrompt
+from mmfm.errors import ConfigError, InvalidImage, InvalidPrompt
 
 
 def _numbers(text: str, n: int, what: str) -> list[float]:
@@ -35,8 +35,67 @@ def parse_point(text: str) -> tuple[float, float, int]:
 MAX_SCALE, MAX_OVERLAY_PIXELS = 64, 1 << 26
 
 
+def _set_image(predictor, arr, folder: Path | None) -> None:
+    """set_image, or its saved embedding when `folder` has one for these pixels and this model."""
+    import hashlib
+
+    from mmfm.errors import CheckpointError
+
+    if folder is None:
+        return predictor.set_image(arr)
+    key = hashlib.sha256(str(arr.shape).encode() + arr.tobytes()).hexdigest()[:24]
+    file = folder / f"{key}.safetensors"
+    if file.is_file():
+        try:
+            return predictor.load_image_embedding(file)
+        except CheckpointError:
+            pass  # another model's: embed again below and replace it
+    predictor.set_image(arr)
+    folder.mkdir(parents=True, exist_ok=True)
+    predictor.save_image_embedding(file)
+
+
+def _segment_folder(folder: Path, model: str, out: Path, points_per_side: int, scale: int) -> None:
+    """Automatic masks for every image under `folder`: out/<relative path>.png (overlay) and .json (COCO
+    RLE records); unreadable files are listed and skipped."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from mmfm.index.build import scan
+    from mmfm.models.sam import SAM
+    from mmfm.models.sam.amg import MAX_POINTS_PER_SIDE, SamAutomaticMaskGenerator
+    from mmfm.vision.draw import overlay
+    from mmfm.vision.io import load_image
+    from mmfm.vision.masks import rle_decode
+
+    if not 1 <= points_per_side <= MAX_POINTS_PER_SIDE:
+        raise ConfigError(f"--points-per-side must be 1..{MAX_POINTS_PER_SIDE}, got {points_per_side}")
+    files = scan(folder, skip=out)
+    if not files:
+        raise InvalidPrompt(f"{folder} holds no image files")
+    sam = load_model(model, SAM, "segment")
+    amg = SamAutomaticMaskGenerator(sam, points_per_side=points_per_side, output_mode="coco_rle")
+    bad, total = [], 0
+    for rec in tqdm(files, unit="img", desc="segment"):
+        try:
+            arr = np.asarray(load_image(folder / rec.path))
+        except InvalidImage as e:
+            bad.append(f"{rec.path}: {e}")
+            continue
+        recs = amg.generate(arr)
+        total += len(recs)
+        dest = (out / rec.path).with_suffix("")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        masks = [rle_decode(r["segmentation"]) for r in recs]
+        s = max(1, min(scale, int((MAX_OVERLAY_PIXELS / max(1, arr.shape[0] * arr.shape[1])) ** 0.5)))
+        overlay(arr, np.stack(masks) if masks else None, scale=s).save(f"{dest}.png")
+        Path(f"{dest}.json").write_text(json.dumps(recs))
+    typer.echo(f"{len(files) - len(bad)} images, {total} masks -> {out}/"
+               + (f"; {len(bad)} unreadable skipped: {bad[0]}{' ...' if len(bad) > 1 else ''}" if bad else ""))
+
+
 def segment(
-    image: Path = typer.Argument(..., help="Image file."),
+    image: Path = typer.Argument(..., help="Image file, or a folder of images with --auto."),
     model: str = typer.Option(..., "--model", help="SAM: mmfm folder, HF SamModel folder or official .pth."),
     point: list[str] = typer.Option(None, "--point", help="X,Y[:LABEL] (1 foreground, 0 background); repeatable."),
     box: str = typer.Option(None, "--box", help="X0,Y0,X1,Y1"),
@@ -45,10 +104,14 @@ def segment(
     clip: str = typer.Option(None, "--clip", help="CLIP model for --text."),
     single: bool = typer.Option(False, "--single", help="One mask instead of three."),
     points_per_side: int = typer.Option(32, "--points-per-side", help="--auto grid density."),
-    out: Path = typer.Option(Path("segment.png"), "-o", "--out", help="Overlay PNG; masks go beside it."),
+    out: Path = typer.Option(None, "-o", "--out", help="Overlay PNG; masks go beside it (a folder for a folder; "
+                             "default segment.png / masks/)."),
     scale: int = typer.Option(1, "--scale", help="Upsample the overlay (small images)."),
+    embeddings: Path = typer.Option(None, "--embeddings", help="Keep the image's SAM embedding in this folder and "
+                                    "reuse it next time (prompts then cost a decode only)."),
 ) -> None:
-    """Segment an image with points / a box, automatically (--auto), or from text (--text)."""
+    """Segment an image with points / a box, automatically (--auto), or from text (--text); --auto also
+    segments every image of a folder."""
     import numpy as np
     from PIL import Image
 
@@ -63,6 +126,11 @@ def segment(
     modes = sum([bool(point) or bool(box), auto, text is not None])
     if modes != 1:
         raise InvalidPrompt("give prompts (--point / --box), or --auto, or --text: exactly one kind")
+    if image.is_dir():
+        if not auto:
+            raise InvalidPrompt(f"{image} is a folder: segment a folder with --auto (prompts are per image)")
+        return _segment_folder(image, model, out or Path("masks"), points_per_side, scale)
+    out = out or Path("segment.png")
     parsed = [parse_point(p) for p in point or []]
     bx = _numbers(box, 4, "box") if box else None
     arr = np.asarray(load_image(image))  # InvalidImage before any model work
@@ -99,7 +167,7 @@ def segment(
         typer.echo(f"best region score {res['score']:.3f} -> {out}")
         return
     predictor = SamPredictor(sam)
-    predictor.set_image(arr)
+    _set_image(predictor, arr, embeddings)
     coords = np.array([[x, y] for x, y, _ in parsed]) if parsed else None
     labels = np.array([lab for _, _, lab in parsed]) if parsed else None
     masks, scores, _ = predictor.predict(point_coords=coords, point_labels=labels, box=bx, multimask_output=not single)

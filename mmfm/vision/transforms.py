@@ -109,3 +109,10 @@ class SAMPreprocess:
         out[..., 0] = out[..., 0] * (nw / w)
         out[..., 1] = out[..., 1] * (nh / h)
         return out
+
+
+def crop_window(width: int, height: int) -> tuple[float, float, float]:
+    """Where the model's square view lies in the original image (shortest side resized, then
+    center-cropped): (left, top, side) in original pixels, whatever the model's input size."""
+    side = float(min(width, height))
+    return (width - side) / 2.0, (height - side) / 2.0, side

@@ -12,6 +12,8 @@ is wrong (outside the image, NaN, an inverted box, a label other than -1/0/1, no
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 from PIL import Image
@@ -93,6 +95,47 @@ class SamPredictor:
     def get_image_embedding(self) -> torch.Tensor:
         self._need_image()
         return self.features
+
+    # ------------------------------------------------------------------------------ cached embeddings
+    def fingerprint(self) -> str:
+        if getattr(self, "_fingerprint", None) is None:
+            from mmfm.checkpoint import weights_fingerprint
+
+            self._fingerprint = weights_fingerprint(self.model)
+        return self._fingerprint
+
+    def save_image_embedding(self, path) -> None:
+        """The set image's embedding as safetensors (features + the sizes `predict` needs + the model's
+        fingerprint): `load_image_embedding` restores it, and every prompt after is a decode only."""
+        from mmfm.checkpoint import save_safetensors
+
+        self._need_image()
+        save_safetensors({"features": self.features.float().contiguous()}, path, metadata={
+            "original_size": json.dumps(self.original_size), "input_size": json.dumps(self.input_size),
+            "model": self.fingerprint(), "format": "mmfm-sam-embedding"})
+
+    def load_image_embedding(self, path) -> None:
+        """Restore an embedding saved by `save_image_embedding` for this same model (a CheckpointError if
+        another model made it: its features would decode to nonsense)."""
+        from safetensors import safe_open
+
+        from mmfm.errors import CheckpointError
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                features = f.get_tensor("features")
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the same mistake for the caller
+            raise CheckpointError(f"{path}: not a readable SAM image embedding ({e})") from None
+        if meta.get("format") != "mmfm-sam-embedding":
+            raise CheckpointError(f"{path}: not a SAM image embedding saved by mmfm")
+        if meta.get("model") != self.fingerprint():
+            raise CheckpointError(f"{path} was embedded by another SAM; embed the image again with this one")
+        self.reset_image()
+        self.features = features.to(self.model.device, next(self.model.parameters()).dtype)
+        self.original_size = tuple(json.loads(meta["original_size"]))
+        self.input_size = tuple(json.loads(meta["input_size"]))
+        self.is_image_set = True
 
     def _need_image(self) -> None:
         if not self.is_image_set:
