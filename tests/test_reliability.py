@@ -192,12 +192,17 @@ def test_choices_and_numbers(capsys, files):
     refused(capsys, "eval", "clip", "--model", CLIP_DIR, "--task", "nope", match="task")
     refused(capsys, "chat", "hi", "--temperature", "nan", match="temperature")
     refused(capsys, "chat", "hi", "--max-tokens", "0", match="max")
+    refused(capsys, "serve", "--max-body-mb", "0", match="max-body-mb")
+    refused(capsys, "serve", "--allow-files", files / "scene.png", match="not a folder")
+    refused(capsys, "segment", files, "--model", "x", "--point", "1,1", match="--auto")
 
 
 @pytest.mark.parametrize("args", [
     ["train", "clip", "--steps", "0"], ["train", "clip", "--lr", "nan"], ["train", "sam", "--batch-size", "-1"],
     ["eval", "sam", "--model", "x", "--n", "-5"], ["eval", "llava", "--n", "0"], ["world", "sample", "--n", "100000"],
     ["serve-llm", "--port", "70000"], ["caption", "x.png", "--model", "x", "--beams", "0"],
+    ["serve", "--port", "0"], ["serve", "--max-queue", "-1"], ["index", "x", "--batch-size", "0"],
+    ["search", "x.mmfm", "q", "-k", "0"],
 ])
 def test_numbers_out_of_range_before_any_work(capsys, args):
     refused(capsys, *args, match="must be in")

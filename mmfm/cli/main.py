@@ -43,6 +43,7 @@ def _register() -> None:
         quickstart,
         sam,
         search,
+        serve,
         simclr,
         world,
     )
@@ -82,7 +83,8 @@ def _register() -> None:
     app.command(name="index")(search.index)
     app.command(name="search")(search.search)
     app.command(name="chat")(lm.chat)
-    app.command(name="serve-llm")(lm.serve_llm)
+    app.command(name="serve")(serve.serve)
+    app.command(name="serve-llm")(lm.serve_llm)  # = serve --llava none --clip none --sam none
 
 
 _register()

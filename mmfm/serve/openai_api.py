@@ -1,8 +1,14 @@
-"""`mmfm serve-llm`: a local language model behind the OpenAI HTTP API (the subset chaining uses):
+"""The OpenAI chat-completions part of `mmfm serve` (and of `mmfm serve-llm`, the same server with only
+the language model):
 
     GET  /v1/models
     POST /v1/chat/completions   {messages, max_tokens, temperature, top_p, n, stop, seed, stream}
     GET  /openapi.json, /docs   the schema (FastAPI)
+
+A message's content is a string or a list of parts, as OpenAI's vision API sends it: `{"type": "text",
+"text": ...}` and `{"type": "image_url", "image_url": {"url": ...}}` (mmfm.serve.images reads the URL).
+A conversation with images goes to the vision-language model (a LLaVA), with an image placeholder where
+each image part was; text alone goes to the language model.
 
 On FastAPI + uvicorn rather than the standard library's http.server, whose listen backlog of 5 reset
 connections under 20 clients and which has no request queue to bound: uvicorn listens with a backlog of
@@ -36,9 +42,24 @@ MAX_N = 8
 MAX_SEED = 2**63 - 1
 
 
+class ImageURL(BaseModel):
+    url: str
+    detail: str | None = None
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool"]
-    content: str
+    content: str | list[TextPart | ImagePart]
 
 
 class ChatRequest(BaseModel):
@@ -103,8 +124,10 @@ def parse_chat_request(body, max_tokens_limit: int) -> dict:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false")
+    texts, images = split_images(messages)
     return {
-        "messages": messages,
+        "messages": texts,
+        "images": images,
         "max_new_tokens": _number(body, "max_tokens", 256, 1, max_tokens_limit, int),
         "temperature": _number(body, "temperature", 1.0, 0, 2),
         "top_p": _number(body, "top_p", 1.0, 1e-6, 1),
@@ -113,6 +136,37 @@ def parse_chat_request(body, max_tokens_limit: int) -> dict:
         "seed": seed,
         "stream": stream,
     }
+
+
+def split_images(messages: list) -> tuple[list, list[tuple[int, str]]]:
+    """Messages whose content is a list of parts -> the same messages with string content (text parts
+    joined; each image part becomes the marker IMAGE_PART) and the image URLs in order, with the index of
+    their message. String contents and anything malformed pass through for the model to refuse."""
+    out, images = [], []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), list):
+            out.append(m)
+            continue
+        pieces = []
+        for part in m["content"]:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                pieces.append(part["text"])
+            elif kind == "image_url":
+                url = part.get("image_url")
+                url = url.get("url") if isinstance(url, dict) else url
+                if not isinstance(url, str):
+                    raise BadRequest(f"messages[{i}]: an image_url part needs image_url.url (a data URL)")
+                images.append((i, url))
+                pieces.append(IMAGE_PART)
+            else:
+                raise BadRequest(f"messages[{i}].content: each part is {{type: text, text}} or "
+                                 f"{{type: image_url, image_url: {{url}}}}")
+        out.append({**m, "content": "".join(pieces)})
+    return out, images
+
+
+IMAGE_PART = "\x00image\x00"  # stands for an image part until the VLM's placeholder replaces it
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None):
@@ -124,31 +178,86 @@ class _Cancelled(Exception):
     pass
 
 
+DRAIN_MAX = 64 << 20  # an over-limit body up to this size is read and dropped before the 413 (lingering close)
+
+
+async def _drain(receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class ModelQueue:
+    """One model call at a time on one worker thread (one set of models, two cores), at most `max_queue`
+    callers waiting; past that a BadRequest 503 (the route answers it with Retry-After)."""
+
+    def __init__(self, max_queue: int = 16, retry_after_s: int = 5):
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmfm-model")
+        self.max_queue, self.retry_after_s = max_queue, retry_after_s
+        self.waiting = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            if self.waiting >= self.max_queue + 1:
+                raise BadRequest(f"the server is busy ({self.max_queue} requests waiting); retry in "
+                                 f"{self.retry_after_s} s", 503, "server_busy")
+            self.waiting += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.waiting -= 1
+
+    async def run(self, fn):
+        """fn() on the worker, after waiting for a place; BadRequest 503 when the queue is full."""
+        self.enter()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.worker, fn)
+        finally:
+            self.leave()
+
+
 class _Guard:
     """ASGI middleware (not Starlette's BaseHTTPMiddleware, which buffers streams and hides disconnects):
     the API key, the declared body size, and a 500 answer for any bug of ours before a response began."""
 
     OPEN = ("/health", "/openapi.json", "/docs", "/docs/oauth2-redirect")  # no secrets there
 
-    def __init__(self, app, api_key: str | None = None):
-        self.app, self.api_key = app, api_key
+    def __init__(self, app, api_key: str | None = None, max_body: int = MAX_BODY, public: tuple = ()):
+        self.app, self.api_key, self.max_body = app, api_key, max_body
+        self.public = self.OPEN + tuple(public)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         refusal = None
-        if self.api_key and scope["path"] not in self.OPEN and (
+        if self.api_key and scope["path"] not in self.public and (
             headers.get("authorization", "") != f"Bearer {self.api_key}"
         ):
             refusal = _error(401, "invalid or missing API key (Authorization: Bearer ...)", "authentication_error")
         length = headers.get("content-length")
-        if refusal is None and length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+        if refusal is None and length is not None and (not length.isdigit() or int(length) > self.max_body):
             refusal = _error(413 if length.isdigit() else 400,
-                             f"Content-Length {length[:20]!r}: the body must be at most {MAX_BODY} bytes (limit)")
+                             f"Content-Length {length[:20]!r}: the body must be at most {self.max_body} bytes (limit)")
         if refusal is not None:
+            if length is not None and length.isdigit() and int(length) <= DRAIN_MAX:
+                await _drain(receive)  # read the rest first: closing on a client still sending is a reset
             return await refusal(scope, receive, send)
-        started = False
+        started, received = False, 0
+
+        async def counted():  # a chunked body has no Content-Length: count it as it arrives
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body:
+                raise _TooLarge
+            return message
 
         async def tracked(message):
             nonlocal started
@@ -156,23 +265,37 @@ class _Guard:
             await send(message)
 
         try:
-            await self.app(scope, receive, tracked)
+            await self.app(scope, counted, tracked)
+        except _TooLarge:
+            if started:
+                raise
+            await _error(413, f"request body over the {self.max_body} byte limit")(scope, receive, send)
         except Exception as e:  # noqa: BLE001 - a bug of ours: still an answer, never a reset
             if started:
                 raise
             await _error(500, f"internal error: {type(e).__name__}: {e}", "server_error")(scope, receive, send)
 
 
-def create_app(lm, *, api_key: str | None = None, model_name: str | None = None, max_queue: int = 16,
-               retry_after_s: int = 5):
-    """The FastAPI application serving `lm` (a LanguageModel). One generation at a time; up to `max_queue`
-    requests wait for it, more get 503 + Retry-After."""
+def create_app(lm=None, *, vlm=None, api_key: str | None = None, model_name: str | None = None,
+               vlm_name: str | None = None, max_queue: int = 16, retry_after_s: int = 5, max_body: int = MAX_BODY,
+               image_policy=None, title: str = "mmfm", public_paths: tuple = ()):
+    """The FastAPI application: chat completions with `lm` (a LanguageModel) for text and `vlm` (a
+    Llava) for conversations with images; either may be None. One model call at a time; up to
+    `max_queue` requests wait for it, more get 503 + Retry-After. `app.state.queue` (a ModelQueue) and
+    `app.state.read_body` are there for the routes `mmfm.serve.app` adds."""
+    from mmfm.serve.images import ImagePolicy
+
     name = model_name or getattr(lm, "name", "mmfm")
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmfm-generate")  # one model, one at a time
-    state = {"waiting": 0}
-    admit = threading.Lock()
-    app = FastAPI(title="mmfm", version="1", description="A local model behind the OpenAI API.")
-    app.state.generation_pool = worker
+    vname = vlm_name or "llava"
+    policy = image_policy or ImagePolicy()
+    queue = ModelQueue(max_queue, retry_after_s)
+    app = FastAPI(title=title, version="1", description="Local models behind the OpenAI API.")
+    app.state.queue = queue
+    app.state.generation_pool = queue.worker
+    app.state.image_policy = policy
+    app.state.models = ([{"id": name, "object": "model", "owned_by": "mmfm", "kind": "chat"}] if lm is not None
+                        else []) + ([{"id": vname, "object": "model", "owned_by": "mmfm", "kind": "vision-chat"}]
+                                    if vlm is not None else [])
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
@@ -184,76 +307,133 @@ def create_app(lm, *, api_key: str | None = None, model_name: str | None = None,
     async def validation_error(request, exc):
         return _error(400, f"invalid request: {exc.errors()[:1]}")
 
-    app.add_middleware(_Guard, api_key=api_key)
+    @app.exception_handler(BadRequest)
+    async def bad_request(request, exc):
+        headers = {"Retry-After": str(retry_after_s)} if exc.status == 503 else None
+        return _error(exc.status, str(exc), exc.kind, headers)
+
+    @app.exception_handler(MMFMError)
+    async def typed_error(request, exc):  # a bad image, prompt or text: the client's to fix
+        return _error(400, str(exc))
+
+    app.add_middleware(_Guard, api_key=api_key, max_body=max_body, public=public_paths)
 
     async def read_body(request: Request):
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
-            if len(body) > MAX_BODY:
-                raise BadRequest(f"request body over the {MAX_BODY} byte limit", 413)
+            if len(body) > max_body:
+                raise BadRequest(f"request body over the {max_body} byte limit", 413)
         try:
             return json.loads(body or b"null")
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise BadRequest(f"the request body is not valid JSON ({type(e).__name__})") from None
 
-    def enter_queue() -> None:
-        with admit:
-            if state["waiting"] >= max_queue + 1:
-                raise BadRequest(f"the server is busy ({max_queue} requests waiting); retry in {retry_after_s} s",
-                                 503, "server_busy")
-            state["waiting"] += 1
-
-    def leave_queue() -> None:
-        with admit:
-            state["waiting"] -= 1
+    app.state.read_body = read_body
 
     @app.get("/health")
     async def health():
         """llama.cpp's server answers the same route: liveness and how many requests are in the queue."""
-        return {"status": "ok", "waiting": state["waiting"], "max_queue": max_queue}
+        return {"status": "ok", "waiting": queue.waiting, "max_queue": queue.max_queue}
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "mmfm"}]}
+        return {"object": "list", "data": app.state.models}
+
+    def vision_call(req: dict):
+        """The conversation with its images -> a function that answers it on the worker (n answers)."""
+        from mmfm.serve.images import read_image
+
+        if vlm is None:
+            raise BadRequest("this server has no vision-language model for image_url parts (start it with "
+                             "--llava DIR)")
+        if len(req["images"]) > 8:
+            raise BadRequest("at most 8 images per request")
+        pics = [read_image(url, policy) for _, url in req["images"]]  # InvalidImage -> 400, before queueing
+        ph = vlm.config.image_token
+        msgs = []
+        for m in req["messages"]:
+            if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+                raise BadRequest("each message is {role, content}")
+            if ph in m["content"]:
+                raise BadRequest(f"the text may not contain {ph!r}: images are sent as image_url parts")
+            if IMAGE_PART in m["content"] and m.get("role") != "user":
+                raise BadRequest("images belong in user messages")
+            msgs.append({"role": m.get("role"), "content": m["content"].replace(IMAGE_PART, ph + "\n")})
+        n = req["n"]
+
+        def answer():
+            out = vlm.generate([msgs] * n, [pics] * n, max_new_tokens=req["max_new_tokens"],
+                               temperature=req["temperature"], top_p=req["top_p"], seed=req["seed"],
+                               stop=req["stop"])
+            prompt = len(vlm.conversation().prompt(msgs)[0])
+            return out, prompt
+
+        return answer
 
     @app.post("/v1/chat/completions", openapi_extra={"requestBody": {
         "required": True, "content": {"application/json": {"schema": _inlined(ChatRequest.model_json_schema())}}}})
     async def chat_completions(request: Request):
-        try:
-            req = parse_chat_request(await read_body(request), lm.config.max_seq_len)
-            enter_queue()
-        except BadRequest as e:
-            headers = {"Retry-After": str(retry_after_s)} if e.status == 503 else None
-            return _error(e.status, str(e), e.kind, headers)
+        window = lm.config.max_seq_len if lm is not None else vlm.config.lm.max_seq_len if vlm is not None else 4096
+        req = parse_chat_request(await read_body(request), window)
+        if req["images"]:
+            answer = vision_call(req)
+            try:
+                out, prompt_tokens = await queue.run(answer)
+            except MMFMError as e:
+                return _error(400, str(e))
+            if req["stream"]:
+                return _one_chunk_stream(out[0], vname)
+            return _completion(vname, [(t, "stop", 0) for t in out], prompt_tokens, vlm.tokenizer)
+        if lm is None:
+            raise BadRequest("this server has no language model for text-only chat (start it with --lm)")
         if req["stream"]:
+            queue.enter()
             return await _stream(request, req)
-        loop = asyncio.get_running_loop()
         try:
-            res = await loop.run_in_executor(worker, lambda: lm.complete(
+            res = await queue.run(lambda: lm.complete(
                 req["messages"], n=req["n"], max_new_tokens=req["max_new_tokens"], temperature=req["temperature"],
                 top_p=req["top_p"], stop=req["stop"], seed=req["seed"]))
         except MMFMError as e:  # a prompt the model refuses (empty, too long, bad roles, not UTF-8)
             return _error(400, str(e))
-        finally:
-            leave_queue()
-        prompt_tokens = res[0].prompt_tokens
-        completion_tokens = sum(len(r.tokens) for r in res)
+        return _completion(name, [(r.text, r.finish_reason, len(r.tokens)) for r in res], res[0].prompt_tokens)
+
+    def _completion(model: str, rows, prompt_tokens: int, tokenizer=None) -> dict:
+        if tokenizer is not None:  # the VLM path counts its completion tokens here
+            rows = [(t, f, len(tokenizer.encode(t)) if t else 0) for t, f, _ in rows]
+        completion_tokens = sum(n for _, _, n in rows)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-            "model": name,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": r.text},
-                         "finish_reason": r.finish_reason} for i, r in enumerate(res)],
+            "model": model,
+            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f}
+                        for i, (t, f, _) in enumerate(rows)],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
 
+    def _chunk(cid: str, created: int, model: str, delta: dict, finish: str | None = None) -> str:
+        payload = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(payload)}\n\n"
+
+    def _one_chunk_stream(text: str, model: str):
+        """The VLM answers whole (its generate has no streaming hook): the stream is role, text, stop."""
+        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+        async def events():
+            yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
+            yield _chunk(cid, created, model, {"content": text})
+            yield _chunk(cid, created, model, {}, "stop")
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
     async def _stream(request: Request, req: dict):
         """Pieces are made on the worker thread and handed over through a queue; the first one is awaited
         before the 200 is sent, so a refused prompt is still a 400. A client gone mid-stream sets
-        `cancel`, and the worker stops at its next piece."""
+        `cancel`, and the worker stops at its next piece. The caller has entered the queue."""
         if req["n"] != 1:
-            leave_queue()
+            queue.leave()
             return _error(400, "streaming supports n = 1")
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
@@ -280,9 +460,9 @@ def create_app(lm, *, api_key: str | None = None, model_name: str | None = None,
             except Exception as e:  # noqa: BLE001 - handed to the response
                 handoff(e)
             finally:
-                leave_queue()  # on this thread: the place is freed even if the request's loop is gone
+                queue.leave()  # on this thread: the place is freed even if the request's loop is gone
 
-        loop.run_in_executor(worker, produce)
+        loop.run_in_executor(queue.worker, produce)
         first = await pieces.get()
         if isinstance(first, Exception):
             cancel.set()
@@ -291,21 +471,16 @@ def create_app(lm, *, api_key: str | None = None, model_name: str | None = None,
                           "invalid_request_error" if status == 400 else "server_error")
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
-        def chunk(delta: dict, finish: str | None = None) -> str:
-            payload = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            return f"data: {json.dumps(payload)}\n\n"
-
         async def events():
             try:
-                yield chunk({"role": "assistant", "content": ""})
+                yield _chunk(cid, created, name, {"role": "assistant", "content": ""})
                 item = first
                 while item is not end:
                     if isinstance(item, Exception):
                         break
-                    yield chunk({"content": item})
+                    yield _chunk(cid, created, name, {"content": item})
                     item = await pieces.get()
-                yield chunk({}, "stop")
+                yield _chunk(cid, created, name, {}, "stop")
                 yield "data: [DONE]\n\n"
             finally:
                 cancel.set()  # the client went away (or we are done): the worker stops, its place is freed
@@ -317,14 +492,14 @@ def create_app(lm, *, api_key: str | None = None, model_name: str | None = None,
 
 def serve(lm, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, quiet: bool = False,
           max_queue: int = 16) -> None:
+    """`mmfm serve-llm`: the language model alone (mmfm.serve.app.run serves everything)."""
     import uvicorn
 
     app = create_app(lm, api_key=api_key, max_queue=max_queue)
-    name = app.title
-    print(f"serving {getattr(lm, 'name', name)} at http://{host}:{port}/v1 (OpenAI chat completions, "
+    print(f"serving {getattr(lm, 'name', 'mmfm')} at http://{host}:{port}/v1 (OpenAI chat completions, "
           f"schema at /openapi.json); Ctrl-C to stop", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", backlog=2048,
                 timeout_keep_alive=5, limit_concurrency=max_queue + 64)
 
 
-__all__ = ["create_app", "serve", "parse_chat_request"]
+__all__ = ["create_app", "serve", "parse_chat_request", "ModelQueue", "BadRequest", "split_images"]
