@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mmfm.errors import IndexFileError
+from mmfm.index.vectors import search as search_vectors
 
 FORMAT, VERSION = "mmfm-photo-index", 1
 SCHEMA = """
@@ -123,7 +124,7 @@ class PhotoIndex:
                                  f"{self.dim}): use the model the index was built with ({self.info['model']})")
         if not len(self):
             return [[] for _ in q]
-        scores, ids = self.faiss.search(q, min(k, len(self)))
+        scores, ids = search_vectors(self.faiss, self.info["faiss"], self.vectors, q, min(k, len(self)))
         out, make = [], Hit._make
         for ss, ii in zip(scores.tolist(), ids.tolist()):
             if ii and ii[-1] < 0:  # an approximate index may find fewer than k: -1 fills the end
