@@ -97,7 +97,8 @@ class _Toy(nn.Module):
 
 
 def test_nan_guard(tmp_path):
-    cfg = TrainConfig(steps=5, batch_size=4, lr=1e-2, warmup=1, progress=False, log_every=1)
+    # fp32 asked: --precision auto would time a few forward passes first, and this toy counts them
+    cfg = TrainConfig(steps=5, batch_size=4, lr=1e-2, warmup=1, progress=False, log_every=1, precision="fp32")
     tr = Trainer(_Toy(bad_after=2), cfg, lambda s, m, r, w: torch.randint(0, 10, (4,)), tmp_path)
     with pytest.raises(TrainingError, match="step 2"):
         tr.train()

@@ -20,6 +20,7 @@ def train_clip(
     out: Path = typer.Option(Path("runs/clip"), "--out", help="Run folder: checkpoint, metrics, model/, report."),
     resume: bool = options.RESUME,
     save_every: int = options.SAVE_EVERY,
+    precision: str = options.PRECISION,
     bf16: bool = options.BF16,
     scenes: int = options.SCENES,
     evaluate: bool = options.EVALUATE,
@@ -47,6 +48,7 @@ def train_clip(
 ) -> None:
     """Train a CLIP on the Shapes world, or fine-tune one on your image-text pairs (--data); works under
     torchrun (DDP)."""
+    prec = options.precision_of(precision, bf16)
     if data is not None:
         from mmfm.cli.files import print_finetune
         from mmfm.train.files import finetune_clip
@@ -54,14 +56,14 @@ def train_clip(
         report = finetune_clip(data, init or _shipped_clip(), out, "clip", fmt, images, image_key, caption_key,
                                val_data, None, val_images, _classnames(classnames), _templates(templates),
                                lock_image, lock_image_unlocked, lock_text, epochs, max_bad, resume, steps=steps,
-                               batch_size=batch_size, lr=lr, seed=seed, save_every=save_every, bf16=bf16,
+                               batch_size=batch_size, lr=lr, seed=seed, save_every=save_every, precision=prec,
                                log_every=log_every, warmup=warmup, accum=accum)
         print_finetune(report, out)
         return
     from mmfm.train.clip import train_world_clip
 
     report = train_world_clip(preset, out, resume=resume, scenes=scenes, evaluate=evaluate, steps=steps,
-                              batch_size=batch_size, lr=lr, seed=seed, save_every=save_every, bf16=bf16,
+                              batch_size=batch_size, lr=lr, seed=seed, save_every=save_every, precision=prec,
                               log_every=log_every)
     if "zeroshot" in report:
         print_report(report)

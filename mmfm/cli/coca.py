@@ -20,6 +20,7 @@ def train_coca(
     out: Path = typer.Option(Path("runs/coca"), "--out", help="Run folder: checkpoint, metrics, model/, report."),
     resume: bool = options.RESUME,
     save_every: int = options.SAVE_EVERY,
+    precision: str = options.PRECISION,
     bf16: bool = options.BF16,
     scenes: int = options.SCENES,
     evaluate: bool = options.EVALUATE,
@@ -40,6 +41,7 @@ def train_coca(
 ) -> None:
     """Train a CoCa on the Shapes world (contrastive + captioning), or fine-tune one on your image-text
     pairs (--data --from); works under torchrun (DDP)."""
+    prec = options.precision_of(precision, bf16)
     if data is not None:
         from mmfm.cli.files import print_finetune
         from mmfm.train.files import finetune_clip
@@ -48,14 +50,14 @@ def train_coca(
             raise InvalidPrompt("--data needs --from: the CoCa to fine-tune")
         report = finetune_clip(data, init, out, "coca", fmt, images, image_key, caption_key, val_data, None,
                                val_images, epochs=epochs, max_bad=max_bad, resume=resume, steps=steps,
-                               batch_size=batch_size, lr=lr, seed=seed, save_every=save_every, bf16=bf16,
+                               batch_size=batch_size, lr=lr, seed=seed, save_every=save_every, precision=prec,
                                log_every=log_every, warmup=warmup, accum=accum)
         print_finetune(report, out)
         return
     from mmfm.train.coca import train_world_coca
 
     report = train_world_coca(preset, out, resume=resume, scenes=scenes, evaluate=evaluate, eval_n=eval_n, steps=steps,
-                              batch_size=batch_size, lr=lr, seed=seed, save_every=save_every, bf16=bf16,
+                              batch_size=batch_size, lr=lr, seed=seed, save_every=save_every, precision=prec,
                               log_every=log_every)
     if "captioning" in report:
         print_captioning(report["captioning"])

@@ -55,6 +55,7 @@ def train_negclip(
     resume: bool = options.RESUME,
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="World suite and zero-shot before and after."),
     eval_n: int = options.bounded(500, "--eval-n", lo=1, hi=10**6, help="World-suite items per kind."),
+    precision: str = options.PRECISION,
     bf16: bool = options.BF16,
     log_every: int = options.LOG_EVERY,
     hard_negative_weight: float = typer.Option(
@@ -86,20 +87,21 @@ def train_negclip(
     """Fine-tune a CLIP with NegCLIP's hard negatives (captions and neighbour images) on the world, or on
     your image-text pairs (--data: a hard-negative caption made from each caption by NegCLIP's rules);
     works under torchrun."""
+    prec = options.precision_of(precision, bf16)
     if data is not None:
         from mmfm.cli.files import print_finetune
         from mmfm.train.files import finetune_clip
 
         report = finetune_clip(data, init, out, "negclip", fmt, images, image_key, caption_key, val_data, None,
                                val_images, epochs=epochs, max_bad=max_bad, resume=resume, steps=steps,
-                               batch_size=batch_size, lr=lr, seed=seed, bf16=bf16, log_every=log_every,
+                               batch_size=batch_size, lr=lr, seed=seed, precision=prec, log_every=log_every,
                                warmup=warmup, accum=accum)
         print_finetune(report, out)
         return
     from mmfm.train.negclip import train_negclip as run
 
     report = run(init, out, preset, scenes=scenes, resume=resume, evaluate=evaluate, eval_n=eval_n, steps=steps,
-                 batch_size=batch_size, lr=lr, seed=seed, bf16=bf16, log_every=log_every,
+                 batch_size=batch_size, lr=lr, seed=seed, precision=prec, log_every=log_every,
                  hard_negative_weight=hard_negative_weight, min_objects=min_objects,
                  relation_steps=relation_steps)
     for when in ("before", "after"):

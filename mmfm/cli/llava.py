@@ -12,7 +12,7 @@ from mmfm.errors import InvalidPrompt
 from mmfm.vision.transforms import crop_window  # noqa: F401 - kept importable from here
 
 
-def _load_llava(model: Path | None):
+def _load_llava(model: Path | None, dtype: str = "float32"):
     from mmfm.cli import load_model
     from mmfm.models.llava import Llava
 
@@ -20,7 +20,7 @@ def _load_llava(model: Path | None):
         from mmfm.weights import path
 
         model = path("llava-world-tiny")
-    return load_model(model, Llava, "ask / point", "answers")
+    return load_model(model, Llava, "ask / point", "answers", dtype=dtype)
 
 
 def ask(
@@ -31,6 +31,7 @@ def ask(
     ),
     max_tokens: int = options.bounded(64, "--max-tokens", lo=1, hi=4096, help="At most this many new tokens."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    dtype: str = options.dtype_option("float32"),
 ) -> None:
     """Answer a question about an image."""
     from mmfm.vision.io import load_image
@@ -40,7 +41,7 @@ def ask(
     if max_tokens < 1:
         raise InvalidPrompt("--max-tokens must be >= 1")
     pic = load_image(image)  # InvalidImage before any model work
-    m = _load_llava(model)
+    m = _load_llava(model, dtype or "float32")
     answer = m.ask(pic, question, max_new_tokens=max_tokens)
     typer.echo(json.dumps({"image": str(image), "question": question, "answer": answer}) if as_json else answer)
 
@@ -96,11 +97,8 @@ def train_llava(
     resume: bool = typer.Option(False, "--resume", help="Continue from out/stageN/checkpoint.pt."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate after stage 2."),
     eval_n: int = options.bounded(100, "--eval-n", lo=1, hi=10**5, help="Questions per type for the evaluation."),
-    bf16: bool = typer.Option(
-        True,
-        "--bf16/--fp32",
-        help="Frozen LM in bf16 with bf16 autocast (default), or all fp32 (faster on CPUs whose bf16 matmul is slow).",
-    ),
+    precision: str = options.PRECISION,
+    bf16: bool = options.BF16,
     qa_weights: str = typer.Option(
         None,
         "--qa-weights",
@@ -123,13 +121,14 @@ def train_llava(
 ) -> None:
     """Train LLaVA on the Shapes world with SmolLM2-135M-Instruct (two stages, as LLaVA), or fine-tune a
     LLaVA on your LLaVA JSON (--data)."""
+    prec = options.precision_of(precision, bf16)
     if data is not None:
         from mmfm.cli.files import print_finetune
         from mmfm.train.files import finetune_llava
 
         report = finetune_llava(data, init, out, images, stage, lora_rank, val_data=val_data, val_images=val_images,
                                 max_len=max_len, epochs=epochs, max_bad=max_bad, val_n=val_n, resume=resume,
-                                steps=steps, batch_size=batch_size, lr=lr, seed=seed, bf16=bf16, warmup=warmup,
+                                steps=steps, batch_size=batch_size, lr=lr, seed=seed, precision=prec, warmup=warmup,
                                 accum=accum)
         print_finetune(report, out)
         return
@@ -146,7 +145,7 @@ def train_llava(
         evaluate=evaluate,
         eval_n=eval_n,
         qa_weights=qa_weights,
-        bf16=bf16,
+        precision=prec,
         steps=steps,
         batch_size=batch_size,
         lr=lr,

@@ -25,7 +25,7 @@ def chat(
     max_tokens: int = options.bounded(256, "--max-tokens", lo=1, hi=32768, help="Most new tokens."),
     system: str = typer.Option(None, "--system", help="System message."),
     seed: int = typer.Option(None, "--seed", help="Seed for sampling."),
-    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 (fast path) or float32."),
+    dtype: str = options.dtype_option("bfloat16"),
 ) -> None:
     """Ask the language model; the answer streams as it is generated."""
     from mmfm.errors import InvalidText
@@ -50,7 +50,7 @@ def serve_llm(
     model: str = typer.Option(
         None, "--model", help="GGUF file, HF Llama folder or mmfm folder (default: SmolLM2-135M-Instruct)."
     ),
-    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 or float32."),
+    dtype: str = options.dtype_option("bfloat16"),
     api_key: str = typer.Option(None, "--api-key", envvar="MMFM_API_KEY", help="Require this bearer key."),
     max_queue: int = typer.Option(16, "--max-queue", help="Requests that may wait for the model; more get 503."),
 ) -> None:

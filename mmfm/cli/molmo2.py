@@ -31,7 +31,7 @@ def is_video(path: Path) -> bool:
     return False
 
 
-def _load_molmo2(model: Path | None):
+def _load_molmo2(model: Path | None, dtype: str = "float32"):
     from mmfm.cli import load_model
     from mmfm.models.molmo2 import Molmo2
 
@@ -43,7 +43,7 @@ def _load_molmo2(model: Path | None):
         except CheckpointError as e:  # no shipped Molmo2 in this install
             raise ConfigError("videos and image sets need a Molmo2 model: pass --model DIR (a transformers "
                               "Molmo2 folder or one `mmfm train molmo2` wrote)") from e
-    return load_model(model, Molmo2, "ask / point / track on videos", "answers")
+    return load_model(model, Molmo2, "ask / point / track on videos", "answers", dtype=dtype)
 
 
 def _split(args: list[str], what: str) -> tuple[list[Path], str]:
@@ -74,6 +74,7 @@ def ask(
     max_frames: int = MAX_FRAMES,
     fps: float = FPS,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    dtype: str = options.dtype_option("float32"),
 ) -> None:
     """Answer a question about an image, several images or a video: mmfm ask clip.mp4 "How many stars appear?"."""
     files, question = _split(args, "question")
@@ -81,8 +82,8 @@ def ask(
         from mmfm.cli import llava
 
         if model is None or _model_type(model) != "molmo2":
-            return llava.ask(files[0], question, model=model, max_tokens=max_tokens, as_json=as_json)
-    m = _load_molmo2(model)
+            return llava.ask(files[0], question, model=model, max_tokens=max_tokens, as_json=as_json, dtype=dtype)
+    m = _load_molmo2(model, dtype)
     if len(files) == 1 and is_video(files[0]):
         answer = m.ask(question, video=_video(files[0], m, max_frames, fps), max_new_tokens=max_tokens)
     else:
@@ -183,7 +184,8 @@ def train_molmo2(
     weighting: bool = typer.Option(True, "--token-weighting/--no-token-weighting", help="Molmo2's token weighting."),
     bidirectional: bool = typer.Option(True, "--bidirectional/--causal-vision",
                                        help="Vision tokens attend to each other both ways (Molmo2) or causally."),
-    bf16: bool = typer.Option(True, "--bf16/--fp32", help="Frozen LM in bf16 with autocast, or all fp32."),
+    precision: str = options.PRECISION,
+    bf16: bool = options.BF16,
     data: Path = typer.Option(None, "--data", help="Your LLaVA-style JSON of videos ('video') or images ('image', "
                               "one or a list), every human / gpt pair a branch of the record's message tree."),
     images: Path = options.IMAGES,
@@ -203,6 +205,7 @@ def train_molmo2(
 ) -> None:
     """Train Molmo2 on world videos with SmolLM2-135M-Instruct and the world CLIP tower, or fine-tune one
     on your videos and image sets (--data --from)."""
+    prec = options.precision_of(precision, bf16)
     if data is not None:
         from mmfm.cli.files import print_finetune
         from mmfm.train.files import finetune_molmo2
@@ -211,14 +214,14 @@ def train_molmo2(
             raise InvalidPrompt("--data needs --from: the Molmo2 to fine-tune")
         report = finetune_molmo2(data, init, out, images, lora_rank, val_data, val_images, max_len, max_frames,
                                  packed, weighting, epochs=epochs, max_bad=max_bad, val_n=val_n, resume=resume,
-                                 steps=steps, batch_size=batch_size, lr=lr, seed=seed, bf16=bf16, warmup=warmup,
+                                 steps=steps, batch_size=batch_size, lr=lr, seed=seed, precision=prec, warmup=warmup,
                                  accum=accum)
         print_finetune(report, out)
         return
     from mmfm.train.molmo2 import train_world_molmo2
 
     report = train_world_molmo2(preset, out, resume=resume, evaluate=evaluate, eval_n=eval_n, packed=packed,
-                                weighting=weighting, bidirectional=bidirectional, bf16=bf16, steps=steps,
+                                weighting=weighting, bidirectional=bidirectional, precision=prec, steps=steps,
                                 batch_size=batch_size, lr=lr, seed=seed)
     for split in ("test", "heldout"):
         if split in report:

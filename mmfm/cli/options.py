@@ -30,7 +30,25 @@ LR = bounded(None, lo=1e-12, hi=10.0, help="Peak learning rate.")
 SEED = typer.Option(None, help="Seed of the data and the initialisation.")
 RESUME = typer.Option(False, "--resume", help="Continue from out/checkpoint.pt.")
 SAVE_EVERY = bounded(None, "--save-every", lo=1, hi=10**7, help="Checkpoint every N steps.")
-BF16 = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (default on).")
+def _precision(value: str | None) -> str | None:
+    if value is not None and value not in ("auto", "fp32", "bf16", "bf16-default", "bf16-math"):
+        raise typer.BadParameter(f"{value!r}: use auto, fp32 or bf16 (or bf16-default / bf16-math: the "
+                                 f"attention kernel pinned)")
+    return value
+
+
+PRECISION = typer.Option(
+    None, "--precision", callback=_precision, metavar="auto|fp32|bf16",
+    help="auto (default): time the first batch in fp32 and in bf16 autocast on this host and train in the "
+         "faster (cached per host); or fp32 / bf16.")
+BF16 = typer.Option(None, "--bf16/--fp32", hidden=True, help="Older spelling of --precision bf16 / fp32.")
+
+
+def precision_of(precision: str | None, bf16: bool | None) -> str | None:
+    """--precision, else the older --bf16/--fp32, else None (the recipe's own: auto)."""
+    if precision is not None:
+        return precision
+    return None if bf16 is None else ("bf16" if bf16 else "fp32")
 EVALUATE = typer.Option(True, "--eval/--no-eval", help="Evaluate after training.")
 LOG_EVERY = bounded(None, "--log-every", lo=1, hi=10**7, help="Log metrics every N steps.")
 SCENES = bounded(None, lo=1, hi=10**7, help="Training scenes in the cache (default: the preset's).")
@@ -51,3 +69,17 @@ MAX_BAD = bounded(0.1, "--max-bad", lo=0.0, hi=1.0, help="Fraction of unusable r
                   "listed in data_report.json) before the data is refused.")
 IMAGE_KEY = typer.Option("filepath", "--image-key", help="CSV column of the image paths (open_clip's --csv-img-key).")
 CAPTION_KEY = typer.Option("title", "--caption-key", help="CSV column of the captions (open_clip's --csv-caption-key).")
+
+
+def _dtype(value: str | None) -> str | None:
+    if value is not None and value not in ("float32", "bfloat16", "int4", "fp32", "bf16"):
+        raise typer.BadParameter(f"{value!r}: use float32, bfloat16 or int4")
+    return value
+
+
+def dtype_option(default: str) -> typer.Option:
+    """--dtype of commands that run a language model: float32, bfloat16, or int4 (its block Linears in
+    4 bits, a Q4 GGUF's own blocks where it has them; activations bf16)."""
+    return typer.Option(default, "--dtype", callback=_dtype, metavar="float32|bfloat16|int4",
+                        help=f"The language model's weights: float32, bfloat16 or int4 (4-bit block Linears, a Q4 "
+                             f"GGUF's own blocks; bf16 activations). Default {default}.")

@@ -209,10 +209,12 @@ def train_sam(
     warmup: int = options.WARMUP,
     accum: int = options.ACCUM,
     max_bad: float = options.MAX_BAD,
-    bf16: bool = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (default: fp32)."),
+    precision: str = options.PRECISION,
+    bf16: bool = options.BF16,
 ) -> None:
     """Train SAM on the Shapes world with interactive prompting, or fine-tune one on your COCO instances
     (--data --from)."""
+    prec = options.precision_of(precision, bf16)
     if data is not None:
         from mmfm.cli.files import print_finetune
         from mmfm.train.files import finetune_sam
@@ -222,7 +224,7 @@ def train_sam(
         report = finetune_sam(data, init, out, images, val_data, val_images, objects_per_image, rounds or 3,
                               epochs=epochs, max_bad=max_bad, val_objects=val_objects,
                               freeze_image_encoder=freeze_image_encoder, resume=resume, steps=steps,
-                              batch_size=batch_size, lr=lr, seed=seed, warmup=warmup, accum=accum, bf16=bf16)
+                              batch_size=batch_size, lr=lr, seed=seed, warmup=warmup, accum=accum, precision=prec)
         print_finetune(report, out)
         return
     from mmfm.train.sam import train_world_sam

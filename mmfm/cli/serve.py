@@ -29,7 +29,7 @@ def serve(
                                "which must be the index's model)."),
     lm: str = typer.Option(None, "--lm", help="The language model for text chat: GGUF, HF Llama or mmfm folder "
                            "(default: SmolLM2-135M-Instruct; none: off)."),
-    dtype: str = typer.Option("bfloat16", "--dtype", help="The language model's dtype: bfloat16 or float32."),
+    dtype: str = options.dtype_option("bfloat16"),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default: this machine only)."),
     port: int = options.bounded(8000, "--port", lo=1, hi=65535),
     api_key: str = typer.Option(None, "--api-key", envvar="MMFM_API_KEY", help="Require this bearer key on /v1."),
@@ -59,7 +59,7 @@ def serve(
         from mmfm.models.llava import Llava
 
         models["llava"] = load_model(path(llava_name) if llava_name in NAMES else llava_name, Llava, "serve --llava",
-                                     "answers")
+                                     "answers", dtype="int4" if dtype == "int4" else "float32")
         names["llava"] = Path(llava_name).name
     clip_name = _pick(clip, None)
     if clip_name or (clip is None):

@@ -19,6 +19,7 @@ def train_simclr(
     out: Path = typer.Option(Path("runs/simclr"), "--out", help="Run folder: checkpoint, metrics, model/, report."),
     resume: bool = options.RESUME,
     save_every: int = options.SAVE_EVERY,
+    precision: str = options.PRECISION,
     bf16: bool = options.BF16,
     scenes: int = options.SCENES,
     evaluate: bool = options.EVALUATE,
@@ -38,6 +39,7 @@ def train_simclr(
 ) -> None:
     """Train SimCLR on the Shapes world or on your images (two augmented views, NT-Xent); works under
     torchrun (DDP)."""
+    prec = options.precision_of(precision, bf16)
     from mmfm.train.simclr import train_world_simclr
 
     report = train_world_simclr(preset, out, resume=resume, scenes=scenes, evaluate=evaluate, data=data,
@@ -45,7 +47,7 @@ def train_simclr(
                                 color_jitter=color_jitter, strength=strength, temperature=temperature, eval_n=eval_n,
                                 min_scale=min_scale,
                                 steps=steps, batch_size=batch_size, lr=lr, seed=seed, save_every=save_every,
-                                bf16=bf16, log_every=log_every)
+                                precision=prec, log_every=log_every)
     if "probes" in report:
         print_probes(report["probes"])
     typer.echo(f"model: {out / 'model'}   report: {out / 'report.json'}   curves: {out / 'curves.png'}")

@@ -18,7 +18,7 @@ from mmfm.checkpoint import load_state_dict, read_json, resolve, write_manifest
 from mmfm.errors import CheckpointError, ConfigError
 from mmfm.interop import coca as oc_coca
 from mmfm.interop import hf_clip, hf_llava, hf_molmo2, open_clip, sam
-from mmfm.lm.model import LanguageModel, as_dtype, load_lm
+from mmfm.lm.model import LOWBIT, LanguageModel, as_dtype, lm_to_int4, load_lm
 from mmfm.models.clip import CLIP, attach_tokenizer, load_mmfm_clip
 from mmfm.models.coca import CoCa, load_mmfm_coca
 from mmfm.models.flamingo import Flamingo, load_mmfm_flamingo
@@ -26,6 +26,8 @@ from mmfm.models.llava import Llava, load_mmfm_llava
 from mmfm.models.molmo2 import Molmo2, load_mmfm_molmo2
 from mmfm.models.sam.model import SAM, load_mmfm_sam
 from mmfm.models.simclr import SimCLR, load_mmfm_simclr
+from mmfm.nn.decoder import DecoderLM
+from mmfm.nn.lowbit import Int4Linear
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 LM_MODEL_TYPES = ("llama", "mmfm-lm")
@@ -162,10 +164,15 @@ def _match(ck: Checkpoint) -> Loader:
 def load(path_or_id, **kwargs):
     """Any checkpoint mmfm knows (CLIP: mmfm, HF transformers, open_clip; CoCa: mmfm, open_clip; SAM: mmfm,
     HF, official; LLaVA: mmfm, HF; Molmo2: mmfm, HF; Flamingo: mmfm; language models: GGUF, HF Llama, mmfm),
-    detected from its files. kwargs: dtype (LLaVA, Molmo2, Flamingo, LM), config (open_clip and official
+    detected from its files. kwargs: dtype (LLaVA, Molmo2, Flamingo, LM: float32, bfloat16, or int4 for the
+    language model's block Linears), config (open_clip and official
     files), CLIP overrides."""
     ck = Checkpoint.open(resolve(path_or_id))
-    return _match(ck).load(ck, dict(kwargs))
+    model = _match(ck).load(ck, dict(kwargs))
+    if str(kwargs.get("dtype")) in LOWBIT and isinstance(getattr(model, "lm", None), DecoderLM) and not any(
+            isinstance(m, Int4Linear) for m in model.lm.modules()):  # a transformers folder: from its floats
+        lm_to_int4(model.lm)
+    return model
 
 
 def _save_mmfm(model, folder: Path) -> Path:

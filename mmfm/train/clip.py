@@ -167,7 +167,7 @@ def train_world_clip(preset_name: str = "world-tiny", out="runs/clip", resume: b
                      scenes: int | None = None, evaluate: bool = True, eval_n: int = 1000, on_step=None,
                      **overrides) -> dict:
     """Train a CLIP on the Shapes world with a preset (overrides: any TrainConfig field: steps, batch_size,
-    lr, seed, bf16, save_every, ...; on_step(step) runs after each step), save it to `out/model` (mmfm
+    lr, seed, precision, save_every, ...; on_step(step) runs after each step), save it to `out/model` (mmfm
     format, with its tokenizer), and write `out/report.json` with zero-shot (one template vs the ensemble,
     seen vs held-out compositions), linear-probe and retrieval scores. Runs under torchrun (DDP) as well."""
     config, tcfg, extra = preset(preset_name)

@@ -22,10 +22,10 @@ from mmfm.train.trainer import FrozenLMTrainModule, TrainConfig, Trainer, run_fo
 
 # Fine-tuning defaults (open_clip's and LLaVA's usual values, scaled to small batches); every one is a flag.
 DEFAULTS = {
-    "clip": dict(batch_size=64, lr=1e-5, weight_decay=0.1, bf16=False, log_every=10),
-    "sam": dict(batch_size=4, lr=1e-5, weight_decay=0.1, betas=(0.9, 0.999), bf16=False, log_every=10),
-    "llava1": dict(batch_size=8, lr=1e-3, weight_decay=0.0, bf16=False, log_every=5),
-    "llava2": dict(batch_size=8, lr=2e-4, weight_decay=0.0, bf16=False, log_every=5),
+    "clip": dict(batch_size=64, lr=1e-5, weight_decay=0.1, log_every=10),
+    "sam": dict(batch_size=4, lr=1e-5, weight_decay=0.1, betas=(0.9, 0.999), log_every=10),
+    "llava1": dict(batch_size=8, lr=1e-3, weight_decay=0.0, log_every=5),
+    "llava2": dict(batch_size=8, lr=2e-4, weight_decay=0.0, log_every=5),
 }
 
 

@@ -29,7 +29,7 @@ from mmfm.lm.frozen_base import after_meta_load, tower_state
 from mmfm.lm.model import load_lm, smollm2_path
 from mmfm.models.clip import CLIP
 from mmfm.models.llava import Llava, LlavaConfig
-from mmfm.train.trainer import FrozenLMTrainModule, TrainConfig, Trainer
+from mmfm.train.trainer import FrozenLMTrainModule, TrainConfig, Trainer, lm_dtype
 from mmfm.weights import path as weights_path
 from mmfm.world import World
 
@@ -131,14 +131,14 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     out = Path(out) / f"stage{stage}"
     t0 = time.perf_counter()
     if stage == 1:
-        model = build_world_llava(vision, seed=tcfg.seed, lm_dtype="bfloat16" if tcfg.bf16 else "float32", **p["model"])
+        model = build_world_llava(vision, seed=tcfg.seed, lm_dtype=lm_dtype(tcfg.precision), **p["model"])
     else:
         init = Path(init) if init else out.parent / "stage1" / "model"
         if not (init / "config.json").is_file():
             raise ConfigError(
                 f"stage 2 starts from a stage-1 model; none at {init} (run --stage 1 first or pass --from)"
             )
-        model = mmfm.load(init, dtype="bfloat16" if tcfg.bf16 else "float32")
+        model = mmfm.load(init, dtype=lm_dtype(tcfg.precision))
         model.vision.float()
         if vision is not None:
             swap_tower(model, vision)

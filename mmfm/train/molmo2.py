@@ -25,7 +25,7 @@ from mmfm.lm.model import load_lm, smollm2_path
 from mmfm.models.clip import CLIP
 from mmfm.models.molmo2 import Molmo2, Molmo2Config
 from mmfm.nn.lora import LoRALinear, apply_lora
-from mmfm.train.trainer import TrainConfig, Trainer
+from mmfm.train.trainer import FrozenLMPrecision, TrainConfig, Trainer, lm_dtype
 from mmfm.weights import path as weights_path
 
 LORA_TARGETS = ("attn.qkv", "attn.out", "mlp.gate_up", "mlp.down")
@@ -102,7 +102,7 @@ def prepare(model: Molmo2, lora: dict) -> int:
     return n
 
 
-class Molmo2TrainModule(nn.Module):
+class Molmo2TrainModule(FrozenLMPrecision, nn.Module):
     """One step: the (packed) batch's loss (the causal ablation changes the batches' masks, see
     CausalVisionData); only the trainable tensors are checkpointed."""
 
@@ -138,7 +138,7 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
     tcfg.progress = progress
     out = Path(out)
     t0 = time.perf_counter()
-    model = build_world_molmo2(seed=tcfg.seed, lm_dtype="bfloat16" if tcfg.bf16 else "float32", **p["model"])
+    model = build_world_molmo2(seed=tcfg.seed, lm_dtype=lm_dtype(tcfg.precision), **p["model"])
     trainable = prepare(model, p["lora"])
     model.config.bidirectional_vision = bidirectional  # the model is asked as it was trained
     data = WorldVideoData(model, model.tokenizer, seed=tcfg.seed, batch_size=tcfg.batch_size, packed=packed,

@@ -57,7 +57,8 @@ PRESETS = {
         min_objects=2,
         hard_negative_weight=1.0,
         relations=dict(
-            train=dict(steps=1300, batch_size=64, lr=1e-3, weight_decay=0.0, warmup=50, min_lr=1e-3, bf16=False),
+            train=dict(steps=1300, batch_size=64, lr=1e-3, weight_decay=0.0, warmup=50, min_lr=1e-3,
+                       precision="fp32"),  # the relation recipe was found in fp32 (bench/RESULTS.md)
             canonical_steps=600,
             relation_share=1.0,
             hard_negative_weight=4.0,
@@ -315,8 +316,10 @@ def train_negclip(
     trainer.train(resume=resume)
     rp = p.get("relations")
     if rp and relation_steps != 0:  # the relation phase (see the module docstring), in out/relations
-        def phase_config(**fields) -> TrainConfig:  # the phase's own schedule; seed and logging as the main run's
-            return TrainConfig(**fields).update(progress=progress, seed=tcfg.seed, log_every=tcfg.log_every)
+        asked = {k: overrides[k] for k in ("precision", "bf16") if overrides.get(k) is not None}
+
+        def phase_config(**fields) -> TrainConfig:  # the phase's own schedule; seed, logging, an asked precision
+            return TrainConfig(**fields).update(progress=progress, seed=tcfg.seed, log_every=tcfg.log_every, **asked)
 
         rcfg = phase_config(**rp["train"])
         scale = 1.0 if relation_steps is None else relation_steps / rcfg.steps

@@ -1,5 +1,6 @@
 """Trainer shared by every model: AdamW (no weight decay on norms, biases, embeddings, temperatures),
-linear warmup + cosine, gradient clipping, accumulation, bf16 autocast, a progress bar, metrics as
+linear warmup + cosine, gradient clipping, accumulation, the precision measured per host (fp32 or bf16
+autocast: mmfm.precision), a progress bar, metrics as
 JSONL + a PNG of the curves, atomic checkpoints that resume exactly, a guard against non-finite
 losses, and DistributedDataParallel under torchrun.
 
@@ -26,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from mmfm.errors import ConfigError, TrainingError
+from mmfm.precision import PRECISIONS, Choice, check_choice, choose, module_signature, shapes_signature
 from mmfm.vision.plot import line_plot
 
 
@@ -41,7 +43,7 @@ class TrainConfig:
     eps: float = 1e-6
     grad_clip: float | None = 1.0
     accum: int = 1
-    bf16: bool = True
+    precision: str = "auto"  # "auto" (measured on this host, see mmfm.precision), "fp32" or "bf16"
     seed: int = 0
     log_every: int = 10
     save_every: int = 0  # 0: only at the end
@@ -52,6 +54,10 @@ class TrainConfig:
         for k, v in overrides.items():
             if v is None:
                 continue
+            if k == "bf16":  # the older switch: bf16=True/False asks for that precision
+                k, v = "precision", "bf16" if v else "fp32"
+            if k == "precision":
+                check_choice(v)
             if not hasattr(self, k):
                 raise ConfigError(f"unknown training option {k!r}")
             setattr(self, k, v)
@@ -123,6 +129,7 @@ class Trainer:
         )
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(config))
         self.step = 0
+        self.choice: Choice | None = None  # the precision, resolved when training starts
 
     # ------------------------------------------------------------------------------------- checkpoints
     @property
@@ -152,6 +159,7 @@ class Trainer:
                 "scheduler": self.sched.state_dict(),
                 "rng": _rng_state(),
                 "train_config": asdict(self.cfg),
+                "precision": self.choice.precision.name if self.choice else None,
             }
             state["sha256"] = state_digest(state)  # torch's zip reader checks no CRC: the state checks itself
             tmp = self.ckpt_path.with_suffix(".tmp")
@@ -190,6 +198,8 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         self.step = state["step"]
+        if self.cfg.precision == "auto" and state.get("precision") in PRECISIONS:  # resume as the run began
+            self.choice = Choice(PRECISIONS[state["precision"]], {}, cached=True, requested="auto")
         metrics = self.out / "metrics.jsonl"
         if metrics.is_file() and self.rank == 0:  # drop what the killed run logged after its checkpoint
             keep = []
@@ -213,6 +223,7 @@ class Trainer:
             np.random.seed(cfg.seed)
             random.seed(cfg.seed)
             (self.out / "metrics.jsonl").write_text("") if self.rank == 0 else None
+        self._resolve_precision()
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress or self.rank != 0,
@@ -227,7 +238,8 @@ class Trainer:
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 dt = time.perf_counter() - t0
-                rec = {"step": self.step, **metrics, "lr": self.sched.get_last_lr()[0], "samples_per_s": seen / dt}
+                rec = {"step": self.step, **metrics, "lr": self.sched.get_last_lr()[0], "samples_per_s": seen / dt,
+                       "precision": self.choice.precision.name}
                 history.append(rec)
                 if self.rank == 0:
                     with open(self.out / "metrics.jsonl", "a") as f:
@@ -239,7 +251,43 @@ class Trainer:
                 self.on_step(self.step)
         bar.close()
         self.save()
+        if hasattr(self.module, "apply_precision"):
+            self.module.apply_precision(None)  # back to the dtypes the model was built in
         return history
+
+    def _resolve_precision(self) -> None:
+        """Measure (or read from the cache) which precision this step is fastest in on this host, on the
+        first batch, without changing the model: gradients dropped, buffers and random states restored.
+        A module may define `apply_precision(p)` to also cast what it keeps frozen (LLaVA's LM)."""
+        apply = getattr(self.module, "apply_precision", None)
+        if self.choice is None:
+            batch = self.batch_fn(self.step, 0, self.rank, self.world)
+            buffers = {n: b.detach().clone() for n, b in self.module.named_buffers()}
+
+            def run(p) -> None:
+                if apply is not None:
+                    apply(p)
+                with p.context():
+                    loss, _ = self.module(batch)  # not the DDP wrapper: no collectives while timing
+                loss.backward()
+                self.module.zero_grad(set_to_none=True)
+
+            self.module.train()
+            self.choice = choose(self.cfg.precision, run,
+                                 f"{module_signature(self.module)}|{shapes_signature(batch)}")
+            with torch.no_grad():
+                for n, b in self.module.named_buffers():
+                    if n in buffers:
+                        b.copy_(buffers[n])
+            if self.world > 1:  # every rank runs rank 0's choice
+                name = [self.choice.precision.name]
+                dist.broadcast_object_list(name, src=0)
+                if name[0] != self.choice.precision.name:
+                    self.choice = Choice(PRECISIONS[name[0]], self.choice.ms, requested=self.cfg.precision)
+        if apply is not None:
+            apply(self.choice.precision)
+        if self.cfg.progress and self.rank == 0:
+            print(self.choice.describe(), flush=True)
 
     def _one_step(self) -> dict:
         cfg = self.cfg
@@ -247,12 +295,12 @@ class Trainer:
         total, sums = 0.0, {}
         for micro in range(cfg.accum):
             batch = self.batch_fn(self.step, micro, self.rank, self.world)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            with self.choice.precision.context():
                 loss, metrics = self.wrapped(batch)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"loss is {loss.item()} at step {self.step}: training diverged. Lower the learning rate, "
-                    f"turn off bf16, or check the data; the last good checkpoint is {self.ckpt_path}"
+                    f"use --precision fp32, or check the data; the last good checkpoint is {self.ckpt_path}"
                 )
             (loss / cfg.accum).backward()
             total += loss.item() / cfg.accum
@@ -362,7 +410,34 @@ def read_checkpoint(path: Path) -> tuple[dict | None, str | None]:
     return state, None
 
 
-class FrozenLMTrainModule(nn.Module):
+class FrozenLMPrecision:
+    """`apply_precision` for a training module whose `.model.lm` is a frozen LM (LLaVA, Flamingo, Molmo2):
+    an LM built in bf16 is cast to fp32 for an fp32 step and back for a bf16 one (both exact), and None
+    puts back the dtypes the model was built in. An LM built in fp32 stays fp32 (under autocast each op
+    casts), so nothing is ever rounded for good. Trainable tensors (projectors, adapters) stay fp32."""
+
+    def apply_precision(self, precision) -> None:
+        lm = getattr(self.model, "lm", None)
+        if lm is None:
+            return
+        if not hasattr(self, "_built_dtypes"):
+            self._built_dtypes = {n: p.dtype for n, p in lm.named_parameters()
+                                  if not p.requires_grad and p.is_floating_point()}
+        for n, p in lm.named_parameters():
+            if n in self._built_dtypes:
+                built = self._built_dtypes[n]  # an LM built in fp32 is never rounded to bf16: autocast casts
+                want = torch.float32 if precision is not None and not precision.autocast else built
+                if p.dtype != want:
+                    p.data = p.data.to(want)
+
+
+def lm_dtype(precision: str) -> str:
+    """The dtype a frozen LM is built in for a precision choice: bf16 unless fp32 was asked for (auto
+    may still run it in fp32: FrozenLMPrecision casts it)."""
+    return "float32" if precision == "fp32" else "bfloat16"
+
+
+class FrozenLMTrainModule(FrozenLMPrecision, nn.Module):
     """The training step of a model on a frozen LM (LLaVA, Flamingo): next-token loss over the supervised
     tokens of a batch {input_ids, pixels, labels}. Only the trainable tensors are checkpointed: the
     frozen LM and tower are rebuilt from their sources on resume."""

@@ -1,0 +1,105 @@
+"""4-bit weights run as they are stored, for decoding on the CPU.
+
+A decode step reads every weight of the model once for a few rows of activations, so its speed is the
+speed of streaming weights from memory: 4-bit weights are a quarter of bf16's bytes. llama.cpp's
+Q4_0 / Q4_1 files store each row in blocks of 32 values, each block a scale and an offset
+(w = scale * code + offset, code in 0..15), which is exactly the layout of PyTorch's CPU kernel
+`_weight_int4pack_mm_for_cpu` (group size 32, w = (code - 8) * scale + zero): so a GGUF's blocks are
+repacked, not re-quantized, and the matmul sees the file's own values (the scales rounded from fp16
+to bf16, the kernel's type: at most 2^-9 relative). The kernel is fast with bf16 activations and
+~30x slower with fp32 ones (measured, bench/RESULTS.md), so an Int4Linear computes in bf16.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmfm.nn.lora import LoRALinear
+
+GROUP = 32  # ggml's Q4 block; also one of the kernel's group sizes
+
+
+def available() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and hasattr(
+        torch.ops.aten, "_convert_weight_to_int4pack_for_cpu")
+
+
+def pack_int4(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """codes (N, K) in 0..15, scale and offset (N, K / 32) with w = scale * code + offset ->
+    (packed (N, K / 2) uint8, scales_and_zeros (K / 32, N, 2) bf16) for the CPU kernel."""
+    n, k = codes.shape
+    if k % GROUP or scale.shape != (n, k // GROUP) or offset.shape != scale.shape:
+        raise ValueError(f"int4: codes {tuple(codes.shape)} need scales of shape ({n}, {k // GROUP})")
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
+    zero = offset.float() + 8 * scale.float()  # the kernel centres codes at 8
+    sz = torch.stack([scale.float().t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()
+    return packed, sz
+
+
+class Int4Linear(nn.Module):
+    """y = x W^T (+ b) with W in 4-bit groups of 32. Shapes: x (..., in_features) -> (..., out_features),
+    in bf16. Buffers (saved in a state dict): packed (out, in / 2) uint8, scales_and_zeros
+    (in / 32, out, 2) bf16."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("packed", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("scales_and_zeros",
+                             torch.zeros(in_features // GROUP, out_features, 2, dtype=torch.bfloat16))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=torch.bfloat16), requires_grad=False) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.reshape(-1, self.in_features).to(torch.bfloat16), self.packed, GROUP, self.scales_and_zeros)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight (out, in) in fp32, as the kernel sees it (for checks and conversions)."""
+        eye = torch.eye(self.in_features, dtype=torch.bfloat16)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, GROUP, self.scales_and_zeros).float().t()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of {GROUP}"
+
+
+class Int4LoRA(nn.Module):
+    """A LoRA-adapted Linear for inference on a 4-bit base: y = base(x) + (alpha / r) B A x, the adapters
+    kept as trained (not merged: merging would change the 4-bit base)."""
+
+    def __init__(self, base: Int4Linear, lora: LoRALinear):
+        super().__init__()
+        self.base, self.scaling = base, lora.scaling
+        self.lora_a = nn.Parameter(lora.lora_a.detach().to(torch.bfloat16), requires_grad=False)
+        self.lora_b = nn.Parameter(lora.lora_b.detach().to(torch.bfloat16), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.bfloat16)
+        return self.base(x) + (x @ self.lora_a.t()) @ self.lora_b.t() * self.scaling
+
+
+def replacement(linear: nn.Module, base: Int4Linear) -> nn.Module | None:
+    """What takes an nn.Linear's (or a LoRALinear's) place once its weight is `base`; None for others."""
+    if type(linear) is nn.Linear:
+        return base
+    if type(linear) is LoRALinear:
+        return Int4LoRA(base, linear)
+    return None
+
+
+def int4_linears(model: nn.Module, names) -> None:
+    """Put an (empty) Int4Linear in place of each named nn.Linear of `model` (e.g. on the meta device,
+    before a state dict with their buffers is assigned)."""
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        lin = getattr(parent, child)
+        with torch.device(lin.weight.device):
+            setattr(parent, child, Int4Linear(lin.in_features, lin.out_features, bias=lin.bias is not None))
+
+
+__all__ = ["Int4Linear", "Int4LoRA", "replacement", "pack_int4", "int4_linears", "available", "GROUP"]

@@ -1,0 +1,122 @@
+"""int4: a Q4_0 / Q4_1 GGUF's block Linears run from the file's own 4-bit blocks (read exactly, repacked
+for PyTorch's CPU kernel, not re-quantized), float LMs are quantized to the same layout, the shipped
+SmolLM2 answers as its dequantized self does, and the LM inside LLaVA goes 4-bit too."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import mmfm
+import mmfm.lm as L
+from mmfm.lm.gguf_file import open_gguf
+from mmfm.lm.model import load_lm
+from mmfm.nn.lowbit import Int4Linear, Int4LoRA, available, pack_int4
+from tests.lm_helpers import save_hf_folder, tiny_llama, tiny_tokenizer, write_gguf
+
+pytestmark = pytest.mark.skipif(not available(), reason="this PyTorch build has no CPU int4 kernel")
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny_tok():
+    return tiny_tokenizer()
+
+
+def int4_layers(model) -> list[Int4Linear]:
+    return [m for m in model.modules() if isinstance(m, Int4Linear)]  # (an Int4LoRA's base included)
+
+
+def test_kernel_layout_is_scale_times_code_plus_offset():
+    torch.manual_seed(0)
+    codes = torch.randint(0, 16, (64, 96), dtype=torch.uint8)
+    scale, offset = torch.rand(64, 3) * 0.1 + 0.01, torch.randn(64, 3) * 0.1
+    lin = Int4Linear(96, 64)
+    lin.packed, lin.scales_and_zeros = pack_int4(codes, scale, offset)
+    w = (codes.float().reshape(64, 3, 32) * scale[..., None].bfloat16().float()
+         + offset[..., None]).reshape(64, 96)
+    x = torch.randn(5, 96)
+    ref = x.bfloat16().float() @ w.t()
+    assert (lin(x).float() - ref).abs().max() <= 0.02 * ref.abs().max()
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
+def test_gguf_q4_blocks_are_kept_as_stored(tmp_path, tiny_tok, qtype):
+    tok, tokens, merges = tiny_tok
+    hf = tiny_llama(len(tokens), tie=True)
+    path = write_gguf(hf, tmp_path / f"tiny-{qtype}.gguf", tokens, merges, types={"blk.": qtype})
+    g = open_gguf(path)
+    for name in ("blk.0.attn_q.weight", "blk.1.ffn_down.weight"):  # the blocks read raw = gguf's dequantizer
+        codes, scale, offset = g.read_q4(name)
+        assert codes.max() <= 15 and codes.dtype == np.uint8
+        mine = (codes.reshape(codes.shape[0], -1, 32) * scale[..., None] + offset[..., None]).reshape(codes.shape)
+        assert np.array_equal(mine, g.load(name).numpy())
+    q, f = load_lm(path, "int4"), load_lm(path, "float32")
+    layers = int4_layers(q.model)
+    assert len(layers) == 4 * hf.config.num_hidden_layers and q.config.extra["weights"].startswith("int4 (the GGUF")
+    for name, mod in q.model.named_modules():
+        if isinstance(mod, Int4Linear):  # fused and unpermuted as the float loader does: same weight
+            w = f.model.get_submodule(name).weight
+            assert (mod.dequantized() - w).abs().max() <= 2 ** -7 * w.abs().max()
+    ids = torch.tensor([q.tokenizer.encode("the red circle is left of Paris. the capital")])
+    a, b = q.logits(ids).float(), f.logits(ids)
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.999
+
+
+def test_float_lm_is_quantized_to_int4(tmp_path, tiny_tok):
+    tok, tokens, _ = tiny_tok
+    hf = tiny_llama(len(tokens), tie=False)
+    folder = save_hf_folder(hf, tmp_path / "hf", tok)
+    q, f = load_lm(folder, "int4"), load_lm(folder, "float32")
+    assert len(int4_layers(q.model)) == 8 and "quantized from floats" in q.config.extra["weights"]
+    ids = torch.tensor([q.tokenizer.encode("the red circle is left of Paris")])
+    a, b = q.logits(ids).float(), f.logits(ids)
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+    assert q.generate("the red circle", max_new_tokens=4, chat=False)  # generation runs
+
+
+PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "List three colors.",
+           "Explain gravity to a child."]
+
+
+def test_shipped_smollm2_int4_answers_as_its_dequantized_self():
+    q, ref = L.default("int4"), L.default("bfloat16")
+    assert q.model.embed.weight.dtype == torch.bfloat16 and len(int4_layers(q.model)) == 120
+    assert "Paris" in q.generate(PROMPTS[0], max_new_tokens=16)
+    agree = []
+    for p in PROMPTS:
+        a = q.complete(p, max_new_tokens=16)[0].tokens
+        b = ref.complete(p, max_new_tokens=16)[0].tokens
+        agree.append(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))))
+    assert min(agree) >= 4 and sum(n == 16 for n in agree) >= 2, agree
+
+
+def test_llava_lm_goes_int4_from_smollm2_blocks():
+    from mmfm.weights import path
+
+    m = mmfm.load(path("llava-world-tiny"), dtype="int4")
+    assert len(int4_layers(m.lm)) == 120 and m.lm.config.extra["weights"].startswith("int4 (the GGUF")
+    assert any(isinstance(x, Int4LoRA) for x in m.lm.modules())  # the adapters kept beside their 4-bit base
+    from mmfm.world import World
+
+    ref = mmfm.load(path("llava-world-tiny"), dtype="bfloat16")
+    same = 0
+    for i in range(4):
+        img = World(seed=0, size=64).captioned("test", i)[0].pil()
+        a = m.ask(img, "How many shapes are there?", max_new_tokens=8)
+        same += a == ref.ask(img, "How many shapes are there?", max_new_tokens=8)
+        assert a.strip()
+    assert same >= 3
+
+
+def test_cli_dtype_int4_and_a_wrong_dtype():
+    ok = subprocess.run([sys.executable, "-m", "mmfm.cli.main", "chat", "What is the capital of France?",
+                         "--dtype", "int4", "--max-tokens", "12"], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and "Paris" in ok.stdout, ok.stderr[-2000:]
+    bad = subprocess.run([sys.executable, "-m", "mmfm.cli.main", "chat", "hi", "--dtype", "int3"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--dtype" in bad.stderr and "Traceback" not in bad.stderr

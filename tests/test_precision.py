@@ -1,0 +1,161 @@
+"""--precision auto: the faster precision is measured on the step itself, cached per host and step,
+leaves no trace on the run (a run that chose bf16 is the run told bf16), is printed and recorded in
+the metrics, survives a resume; a frozen bf16 LM follows the choice exactly and an fp32 one is never
+rounded; a wrong value is one line and exit code 2."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from mmfm import precision as P
+from mmfm.errors import ConfigError
+from mmfm.train.trainer import FrozenLMPrecision, TrainConfig, Trainer
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMFM_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_choose_takes_the_fastest_median_and_caches_it():
+    calls = []
+
+    def run(p):  # a step whose cost depends on the precision: bf16 with math attention is the fast one
+        calls.append(p.name)
+        time.sleep({"fp32": 0.02, "bf16": 0.03, "bf16-math": 0.005}[p.name])
+
+    c = P.choose("auto", run, "sig-a", rounds=3)
+    assert c.precision.name == "bf16-math" and not c.cached
+    assert calls.count("fp32") == calls.count("bf16") == calls.count("bf16-math") == 4  # warm-up + 3 rounds
+    assert c.ms["fp32"] > 15 and c.ms["bf16-math"] < c.ms["fp32"]
+    assert "math attention" in c.describe() and "measured" in c.describe()
+    calls.clear()
+    again = P.choose("auto", run, "sig-a")
+    assert again.cached and again.precision.name == "bf16-math" and calls == []
+    assert "cached" in again.describe()
+    record = json.loads(P.cache_file().read_text())
+    assert len(record) == 1 and next(iter(record.values()))["host"] == P.host_key()
+    P.choose("auto", run, "sig-b")  # another step is measured on its own
+    assert calls and len(json.loads(P.cache_file().read_text())) == 2
+    # asked for fp32: nothing measured; asked for bf16: only the attention kernel is chosen
+    calls.clear()
+    assert P.choose("fp32", run, "sig-c").precision.name == "fp32" and calls == []
+    assert P.choose("bf16", run, "sig-c").precision.name == "bf16-math" and set(calls) == {"bf16", "bf16-math"}
+    with pytest.raises(ConfigError):
+        P.choose("fp16", run, "sig-c")
+
+
+def test_choose_restores_random_states():
+    torch.manual_seed(3)
+    want = torch.rand(4)
+    torch.manual_seed(3)
+    P.choose("auto", lambda p: torch.rand(1000), "rng", rounds=2)
+    assert torch.equal(torch.rand(4), want)
+
+
+def test_contexts_do_what_they_say():
+    x = torch.randn(4, 8)
+    lin = nn.Linear(8, 8)
+    with P.PRECISIONS["fp32"].context():
+        assert lin(x).dtype == torch.float32
+    with P.PRECISIONS["bf16-math"].context():
+        assert lin(x).dtype == torch.bfloat16
+        q = torch.randn(1, 2, 5, 8, dtype=torch.bfloat16)
+        y = nn.functional.scaled_dot_product_attention(q, q, q)
+    ref = torch.softmax(q.float() @ q.float().transpose(-1, -2) / 8 ** 0.5, -1) @ q.float()
+    assert (y.float() - ref).abs().max() < 0.05
+
+
+class TinyStep(nn.Module):
+    """A step with attention, a norm with running statistics and dropout: everything timing could disturb."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.Dropout(0.2), nn.Linear(32, 16))
+
+    def forward(self, batch):
+        h = self.model(batch["x"])
+        a = nn.functional.scaled_dot_product_attention(h[None, None], h[None, None], h[None, None])[0, 0]
+        return ((a.float() - batch["y"]) ** 2).mean(), {}
+
+
+def _batch(step, micro, rank, world):
+    g = torch.Generator().manual_seed(step)
+    return {"x": torch.randn(64, 16, generator=g), "y": torch.randn(64, 16, generator=g)}
+
+
+def _train(out, precision, steps=6):
+    torch.manual_seed(0)
+    module = TinyStep()
+    cfg = TrainConfig(steps=steps, batch_size=64, lr=1e-2, warmup=1, log_every=1, progress=False, precision=precision)
+    trainer = Trainer(module, cfg, _batch, out)
+    hist = trainer.train()
+    return trainer, [r["loss"] for r in hist], module.state_dict()
+
+
+def test_auto_leaves_no_trace_and_is_recorded(tmp_path):
+    measured, losses, state = _train(tmp_path / "measured", "auto")
+    chosen = measured.choice.precision.name
+    assert not measured.choice.cached and set(measured.choice.ms) == {"fp32", "bf16", "bf16-math"}
+    cached, cached_losses, cached_state = _train(tmp_path / "cached", "auto")  # same step: read from the cache
+    assert cached.choice.cached and cached.choice.precision.name == chosen
+    assert losses == cached_losses  # bit for bit: timing changed no weight, running statistic or random draw
+    assert all(torch.equal(state[k], cached_state[k]) for k in state)
+    recs = [json.loads(ln) for ln in (tmp_path / "measured" / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == 6 and {r["precision"] for r in recs} == {chosen}
+    assert torch.load(tmp_path / "measured" / "checkpoint.pt", weights_only=True)["precision"] == chosen
+
+
+def test_frozen_lm_follows_the_choice_without_rounding():
+    class LM(nn.Module):
+        def __init__(self, dtype):
+            super().__init__()
+            self.w = nn.Linear(8, 8).to(dtype).requires_grad_(False)
+
+    class Module(FrozenLMPrecision, nn.Module):
+        def __init__(self, dtype):
+            super().__init__()
+            self.model = nn.Module()
+            self.model.lm = LM(dtype)
+            self.model.proj = nn.Linear(8, 8)  # trainable, fp32 throughout
+
+    m = Module(torch.bfloat16)
+    w0 = m.model.lm.w.weight.clone()
+    m.apply_precision(P.PRECISIONS["fp32"])
+    assert m.model.lm.w.weight.dtype == torch.float32 and torch.equal(m.model.lm.w.weight.bfloat16(), w0)
+    m.apply_precision(P.PRECISIONS["bf16"])
+    assert m.model.lm.w.weight.dtype == torch.bfloat16 and torch.equal(m.model.lm.w.weight, w0)
+    m.apply_precision(None)
+    assert torch.equal(m.model.lm.w.weight, w0) and m.model.proj.weight.dtype == torch.float32
+    f = Module(torch.float32)
+    w1 = f.model.lm.w.weight.clone()
+    f.apply_precision(P.PRECISIONS["bf16-math"])  # autocast casts per op; the stored weights stay exact
+    assert f.model.lm.w.weight.dtype == torch.float32 and torch.equal(f.model.lm.w.weight, w1)
+
+
+def test_resume_keeps_the_precision_the_run_began_with(tmp_path):
+    trainer, _, _ = _train(tmp_path / "r", "auto", steps=4)
+    P.cache_file().unlink()  # a resume must not measure again (the host may be busier now)
+    cfg = TrainConfig(steps=4, batch_size=64, lr=1e-2, warmup=1, log_every=1, progress=False)
+    again = Trainer(TinyStep(), cfg, _batch, tmp_path / "r")
+    again.load()
+    assert again.choice.precision.name == trainer.choice.precision.name and not P.cache_file().exists()
+
+
+def test_training_config_accepts_the_older_switch_and_refuses_nonsense():
+    assert TrainConfig().update(bf16=False).precision == "fp32"
+    assert TrainConfig().update(bf16=True).precision == "bf16"
+    assert TrainConfig().precision == "auto"
+    with pytest.raises(ConfigError):
+        TrainConfig().update(precision="fp16")
+
+
+def test_cli_refuses_a_wrong_precision_in_one_line(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "mmfm.cli.main", "train", "clip", "--precision", "fp16",
+                          "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "--precision" in res.stderr and "Traceback" not in res.stderr
