@@ -42,6 +42,10 @@ class TrainingError(MMFMError, RuntimeError):
     """Training cannot go on (a non-finite loss, a checkpoint from another run)."""
 
 
+class ExportError(MMFMError, RuntimeError):
+    """An exported graph does not reproduce the model (its runtime's outputs differ beyond tolerance)."""
+
+
 class DependencyError(MMFMError, ImportError):
     """An optional dependency needed for this feature is not installed."""
 
@@ -65,6 +69,7 @@ __all__ = [
     "DataError",
     "ProgramError",
     "TrainingError",
+    "ExportError",
     "DependencyError",
     "LLMError",
     "LLMTimeout",

@@ -36,6 +36,7 @@ def _register() -> None:
         clip,
         coca,
         compositionality,
+        export,
         flamingo,
         llava,
         lm,
@@ -77,6 +78,7 @@ def _register() -> None:
     eval_app.command(name="compositionality")(compositionality.eval_compositionality)
     train_app.command(name="negclip")(compositionality.train_negclip)
     app.add_typer(experiment_app, name="experiment")
+    app.add_typer(export.app, name="export")
     experiment_app.command(name="batch-size")(compositionality.batch_size_experiment)
     app.command(name="visprog")(chain.visprog)
     app.add_typer(chain.cupl_app, name="cupl")
