@@ -22,26 +22,16 @@ from mmfm.errors import ConfigError, DependencyError, ExportError
 TOLERANCE = 1e-4  # fp32, max abs difference between ONNX Runtime and mmfm (issue 30's parity bar)
 
 
-class ImageTower(nn.Module):
-    """pixels (B, 3, S, S), preprocessed -> image_embeds (B, D), not normalized (as encode_image)."""
+class Tower(nn.Module):
+    """One encoder of a model as a graph: `encode_image` (pixels (B, 3, S, S), preprocessed) or
+    `encode_text` (input_ids (B, T) int64) -> embeddings (B, D), not normalized."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, method: str):
         super().__init__()
-        self.model = model
+        self.model, self.method = model, method
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(pixels)
-
-
-class TextTower(nn.Module):
-    """input_ids (B, T) int64 -> text_embeds (B, D), not normalized (as encode_text)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(input_ids)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model, self.method)(x)
 
 
 def _need_onnx():
@@ -89,7 +79,7 @@ def export_onnx(model: nn.Module, out: str | Path, seed: int = 0) -> dict:
     pixels = torch.randn(2, 3, size, size, generator=g)
     info: dict = {"model": type(model).__name__, "opset": "dynamo exporter default", "graphs": {},
                   "image_size": size, "image_mean": list(c.image_mean), "image_std": list(c.image_std)}
-    diff = export_graph(ImageTower(model), pixels, out / "image.onnx", "pixels", "image_embeds")
+    diff = export_graph(Tower(model, "encode_image"), pixels, out / "image.onnx", "pixels", "image_embeds")
     info["graphs"]["image"] = {"file": "image.onnx", "input": "pixels", "output": "image_embeds",
                                "max_abs_diff": diff}
     if isinstance(model, CLIP):
@@ -99,7 +89,7 @@ def export_onnx(model: nn.Module, out: str | Path, seed: int = 0) -> dict:
         ids[0, 5:] = t.pad_token_id
         ids[0, 4] = t.eot_token_id
         ids[1, -1] = t.eot_token_id
-        diff = export_graph(TextTower(model), ids, out / "text.onnx", "input_ids", "text_embeds")
+        diff = export_graph(Tower(model, "encode_text"), ids, out / "text.onnx", "input_ids", "text_embeds")
         info["graphs"]["text"] = {"file": "text.onnx", "input": "input_ids", "output": "text_embeds",
                                   "max_abs_diff": diff, "context_length": t.context_length}
         info["logit_scale"] = float(model.scale().detach())
@@ -113,4 +103,4 @@ def export_onnx(model: nn.Module, out: str | Path, seed: int = 0) -> dict:
     return info
 
 
-__all__ = ["export_onnx", "export_graph", "ImageTower", "TextTower", "TOLERANCE"]
+__all__ = ["export_onnx", "export_graph", "Tower", "TOLERANCE"]

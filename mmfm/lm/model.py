@@ -200,10 +200,13 @@ class LanguageModel:
 
 # ---------------------------------------------------------------------------------- loading
 def _build(config: DecoderConfig, sd: dict, dtype: torch.dtype, source: str) -> DecoderLM:
-    """The model on the meta device, then adopting the loaded tensors: the weights exist once in memory."""
+    """The model on the meta device, then adopting the loaded tensors: the weights exist once in memory.
+    Block Linears given as 4-bit buffers (`<linear>.packed`, from read_gguf_int4) become Int4Linears."""
     with torch.device("meta"):
         model = DecoderLM(config).to(dtype)
-    sd = {k: v.to(dtype) for k, v in sd.items()}
+    int4_linears(model, sorted({k.rsplit(".", 1)[0] for k in sd if k.endswith(".packed")}))
+    lowbit_buffers = (".packed", ".scales_and_zeros")
+    sd = {k: v if k.endswith(lowbit_buffers) else v.to(dtype) for k, v in sd.items()}
     if config.tie_embeddings:
         sd["lm_head.weight"] = sd["embed.weight"]
     load_strict(model, sd, source, assign=True)
@@ -223,22 +226,6 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def _build_int4(config: DecoderConfig, sd: dict, source: str) -> DecoderLM:
-    """A DecoderLM whose block Linears are Int4Linears, adopting `sd` (their packed buffers included)."""
-    with torch.device("meta"):
-        model = DecoderLM(config).to(torch.bfloat16)
-    int4_linears(model, sorted({k.rsplit(".", 1)[0] for k in sd if k.endswith(".packed")}))
-    if config.tie_embeddings:
-        sd["lm_head.weight"] = sd["embed.weight"]
-    load_strict(model, sd, source, assign=True)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.embed.weight
-    if model.rotary is not None:
-        model.rotary.to_empty(device="cpu").reset_buffers()
-    _release_freed_memory()
-    return model.eval()
 
 
 def lm_to_int4(model: DecoderLM, gguf: Path | None = None) -> DecoderLM:
@@ -302,7 +289,8 @@ def load_lm(path: str | os.PathLike, dtype="float32") -> LanguageModel:
     path = resolve(path)
     if int4 and path.is_file() and _q4_file(path):
         config, sd, tok, meta = read_gguf_int4(path)
-        return LanguageModel(_build_int4(config, sd, str(path)), tok, name=meta.get("general.name") or path.stem)
+        return LanguageModel(_build(config, sd, torch.bfloat16, str(path)), tok,
+                             name=meta.get("general.name") or path.stem)
     if int4:
         lm = load_lm(path, "bfloat16")
         quantize_lm_int4(lm.model)
