@@ -22,6 +22,7 @@ def train_clip(
     save_every: int = options.SAVE_EVERY,
     precision: str = options.PRECISION,
     bf16: bool = options.BF16,
+    compile_step: bool = options.COMPILE,
     scenes: int = options.SCENES,
     evaluate: bool = options.EVALUATE,
     log_every: int = options.LOG_EVERY,
@@ -57,6 +58,7 @@ def train_clip(
                                val_data, None, val_images, _classnames(classnames), _templates(templates),
                                lock_image, lock_image_unlocked, lock_text, epochs, max_bad, resume, steps=steps,
                                batch_size=batch_size, lr=lr, seed=seed, save_every=save_every, precision=prec,
+                               compile=compile_step or None,
                                log_every=log_every, warmup=warmup, accum=accum)
         print_finetune(report, out)
         return
@@ -64,6 +66,7 @@ def train_clip(
 
     report = train_world_clip(preset, out, resume=resume, scenes=scenes, evaluate=evaluate, steps=steps,
                               batch_size=batch_size, lr=lr, seed=seed, save_every=save_every, precision=prec,
+                              compile=compile_step or None,
                               log_every=log_every)
     if "zeroshot" in report:
         print_report(report)

@@ -22,6 +22,7 @@ def train_coca(
     save_every: int = options.SAVE_EVERY,
     precision: str = options.PRECISION,
     bf16: bool = options.BF16,
+    compile_step: bool = options.COMPILE,
     scenes: int = options.SCENES,
     evaluate: bool = options.EVALUATE,
     eval_n: int = options.bounded(500, "--eval-n", lo=1, hi=10**6, help="Scenes per split for captioning."),
@@ -51,6 +52,7 @@ def train_coca(
         report = finetune_clip(data, init, out, "coca", fmt, images, image_key, caption_key, val_data, None,
                                val_images, epochs=epochs, max_bad=max_bad, resume=resume, steps=steps,
                                batch_size=batch_size, lr=lr, seed=seed, save_every=save_every, precision=prec,
+                               compile=compile_step or None,
                                log_every=log_every, warmup=warmup, accum=accum)
         print_finetune(report, out)
         return
@@ -58,6 +60,7 @@ def train_coca(
 
     report = train_world_coca(preset, out, resume=resume, scenes=scenes, evaluate=evaluate, eval_n=eval_n, steps=steps,
                               batch_size=batch_size, lr=lr, seed=seed, save_every=save_every, precision=prec,
+                              compile=compile_step or None,
                               log_every=log_every)
     if "captioning" in report:
         print_captioning(report["captioning"])

@@ -57,6 +57,7 @@ def train_negclip(
     eval_n: int = options.bounded(500, "--eval-n", lo=1, hi=10**6, help="World-suite items per kind."),
     precision: str = options.PRECISION,
     bf16: bool = options.BF16,
+    compile_step: bool = options.COMPILE,
     log_every: int = options.LOG_EVERY,
     hard_negative_weight: float = typer.Option(
         None,
@@ -94,14 +95,16 @@ def train_negclip(
 
         report = finetune_clip(data, init, out, "negclip", fmt, images, image_key, caption_key, val_data, None,
                                val_images, epochs=epochs, max_bad=max_bad, resume=resume, steps=steps,
-                               batch_size=batch_size, lr=lr, seed=seed, precision=prec, log_every=log_every,
+                               batch_size=batch_size, lr=lr, seed=seed, precision=prec,
+                               compile=compile_step or None, log_every=log_every,
                                warmup=warmup, accum=accum)
         print_finetune(report, out)
         return
     from mmfm.train.negclip import train_negclip as run
 
     report = run(init, out, preset, scenes=scenes, resume=resume, evaluate=evaluate, eval_n=eval_n, steps=steps,
-                 batch_size=batch_size, lr=lr, seed=seed, precision=prec, log_every=log_every,
+                 batch_size=batch_size, lr=lr, seed=seed, precision=prec,
+                 compile=compile_step or None, log_every=log_every,
                  hard_negative_weight=hard_negative_weight, min_objects=min_objects,
                  relation_steps=relation_steps)
     for when in ("before", "after"):

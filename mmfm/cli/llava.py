@@ -99,6 +99,7 @@ def train_llava(
     eval_n: int = options.bounded(100, "--eval-n", lo=1, hi=10**5, help="Questions per type for the evaluation."),
     precision: str = options.PRECISION,
     bf16: bool = options.BF16,
+    compile_step: bool = options.COMPILE,
     qa_weights: str = typer.Option(
         None,
         "--qa-weights",
@@ -128,7 +129,8 @@ def train_llava(
 
         report = finetune_llava(data, init, out, images, stage, lora_rank, val_data=val_data, val_images=val_images,
                                 max_len=max_len, epochs=epochs, max_bad=max_bad, val_n=val_n, resume=resume,
-                                steps=steps, batch_size=batch_size, lr=lr, seed=seed, precision=prec, warmup=warmup,
+                                steps=steps, batch_size=batch_size, lr=lr, seed=seed, precision=prec,
+                                compile=compile_step or None, warmup=warmup,
                                 accum=accum)
         print_finetune(report, out)
         return
@@ -145,7 +147,7 @@ def train_llava(
         evaluate=evaluate,
         eval_n=eval_n,
         qa_weights=qa_weights,
-        precision=prec,
+        precision=prec, compile=compile_step or None,
         steps=steps,
         batch_size=batch_size,
         lr=lr,

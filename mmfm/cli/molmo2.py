@@ -186,6 +186,7 @@ def train_molmo2(
                                        help="Vision tokens attend to each other both ways (Molmo2) or causally."),
     precision: str = options.PRECISION,
     bf16: bool = options.BF16,
+    compile_step: bool = options.COMPILE,
     data: Path = typer.Option(None, "--data", help="Your LLaVA-style JSON of videos ('video') or images ('image', "
                               "one or a list), every human / gpt pair a branch of the record's message tree."),
     images: Path = options.IMAGES,
@@ -214,14 +215,16 @@ def train_molmo2(
             raise InvalidPrompt("--data needs --from: the Molmo2 to fine-tune")
         report = finetune_molmo2(data, init, out, images, lora_rank, val_data, val_images, max_len, max_frames,
                                  packed, weighting, epochs=epochs, max_bad=max_bad, val_n=val_n, resume=resume,
-                                 steps=steps, batch_size=batch_size, lr=lr, seed=seed, precision=prec, warmup=warmup,
+                                 steps=steps, batch_size=batch_size, lr=lr, seed=seed, precision=prec,
+                                 compile=compile_step or None, warmup=warmup,
                                  accum=accum)
         print_finetune(report, out)
         return
     from mmfm.train.molmo2 import train_world_molmo2
 
     report = train_world_molmo2(preset, out, resume=resume, evaluate=evaluate, eval_n=eval_n, packed=packed,
-                                weighting=weighting, bidirectional=bidirectional, precision=prec, steps=steps,
+                                weighting=weighting, bidirectional=bidirectional, precision=prec,
+                                compile=compile_step or None, steps=steps,
                                 batch_size=batch_size, lr=lr, seed=seed)
     for split in ("test", "heldout"):
         if split in report:

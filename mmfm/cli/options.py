@@ -42,6 +42,9 @@ PRECISION = typer.Option(
     help="auto (default): time the first batch in fp32 and in bf16 autocast on this host and train in the "
          "faster (cached per host); or fp32 / bf16.")
 BF16 = typer.Option(None, "--bf16/--fp32", hidden=True, help="Older spelling of --precision bf16 / fp32.")
+COMPILE = typer.Option(False, "--compile", help="torch.compile the training step: the first step compiles "
+                       "(about a minute on 2 cores), later ones run faster where the host allows (eager if "
+                       "compiling fails); worth it for long runs (bench/compile_speed.py).")
 
 
 def precision_of(precision: str | None, bf16: bool | None) -> str | None:

@@ -211,6 +211,7 @@ def train_sam(
     max_bad: float = options.MAX_BAD,
     precision: str = options.PRECISION,
     bf16: bool = options.BF16,
+    compile_step: bool = options.COMPILE,
 ) -> None:
     """Train SAM on the Shapes world with interactive prompting, or fine-tune one on your COCO instances
     (--data --from)."""
@@ -224,7 +225,8 @@ def train_sam(
         report = finetune_sam(data, init, out, images, val_data, val_images, objects_per_image, rounds or 3,
                               epochs=epochs, max_bad=max_bad, val_objects=val_objects,
                               freeze_image_encoder=freeze_image_encoder, resume=resume, steps=steps,
-                              batch_size=batch_size, lr=lr, seed=seed, warmup=warmup, accum=accum, precision=prec)
+                              batch_size=batch_size, lr=lr, seed=seed, warmup=warmup, accum=accum, precision=prec,
+                              compile=compile_step or None)
         print_finetune(report, out)
         return
     from mmfm.train.sam import train_world_sam

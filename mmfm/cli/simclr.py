@@ -21,6 +21,7 @@ def train_simclr(
     save_every: int = options.SAVE_EVERY,
     precision: str = options.PRECISION,
     bf16: bool = options.BF16,
+    compile_step: bool = options.COMPILE,
     scenes: int = options.SCENES,
     evaluate: bool = options.EVALUATE,
     log_every: int = options.LOG_EVERY,
@@ -47,7 +48,7 @@ def train_simclr(
                                 color_jitter=color_jitter, strength=strength, temperature=temperature, eval_n=eval_n,
                                 min_scale=min_scale,
                                 steps=steps, batch_size=batch_size, lr=lr, seed=seed, save_every=save_every,
-                                precision=prec, log_every=log_every)
+                                precision=prec, compile=compile_step or None, log_every=log_every)
     if "probes" in report:
         print_probes(report["probes"])
     typer.echo(f"model: {out / 'model'}   report: {out / 'report.json'}   curves: {out / 'curves.png'}")
