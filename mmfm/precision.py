@@ -172,6 +172,16 @@ def choose(choice: str, run, signature: str, rounds: int = 3, use_cache: bool = 
     return Choice(PRECISIONS[best], ms, requested=choice)
 
 
+def choose_inference(choice: str, encode, example: torch.Tensor, signature: str) -> Choice:
+    """Inference: `encode(example)` under inference_mode timed in each candidate of `choice` (cached as
+    for training steps, under its own key)."""
+    def run(p: Precision) -> None:
+        with torch.inference_mode(), p.context():
+            encode(example)
+
+    return choose(choice, run, f"inference|{signature}|{shapes_signature(example)}")
+
+
 def shapes_signature(obj) -> str:
     """The shapes and dtypes of a batch (tensors inside dicts, lists, tuples), for cache keys."""
     if isinstance(obj, torch.Tensor):
@@ -191,5 +201,5 @@ def module_signature(module: torch.nn.Module) -> str:
     return f"{type(module).__name__}:{n}:{t}"
 
 
-__all__ = ["Precision", "PRECISIONS", "CHOICES", "Choice", "choose", "check_choice", "host_key", "cache_file",
-           "shapes_signature", "module_signature", "cpu_name"]
+__all__ = ["Precision", "PRECISIONS", "CHOICES", "Choice", "choose", "choose_inference", "check_choice", "host_key",
+           "cache_file", "shapes_signature", "module_signature", "cpu_name"]

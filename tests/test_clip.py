@@ -141,7 +141,36 @@ def test_eval_cli_zeroshot(model_dir, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     z = json.loads((tmp_path / "z.json").read_text())
-    assert set(z) == {"seen", "heldout"} and 0 <= z["seen"]["ensemble"]["top1"] <= 1
+    assert set(z) == {"seen", "heldout", "precision"} and 0 <= z["seen"]["ensemble"]["top1"] <= 1
+    assert z["precision"] == "fp32"  # the default for scores: the same on every host
+
+
+def test_eval_and_classify_in_a_measured_precision(model_dir, tmp_path):
+    """--precision auto times the encoder here, prints the choice, encodes in it and records it; bf16 gives
+    the fp32 scores within rounding (40 scenes a split: a few may flip); a bad choice is one line, exit 2."""
+    def run(name, *extra):
+        res = cli("eval", "clip", "--model", str(model_dir), "--task", "zeroshot", "--n", "40", "--out",
+                  str(tmp_path / name), *extra)
+        assert res.returncode == 0, res.stderr
+        return res.stderr, json.loads((tmp_path / name).read_text())
+
+    err, auto = run("auto.json", "--precision", "auto")
+    assert "measured on this host" in err or "cached measurement" in err
+    assert auto["precision"] in ("fp32", "bf16", "bf16-math")
+    _, fp32 = run("fp32.json")
+    _, bf16 = run("bf16.json", "--precision", "bf16")
+    assert fp32["precision"] == "fp32" and bf16["precision"] in ("bf16", "bf16-math")
+    for split in ("seen", "heldout"):
+        assert abs(bf16[split]["ensemble"]["top1"] - fp32[split]["ensemble"]["top1"]) <= 0.1
+    img = tmp_path / "scene.png"
+    from mmfm.world import World
+
+    World(size=64).sample("train", 0).image.save(img)
+    ok = cli("classify", str(img), "--model", str(model_dir), "--labels", "red circle,blue square", "--json",
+             "--precision", "bf16")
+    assert ok.returncode == 0 and abs(sum(json.loads(ok.stdout)[0]["probs"]) - 1) < 1e-3
+    bad = cli("classify", str(img), "--model", str(model_dir), "--labels", "a,b", "--precision", "fp16")
+    assert bad.returncode == 2 and "fp16" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.slow

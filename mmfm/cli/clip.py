@@ -152,9 +152,20 @@ def eval_clip(
     caption_key: str = options.CAPTION_KEY,
     label_key: str = typer.Option("label", "--label-key", help="CSV column of the class labels."),
     max_bad: float = options.MAX_BAD,
+    precision: str = options.INFER_PRECISION,
 ) -> None:
     """Evaluate a CLIP on the Shapes world, or on your data (--data); prints a table and writes JSON.
     With --data, --templates is a file of templates with {c}, or world | openai | simple."""
+    def precise(m):  # each loaded model encodes in the asked (or measured) precision
+        precise.name = options.inference_precision(precision, m).name  # written into the results JSON
+        return m
+
+    _eval_clip(model, task, templates, prompts, n, out, data, test_data, fmt, images, classnames, image_key,
+               caption_key, label_key, max_bad, precise)
+
+
+def _eval_clip(model, task, templates, prompts, n, out, data, test_data, fmt, images, classnames, image_key,
+               caption_key, label_key, max_bad, precise) -> None:
     from mmfm.cli import load_model
     from mmfm.eval.clip_world import linear_probe_world, retrieval_world, zeroshot_world
     from mmfm.models.clip import CLIP
@@ -163,10 +174,10 @@ def eval_clip(
         raise InvalidPrompt(f"unknown task {task!r}; use {', '.join(EVAL_TASKS)}")
     if data is not None:
         return _eval_clip_files(model, task, data, test_data, fmt, images, _classnames(classnames), templates,
-                                prompts, image_key, caption_key, label_key, max_bad, out)
+                                prompts, image_key, caption_key, label_key, max_bad, out, precise)
     if templates not in ("single", "ensemble"):
         raise InvalidPrompt(f"unknown templates {templates!r}; use single or ensemble")
-    m = load_model(model, CLIP, "eval clip", "zero-shot and retrieval")
+    m = precise(load_model(model, CLIP, "eval clip", "zero-shot and retrieval"))
     if task == "zeroshot":
         from mmfm.chain.cupl import load_prompts
 
@@ -201,13 +212,14 @@ def eval_clip(
             typer.echo(f"{name:<10} top-1 {r['top1']:.3f} (weight decay {r['weight_decay']:g})")
     else:
         raise InvalidPrompt(f"unknown task {task!r}; use zeroshot, retrieval, linear-probe or concepts")
+    res["precision"] = getattr(precise, "name", "fp32")
     path = out or (model / f"eval_{task}.json")
     path.write_text(json.dumps(res, indent=2))
     typer.echo(f"wrote {path}")
 
 
 def _eval_clip_files(model, task, data, test_data, fmt, images, classnames, templates, prompts, image_key,
-                     caption_key, label_key, max_bad, out) -> None:
+                     caption_key, label_key, max_bad, out, precise) -> None:
     from mmfm.cli import load_model
     from mmfm.data.files import detect_format
     from mmfm.data.labeled import read_captions, read_classes
@@ -219,7 +231,7 @@ def _eval_clip_files(model, task, data, test_data, fmt, images, classnames, temp
     if task == "retrieval":
         captioned = read_captions(data, detect_format(data, ("csv", "coco-captions"), fmt), images, image_key,
                                   caption_key, max_bad)
-        m = load_model(model, CLIP, "eval clip", "retrieval")
+        m = precise(load_model(model, CLIP, "eval clip", "retrieval"))
         res = retrieval_files(m, captioned)
         reports = [captioned.report]
     else:
@@ -229,7 +241,7 @@ def _eval_clip_files(model, task, data, test_data, fmt, images, classnames, temp
         if task == "zeroshot":
             from mmfm.chain.cupl import load_prompts
 
-            m = load_model(model, CLIP, "eval clip", "zero-shot")
+            m = precise(load_model(model, CLIP, "eval clip", "zero-shot"))
             tpl = templates if templates not in ("single", "ensemble") else None
             tpl = _templates(tpl) or ("world" if m.config.tokenizer == "world" else "openai")
             res = zeroshot_files(m, labeled, tpl, prompts=load_prompts(prompts) if prompts else None)
@@ -239,7 +251,7 @@ def _eval_clip_files(model, task, data, test_data, fmt, images, classnames, temp
             test = read_classes(test_data, detect_format(test_data, ("csv", "imagefolder"), fmt), images, image_key,
                                 label_key, classnames or labeled.classnames, max_bad)
             reports.append(test.report)
-            m = _image_tower(model)
+            m = precise(_image_tower(model))
             res = linear_probe_files(m, labeled, test)
     for r in reports:
         typer.echo(r.summary())
@@ -247,6 +259,7 @@ def _eval_clip_files(model, task, data, test_data, fmt, images, classnames, temp
         if isinstance(v, (int, float)):
             typer.echo(f"{k:<32}{v:.4f}" if isinstance(v, float) else f"{k:<32}{v}")
     res["data"] = [r.to_dict() for r in reports]
+    res["precision"] = getattr(precise, "name", "fp32")
     path = out or (Path(model) / f"eval_{task}_data.json")
     path.write_text(json.dumps(res, indent=2))
     typer.echo(f"wrote {path}")
@@ -259,6 +272,7 @@ def classify(
     templates: str = typer.Option("world", help="world | openai | simple | single"),
     top: int = typer.Option(5, help="How many classes to print per image."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    precision: str = options.INFER_PRECISION,
 ) -> None:
     """Zero-shot classify images against your labels; prints ranked probabilities."""
     import torch
@@ -277,6 +291,7 @@ def classify(
     pics = [load_image(p) for p in images]  # InvalidImage before any model work
     m = load_model(model, CLIP, "classify", "class names")
     tpl = ("a photo of {a} {}",) if templates == "single" else templates
+    options.inference_precision(precision, m)
     clf = build_classifier(m, m.tokenizer, names, tpl)
     with torch.no_grad():
         x = torch.stack([m.preprocess(p) for p in pics])

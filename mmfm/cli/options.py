@@ -42,6 +42,37 @@ PRECISION = typer.Option(
     help="auto (default): time the first batch in fp32 and in bf16 autocast on this host and train in the "
          "faster (cached per host); or fp32 / bf16.")
 BF16 = typer.Option(None, "--bf16/--fp32", hidden=True, help="Older spelling of --precision bf16 / fp32.")
+INFER_PRECISION = typer.Option(
+    "fp32", "--precision", callback=_precision, metavar="fp32|auto|bf16",
+    help="fp32 (default: the same scores on every host); auto: time a batch of images in fp32, bf16 autocast "
+         "and bf16 with the math attention kernel on this host and encode in the fastest (cached); bf16.")
+
+
+def inference_precision(choice: str | None, model):
+    """Make `model` encode in the asked precision (fp32 by default; auto: measured on its encode_image with
+    64 images of its size, printed on stderr) and return that Precision. Only the encoders run in it:
+    their outputs come back in fp32, so scores, probes and indexes are computed in fp32 as before."""
+    import torch
+
+    from mmfm.precision import PRECISIONS, choose_inference, module_signature
+
+    if choice in (None, "fp32"):
+        return PRECISIONS["fp32"]
+    size = model.config.vision.image_size
+    c = choose_inference(choice, model.encode_image, torch.randn(64, 3, size, size), module_signature(model))
+    typer.echo(c.describe().replace(" per step", " per 64 images"), err=True)
+    p = c.precision
+    if p.name != "fp32":
+        for name in ("encode_image", "encode_text"):
+            fn = getattr(model, name, None)
+            if fn is not None:  # this loaded copy only: an instance attribute over the method
+                def encode(*args, _fn=fn, **kwargs):
+                    with p.context():
+                        return _fn(*args, **kwargs).float()
+                object.__setattr__(model, name, encode)
+    return p
+
+
 COMPILE = typer.Option(False, "--compile", help="torch.compile the training step: the first step compiles "
                        "(about a minute on 2 cores), later ones run faster where the host allows (eager if "
                        "compiling fails); worth it for long runs (bench/compile_speed.py).")

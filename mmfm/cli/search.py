@@ -35,6 +35,7 @@ def index(
     max_memory_gb: float = typer.Option(4.0, "--max-memory-gb", help="auto: compress (IVF-PQ) past this many GB of "
                                         "vectors."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    precision: str = options.INFER_PRECISION,
 ) -> None:
     """Embed a folder of photos into a searchable index; a re-run embeds only new or changed files.
     Under torchrun the files are split across ranks."""
@@ -46,6 +47,7 @@ def index(
     if not 0 < max_memory_gb <= 1e6:
         raise ConfigError(f"--max-memory-gb must be positive, got {max_memory_gb}")
     m, name = load_clip(model)
+    options.inference_precision(precision, m)
     report = update_index(photos, out, m, name, batch_size=batch_size, kind=kind, max_memory_gb=max_memory_gb)
     if report is None:  # not rank 0
         return
