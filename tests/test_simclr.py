@@ -68,6 +68,20 @@ def test_augmentations_are_seeded_and_the_ablation_keeps_colour():
     assert not torch.allclose(SimCLRAugment(32, strength=1.0)(flat, 1), flat, atol=1e-2)
 
 
+def test_hue_range_decides_whether_colour_survives_the_views():
+    """--hue 0.5: any hue, so a red object's views come out red, green and blue; hue 0: only brightness,
+    contrast and saturation move, and every view stays red."""
+    red = torch.zeros(64, 3, 16, 16)
+    red[:, 0] = 0.8
+
+    def dominant(hue: float) -> set[int]:
+        aug = SimCLRAugment(16, strength=0.5, hue=hue, grayscale=False, blur=False, min_scale=1.0)
+        return set(aug(red, seed=3).mean((2, 3)).argmax(1).tolist())
+
+    assert dominant(0.5) == {0, 1, 2}
+    assert dominant(0.0) == {0}
+
+
 def test_a_short_world_run_learns_saves_and_loads(tmp_path):
     from mmfm.models.simclr import SimCLR
     from mmfm.train.simclr import train_world_simclr

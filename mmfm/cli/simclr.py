@@ -31,6 +31,8 @@ def train_simclr(
     temperature: float = options.bounded(None, "--temperature", lo=1e-3, hi=10.0, help="NT-Xent temperature."),
     min_scale: float = options.bounded(0.08, "--min-scale", lo=0.01, hi=1.0,
                                        help="Smallest crop, as a fraction of the image's area (the paper: 0.08)."),
+    hue: float = options.bounded(None, "--hue", lo=0.0, hi=0.5, help="Colour jitter's hue range in turns (default "
+                                 "0.2 x strength, the paper's; 0.5: any hue, so hue alone never matches two views)."),
     eval_n: int = options.bounded(1000, "--eval-n", lo=10, hi=10**6, help="Test scenes per split for the probes."),
     data: Path = typer.Option(None, "--data", help="Your images instead of the world: a folder (any depth, labels "
                               "unused) or a CSV's image column; read them with `mmfm eval clip --task linear-probe`."),
@@ -46,7 +48,7 @@ def train_simclr(
     report = train_world_simclr(preset, out, resume=resume, scenes=scenes, evaluate=evaluate, data=data,
                                 images=images, image_key=image_key, max_bad=max_bad,
                                 color_jitter=color_jitter, strength=strength, temperature=temperature, eval_n=eval_n,
-                                min_scale=min_scale,
+                                min_scale=min_scale, hue=hue,
                                 steps=steps, batch_size=batch_size, lr=lr, seed=seed, save_every=save_every,
                                 precision=prec, compile=compile_step or None, log_every=log_every)
     if "probes" in report:

@@ -37,6 +37,9 @@ PRESETS = {
                        strength=0.5),
     "world-tiny-resnet": dict(model=lambda: world_tiny_config(tower="resnet"), train=WORLD_TINY_TRAIN,
                               **WORLD_TINY_DATA, temperature=0.2, strength=0.5),
+    # one object per scene: two crops then show the same object, so its shape is something they share
+    "world-tiny-single": dict(model=world_tiny_config, train=WORLD_TINY_TRAIN,
+                              **{**WORLD_TINY_DATA, "max_objects": 1}, temperature=0.2, strength=0.5),
 }
 
 
@@ -167,7 +170,8 @@ def preset(name: str):
 def train_world_simclr(preset_name: str = "world-tiny", out="runs/simclr", resume: bool = False, progress: bool = True,
                        scenes: int | None = None, evaluate: bool = True, color_jitter: bool = True,
                        strength: float | None = None, temperature: float | None = None, eval_n: int = 1000,
-                       min_scale: float = 0.08, data=None, images=None, image_key: str = "filepath",
+                       min_scale: float = 0.08, hue: float | None = None, data=None, images=None,
+                       image_key: str = "filepath",
                        max_bad: float = 0.1, **overrides) -> dict:
     """Train SimCLR on world scenes, or on the images of `data` (a folder or a CSV; labels unused), with the
     preset's model and schedule (overrides: any TrainConfig field); save out/model and write out/report.json
@@ -179,7 +183,7 @@ def train_world_simclr(preset_name: str = "world-tiny", out="runs/simclr", resum
     out = run_folder(out)
     t0 = time.perf_counter()
     aug = SimCLRAugment(config.vision.image_size, strength=strength or extra["strength"], color_jitter=color_jitter,
-                        min_scale=min_scale)
+                        min_scale=min_scale, hue=hue)
     reports = []
     if data is not None:
         paths, report = image_files(data, images, image_key, max_bad)
@@ -197,7 +201,7 @@ def train_world_simclr(preset_name: str = "world-tiny", out="runs/simclr", resum
     trainer = Trainer(SimCLRTrainModule(model, t), tcfg, lambda s, m, r, w: source.batch(s, m, r, w, tcfg.accum), out)
     trainer.train(resume=resume)
     report = {"preset": preset_name, "color_jitter": color_jitter, "strength": aug.strength, "temperature": t,
-              "min_scale": min_scale,
+              "min_scale": min_scale, "hue": aug.hue, "max_objects": extra["max_objects"],
               "train_seconds": round(time.perf_counter() - t0, 1),
               "train_config": {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "seed")}}
     if reports:

@@ -19,6 +19,7 @@ class SimCLRAugment:
     grayscale: bool = True
     blur: bool = True
     min_scale: float = 0.08
+    hue: float | None = None  # the jitter's hue range, in turns (None: the paper's 0.2 s; 0.5: any hue)
 
     def pipeline(self):
         import kornia.augmentation as K
@@ -26,7 +27,8 @@ class SimCLRAugment:
         s = self.strength
         ops = [K.RandomResizedCrop((self.size, self.size), scale=(self.min_scale, 1.0)), K.RandomHorizontalFlip()]
         if self.color_jitter:
-            ops.append(K.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=0.8))
+            hue = 0.2 * s if self.hue is None else self.hue
+            ops.append(K.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, min(hue, 0.5), p=0.8))
         if self.grayscale:
             ops.append(K.RandomGrayscale(p=0.2))
         if self.blur:
