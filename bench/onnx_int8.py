@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import timed  # bench/ is on sys.path when a script runs
 
 
 def quantize(src: Path, dst: Path) -> Path:
@@ -57,13 +57,7 @@ class OrtCLIP:
 
 
 def best_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times) * 1000
+    return timed(fn, repeats)[0] * 1000
 
 
 def bench_clip(out: Path, n: int, repeats: int) -> None:

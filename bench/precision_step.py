@@ -9,25 +9,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import time
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mmfm.models.clip import CLIP
+from mmfm.precision import cpu_name
 from mmfm.train.clip import CLIPTrainModule, preset
 
 CASES = [("fp32", False, None), ("bf16", True, None), ("fp32, math attention", False, SDPBackend.MATH),
          ("bf16, math attention", True, SDPBackend.MATH), ("bf16, flash attention", True, SDPBackend.FLASH_ATTENTION)]
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
 
 
 def main() -> None:

@@ -132,10 +132,6 @@ class Choice:
         return (f"precision {self.precision.label} ({'cached measurement' if self.cached else 'measured'} "
                 f"on this host: {timings} per step)")
 
-    def record(self) -> dict:
-        return {"precision": self.precision.name, "requested": self.requested,
-                "measured_ms": {k: round(v, 2) for k, v in self.ms.items()}, "cached": self.cached}
-
 
 def choose(choice: str, run, signature: str, rounds: int = 3, use_cache: bool = True) -> Choice:
     """Resolve `choice` ("auto", "fp32", "bf16") to a Precision. With more than one candidate, `run(p)`
