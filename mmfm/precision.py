@@ -125,12 +125,12 @@ class Choice:
     cached: bool = False
     requested: str = "auto"
 
-    def describe(self) -> str:
+    def describe(self, per: str = "step") -> str:
         if not self.ms:
             return f"precision {self.precision.label} (as asked)"
         timings = ", ".join(f"{PRECISIONS[n].label} {v:.0f} ms" for n, v in self.ms.items())
         return (f"precision {self.precision.label} ({'cached measurement' if self.cached else 'measured'} "
-                f"on this host: {timings} per step)")
+                f"on this host: {timings} per {per})")
 
 
 def choose(choice: str, run, signature: str, rounds: int = 3, use_cache: bool = True) -> Choice:

@@ -60,7 +60,7 @@ def inference_precision(choice: str | None, model):
         return PRECISIONS["fp32"]
     size = model.config.vision.image_size
     c = choose_inference(choice, model.encode_image, torch.randn(64, 3, size, size), module_signature(model))
-    typer.echo(c.describe().replace(" per step", " per 64 images"), err=True)
+    typer.echo(c.describe(per="64 images"), err=True)
     p = c.precision
     if p.name != "fp32":
         for name in ("encode_image", "encode_text"):

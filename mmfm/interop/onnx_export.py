@@ -75,15 +75,6 @@ class SamDecoder(nn.Module):
         super().__init__()
         self.sam, self.single_mask, self.size = sam, single_mask, sam.image_size
 
-    def _sparse(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        pe = self.sam.prompt_encoder
-        emb = pe.pe_layer._encode((coords + 0.5) / self.size)
-        lab = labels[..., None]
-        emb = emb * (lab != -1) + pe.not_a_point_embed.weight * (lab == -1)
-        for i, table in enumerate(pe.point_embeddings):  # 0 background, 1 foreground, 2 / 3 box corners
-            emb = emb + table.weight * (lab == i)
-        return emb
-
     def _dense(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
         pe = self.sam.prompt_encoder
         return has_mask_input * pe.mask_downscaling(mask_input) + \
@@ -105,7 +96,8 @@ class SamDecoder(nn.Module):
     def forward(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size):
         sam = self.sam
         masks, iou = sam.mask_decoder.predict_masks(image_embeddings, sam.prompt_encoder.get_dense_pe(),
-                                                    self._sparse(point_coords, point_labels),
+                                                    sam.prompt_encoder.embed_points(point_coords, point_labels,
+                                                                                     pad=False),
                                                     self._dense(mask_input, has_mask_input))
         if self.single_mask:  # the reference's select_masks: no control flow on the number of points
             reweight = torch.zeros_like(iou[:1])

@@ -2,7 +2,8 @@
 encoding of the position plus a learned embedding of what the point is; dense prompts (a previous
 low-res mask) are downscaled by convolutions to the embedding grid, or replaced by `no_mask_embed`.
 
-Point labels: 1 foreground, 0 background, -1 padding (the not-a-point embedding, position zeroed).
+Point labels: 1 foreground, 0 background, -1 padding (the not-a-point embedding, position zeroed);
+2 / 3 a box's corners given as points (segment-anything's ONNX decoder takes boxes that way).
 A padding point is appended only when there is no box (the reference's rule, which the released
 decoders were trained with). Shapes: points (B, N, 2) + labels (B, N), boxes (B, 4) XYXY, masks
 (B, 1, 4h, 4w) -> sparse (B, N', D), dense (B, D, h, w).
@@ -69,7 +70,7 @@ class PromptEncoder(nn.Module):
         """(1, D, h, w): the position encoding of the image embedding grid."""
         return self.pe_layer(self.image_embedding_size)[None]
 
-    def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
+    def embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # pixel centres
         if pad:
             points = torch.cat([points, points.new_zeros(points.shape[0], 1, 2)], 1)
@@ -77,8 +78,9 @@ class PromptEncoder(nn.Module):
         emb = self.pe_layer.forward_with_coords(points, self.input_image_size)
         labels = labels[..., None]
         emb = torch.where(labels == -1, self.not_a_point_embed.weight, emb)
-        emb = emb + torch.where(labels == 0, self.point_embeddings[0].weight, 0.0)
-        return emb + torch.where(labels == 1, self.point_embeddings[1].weight, 0.0)
+        for i, table in enumerate(self.point_embeddings):  # 0 / 1 points; 2 / 3 box corners given as points
+            emb = emb + torch.where(labels == i, table.weight, 0.0)
+        return emb
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         corners = (boxes + 0.5).reshape(-1, 2, 2)
@@ -92,7 +94,7 @@ class PromptEncoder(nn.Module):
         dev = self.no_mask_embed.weight.device
         sparse = [torch.empty(bs, 0, self.embed_dim, device=dev)]
         if points is not None:
-            sparse.append(self._embed_points(points[0], points[1], pad=boxes is None))
+            sparse.append(self.embed_points(points[0], points[1], pad=boxes is None))
         if boxes is not None:
             sparse.append(self._embed_boxes(boxes))
         sparse = torch.cat(sparse, 1)
