@@ -36,6 +36,7 @@ def _register() -> None:
         clip,
         coca,
         compositionality,
+        course,
         export,
         flamingo,
         llava,
@@ -79,6 +80,7 @@ def _register() -> None:
     train_app.command(name="negclip")(compositionality.train_negclip)
     app.add_typer(experiment_app, name="experiment")
     app.add_typer(export.app, name="export")
+    app.add_typer(course.app, name="course")
     experiment_app.command(name="batch-size")(compositionality.batch_size_experiment)
     app.command(name="visprog")(chain.visprog)
     app.add_typer(chain.cupl_app, name="cupl")

@@ -4,7 +4,8 @@
   rates best (predicted IoU) and the oracle best; and the single-mask output for the same point;
 - the object's box, single mask;
 - the same on the subset of objects that overlap another object (where one point is ambiguous);
-- automatic masks (reference defaults) and the recall of ground-truth objects at IoU 0.5 / 0.75.
+- automatic masks (reference defaults) and the recall of ground-truth objects at IoU 0.5 / 0.75;
+- `ambiguity_world`: points that mean a part or a whole (composite concepts, mmfm.world.levels).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from mmfm.models.sam.amg import SamAutomaticMaskGenerator
 from mmfm.models.sam.text import segment
 from mmfm.vision.masks import mask_ious
 from mmfm.world import World
+from mmfm.world.levels import levels_at, mask_levels
 from mmfm.world.scene import render
 
 
@@ -120,3 +122,84 @@ def text_prompt_world(sam, clip, n: int = 50, seed: int = 0, split: str = "test"
     v = np.array(ious)
     return {"text_scenes": len(v), "text_miou": round(float(v.mean()), 4) if len(v) else None,
             "text_hit@0.5": round(float((v >= 0.5).mean()), 4) if len(v) else None}
+
+
+@torch.inference_mode()
+def ambiguity_world(model, n: int = 140, seed: int = 0, min_area: int = 12, examples: int = 0) -> dict:
+    """SAM's ambiguity claim on held-out composite-concept scenes (the world's `concepts` split, never
+    trained on), where one point may mean a part or the whole (mmfm.world.levels). Two protocols:
+
+    - `valid`: a point at the centre of each visible part; a prediction scores its IoU with the nearest
+      of the point's valid masks ("a valid mask", the paper's requirement for an ambiguous prompt);
+    - `intended`: SAM's evaluation protocol, one ground-truth mask at a time (every part and the whole),
+      the point at its centre, IoU with that mask; a point inside 2+ valid masks cannot say which one
+      was meant, which is what 3 outputs are for.
+
+    Points inside one valid mask only, and isolated objects of ordinary `test` scenes, are the
+    `unambiguous` reference. Compared: the single-mask output, the best of 3 by predicted IoU, the
+    oracle of 3. `covered`: the share of an ambiguous point's valid masks that one of the 3 outputs
+    matches at IoU >= 0.75. Returns means, the per-point lists (`per_point`, for intervals) and, with
+    `examples` > 0, that many ambiguous cases to draw."""
+    size = model.image_size
+    world = World(seed=seed, size=size)
+    post = lambda low: model.postprocess_masks(low, (size, size), (size, size)) > model.mask_threshold  # noqa: E731
+    per: dict[str, dict[str, list]] = {k: {"single": [], "best3": [], "oracle3": [], "covered": []}
+                                       for k in ("valid", "intended", "unambiguous")}
+    shown: list[dict] = []
+
+    def decode(r, pts):
+        x = torch.from_numpy(r.image).permute(2, 0, 1)[None].float()
+        e = model.encode_image(model.preprocess(x))
+        coords, labels = torch.tensor(pts)[:, None], torch.ones(len(pts), 1, dtype=torch.int)
+        low3, iou3 = model.decode(e, points=(coords, labels), multimask_output=True)
+        low1, _ = model.decode(e, points=(coords, labels), multimask_output=False)
+        return post(low3), iou3, post(low1)[:, 0]
+
+    def score(kind, m3, iou3, m1, valid, scored):
+        """valid: (L, H, W) masks the point may mean; scored: (K, H, W) the ones a prediction is scored on."""
+        near3 = mask_ious(m3[:, None], scored[None]).max(1).values  # (3,)
+        per[kind]["best3"].append(float(near3[iou3.argmax()]))
+        per[kind]["oracle3"].append(float(near3.max()))
+        per[kind]["single"].append(float(mask_ious(m1[None], scored).max()))
+        per[kind]["covered"].append(float((mask_ious(m3[:, None], valid[None]).max(0).values >= 0.75).float().mean()))
+
+    for i in range(n):
+        r = render(world.scene("concepts", i), size)
+        levels = mask_levels(r, min_area)
+        parts = [j for j in range(len(r.masks)) if r.areas[j] >= min_area]
+        pts = [center_point(torch.from_numpy(r.masks[j])) for j in parts]
+        pts += [center_point(torch.from_numpy(lv)) for lv in levels]
+        m3, iou3, m1 = decode(r, pts)
+        for p, (px, py) in enumerate(pts):
+            valid = torch.from_numpy(np.stack([levels[k] for k in levels_at(levels, px, py)]))
+            if p < len(parts):  # a part's centre, scored on the nearest valid mask
+                kind, scored = ("valid", valid) if len(valid) >= 2 else ("unambiguous", valid)
+            else:  # a ground-truth mask's centre, scored on that mask
+                kind, scored = ("intended", torch.from_numpy(levels[p - len(parts)])[None])
+                if len(valid) < 2:
+                    continue  # already counted as an unambiguous part
+            score(kind, m3[p], iou3[p], m1[p], valid, scored)
+            if kind == "valid" and len(shown) < examples and p == 0:
+                shown.append({"image": r.image, "point": (px, py), "levels": valid.numpy(), "outputs": m3[p].numpy(),
+                              "predicted_iou": iou3[p].tolist(), "single": m1[p].numpy()})
+    for i in range(n):  # isolated objects of ordinary scenes: one valid mask
+        r = render(world.scene("test", i), size)
+        full = r.full_masks
+        alone = [j for j in range(len(full)) if r.areas[j] >= min_area
+                 and not (full[j] & np.delete(full, j, 0).any(0)).any()]
+        if not alone:
+            continue
+        m3, iou3, m1 = decode(r, [center_point(torch.from_numpy(r.masks[j])) for j in alone])
+        for p, j in enumerate(alone):
+            gt = torch.from_numpy(r.masks[j])[None]
+            score("unambiguous", m3[p], iou3[p], m1[p], gt, gt)
+    res: dict = {"scenes": n}
+    for kind, d in per.items():
+        res[f"{kind}_points"] = len(d["single"])
+        for k in ("single", "best3", "oracle3"):
+            res[f"miou_{k}_{kind}"] = round(float(np.mean(d[k])), 4) if d[k] else None
+    res["valid_masks_covered"] = round(float(np.mean(per["valid"]["covered"])), 4) if per["valid"]["covered"] else None
+    res["per_point"] = per
+    if examples:
+        res["examples"] = shown
+    return res

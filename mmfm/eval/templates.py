@@ -3,7 +3,7 @@
 OPENAI_IMAGENET_TEMPLATES: the 80 templates of CLIP's ImageNet prompt ensemble (Radford et al. 2021,
 as listed in open_clip's zero_shot_metadata). SIMPLE_IMAGENET_TEMPLATES: the 7-template subset CLIP's
 authors found best. WORLD_TEMPLATES: the phrasings of the Shapes world's captions; `{a}` is the right
-indefinite article for the class name."""
+indefinite article for the class name. HELDOUT_WORLD_TEMPLATES: phrasings its captions never use."""
 
 from __future__ import annotations
 
@@ -39,10 +39,19 @@ SIMPLE_IMAGENET_TEMPLATES = (
 # model they pulled class embeddings toward size and cost 3-7 points of top-1.
 WORLD_TEMPLATES = ("a photo of {a} {}", "{a} {}", "a picture of {a} {}", "an image of {a} {}", "a drawing of {a} {}")
 
+# Phrasings the world's captions never use (the words are the world's, the sentences are not): what
+# ImageNet's templates are to CLIP's web captions, to measure whether an ensemble helps where no single
+# template matches the training text.
+HELDOUT_WORLD_TEMPLATES = (
+    "there is {a} {} in the picture", "the {}", "{a} {} object", "the image contains {a} {}", "one {} in the image",
+    "look at the {}", "this is {a} {}", "{a} {} on a dark background", "a close-up of {a} {}", "{a} {} shape",
+)
+
 TEMPLATE_SETS = {
     "openai": OPENAI_IMAGENET_TEMPLATES,
     "simple": SIMPLE_IMAGENET_TEMPLATES,
     "world": WORLD_TEMPLATES,
+    "world-heldout": HELDOUT_WORLD_TEMPLATES,
 }
 
 

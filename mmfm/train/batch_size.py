@@ -92,9 +92,9 @@ def run_batch_size_experiment(out="runs/batch_size", batches=BATCHES, pairs: int
         }
         (out / "results.json").write_text(json.dumps(results, indent=2))
     keys = ("fine_grained", "zeroshot_seen", "attribute_swap", "relation_swap", "word_order")
-    series = {k: [(math.log2(b), r[k]) for b, r in results.items()] for k in keys}
-    line_plot(series, title=f"world CLIP, {pairs} pairs each: accuracy vs log2(batch size)", xlabel="log2(batch size)",
-              markers=True).save(out / "batch_size.png")
+    series = {k: [(b, r[k]) for b, r in results.items()] for k in keys}
+    line_plot(series, title=f"world CLIP, {pairs} pairs each: accuracy vs batch size", xlabel="batch size",
+              ylabel="accuracy", markers=True, log_x=True).save(out / "batch_size.png")
     return results
 
 

@@ -28,7 +28,10 @@ from mmfm.models.sam.model import SAM
 from mmfm.train.trainer import Trainer, split_preset
 from mmfm.vision.masks import mask_ious
 from mmfm.world import World
-from mmfm.world.scene import render
+from mmfm.world.concepts import concept_scene
+from mmfm.world.levels import mask_levels
+from mmfm.world.scene import mask_stats, render
+from mmfm.world.vocab import CONCEPT_NAMES
 
 PRESETS = {
     "world-tiny": dict(
@@ -37,7 +40,18 @@ PRESETS = {
                    log_every=20),
         scenes=6000, objects_per_image=2, rounds=3, mask_only_rounds=0, box_fraction=0.5,
     ),
+    # world-tiny plus composite-concept scenes whose every part and whole is a target mask: a point on
+    # the snowman's head is then truly ambiguous (head or snowman), which is what the 3 outputs are for
+    "world-tiny-parts": dict(
+        model="world-tiny",
+        train=dict(steps=1200, batch_size=32, lr=1e-3, weight_decay=0.05, warmup=60, min_lr=1e-5, betas=(0.9, 0.999),
+                   log_every=20),
+        scenes=6000, objects_per_image=2, rounds=3, mask_only_rounds=0, box_fraction=0.5, concept_fraction=0.25,
+        others_weight=0.05,
+    ),
 }
+# the paper's ablation: one output for every prompt, one point included (an ambiguity-unaware SAM)
+PRESETS["world-tiny-parts-single"] = {**PRESETS["world-tiny-parts"], "others_weight": 0.0, "single_output": True}
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
@@ -81,14 +95,29 @@ class WorldSAMData:
 
     @classmethod
     def build(cls, n: int, size: int, batch_size: int, k: int, box_fraction: float, seed: int = 0,
-              split: str = "train", min_area: int = 12, progress: bool = True) -> WorldSAMData:
+              split: str = "train", min_area: int = 12, progress: bool = True,
+              concept_fraction: float = 0.0) -> WorldSAMData:
+        """`concept_fraction` of the scenes hold one composite concept instead, with every part and the
+        whole as objects (mmfm.world.levels); drawn from their own random stream, not the `concepts`
+        split the evaluation uses."""
         from tqdm.auto import tqdm
 
-
         world = World(seed=seed, size=size)
+        pick = np.random.default_rng([seed, 98]).random(n) < concept_fraction
         images, masks, boxes, first, count = [], [], [], [], []
         total = 0
         for i in tqdm(range(n), desc=f"world {split} scenes", disable=not progress, dynamic_ncols=True):
+            if pick[i]:
+                scene = concept_scene(np.random.default_rng([seed, 99, i]), CONCEPT_NAMES[i % len(CONCEPT_NAMES)])
+                r = render(scene, size)
+                levels = np.stack(mask_levels(r, min_area))
+                images.append(r.image)
+                masks.append(levels)
+                boxes.append(mask_stats(levels)[0])
+                first.append(total)
+                count.append(len(levels))
+                total += len(levels)
+                continue
             r = render(world.scene(split, i), size)
             keep = r.areas >= min_area
             if not keep.any():
@@ -123,11 +152,19 @@ class WorldSAMData:
 class SAMTrainModule(nn.Module):
     """forward(batch) -> (loss, metrics); `.model` is the SAM that gets saved."""
 
-    def __init__(self, model: SAM, rounds: int = 3, mask_only_rounds: int = 0):
+    def __init__(self, model: SAM, rounds: int = 3, mask_only_rounds: int = 0, others_weight: float = 0.0,
+                 single_output: bool = False):
+        """others_weight: with an ambiguous prompt the paper trains only the best of the 3 masks; on small
+        data one output then wins every prompt and the other two never learn (measured: their predicted
+        IoU stays at 0.05). A small weight on the others' losses keeps them alive (a relaxed
+        winner-takes-all, Rupprecht et al. 2017); 0 is the paper. single_output: the ablation, one mask
+        for every prompt."""
         super().__init__()
         self.model = model
         self.rounds = rounds
         self.mask_only_rounds = mask_only_rounds
+        self.others_weight = others_weight
+        self.single_output = single_output
 
     def forward(self, batch: dict):
         m = self.model
@@ -164,7 +201,7 @@ class SAMTrainModule(nn.Module):
         # rounds with a new point, then (the paper's) rounds with only the previous mask
         plan = ["point"] * self.rounds + ["mask"] * self.mask_only_rounds
         for r in range(len(plan)):
-            multimask = r == 0 and box is None  # one point is ambiguous: train the best of 3
+            multimask = r == 0 and box is None and not self.single_output  # one point is ambiguous: best of 3
             points = (coords, labels) if coords.shape[1] else None
             low, iou = m.decode(emb, points=points, boxes=box, mask_input=mask_in, multimask_output=multimask)
             per_mask = 20 * focal_loss(low, target[:, None].expand_as(low)) + dice_loss(
@@ -174,6 +211,8 @@ class SAMTrainModule(nn.Module):
                 true_iou = mask_ious(low > 0, gt_low[:, None].expand_as(low))
             best = per_mask.argmin(1) if multimask else torch.zeros(n, dtype=torch.long, device=low.device)
             seg = per_mask.gather(1, best[:, None]).mean()
+            if multimask and self.others_weight:
+                seg = seg + self.others_weight * (per_mask.sum(1) - per_mask.gather(1, best[:, None])[:, 0]).mean()
             total = total + seg + F.mse_loss(iou.float(), true_iou)
             if r == 0:
                 met["iou_round1"] = true_iou.gather(1, best[:, None]).mean().detach()
@@ -211,10 +250,12 @@ def train_world_sam(preset_name: str = "world-tiny", out="runs/sam", resume: boo
     out = Path(out)
     t0 = time.perf_counter()
     data = WorldSAMData.build(scenes or extra["scenes"], config.image_size, tcfg.batch_size, extra["objects_per_image"],
-                              extra["box_fraction"], seed=tcfg.seed, progress=progress)
+                              extra["box_fraction"], seed=tcfg.seed, progress=progress,
+                              concept_fraction=extra.get("concept_fraction", 0.0))
     torch.manual_seed(tcfg.seed)
     model = SAM(config)
-    module = SAMTrainModule(model, extra["rounds"], extra["mask_only_rounds"])
+    module = SAMTrainModule(model, extra["rounds"], extra["mask_only_rounds"], extra.get("others_weight", 0.0),
+                            extra.get("single_output", False))
     trainer = Trainer(module, tcfg, lambda s, mi, r, w: data.batch(s, mi, r, w, tcfg.accum), out)
     trainer.train(resume=resume)
     report = {"preset": preset_name, "rounds": extra["rounds"], "train_seconds": round(time.perf_counter() - t0, 1),

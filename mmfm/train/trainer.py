@@ -334,7 +334,7 @@ class Trainer:
         if not recs:
             return
         series = {"loss": [(r["step"], r["loss"]) for r in recs]}
-        line_plot(series, title=f"{type(self.model).__name__} training loss", xlabel="step").save(
+        line_plot(series, title=f"{type(self.model).__name__} training loss", xlabel="step", ylabel="loss").save(
             self.out / "curves.png"
         )
 
