@@ -50,6 +50,16 @@ class LLM(ABC):
         """Pieces of the answer as they come (default: all at once)."""
         yield self.complete(prompt, **kwargs)
 
+    def complete_batch(self, prompts: list, **kwargs) -> list[str]:
+        """One answer per prompt (default: one request each; a local model batches them)."""
+        return [self.complete(p, **kwargs) for p in prompts]
+
+    @property
+    def purpose(self) -> dict:
+        """What the model was fine-tuned for, e.g. {"visprog": {"prompt": "bare"}}: callers that know
+        that purpose ask it as it was trained. Unknown (a remote server): {}."""
+        return {}
+
 
 class LocalLLM(LLM):
     """mmfm's own language model in this process."""
@@ -61,11 +71,22 @@ class LocalLLM(LLM):
             model = load_lm(model, dtype=dtype)
         self.lm = model
 
+    @property
+    def purpose(self) -> dict:
+        return dict(getattr(self.lm, "purpose", {}) or {})
+
     def complete(self, prompt, *, n=1, temperature=0.0, max_tokens=256, top_p=1.0, stop=None, seed=None, system=None):
         res = self.lm.complete(as_messages(prompt, system), n=n, max_new_tokens=max_tokens, temperature=temperature,
                                top_p=top_p, stop=stop, seed=seed)
         texts = [r.text for r in res]
         return texts[0] if n == 1 else texts
+
+    def complete_batch(self, prompts, *, temperature=0.0, max_tokens=256, top_p=1.0, stop=None, seed=None,
+                       system=None):
+        """The prompts as one batch (left padding): greedy answers equal complete()'s one by one."""
+        res = self.lm.complete([as_messages(p, system) for p in prompts], max_new_tokens=max_tokens,
+                               temperature=temperature, top_p=top_p, stop=stop, seed=seed)
+        return [r.text for r in res]
 
     def stream(self, prompt, *, temperature=0.0, max_tokens=256, top_p=1.0, stop=None, seed=None, system=None, n=1):
         if n != 1:

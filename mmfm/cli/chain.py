@@ -18,7 +18,14 @@ def _llm(base_url: str | None, model: str | None):
 
     if base_url:
         return OpenAICompatibleLLM(model=model or "default", base_url=base_url)
-    return LocalLLM(model=model, dtype="bfloat16")
+    return LocalLLM(model=_shipped(model), dtype="bfloat16")
+
+
+def _shipped(model: str | None):
+    """A shipped checkpoint's name (e.g. visprog-writer-world) -> its folder; anything else as given."""
+    from mmfm.weights import NAMES, path
+
+    return path(model) if model in NAMES else model
 
 
 def visprog(
@@ -38,7 +45,8 @@ def visprog(
         None, "--inpaint-model", help="A local diffusers inpainting pipeline for Replace (default: OpenCV inpainting)."
     ),
     llm_url: str = typer.Option(None, "--llm-url", help="OpenAI-compatible base URL (default: the local SmolLM2)."),
-    llm_model: str = typer.Option(None, "--llm-model", help="Model name at --llm-url, or a local GGUF / folder."),
+    llm_model: str = typer.Option(None, "--llm-model", help="Model name at --llm-url, or a local GGUF / folder / "
+                                  "adapter folder (visprog-writer-world: the shipped tuned writer)."),
     step_timeout: float = options.bounded(120.0, "--step-timeout", lo=0.1, hi=86400, help="Seconds allowed per step."),
 ) -> None:
     """Visual programming: run a program of vision modules, write the result and its rationale."""
@@ -133,3 +141,51 @@ def cupl_generate(
 
 
 __all__ = ["visprog", "cupl_app"]
+
+
+def train_visprog_writer(
+    out: Path = typer.Option(Path("runs/visprog-writer"), "--out", help="The adapter folder."),
+    steps: int = options.STEPS,
+    pairs: int = options.bounded(None, "--pairs", lo=10, hi=10**6, help="Request -> program pairs to train on."),
+    lr: float = options.LR,
+    rank: int = options.bounded(None, "--rank", lo=1, hi=256, help="LoRA rank."),
+    seed: int = typer.Option(0, help="Seed of the pairs and the adapters."),
+    precision: str = options.PRECISION,
+) -> None:
+    """Fine-tune SmolLM2-135M-Instruct with LoRA to write VisProg programs for two-image statements (world
+    request -> program pairs in the training wordings); then `mmfm eval visprog-writer --writer OUT`."""
+    from mmfm.chain.visprog.writer import PRESET, train_writer
+
+    log = train_writer(out, steps=steps, pairs=pairs, seed=seed, precision=precision or "auto", lr=lr, r=rank)
+    p = {**PRESET, **{k: v for k, v in dict(steps=steps, pairs=pairs, lr=lr, r=rank).items() if v is not None}}
+    typer.echo(f"trained {p['steps']} steps on {p['pairs']} pairs (LoRA rank {p['r']}); final loss "
+               f"{log[-1]['loss']:.4f}")
+    typer.echo(f"adapters: {out} (use: mmfm visprog --llm-model {out} ...)")
+
+
+def eval_visprog_writer(
+    writer: str = typer.Option(None, "--writer", help="Adapter folder from `mmfm train visprog-writer`, or "
+                               "visprog-writer-world (shipped); default: the untuned SmolLM2 with examples."),
+    n: int = options.bounded(300, "--n", lo=1, hi=100_000, help="Requests to write programs for."),
+    split: str = typer.Option("heldout", help="heldout (wordings never trained on) or train."),
+    max_repairs: int = options.bounded(0, "--max-repairs", lo=0, hi=5, help="Repairs allowed after an error."),
+    seed: int = typer.Option(1, help="Seed of the requests."),
+    out: Path = typer.Option(None, "--out", help="Write the result as JSON here."),
+) -> None:
+    """Program validity and exact match of a program writer on world requests, by statement kind."""
+    from mmfm.chain.llm import LocalLLM
+    from mmfm.chain.visprog.writer import evaluate_writer
+    from mmfm.course.stats import fmt, wilson
+
+    if split not in ("heldout", "train"):
+        raise InvalidPrompt(f"--split {split!r}: use heldout or train")
+    res = evaluate_writer(LocalLLM(model=_shipped(writer)), n=n, split=split, seed=seed, max_repairs=max_repairs)
+    for key in ("valid", "exact"):
+        typer.echo(f"{key:6s} {fmt(wilson(res[key] / n, n))}  ({res[key]}/{n}, {split} wordings)")
+    for kind, d in res["by_kind"].items():
+        typer.echo(f"  {kind:8s} valid {d['valid']}/{d['n']}  exact {d['exact']}/{d['n']}")
+    for m in res["misses"][:3]:
+        typer.echo(f"miss: {m['request']}\n  got: {m['got'][:200]!r}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2))

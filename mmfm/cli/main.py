@@ -83,6 +83,8 @@ def _register() -> None:
     app.add_typer(course.app, name="course")
     experiment_app.command(name="batch-size")(compositionality.batch_size_experiment)
     app.command(name="visprog")(chain.visprog)
+    train_app.command(name="visprog-writer")(chain.train_visprog_writer)
+    eval_app.command(name="visprog-writer")(chain.eval_visprog_writer)
     app.add_typer(chain.cupl_app, name="cupl")
     app.command(name="index")(search.index)
     app.command(name="search")(search.search)

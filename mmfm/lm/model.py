@@ -29,7 +29,7 @@ from mmfm.nn.generate import (
     stream_tokens,
     texts,
 )
-from mmfm.nn.lora import LoRALinear
+from mmfm.nn.lora import LoRALinear, apply_lora, merge_lora
 from mmfm.nn.lowbit import Int4Linear, int4_linears
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -67,6 +67,7 @@ class LanguageModel:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
+        self.purpose: dict = {}  # what the LM was tuned for (an adapter's config), e.g. {"visprog": {...}}
 
     @property
     def config(self) -> DecoderConfig:
@@ -298,6 +299,8 @@ def load_lm(path: str | os.PathLike, dtype="float32") -> LanguageModel:
     if path.is_file():
         config, sd, tok, meta = read_gguf(path, dtype=dtype)
         return LanguageModel(_build(config, sd, dtype, str(path)), tok, name=meta.get("general.name") or path.stem)
+    if (path / "adapter_config.json").is_file():
+        return _load_adapter(path, dtype)
     cfg = read_json(path / "config.json") if (path / "config.json").is_file() else None
     if cfg is None:
         raise CheckpointError(f"{path}: no config.json; not a language model folder mmfm knows")
@@ -314,6 +317,38 @@ def load_lm(path: str | os.PathLike, dtype="float32") -> LanguageModel:
     if not tok.eos_token_ids and config.eos_token_ids:
         tok.eos_token_ids = config.eos_token_ids
     return LanguageModel(_build(config, sd, dtype, str(path)), tok, name=path.name)
+
+
+def _load_adapter(folder: Path, dtype: torch.dtype) -> LanguageModel:
+    """An adapter folder (mmfm.train.lm_lora.save_adapter): its base LM, the LoRA adapters merged into the
+    base weights (inference then costs what the base costs), then the dtype asked for (int4: load_lm
+    quantizes the merged floats)."""
+    cfg = read_json(folder / "adapter_config.json")
+    if cfg.get("model_type") != "mmfm-lm-lora":
+        raise CheckpointError(f"{folder}: adapter_config.json is not an mmfm LoRA adapter "
+                              f"(model_type {cfg.get('model_type')!r})")
+    if cfg.get("base_lm") != "smollm2":
+        raise CheckpointError(f"{folder}: base_lm {cfg.get('base_lm')!r}; adapters on SmolLM2 ('smollm2') load")
+    try:
+        r, alpha, targets = int(cfg["r"]), float(cfg["alpha"]), [str(t) for t in cfg["targets"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{folder}: adapter_config.json lacks a valid r / alpha / targets ({e})") from None
+    lm = load_lm(smollm2_path(), dtype="float32")
+    if lm.config.to_dict() | {"extra": {}} != {**cfg.get("decoder", {}), "extra": {}}:
+        raise CheckpointError(f"{folder}: the installed SmolLM2 does not have the LM config these adapters were "
+                              "trained on")
+    apply_lora(lm.model, targets, r, alpha)
+    sd = load_state_dict(folder / "adapter.safetensors")
+    want = {k for k in lm.model.state_dict() if k.endswith((".lora_a", ".lora_b"))}
+    if set(sd) != want:
+        raise CheckpointError(f"{folder}: the adapters do not match their config (missing "
+                              f"{sorted(want - set(sd))[:2]}, unexpected {sorted(set(sd) - want)[:2]})")
+    lm.model.load_state_dict(sd, strict=False)
+    merge_lora(lm.model)
+    lm.name = f"SmolLM2-135M-Instruct+{folder.name}"
+    lm.purpose = dict(cfg.get("purpose") or {})
+    lm.model.to(dtype)
+    return lm
 
 
 def _q4_file(path: Path) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 from mmfm.errors import CheckpointError
 
 ROOT = Path(__file__).parent
-NAMES = ("clip-world-tiny", "llava-world-tiny", "sam-world-tiny", "sam-world-tiny-parts")
+NAMES = ("clip-world-tiny", "llava-world-tiny", "sam-world-tiny", "sam-world-tiny-parts", "visprog-writer-world")
 
 
 def path(name: str) -> Path:

@@ -128,7 +128,9 @@ def locate(ctx: Context, image: Image.Image, object: str) -> list[Region]:  # no
     if query.lower() in PERSON_WORDS:
         return detect_people(image)
     cands = _candidates(ctx, image)
-    s = clip_scores(ctx, [c.crop(image) for c in cands], [query, "a background", "an object"])
+    # a SAM region is scored on its masked crop (what is not the object greyed out), as Select does: its
+    # box also holds the neighbours' pixels
+    s = clip_scores(ctx, [_masked_crop(image, c) for c in cands], [query, "a background", "an object"])
     probs = np.exp(s - s.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     keep = sorted((Region(c.box, query, float(p), c.mask) for c, p in zip(cands, probs[:, 0]) if p > 0.5),

@@ -86,6 +86,19 @@ HEADER = ("You write short programs that do what the user asks, one step per lin
           "{signatures}. Answer with the program only.")
 
 
+BARE_SYSTEM = ("Write a VisProg program for the request. The inputs are {inputs}. One step per line: "
+               "VAR=Module(name=value, ...). The last line is RESULT=Result(var=...).")
+
+
+def bare_prompt(instruction: str, task: str) -> list[dict]:
+    """The messages a fine-tuned writer is trained on and asked with: it knows the module language, so
+    the rules and in-context examples an untuned LLM needs are left out (a sequence stays ~150 tokens)."""
+    if task not in INPUTS:
+        raise ProgramError(f"unknown task {task!r}; use one of {', '.join(INPUTS)}")
+    return [{"role": "system", "content": BARE_SYSTEM.format(inputs=", ".join(INPUTS[task]))},
+            {"role": "user", "content": instruction.strip()}]
+
+
 def signatures(registry: Registry, task: str) -> str:
     out = []
     for name in registry.names(task):
@@ -125,18 +138,24 @@ def _clean(reply: str) -> str:
     return "\n".join(lines).strip()
 
 
-def generate_program(llm, instruction: str, task: str, registry: Registry, max_repairs: int = 2,
-                     max_tokens: int = 200) -> Generated:
-    """Ask the LLM for a program; on a parse/validation error, send the error back (at most
-    `max_repairs` times). Raises ProgramError with every attempt's error when none validates."""
+def _check_instruction(instruction) -> None:
     if not isinstance(instruction, str) or not instruction.strip():
         raise ProgramError("the request is empty: say what the program should do")
     if len(instruction) > 2000:
         raise ProgramError(f"the request has {len(instruction)} characters; at most 2000 are allowed")
-    messages = build_prompt(instruction, task, registry)
+
+
+def _first_messages(llm, instruction: str, task: str, registry: Registry) -> list[dict]:
+    tuned = getattr(llm, "purpose", {}).get("visprog", {}).get("prompt") == "bare"
+    return bare_prompt(instruction, task) if tuned else build_prompt(instruction, task, registry)
+
+
+def _attempts(llm, messages: list[dict], task: str, registry: Registry, max_repairs: int, max_tokens: int,
+              first_reply: str | None = None) -> Generated:
     attempts = []
-    for _ in range(max_repairs + 1):
-        reply = llm.complete(messages, max_tokens=max_tokens, temperature=0.0, stop=["\n\n"])
+    for k in range(max_repairs + 1):
+        reply = first_reply if k == 0 and first_reply is not None else llm.complete(
+            messages, max_tokens=max_tokens, temperature=0.0, stop=["\n\n"])
         text = _clean(reply)
         try:
             program = parse(text)
@@ -153,4 +172,40 @@ def generate_program(llm, instruction: str, task: str, registry: Registry, max_r
                        f"last error: {attempts[-1][1]}")
 
 
-__all__ = ["build_prompt", "generate_program", "signatures", "Generated", "EXAMPLES", "INPUTS"]
+def generate_program(llm, instruction: str, task: str, registry: Registry, max_repairs: int = 2,
+                     max_tokens: int = 200) -> Generated:
+    """Ask the LLM for a program; on a parse/validation error, send the error back (at most
+    `max_repairs` times). Raises ProgramError with every attempt's error when none validates.
+    An LLM fine-tuned for VisProg (its `purpose`, e.g. `mmfm train visprog-writer`) is asked with the
+    bare prompt it was trained on; any other with the rules and in-context examples."""
+    _check_instruction(instruction)
+    return _attempts(llm, _first_messages(llm, instruction, task, registry), task, registry, max_repairs, max_tokens)
+
+
+def generate_programs(llm, instructions: list[str], task: str, registry: Registry, max_repairs: int = 2,
+                      max_tokens: int = 200, batch: int = 16) -> list[Generated | ProgramError]:
+    """generate_program for many requests: the first attempts go to the LLM `batch` at a time
+    (`LLM.complete_batch`), repairs one by one. A request with no valid program gives its ProgramError
+    in its place instead of raising."""
+    out: list[Generated | ProgramError | None] = [None] * len(instructions)
+    todo = []
+    for i, ins in enumerate(instructions):
+        try:
+            _check_instruction(ins)
+            todo.append(i)
+        except ProgramError as e:
+            out[i] = e
+    for start in range(0, len(todo), batch):
+        idx = todo[start : start + batch]
+        msgs = [_first_messages(llm, instructions[i], task, registry) for i in idx]
+        replies = llm.complete_batch(msgs, max_tokens=max_tokens, temperature=0.0, stop=["\n\n"])
+        for i, m, reply in zip(idx, msgs, replies):
+            try:
+                out[i] = _attempts(llm, m, task, registry, max_repairs, max_tokens, first_reply=reply)
+            except ProgramError as e:
+                out[i] = e
+    return out  # type: ignore[return-value]
+
+
+__all__ = ["build_prompt", "bare_prompt", "BARE_SYSTEM", "generate_program", "generate_programs", "signatures",
+           "Generated", "EXAMPLES", "INPUTS"]
