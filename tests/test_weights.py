@@ -44,3 +44,19 @@ def test_shipped_world_llava_answers_new_scenes():
     # README, 200 questions each: existence 0.93 (balanced yes / no: chance 0.5), color 0.87 (8 colors),
     # shape 0.76 (7 shapes); these bounds leave room for 24-question noise, far above chance
     assert acc["existence"] >= 0.75 and acc["color"] >= 0.6 and acc["shape"] >= 0.5, (acc, answers[:8])
+
+
+def test_segment_takes_a_shipped_sam_by_name(tmp_path):
+    import subprocess
+    import sys
+
+    from mmfm.world import World
+
+    r = World(seed=0).statement("test", 3).left
+    r.pil().save(tmp_path / "scene.png")
+    x, y = (int(v) for v in r.centroids[0])
+    p = subprocess.run([sys.executable, "-m", "mmfm.cli.main", "segment", str(tmp_path / "scene.png"), "--model",
+                        "sam-world-tiny-parts", "--point", f"{x},{y}", "--out", str(tmp_path / "seg.png")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-500:]
+    assert (tmp_path / "seg.png").is_file()

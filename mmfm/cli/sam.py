@@ -96,7 +96,8 @@ def _segment_folder(folder: Path, model: str, out: Path, points_per_side: int, s
 
 def segment(
     image: Path = typer.Argument(..., help="Image file, or a folder of images with --auto."),
-    model: str = typer.Option(..., "--model", help="SAM: mmfm folder, HF SamModel folder or official .pth."),
+    model: str = typer.Option(..., "--model", help="SAM: mmfm folder, HF SamModel folder, official .pth, or a "
+                              "shipped name (sam-world-tiny, sam-world-tiny-parts)."),
     point: list[str] = typer.Option(None, "--point", help="X,Y[:LABEL] (1 foreground, 0 background); repeatable."),
     box: str = typer.Option(None, "--box", help="X0,Y0,X1,Y1"),
     auto: bool = typer.Option(False, "--auto", help="Automatic masks for the whole image."),
@@ -122,7 +123,11 @@ def segment(
     from mmfm.vision.draw import overlay
     from mmfm.vision.io import load_image
     from mmfm.vision.masks import coco_rle
+    from mmfm.weights import NAMES
+    from mmfm.weights import path as shipped
 
+    model = str(shipped(model)) if model in NAMES else model
+    clip = str(shipped(clip)) if clip in NAMES else clip
     modes = sum([bool(point) or bool(box), auto, text is not None])
     if modes != 1:
         raise InvalidPrompt("give prompts (--point / --box), or --auto, or --text: exactly one kind")

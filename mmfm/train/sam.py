@@ -210,9 +210,10 @@ class SAMTrainModule(nn.Module):
             with torch.no_grad():
                 true_iou = mask_ious(low > 0, gt_low[:, None].expand_as(low))
             best = per_mask.argmin(1) if multimask else torch.zeros(n, dtype=torch.long, device=low.device)
-            seg = per_mask.gather(1, best[:, None]).mean()
+            best_loss = per_mask.gather(1, best[:, None])[:, 0]  # (n,)
+            seg = best_loss.mean()
             if multimask and self.others_weight:
-                seg = seg + self.others_weight * (per_mask.sum(1) - per_mask.gather(1, best[:, None])[:, 0]).mean()
+                seg = seg + self.others_weight * (per_mask.sum(1) - best_loss).mean()
             total = total + seg + F.mse_loss(iou.float(), true_iou)
             if r == 0:
                 met["iou_round1"] = true_iou.gather(1, best[:, None]).mean().detach()
