@@ -86,8 +86,8 @@ def test_course_report_cli(tmp_path):
     carry intervals that contain them. The claims measured here run on the shipped models in seconds; the
     LLM-backed ones (LLaVA, CuPL, VisProg) run in test_course_report_llm_claims."""
     out = tmp_path / "report"
-    keys = ["clip_zeroshot", "prompt_ensembles", "bag_of_words", "sam_ambiguity", "batch_size", "coca", "flamingo",
-            "negclip"]
+    keys = ["clip_zeroshot", "simclr", "prompt_ensembles", "bag_of_words", "sam_ambiguity", "batch_size", "coca",
+            "flamingo", "negclip"]
     cmd = [sys.executable, "-m", "mmfm.cli.main", "course", "report", "--quick", "--out", str(out), "--markdown"]
     for k in keys:
         cmd += ["--only", k]
@@ -119,6 +119,11 @@ def test_course_report_cli(tmp_path):
     assert by["sam_ambiguity"]["holds"], by["sam_ambiguity"]["headline"]
     assert sam["miou_oracle3_valid"] >= sam["miou_best3_valid"] >= sam["miou_single_valid"] + 0.10
     assert (out / "figures" / "sam_ambiguity_examples.png").is_file()
+    # the lecture's comparison on the shipped SimCLR and CLIP: labels-free features a probe reads (above a
+    # random tower), language supervision far above them
+    simclr = {r["name"]: r for r in by["simclr"]["rows"]}
+    assert by["simclr"]["holds"], by["simclr"]["headline"]
+    assert simclr["SimCLR probe - random-init probe (all labels)"]["low"] > 0
     # recorded claims say so
     assert by["negclip"]["source"].startswith("recorded") and not by["negclip"]["holds"]
 

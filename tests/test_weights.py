@@ -21,6 +21,22 @@ def test_unknown_shipped_name():
         path("nope")
 
 
+def test_a_shipped_name_loads_wherever_a_path_does(tmp_path, monkeypatch):
+    from mmfm.lm import load_lm
+    from mmfm.models.clip import CLIP
+    from mmfm.weights import resolve
+
+    assert isinstance(mmfm.load("clip-world-tiny"), CLIP)
+    assert load_lm("visprog-writer-world").purpose["visprog"]["prompt"] == "bare"
+    with pytest.raises(CheckpointError, match="no such file"):
+        mmfm.load("clip-world-tiny-typo")
+    monkeypatch.chdir(tmp_path)  # a local folder of that name wins, as a local folder wins over a Hub id
+    (tmp_path / "clip-world-tiny").mkdir()
+    assert resolve("clip-world-tiny") == "clip-world-tiny"
+    with pytest.raises(CheckpointError):
+        mmfm.load("clip-world-tiny")  # the empty local folder, not the shipped checkpoint
+
+
 def test_shipped_world_llava_answers_new_scenes():
     import numpy as np
 

@@ -18,14 +18,7 @@ def _llm(base_url: str | None, model: str | None):
 
     if base_url:
         return OpenAICompatibleLLM(model=model or "default", base_url=base_url)
-    return LocalLLM(model=_shipped(model), dtype="bfloat16")
-
-
-def _shipped(model: str | None):
-    """A shipped checkpoint's name (e.g. visprog-writer-world) -> its folder; anything else as given."""
-    from mmfm.weights import NAMES, path
-
-    return path(model) if model in NAMES else model
+    return LocalLLM(model=model, dtype="bfloat16")  # a shipped name (visprog-writer-world) loads too
 
 
 def visprog(
@@ -179,7 +172,7 @@ def eval_visprog_writer(
 
     if split not in ("heldout", "train"):
         raise InvalidPrompt(f"--split {split!r}: use heldout or train")
-    res = evaluate_writer(LocalLLM(model=_shipped(writer)), n=n, split=split, seed=seed, max_repairs=max_repairs)
+    res = evaluate_writer(LocalLLM(model=writer), n=n, split=split, seed=seed, max_repairs=max_repairs)
     for key in ("valid", "exact"):
         typer.echo(f"{key:6s} {fmt(wilson(res[key] / n, n))}  ({res[key]}/{n}, {split} wordings)")
     for kind, d in res["by_kind"].items():

@@ -123,11 +123,6 @@ def segment(
     from mmfm.vision.draw import overlay
     from mmfm.vision.io import load_image
     from mmfm.vision.masks import coco_rle
-    from mmfm.weights import NAMES
-    from mmfm.weights import path as shipped
-
-    model = str(shipped(model)) if model in NAMES else model
-    clip = str(shipped(clip)) if clip in NAMES else clip
     modes = sum([bool(point) or bool(box), auto, text is not None])
     if modes != 1:
         raise InvalidPrompt("give prompts (--point / --box), or --auto, or --text: exactly one kind")

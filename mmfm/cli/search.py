@@ -16,12 +16,9 @@ def load_clip(name: str | None):
     """A CLIP by folder / file / hub id, or a shipped checkpoint's name; the string to record with it."""
     from mmfm.cli import load_model
     from mmfm.models.clip import CLIP
-    from mmfm.weights import NAMES, path
-
-    name = name or SHIPPED_CLIP
-    where = path(name) if name in NAMES else name
-    recorded = name if name in NAMES or not Path(name).exists() else str(Path(name).resolve())
-    return load_model(where, CLIP, "index / search", "text queries"), recorded
+    name = name or SHIPPED_CLIP  # a shipped name loads the shipped checkpoint (mmfm.weights.resolve)
+    recorded = str(Path(name).resolve()) if Path(name).exists() else name
+    return load_model(name, CLIP, "index / search", "text queries"), recorded
 
 
 def index(

@@ -47,7 +47,7 @@ def serve(
     from mmfm.errors import ConfigError
     from mmfm.serve.app import create_server, run
     from mmfm.serve.images import ImagePolicy
-    from mmfm.weights import NAMES, path
+    from mmfm.weights import NAMES
 
     if not 0.01 <= max_body_mb <= 1024:
         raise ConfigError(f"--max-body-mb must be 0.01..1024, got {max_body_mb}")
@@ -58,7 +58,7 @@ def serve(
     if llava_name:
         from mmfm.models.llava import Llava
 
-        models["llava"] = load_model(path(llava_name) if llava_name in NAMES else llava_name, Llava, "serve --llava",
+        models["llava"] = load_model(llava_name, Llava, "serve --llava",
                                      "answers", dtype="int4" if dtype == "int4" else "float32")
         names["llava"] = Path(llava_name).name
     clip_name = _pick(clip, None)
@@ -73,7 +73,7 @@ def serve(
     if sam_name:
         from mmfm.models.sam import SAM
 
-        models["sam"] = load_model(path(sam_name) if sam_name in NAMES else sam_name, SAM, "serve --sam")
+        models["sam"] = load_model(sam_name, SAM, "serve --sam")
         names["sam"] = Path(sam_name).name
     lm_name = _pick(lm, "default")
     if lm_name:

@@ -33,6 +33,8 @@ def train_simclr(
                                        help="Smallest crop, as a fraction of the image's area (the paper: 0.08)."),
     hue: float = options.bounded(None, "--hue", lo=0.0, hi=0.5, help="Colour jitter's hue range in turns (default "
                                  "0.2 x strength, the paper's; 0.5: any hue, so hue alone never matches two views)."),
+    flat_background: bool = typer.Option(False, "--flat-background", help="Paint every training scene's "
+                                         "background flat (no texture or gradient to tell scenes apart)."),
     eval_n: int = options.bounded(1000, "--eval-n", lo=10, hi=10**6, help="Test scenes per split for the probes."),
     data: Path = typer.Option(None, "--data", help="Your images instead of the world: a folder (any depth, labels "
                               "unused) or a CSV's image column; read them with `mmfm eval clip --task linear-probe`."),
@@ -48,7 +50,7 @@ def train_simclr(
     report = train_world_simclr(preset, out, resume=resume, scenes=scenes, evaluate=evaluate, data=data,
                                 images=images, image_key=image_key, max_bad=max_bad,
                                 color_jitter=color_jitter, strength=strength, temperature=temperature, eval_n=eval_n,
-                                min_scale=min_scale, hue=hue,
+                                min_scale=min_scale, hue=hue, background="flat" if flat_background else None,
                                 steps=steps, batch_size=batch_size, lr=lr, seed=seed, save_every=save_every,
                                 precision=prec, compile=compile_step or None, log_every=log_every)
     if "probes" in report:
@@ -67,7 +69,8 @@ def print_probes(p: dict) -> None:
 
 
 def eval_simclr(
-    model: Path = typer.Option(..., "--model", help="A SimCLR or CLIP folder: probes on its frozen image features."),
+    model: Path = typer.Option(..., "--model", help="A SimCLR or CLIP folder, or a shipped name (simclr-world-tiny, "
+                               "clip-world-tiny): probes on its frozen image features."),
     n: int = options.bounded(1000, lo=10, hi=10**6, help="Test scenes per split."),
     n_train: int = options.bounded(6000, "--n-train", lo=10, hi=10**6, help="Labelled scenes the probes may use."),
     seed: int = typer.Option(0, help="World seed."),
@@ -84,6 +87,6 @@ def eval_simclr(
         raise CheckpointError(f"{model} holds a {type(m).__name__}; probes need an image tower (SimCLR, CLIP)")
     res = probe_world(m.eval(), n_train=n_train, n_val=min(500, n_train), n_test=n, seed=seed)
     print_probes(res)
-    path = out or (model / "eval_probes.json")
+    path = out or (model / "eval_probes.json" if model.is_dir() else Path("eval_probes.json"))  # not into a package
     path.write_text(json.dumps(res, indent=2))
     typer.echo(f"wrote {path}")

@@ -132,15 +132,16 @@ class InstructionBatches:
         return collate([e.input_ids for e, _ in got], [e.labels for e, _ in got], torch.stack([p for _, p in got]))
 
 
-def collate(rows: list[list[int]], labels: list[list[int]], pixels: torch.Tensor, pad_id: int = 0) -> dict:
-    """Right-padded ids with IGNORE labels on the padding (causal attention needs no mask then)."""
+def collate(rows: list[list[int]], labels: list[list[int]], pixels: torch.Tensor | None, pad_id: int = 0) -> dict:
+    """Right-padded ids with IGNORE labels on the padding (causal attention needs no mask then); the
+    images' pixels ride along (None: a text-only batch)."""
     n = max(len(r) for r in rows)
     ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
     lab = torch.full((len(rows), n), IGNORE, dtype=torch.long)
     for k, (r, lb) in enumerate(zip(rows, labels)):
         ids[k, : len(r)] = torch.tensor(r)
         lab[k, : len(lb)] = torch.tensor(lb)
-    return {"input_ids": ids, "labels": lab, "pixels": pixels}
+    return {"input_ids": ids, "labels": lab} | ({} if pixels is None else {"pixels": pixels})
 
 
 __all__ = ["Instruction", "InstructionBatches", "read_instructions", "read_records", "to_messages", "collate",

@@ -45,7 +45,7 @@ def world_features(model, split: str, n: int, offset: int = 0, seed: int = 0, ba
     return encode_images(model, x, batch), _labels(items)
 
 
-def _shots(y: torch.Tensor, k: int | None, seed: int) -> torch.Tensor:
+def few_shot_indices(y: torch.Tensor, k: int | None, seed: int) -> torch.Tensor:
     """Indices with at most k examples of each class (all when k is None), seeded."""
     if k is None:
         return torch.arange(len(y))
@@ -63,6 +63,12 @@ def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 1) -> float:
     return (pred == test_y).float().mean().item()
 
 
+def fit_probe(x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, n_classes: int):
+    """A logistic-regression probe on (x, y), its L2 penalty the best of WEIGHT_DECAYS on (val_x, val_y)."""
+    wd = max(WEIGHT_DECAYS, key=lambda w: (accuracy(fit_logistic(x, y, n_classes, w), val_x, val_y), w))
+    return fit_logistic(x, y, n_classes, wd)
+
+
 def probe_world(model, n_train: int = 6000, n_val: int = 500, n_test: int = 1000, seed: int = 0,
                 shots=(1, 10, 100, None)) -> dict:
     """{target: {"linear": {shots: {"seen": top-1, "heldout": top-1}}, "knn1": ..., "knn20": ...}} (shots
@@ -77,10 +83,8 @@ def probe_world(model, n_train: int = 6000, n_val: int = 500, n_test: int = 1000
         scored = ("seen", "heldout") if t in ("color", "shape") else ("seen",)
         lin = {}
         for k in shots:
-            idx = _shots(ytr[t], k, seed)
-            x, y = xtr[idx], ytr[t][idx]
-            wd = max(WEIGHT_DECAYS, key=lambda w: (accuracy(fit_logistic(x, y, n_classes, w), xva, yva[t]), w))
-            clf = fit_logistic(x, y, n_classes, wd)
+            idx = few_shot_indices(ytr[t], k, seed)
+            clf = fit_probe(xtr[idx], ytr[t][idx], xva, yva[t], n_classes)
             lin["all" if k is None else str(k)] = {s: round(accuracy(clf, tests[s][0], tests[s][1][t]), 4)
                                                    for s in scored}
         out[t] = {"linear": lin, "chance": round(1.0 / len(torch.unique(ytr[t])), 4)}
@@ -90,4 +94,4 @@ def probe_world(model, n_train: int = 6000, n_val: int = 500, n_test: int = 1000
     return out
 
 
-__all__ = ["probe_world", "world_features", "knn_accuracy", "TARGETS"]
+__all__ = ["probe_world", "world_features", "fit_probe", "few_shot_indices", "knn_accuracy", "TARGETS"]

@@ -28,6 +28,7 @@ from mmfm.models.sam.model import SAM, load_mmfm_sam
 from mmfm.models.simclr import SimCLR, load_mmfm_simclr
 from mmfm.nn.decoder import DecoderLM
 from mmfm.nn.lowbit import Int4Linear
+from mmfm.weights import resolve as shipped
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 LM_MODEL_TYPES = ("llama", "mmfm-lm")
@@ -166,8 +167,8 @@ def load(path_or_id, **kwargs):
     HF, official; LLaVA: mmfm, HF; Molmo2: mmfm, HF; Flamingo: mmfm; language models: GGUF, HF Llama, mmfm),
     detected from its files. kwargs: dtype (LLaVA, Molmo2, Flamingo, LM: float32, bfloat16, or int4 for the
     language model's block Linears), config (open_clip and official
-    files), CLIP overrides."""
-    ck = Checkpoint.open(resolve(path_or_id))
+    files), CLIP overrides. A shipped checkpoint's name (mmfm.weights.NAMES) loads that checkpoint."""
+    ck = Checkpoint.open(resolve(shipped(path_or_id)))
     model = _match(ck).load(ck, dict(kwargs))
     if str(kwargs.get("dtype")) in LOWBIT and isinstance(getattr(model, "lm", None), DecoderLM) and not any(
             isinstance(m, Int4Linear) for m in model.lm.modules()):  # a transformers folder: from its floats

@@ -31,6 +31,7 @@ from mmfm.nn.generate import (
 )
 from mmfm.nn.lora import LoRALinear, apply_lora, merge_lora
 from mmfm.nn.lowbit import Int4Linear, int4_linears
+from mmfm.weights import resolve as shipped
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -287,7 +288,7 @@ def load_lm(path: str | os.PathLike, dtype="float32") -> LanguageModel:
     and runs them with bf16 activations."""
     int4 = str(dtype) in LOWBIT
     dtype = as_dtype(dtype)
-    path = resolve(path)
+    path = resolve(shipped(path))
     if int4 and path.is_file() and _q4_file(path):
         config, sd, tok, meta = read_gguf_int4(path)
         return LanguageModel(_build(config, sd, torch.bfloat16, str(path)), tok,

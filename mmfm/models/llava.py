@@ -244,9 +244,14 @@ class Llava(nn.Module):
 
     def ask(self, image, question: str, **kwargs) -> str:
         """One image, one question: the image placeholder goes first, as in LLaVA's instructions."""
+        return self.ask_batch([image], [question], **kwargs)[0]
+
+    def ask_batch(self, images: list, questions: list[str], **kwargs) -> list[str]:
+        """One question per image, answered in one batch (left padding; greedy answers can differ from
+        one-by-one answers in rare near-ties)."""
         ph = self.config.image_token
-        text = question if ph in question else f"{ph}\n{question}"
-        return self.generate([text], [[image]], **kwargs)[0]
+        texts = [q if ph in q else f"{ph}\n{q}" for q in questions]
+        return self.generate(texts, [[im] for im in images], **kwargs)
 
     # ------------------------------------------------------------------------------------- saving
     def save_pretrained(self, folder) -> Path:

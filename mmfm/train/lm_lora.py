@@ -14,15 +14,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from mmfm.checkpoint import save_safetensors, write_manifest
+from mmfm.data.instructions import collate
 from mmfm.errors import ConfigError, InvalidPrompt
 from mmfm.lm.model import LanguageModel
 from mmfm.nn.lora import apply_lora, lora_state_dict
 from mmfm.nn.losses import next_token_loss
-from mmfm.text.conversation import IGNORE, ConversationEncoder, new_marker
+from mmfm.text.conversation import ConversationEncoder, new_marker
 from mmfm.train.trainer import TrainConfig, Trainer
 
 LORA_TARGETS = ("attn.qkv", "attn.out", "mlp.gate_up", "mlp.down")
@@ -41,17 +41,6 @@ def encode_conversations(lm: LanguageModel, convs: list[list[dict]], max_len: in
             raise InvalidPrompt(f"conversation {i}: {e}") from None
         out.append((ex.input_ids, ex.labels))
     return out
-
-
-def collate(rows: list[tuple[list, list]], pad_id: int) -> dict:
-    """Right padding, IGNORE labels on it: causal attention needs no mask for right padding."""
-    n = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
-    lab = torch.full((len(rows), n), IGNORE, dtype=torch.long)
-    for k, (r, lb) in enumerate(rows):
-        ids[k, : len(r)] = torch.tensor(r)
-        lab[k, : len(lb)] = torch.tensor(lb)
-    return {"input_ids": ids, "labels": lab}
 
 
 class LMLoRATrainModule(nn.Module):
@@ -117,7 +106,7 @@ def train_lm_lora(lm: LanguageModel, convs: list[list[dict]], out, config: Train
             if e not in epochs:  # each epoch's order is a pure function of the seed and the epoch
                 epochs[e] = np.random.default_rng([config.seed, e]).permutation(len(rows))
             picked.append(rows[int(epochs[e][k])])
-        return collate(picked, pad)
+        return collate([ids for ids, _ in picked], [lab for _, lab in picked], None, pad)
 
     trainer = Trainer(LMLoRATrainModule(lm.model), config, batch_fn, out)
     log = trainer.train()

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from mmfm.errors import DataError
+from mmfm.errors import ConfigError, DataError
 from mmfm.eval.probes import probe_world
 from mmfm.models.simclr import SimCLR, SimCLRConfig
 from mmfm.nn.losses import nt_xent_loss
@@ -23,6 +23,7 @@ from mmfm.train.clip import WORLD_TINY_DATA, WORLD_TINY_TRAIN, world_towers
 from mmfm.train.trainer import TrainConfig, Trainer, run_folder, split_preset
 from mmfm.vision.augment import SimCLRAugment
 from mmfm.world import World
+from mmfm.world.scene import render
 
 
 def world_tiny_config(stem: str = "conv", tower: str = "vit") -> SimCLRConfig:
@@ -54,13 +55,21 @@ class WorldSimCLRData:
 
     @classmethod
     def build(cls, config: SimCLRConfig, n: int, batch_size: int, augment: SimCLRAugment, seed: int = 0,
-              max_objects: int = 4, progress: bool = True) -> WorldSimCLRData:
+              max_objects: int = 4, background: str | None = None, progress: bool = True) -> WorldSimCLRData:
+        """`background`: None keeps the world's (flat, gradient or noise, each with its own shade); "flat"
+        paints every training scene's background flat in its first shade, so texture and gradient can no
+        longer tell two scenes apart (the probes still read ordinary world scenes)."""
         from tqdm.auto import tqdm
 
+        if background not in (None, "flat"):
+            raise ConfigError(f"background must be None or 'flat', got {background!r}")
         world = World(seed=seed, size=config.vision.image_size, max_objects=max_objects)
         images = torch.empty(n, 3, world.size, world.size, dtype=torch.uint8)
         for i in tqdm(range(n), desc="world train scenes", disable=not progress, dynamic_ncols=True):
-            images[i] = torch.from_numpy(world.captioned("train", i)[0].image).permute(2, 0, 1)
+            scene = world.scene("train", i)
+            if background == "flat":
+                scene = replace(scene, background=replace(scene.background, kind="flat"))
+            images[i] = torch.from_numpy(render(scene, world.size).image).permute(2, 0, 1)
         return cls(images, torch.tensor(config.image_mean).view(1, 3, 1, 1),
                    torch.tensor(config.image_std).view(1, 3, 1, 1), batch_size, augment, seed)
 
@@ -170,8 +179,8 @@ def preset(name: str):
 def train_world_simclr(preset_name: str = "world-tiny", out="runs/simclr", resume: bool = False, progress: bool = True,
                        scenes: int | None = None, evaluate: bool = True, color_jitter: bool = True,
                        strength: float | None = None, temperature: float | None = None, eval_n: int = 1000,
-                       min_scale: float = 0.08, hue: float | None = None, data=None, images=None,
-                       image_key: str = "filepath",
+                       min_scale: float = 0.08, hue: float | None = None, background: str | None = None, data=None,
+                       images=None, image_key: str = "filepath",
                        max_bad: float = 0.1, **overrides) -> dict:
     """Train SimCLR on world scenes, or on the images of `data` (a folder or a CSV; labels unused), with the
     preset's model and schedule (overrides: any TrainConfig field); save out/model and write out/report.json
@@ -194,14 +203,15 @@ def train_world_simclr(preset_name: str = "world-tiny", out="runs/simclr", resum
         evaluate = False
     else:
         source = WorldSimCLRData.build(config, scenes or extra["scenes"], tcfg.batch_size, aug, seed=tcfg.seed,
-                                       max_objects=extra["max_objects"], progress=progress)
+                                       max_objects=extra["max_objects"], background=background, progress=progress)
     torch.manual_seed(tcfg.seed)
     model = SimCLR(config)
     t = temperature or extra["temperature"]
     trainer = Trainer(SimCLRTrainModule(model, t), tcfg, lambda s, m, r, w: source.batch(s, m, r, w, tcfg.accum), out)
     trainer.train(resume=resume)
     report = {"preset": preset_name, "color_jitter": color_jitter, "strength": aug.strength, "temperature": t,
-              "min_scale": min_scale, "hue": aug.hue, "max_objects": extra["max_objects"],
+              "min_scale": min_scale, "hue": aug.hue, "background": background or "world",
+              "max_objects": extra["max_objects"],
               "train_seconds": round(time.perf_counter() - t0, 1),
               "train_config": {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "seed")}}
     if reports:

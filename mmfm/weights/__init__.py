@@ -7,7 +7,8 @@ from pathlib import Path
 from mmfm.errors import CheckpointError
 
 ROOT = Path(__file__).parent
-NAMES = ("clip-world-tiny", "llava-world-tiny", "sam-world-tiny", "sam-world-tiny-parts", "visprog-writer-world")
+NAMES = ("clip-world-tiny", "llava-world-tiny", "sam-world-tiny", "sam-world-tiny-parts", "simclr-world-tiny",
+         "visprog-writer-world")
 
 
 def path(name: str) -> Path:
@@ -17,4 +18,11 @@ def path(name: str) -> Path:
     return ROOT / name
 
 
-__all__ = ["path", "NAMES"]
+def resolve(name_or_path):
+    """A shipped checkpoint's name -> its folder; anything else (a path, a Hub id) as given. A local file or
+    folder of that name wins, as a local folder wins over a Hub id in transformers."""
+    s = str(name_or_path)
+    return path(s) if s in NAMES and not Path(s).exists() else name_or_path
+
+
+__all__ = ["path", "resolve", "NAMES"]

@@ -71,9 +71,7 @@ class MemoVQA:
         self.keep: list = []  # the images asked about stay alive, so their ids stay unique
 
     def _ask(self, pairs: list) -> list[str]:
-        ph = self.llava.config.image_token
-        return self.llava.generate([f"{ph}\n{q}" for _, q in pairs], [[im] for im, _ in pairs],
-                                   max_new_tokens=self.max_new_tokens)
+        return self.llava.ask_batch([im for im, _ in pairs], [q for _, q in pairs], max_new_tokens=self.max_new_tokens)
 
     def prefetch(self, pairs: list, progress: bool = False) -> None:
         from tqdm.auto import tqdm
