@@ -37,7 +37,9 @@ def test_packed_decoding_matches_plain(dtype):
     run = lambda p: generate(lm, ids, mask, config=GenerationConfig(max_new_tokens=12, prepack=p))  # noqa: E731
     assert run(True).tokens == run(False).tokens
     packs = packed.PackedLinears(lm, 3)
-    assert len(packs.forwards) == 2 * 4 + 1  # qkv, out, gate_up, down per block + the (tied) head
+    # qkv, out, gate_up, down per block + the (tied) head; none for bf16 on a host oneDNN cannot pack it for
+    # (AVX2 only): those Linears stay plain instead of raising
+    assert len(packs.forwards) == (2 * 4 + 1 if packed._backend(dtype) else 0)
     x = torch.randn(3, 1, 64).to(dtype)
     with torch.inference_mode():
         plain = lm(inputs_embeds=x).logits

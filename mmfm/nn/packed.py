@@ -38,9 +38,20 @@ def available() -> bool:
     return _mkl() or _onednn()
 
 
+def _onednn_bf16() -> bool:
+    """oneDNN packs bf16 weights only on CPUs with AVX-512 (bw, vl, dq) or AVX-NE-CONVERT; an AVX2-only
+    host raises at the reorder, so there bf16 Linears stay unpacked."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _backend(dtype: torch.dtype) -> str | None:
     if dtype == torch.float32 and _mkl():
         return "mkl"
+    if dtype == torch.bfloat16 and not _onednn_bf16():
+        return None
     return "onednn" if _onednn() else None
 
 
