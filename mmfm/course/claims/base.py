@@ -1,0 +1,111 @@
+"""What every claim shares: a `Claim` (the lecture's statement, its bar, the function that measures it),
+the `Result` it returns (rows of numbers with 95% intervals, whether the bar is met and why), and the
+`Context` a report run gives every claim (quick or default setting, the shipped models loaded once, the
+figures folder)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+RECORDED = json.loads((Path(__file__).parent.parent / "recorded.json").read_text())
+# questions per type (quick, default): the pointing answers run to 160 tokens, ~4 min at 100 on 2 cores
+LLAVA_N = (12, 100)
+
+
+@dataclass
+class Row:
+    name: str
+    value: float
+    low: float | None = None
+    high: float | None = None
+    n: int | None = None
+
+    @classmethod
+    def of(cls, name: str, m: tuple[float, float, float], n: int | None = None) -> Row:
+        return cls(name, round(m[0], 4), round(m[1], 4), round(m[2], 4), n)
+
+
+@dataclass
+class Result:
+    rows: list[Row]
+    holds: bool | None  # None: not measurable in this setting
+    why: str
+    figure: str | None = None
+    source: str = "measured in this run"
+    extra: dict = field(default_factory=dict)
+    headline: str = ""  # the measurement in one line, for the report's table
+
+
+@dataclass
+class Context:
+    out: Path
+    quick: bool = False
+    seed: int = 0
+    progress: bool = True
+    cache: dict = field(default_factory=dict)
+
+    def n(self, quick: int, default: int) -> int:
+        return quick if self.quick else default
+
+    def figure(self, name: str, image) -> str:
+        (self.out / "figures").mkdir(parents=True, exist_ok=True)
+        image.save(self.out / "figures" / name)
+        return f"figures/{name}"
+
+    def _shipped(self, name: str):
+        if name not in self.cache:
+            import mmfm
+            from mmfm.weights import path
+
+            model = mmfm.load(path(name))
+            self.cache[name] = model.float().eval() if name != "llava-world-tiny" else model.eval()
+        return self.cache[name]
+
+    def clip(self):
+        return self._shipped("clip-world-tiny")
+
+    def simclr(self):
+        return self._shipped("simclr-world-tiny")
+
+    def sam(self, name: str = "sam-world-tiny"):
+        return self._shipped(name)
+
+    def llava(self):
+        return self._shipped("llava-world-tiny")
+
+    def llm(self):
+        if "llm" not in self.cache:
+            from mmfm.chain.llm import LocalLLM
+
+            self.cache["llm"] = LocalLLM(dtype="bfloat16")
+        return self.cache["llm"]
+
+    def writer(self):
+        """The shipped VisProg program writer (SmolLM2 + LoRA adapters, `mmfm train visprog-writer`)."""
+        if "writer" not in self.cache:
+            from mmfm.chain.llm import LocalLLM
+            from mmfm.weights import path
+
+            self.cache["writer"] = LocalLLM(model=path("visprog-writer-world"))
+        return self.cache["writer"]
+
+    def llava_eval(self) -> dict:
+        if "llava_eval" not in self.cache:
+            from mmfm.eval.llava_world import evaluate_llava_world
+
+            self.cache["llava_eval"] = evaluate_llava_world(self.llava(), n=self.n(*LLAVA_N), seed=self.seed,
+                                                            splits=("test",), progress=self.progress)
+        return self.cache["llava_eval"]["test"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    title: str
+    statement: str  # what the lecture says
+    bar: str  # what must be measured for it to hold here
+    measure: Callable[[Context], Result]
+
