@@ -118,14 +118,31 @@ def _write_cache(key: str, record: dict) -> None:
         pass
 
 
+NOT_NATIVE = "not measured: this CPU has no native bf16 (AVX2 only), where PyTorch emulates it 5-10x slower"
+
+
+def native_bf16() -> bool:
+    """Whether oneDNN computes bf16 on this CPU (AVX-512 BW/VL/DQ, AVX-512 bf16 or AMX). Where it does not
+    (AVX2-only CPUs), bf16 matmuls are emulated: measured 2026-12-01 on such a host, a bf16 Linear took
+    4-12x an fp32 one and a SimCLR step in bf16 autocast 10x (bench/RESULTS.md), so `auto` does not
+    spend a measurement (a dozen slow steps) on bf16 there."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without the check: measure, as before
+        return True
+
+
 @dataclass
 class Choice:
     precision: Precision
     ms: dict  # candidate name -> median ms of the timed step (empty when not measured)
     cached: bool = False
     requested: str = "auto"
+    reason: str = ""  # why nothing was measured, when auto had one candidate left
 
     def describe(self, per: str = "step") -> str:
+        if self.reason:
+            return f"precision {self.precision.label} ({self.reason})"
         if not self.ms:
             return f"precision {self.precision.label} (as asked)"
         timings = ", ".join(f"{PRECISIONS[n].label} {v:.0f} ms" for n, v in self.ms.items())
@@ -139,6 +156,8 @@ def choose(choice: str, run, signature: str, rounds: int = 3, use_cache: bool = 
     per candidate, alternating; the fastest median wins. `signature` names the step (model and batch
     shapes) in the cache key."""
     names = _CANDIDATES[check_choice(choice)]
+    if choice == "auto" and not native_bf16():
+        return Choice(PRECISIONS["fp32"], {}, requested=choice, reason=NOT_NATIVE)
     if len(names) == 1:
         return Choice(PRECISIONS[names[0]], {}, requested=choice)
     key = hashlib.sha256(f"{host_key()}|{signature}|{','.join(names)}".encode()).hexdigest()[:24]
@@ -151,8 +170,10 @@ def choose(choice: str, run, signature: str, rounds: int = 3, use_cache: bool = 
     try:
         for n in names:  # warm-up: first calls allocate, pack weights, pick kernels
             run(PRECISIONS[n])
-        for _ in range(rounds):
+        for r in range(rounds):
             for n in names:
+                if r and times[n][0] > 2 * min(v[0] for v in times.values()):
+                    continue  # twice the fastest in the first round: more rounds would not change the choice
                 t0 = time.perf_counter()
                 run(PRECISIONS[n])
                 times[n].append((time.perf_counter() - t0) * 1000)
@@ -178,6 +199,70 @@ def choose_inference(choice: str, encode, example: torch.Tensor, signature: str)
     return choose(choice, run, f"inference|{signature}|{shapes_signature(example)}")
 
 
+# A language model's weights are cast, not autocast: the dtype it is loaded in is the dtype every token's
+# matmuls run in. SmolLM2-135M's block Linear (576 -> 1536) stands for them in the measurement.
+LM_FEATURES = (576, 1536)
+
+
+@dataclass(frozen=True)
+class WeightsChoice:
+    dtype: str  # "float32" or "bfloat16"
+    ms: dict  # dtype -> median ms of the timed Linears (empty when not measured)
+    cached: bool = False
+    reason: str = ""
+
+    def describe(self) -> str:
+        if self.reason:
+            return f"dtype {self.dtype} ({self.reason})"
+        if not self.ms:
+            return f"dtype {self.dtype} (as asked)"
+        timings = ", ".join(f"{k} {v:.2f} ms" for k, v in self.ms.items())
+        return (f"dtype {self.dtype} ({'cached measurement' if self.cached else 'measured'} on this host: a decode "
+                f"and a prefill Linear take {timings})")
+
+
+def lm_weights_dtype(choice: str = "auto", features: tuple[int, int] = LM_FEATURES, use_cache: bool = True,
+                     rounds: int = 5) -> WeightsChoice:
+    """The dtype a language model's weights should be loaded in on this host. "float32" / "bfloat16" as
+    asked; "auto" times the LM's dominant kernel, a block Linear at decode (1 row) and prefill (64 rows)
+    shapes, in both dtypes, alternating, and takes the faster (cached per host). Why: bf16 halves the
+    bytes a decode step reads and is the fast path where the CPU computes bf16 (AVX-512 bf16, AMX), but
+    where it does not (AVX2 only) PyTorch emulates it and a bf16 Linear is ~5-10x slower than fp32."""
+    aliases = {"fp32": "float32", "bf16": "bfloat16"}
+    choice = aliases.get(choice, choice)
+    if choice in ("float32", "bfloat16"):
+        return WeightsChoice(choice, {})
+    if choice != "auto":
+        raise ConfigError(f"dtype {choice!r}: use auto, float32 or bfloat16")
+    if not native_bf16():
+        return WeightsChoice("float32", {}, reason=NOT_NATIVE)
+    k, n = features
+    key = hashlib.sha256(f"{host_key()}|lm-weights|{k}x{n}".encode()).hexdigest()[:24]
+    if use_cache:
+        hit = _read_cache().get(key)
+        if isinstance(hit, dict) and hit.get("dtype") in ("float32", "bfloat16"):
+            return WeightsChoice(hit["dtype"], dict(hit.get("ms", {})), cached=True)
+    gen = torch.Generator().manual_seed(0)
+    w32, x32 = torch.randn(n, k, generator=gen) / k**0.5, torch.randn(64, k, generator=gen)
+    cases = {"float32": (w32, x32), "bfloat16": (w32.bfloat16(), x32.bfloat16())}
+    times: dict[str, list[float]] = {d: [] for d in cases}
+    with torch.inference_mode():
+        for r in range(rounds + 1):  # round 0 warms up
+            for d, (w, x) in cases.items():
+                t0 = time.perf_counter()
+                for _ in range(8):
+                    torch.nn.functional.linear(x[:1], w)
+                torch.nn.functional.linear(x, w)
+                if r:
+                    times[d].append((time.perf_counter() - t0) * 1000)
+    ms = {d: round(statistics.median(v), 3) for d, v in times.items()}
+    best = "bfloat16" if ms["bfloat16"] < ms["float32"] else "float32"
+    if use_cache:
+        _write_cache(key, {"dtype": best, "ms": ms, "host": host_key(), "signature": f"lm-weights {k}x{n}",
+                           "date": time.strftime("%Y-%m-%d")})
+    return WeightsChoice(best, ms)
+
+
 def shapes_signature(obj) -> str:
     """The shapes and dtypes of a batch (tensors inside dicts, lists, tuples), for cache keys."""
     if isinstance(obj, torch.Tensor):
@@ -198,4 +283,5 @@ def module_signature(module: torch.nn.Module) -> str:
 
 
 __all__ = ["Precision", "PRECISIONS", "CHOICES", "Choice", "choose", "choose_inference", "check_choice", "host_key",
+           "WeightsChoice", "lm_weights_dtype", "native_bf16",
            "cache_file", "shapes_signature", "module_signature", "cpu_name"]

@@ -155,7 +155,7 @@ def test_eval_and_classify_in_a_measured_precision(model_dir, tmp_path):
         return res.stderr, json.loads((tmp_path / name).read_text())
 
     err, auto = run("auto.json", "--precision", "auto")
-    assert "measured on this host" in err or "cached measurement" in err
+    assert "measured on this host" in err or "cached measurement" in err or "no native bf16" in err
     assert auto["precision"] in ("fp32", "bf16", "bf16-math")
     _, fp32 = run("fp32.json")
     _, bf16 = run("bf16.json", "--precision", "bf16")

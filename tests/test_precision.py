@@ -16,10 +16,15 @@ from mmfm import precision as P
 from mmfm.errors import ConfigError
 from mmfm.train.trainer import FrozenLMPrecision, TrainConfig, Trainer
 
+NATIVE_BF16 = P.native_bf16  # the real check (the fixture below stands in for it)
+
 
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MMFM_CACHE_DIR", str(tmp_path / "cache"))
+    # measure as a host that computes bf16 does (on an AVX2-only host auto skips bf16 unmeasured:
+    # test_auto_skips_bf16_where_the_cpu_emulates_it)
+    monkeypatch.setattr(P, "native_bf16", lambda: True)
 
 
 def test_choose_takes_the_fastest_median_and_caches_it():
@@ -27,12 +32,13 @@ def test_choose_takes_the_fastest_median_and_caches_it():
 
     def run(p):  # a step whose cost depends on the precision: bf16 with math attention is the fast one
         calls.append(p.name)
-        time.sleep({"fp32": 0.02, "bf16": 0.03, "bf16-math": 0.005}[p.name])
+        time.sleep({"fp32": 0.02, "bf16": 0.05, "bf16-math": 0.012}[p.name])
 
     c = P.choose("auto", run, "sig-a", rounds=3)
     assert c.precision.name == "bf16-math" and not c.cached
-    assert calls.count("fp32") == calls.count("bf16") == calls.count("bf16-math") == 4  # warm-up + 3 rounds
-    assert c.ms["fp32"] > 15 and c.ms["bf16-math"] < c.ms["fp32"]
+    assert calls.count("fp32") == calls.count("bf16-math") == 4  # warm-up + 3 rounds
+    assert calls.count("bf16") == 2  # warm-up + the first round: over twice the fastest, not timed again
+    assert c.ms["fp32"] > 15 and c.ms["bf16-math"] < c.ms["fp32"] < c.ms["bf16"]
     assert "math attention" in c.describe() and "measured" in c.describe()
     calls.clear()
     again = P.choose("auto", run, "sig-a")
@@ -159,3 +165,46 @@ def test_cli_refuses_a_wrong_precision_in_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "mmfm.cli.main", "train", "clip", "--precision", "fp16",
                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "--precision" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_lm_weights_dtype_is_the_faster_measured_one_and_is_cached(capsys):
+    from mmfm.cli.options import say_dtype
+    from mmfm.lm.model import as_dtype
+
+    c = P.lm_weights_dtype("auto", features=(64, 128), rounds=3)
+    assert c.dtype in ("float32", "bfloat16") and not c.cached and set(c.ms) == {"float32", "bfloat16"}
+    assert c.ms[c.dtype] == min(c.ms.values())
+    again = P.lm_weights_dtype("auto", features=(64, 128))
+    assert again.cached and again.dtype == c.dtype and again.ms == c.ms
+    # an explicit dtype is taken as asked and measures nothing
+    assert P.lm_weights_dtype("bf16") == P.WeightsChoice("bfloat16", {})
+    with pytest.raises(ConfigError):
+        P.lm_weights_dtype("float16")
+    # what the LM loaders and the CLI use: the choice at the LM's own shapes
+    chosen = P.lm_weights_dtype("auto")
+    assert as_dtype("auto") == {"float32": torch.float32, "bfloat16": torch.bfloat16}[chosen.dtype]
+    say_dtype("auto")
+    err = capsys.readouterr().err
+    assert f"dtype {chosen.dtype}" in err and "cached measurement" in err
+    say_dtype("float32")
+    assert capsys.readouterr().err == ""
+
+
+def test_auto_skips_bf16_where_the_cpu_emulates_it(monkeypatch, capsys):
+    from mmfm.cli.options import say_dtype
+
+    monkeypatch.setattr(P, "native_bf16", lambda: False)
+    calls = []
+    c = P.choose("auto", lambda p: calls.append(p.name), "sig-avx2")
+    assert c.precision.name == "fp32" and calls == [] and "no native bf16" in c.describe()
+    assert not P.cache_file().exists()  # nothing measured, nothing cached: a faster host measures
+    # asked for bf16, it is measured and given (the user may want it anyway)
+    assert P.choose("bf16", lambda p: calls.append(p.name), "sig-avx2").precision.name.startswith("bf16")
+    w = P.lm_weights_dtype("auto")
+    assert w.dtype == "float32" and w.ms == {} and "no native bf16" in w.describe()
+    say_dtype("auto")
+    assert "dtype float32" in capsys.readouterr().err
+
+
+def test_native_bf16_is_what_onednn_reports():
+    assert NATIVE_BF16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

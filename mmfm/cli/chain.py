@@ -18,7 +18,8 @@ def _llm(base_url: str | None, model: str | None):
 
     if base_url:
         return OpenAICompatibleLLM(model=model or "default", base_url=base_url)
-    return LocalLLM(model=model, dtype="bfloat16")  # a shipped name (visprog-writer-world) loads too
+    options.say_dtype("auto")
+    return LocalLLM(model=model, dtype="auto")  # a shipped name (visprog-writer-world) loads too
 
 
 def visprog(

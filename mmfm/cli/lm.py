@@ -12,6 +12,7 @@ from mmfm.cli import options
 def _load(model: str | None, dtype: str):
     from mmfm.lm import default, load_lm
 
+    options.say_dtype(dtype)
     return default(dtype) if model in (None, "default") else load_lm(model, dtype=dtype)
 
 
@@ -25,7 +26,7 @@ def chat(
     max_tokens: int = options.bounded(256, "--max-tokens", lo=1, hi=32768, help="Most new tokens."),
     system: str = typer.Option(None, "--system", help="System message."),
     seed: int = typer.Option(None, "--seed", help="Seed for sampling."),
-    dtype: str = options.dtype_option("bfloat16"),
+    dtype: str = options.dtype_option("auto"),
 ) -> None:
     """Ask the language model; the answer streams as it is generated."""
     from mmfm.errors import InvalidText
@@ -50,7 +51,7 @@ def serve_llm(
     model: str = typer.Option(
         None, "--model", help="GGUF file, HF Llama folder or mmfm folder (default: SmolLM2-135M-Instruct)."
     ),
-    dtype: str = options.dtype_option("bfloat16"),
+    dtype: str = options.dtype_option("auto"),
     api_key: str = typer.Option(None, "--api-key", envvar="MMFM_API_KEY", help="Require this bearer key."),
     max_queue: int = typer.Option(16, "--max-queue", help="Requests that may wait for the model; more get 503."),
 ) -> None:

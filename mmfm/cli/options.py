@@ -106,14 +106,24 @@ CAPTION_KEY = typer.Option("title", "--caption-key", help="CSV column of the cap
 
 
 def _dtype(value: str | None) -> str | None:
-    if value is not None and value not in ("float32", "bfloat16", "int4", "fp32", "bf16"):
-        raise typer.BadParameter(f"{value!r}: use float32, bfloat16 or int4")
+    if value is not None and value not in ("auto", "float32", "bfloat16", "int4", "fp32", "bf16"):
+        raise typer.BadParameter(f"{value!r}: use auto, float32, bfloat16 or int4")
     return value
 
 
 def dtype_option(default: str) -> typer.Option:
-    """--dtype of commands that run a language model: float32, bfloat16, or int4 (its block Linears in
-    4 bits, a Q4 GGUF's own blocks where it has them; activations bf16)."""
-    return typer.Option(default, "--dtype", callback=_dtype, metavar="float32|bfloat16|int4",
-                        help=f"The language model's weights: float32, bfloat16 or int4 (4-bit block Linears, a Q4 "
+    """--dtype of commands that run a language model: auto (the faster of float32 and bfloat16 on this
+    host, measured once and cached), float32, bfloat16, or int4 (its block Linears in 4 bits, a Q4 GGUF's
+    own blocks where it has them; activations bf16)."""
+    return typer.Option(default, "--dtype", callback=_dtype, metavar="auto|float32|bfloat16|int4",
+                        help=f"The language model's weights: auto (float32 or bfloat16, whichever is faster on this "
+                             f"host: measured once, cached), float32, bfloat16 or int4 (4-bit block Linears, a Q4 "
                              f"GGUF's own blocks; bf16 activations). Default {default}.")
+
+
+def say_dtype(dtype: str) -> None:
+    """One line on stderr saying what --dtype auto chose and why (nothing for an explicit dtype)."""
+    if dtype == "auto":
+        from mmfm.precision import lm_weights_dtype
+
+        typer.echo(f"language model: {lm_weights_dtype('auto').describe()}", err=True)

@@ -29,7 +29,7 @@ def serve(
                                "which must be the index's model)."),
     lm: str = typer.Option(None, "--lm", help="The language model for text chat: GGUF, HF Llama or mmfm folder "
                            "(default: SmolLM2-135M-Instruct; none: off)."),
-    dtype: str = options.dtype_option("bfloat16"),
+    dtype: str = options.dtype_option("auto"),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default: this machine only)."),
     port: int = options.bounded(8000, "--port", lo=1, hi=65535),
     api_key: str = typer.Option(None, "--api-key", envvar="MMFM_API_KEY", help="Require this bearer key on /v1."),

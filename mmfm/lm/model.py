@@ -42,6 +42,13 @@ LOWBIT = ("int4",)  # weights kept in 4-bit blocks (mmfm.nn.lowbit), activations
 
 
 def as_dtype(dtype) -> torch.dtype:
+    """torch.float32 / torch.bfloat16 from a name; "auto": the faster of the two for an LM's weights on
+    this host (mmfm.precision.lm_weights_dtype: measured once, cached); "int4": bf16, what runs beside
+    the 4-bit weights."""
+    if str(dtype) == "auto":
+        from mmfm.precision import lm_weights_dtype
+
+        return DTYPES[lm_weights_dtype("auto").dtype]
     if isinstance(dtype, torch.dtype):
         d = dtype
     elif str(dtype) in DTYPES:
@@ -49,7 +56,7 @@ def as_dtype(dtype) -> torch.dtype:
     elif str(dtype) in LOWBIT:
         return torch.bfloat16  # the dtype of everything but the 4-bit weights
     else:
-        raise ConfigError(f"dtype {dtype!r}: use float32, bfloat16 or int4")
+        raise ConfigError(f"dtype {dtype!r}: use auto, float32, bfloat16 or int4")
     if d not in (torch.float32, torch.bfloat16):
         raise ConfigError(f"dtype {d}: use float32 or bfloat16 (float16 is ~1000x slower on CPUs)")
     return d

@@ -80,7 +80,7 @@ class Context:
         if "llm" not in self.cache:
             from mmfm.chain.llm import LocalLLM
 
-            self.cache["llm"] = LocalLLM(dtype="bfloat16")
+            self.cache["llm"] = LocalLLM(dtype="auto")  # bf16 where the host computes it, else fp32
         return self.cache["llm"]
 
     def writer(self):
