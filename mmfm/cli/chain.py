@@ -18,8 +18,9 @@ def _llm(base_url: str | None, model: str | None):
 
     if base_url:
         return OpenAICompatibleLLM(model=model or "default", base_url=base_url)
-    options.say_dtype("auto")
-    return LocalLLM(model=model, dtype="auto")  # a shipped name (visprog-writer-world) loads too
+    llm = LocalLLM(model=model, dtype="auto")  # a shipped name (visprog-writer-world) loads too
+    options.say_dtype("auto")  # after loading: a file refused is one error line, nothing else
+    return llm
 
 
 def visprog(

@@ -12,8 +12,9 @@ from mmfm.cli import options
 def _load(model: str | None, dtype: str):
     from mmfm.lm import default, load_lm
 
-    options.say_dtype(dtype)
-    return default(dtype) if model in (None, "default") else load_lm(model, dtype=dtype)
+    lm = default(dtype) if model in (None, "default") else load_lm(model, dtype=dtype)
+    options.say_dtype(dtype)  # after loading: a file refused is one error line, nothing else
+    return lm
 
 
 def chat(
