@@ -118,6 +118,15 @@ def _write_cache(key: str, record: dict) -> None:
         pass
 
 
+def _described(head: str, reason: str, ms: dict, cached: bool, timings: str) -> str:
+    """The one line a choice prints: why nothing was measured, "as asked", or the timings it rests on."""
+    if reason:
+        return f"{head} ({reason})"
+    if not ms:
+        return f"{head} (as asked)"
+    return f"{head} ({'cached measurement' if cached else 'measured'} on this host: {timings})"
+
+
 NOT_NATIVE = "not measured: this CPU has no native bf16 (AVX2 only), where PyTorch emulates it 5-10x slower"
 
 
@@ -141,13 +150,9 @@ class Choice:
     reason: str = ""  # why nothing was measured, when auto had one candidate left
 
     def describe(self, per: str = "step") -> str:
-        if self.reason:
-            return f"precision {self.precision.label} ({self.reason})"
-        if not self.ms:
-            return f"precision {self.precision.label} (as asked)"
         timings = ", ".join(f"{PRECISIONS[n].label} {v:.0f} ms" for n, v in self.ms.items())
-        return (f"precision {self.precision.label} ({'cached measurement' if self.cached else 'measured'} "
-                f"on this host: {timings} per {per})")
+        return _described(f"precision {self.precision.label}", self.reason, self.ms, self.cached,
+                          f"{timings} per {per}")
 
 
 def choose(choice: str, run, signature: str, rounds: int = 3, use_cache: bool = True) -> Choice:
@@ -212,13 +217,9 @@ class WeightsChoice:
     reason: str = ""
 
     def describe(self) -> str:
-        if self.reason:
-            return f"dtype {self.dtype} ({self.reason})"
-        if not self.ms:
-            return f"dtype {self.dtype} (as asked)"
         timings = ", ".join(f"{k} {v:.2f} ms" for k, v in self.ms.items())
-        return (f"dtype {self.dtype} ({'cached measurement' if self.cached else 'measured'} on this host: a decode "
-                f"and a prefill Linear take {timings})")
+        return _described(f"dtype {self.dtype}", self.reason, self.ms, self.cached,
+                          f"a decode and a prefill Linear take {timings}")
 
 
 def lm_weights_dtype(choice: str = "auto", features: tuple[int, int] = LM_FEATURES, use_cache: bool = True,
