@@ -77,6 +77,68 @@ def test_qa_weights_pick_the_question_types():
     assert len(set(asked["uniform"])) >= 4  # without weights every type is asked
 
 
+def test_kind_weights_set_the_mix_of_conversations():
+    from mmfm.data.llava_world import KINDS, WEIGHTS, WorldInstructions, kind_probabilities
+    from mmfm.errors import ConfigError
+
+    assert kind_probabilities(None) == WEIGHTS
+    p = dict(zip(KINDS, kind_probabilities("point=0.45,count=0.45")))
+    assert p["point"] == p["count"] > p["qa"] > p["multi"] > p["caption"] and abs(sum(p.values()) - 1) < 1e-9
+    for bad in ("points=1", "point=x", "point=-1", "qa=0,multi=0,caption=0,point=0,count=0"):
+        with pytest.raises(ConfigError):
+            kind_probabilities(bad)
+    # only pointing: every step's conversations point
+    enc = _TinyEncoder()
+    data = WorldInstructions(enc, 2, 2, (0.5,) * 3, (0.5,) * 3, World(seed=0), kind_p=kind_probabilities(
+        "qa=0,multi=0,caption=0,count=0,point=1"))
+    for step in range(4):
+        data.batch(step)
+    assert enc.asked and all(q.startswith("<image>\nPoint to the") for q in enc.asked)
+
+
+class _TinyEncoder:
+    """Stands in for the tokenizer: records each conversation's first question."""
+
+    image_token = "<image>"
+
+    def __init__(self):
+        self.asked = []
+
+    def example(self, msgs, template, max_len):
+        from types import SimpleNamespace
+
+        self.asked.append(msgs[0]["content"])
+        return SimpleNamespace(input_ids=[1, 2, 3], labels=[-100, 2, 3])
+
+
+def test_pool_size_turns_16_tokens_into_64_and_is_saved(tmp_path):
+    import torch
+
+    import mmfm
+    from mmfm.errors import ConfigError
+    from mmfm.models.llava import Llava, LlavaConfig
+    from mmfm.nn.decoder import DecoderConfig
+    from mmfm.train.llava import set_pool_size
+
+    vision = mmfm.load(weights_path("clip-world-tiny")).config.vision
+    lm = DecoderConfig(vocab_size=300, dim=32, layers=1, heads=4, hidden=64)
+    torch.manual_seed(0)
+    model = Llava(LlavaConfig(vision=vision, lm=lm, image_token_id=299, projector="molmo", vision_layers=(-2,))).eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    pooled = model.encode_images(pixels)
+    set_pool_size(model, 1)
+    every = model.encode_images(pixels)
+    assert pooled.shape == (2, 16, 32) and every.shape == (2, 64, 32) and model.tokens_per_image == 64
+    model.save_pretrained(tmp_path / "m")
+    again = mmfm.load(tmp_path / "m").eval()
+    assert again.config.pool_size == 1 and torch.allclose(again.encode_images(pixels), every, atol=1e-6)
+    with pytest.raises(ConfigError, match="divide"):
+        set_pool_size(model, 3)
+    mlp = Llava(LlavaConfig(vision=vision, lm=lm, image_token_id=299, projector="mlp2x_gelu"))
+    with pytest.raises(ConfigError, match="molmo"):
+        set_pool_size(mlp, 1)
+
+
 def test_a_frozen_tower_does_not_drift_and_can_be_swapped(tmp_path):
     import torch
 

@@ -106,6 +106,14 @@ def train_llava(
         help="Stage 2: weights of the question types in single-question conversations, "
          "e.g. shape=3,color=2 (others 1).",
     ),
+    kind_weights: str = typer.Option(
+        None,
+        "--kind-weights",
+        help="Stage 2: weights of the conversation kinds (qa, multi, caption, point, count; defaults "
+         "0.35, 0.2, 0.05, 0.2, 0.2), e.g. point=0.4,count=0.3.",
+    ),
+    pool_size: int = options.bounded(None, "--pool-size", lo=1, hi=64, help="Molmo connector: p x p patches per "
+                                     "image token (2: 16 tokens per world image; 1: 64), also on a --from model."),
     data: Path = typer.Option(None, "--data", help="Your LLaVA JSON / JSONL (image + conversations) instead of "
                               "the world; --from defaults to the shipped world LLaVA."),
     images: Path = options.IMAGES,
@@ -147,6 +155,8 @@ def train_llava(
         evaluate=evaluate,
         eval_n=eval_n,
         qa_weights=qa_weights,
+        kind_weights=kind_weights,
+        pool_size=pool_size,
         precision=prec, compile=compile_step or None,
         steps=steps,
         batch_size=batch_size,

@@ -113,8 +113,9 @@ def conversation(sample, stage: int, rng: np.random.Generator, image_token: str 
     return [{"role": "user", "content": img + pointing_count_question(subject)}, {"role": "assistant", "content": ans}]
 
 
-def parse_qa_weights(text: str | dict | None) -> dict | None:
-    """"shape=3,color=2" (or a dict) -> {"shape": 3.0, "color": 2.0}; types not named keep weight 1."""
+def parse_weights(text: str | dict | None, known: tuple[str, ...], what: str) -> dict | None:
+    """"shape=3,color=2" (or a dict) -> {"shape": 3.0, "color": 2.0} over the names in `known`; names not
+    given keep their default weight. `what` names the weights in errors ("QA", "conversation kind")."""
     if not text:
         return None
     items = (
@@ -125,17 +126,33 @@ def parse_qa_weights(text: str | dict | None) -> dict | None:
     out = {}
     for k, v in items:
         k = k.strip()
-        if k not in QA_KINDS:
-            raise ConfigError(f"unknown question type {k!r} in the QA weights; known: {', '.join(QA_KINDS)}")
+        if k not in known:
+            raise ConfigError(f"unknown {what} {k!r} in the {what} weights; known: {', '.join(known)}")
         try:
             out[k] = float(v)
         except (TypeError, ValueError):
-            raise ConfigError(f"QA weight of {k!r} must be a number (write {k}=2), got {v!r}") from None
+            raise ConfigError(f"{what} weight of {k!r} must be a number (write {k}=2), got {v!r}") from None
         if not out[k] >= 0:
-            raise ConfigError(f"QA weight of {k!r} must be >= 0, got {v!r}")
-    if not any(out.get(k, 1.0) > 0 for k in QA_KINDS):
+            raise ConfigError(f"{what} weight of {k!r} must be >= 0, got {v!r}")
+    return out
+
+
+def parse_qa_weights(text: str | dict | None) -> dict | None:
+    """"shape=3,color=2" (or a dict) -> {"shape": 3.0, "color": 2.0}; types not named keep weight 1."""
+    out = parse_weights(text, QA_KINDS, "question type")
+    if out is not None and not any(out.get(k, 1.0) > 0 for k in QA_KINDS):
         raise ConfigError("the QA weights leave no question type with a positive weight")
     return out
+
+
+def kind_probabilities(text: str | dict | None) -> tuple[float, ...]:
+    """Stage 2's mix of conversation kinds: "point=0.4,count=0.3" (or a dict) replaces those kinds' default
+    weights (WEIGHTS); the result is normalised, in the order of KINDS."""
+    given = parse_weights(text, KINDS, "conversation kind") or {}
+    w = np.array([given.get(k, d) for k, d in zip(KINDS, WEIGHTS)], dtype=float)
+    if not w.sum() > 0:
+        raise ConfigError("the conversation-kind weights leave no kind with a positive weight")
+    return tuple(float(x) for x in w / w.sum())
 
 
 def world_pixels(images: list[np.ndarray], mean, std) -> torch.Tensor:
@@ -157,6 +174,7 @@ class WorldInstructions:
     seed: int = 0
     max_len: int = 256
     qa_weights: dict | None = None  # question-type weights of "qa" conversations (see conversation)
+    kind_p: tuple[float, ...] = WEIGHTS  # probabilities of the conversation kinds (KINDS), one kind per step
     skipped: int = 0  # conversations with no supervised token left, reported by the trainer
 
     def batch(self, step: int, micro: int = 0, rank: int = 0, world_size: int = 1, accum: int = 1) -> dict:
@@ -164,7 +182,7 @@ class WorldInstructions:
         start = ((step * accum + micro) * world_size + rank) * per
         rows, labels, images = [], [], []
         i = start
-        kind = KINDS[np.random.default_rng([self.seed, 8, step]).choice(len(KINDS), p=WEIGHTS)]  # one per step
+        kind = KINDS[np.random.default_rng([self.seed, 8, step]).choice(len(KINDS), p=self.kind_p)]  # one per step
         while len(rows) < per:
             sample = self.world.sample("train", i)
             rng = np.random.default_rng([self.seed, 7, i])
@@ -194,4 +212,6 @@ __all__ = [
     "point_question",
     "QA_KINDS",
     "parse_qa_weights",
+    "parse_weights",
+    "kind_probabilities",
 ]

@@ -40,7 +40,7 @@ from mmfm.vision.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPPrepro
 
 @dataclass
 class LlavaConfig(Config):
-    POSITIVE: ClassVar[tuple[str, ...]] = ("pool_heads", "pool_hidden", "vision_norm_eps")
+    POSITIVE: ClassVar[tuple[str, ...]] = ("pool_heads", "pool_hidden", "pool_size", "vision_norm_eps")
 
     vision: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
     lm: DecoderConfig = field(default_factory=DecoderConfig)
@@ -51,6 +51,7 @@ class LlavaConfig(Config):
     projector_act: str = "gelu"
     pool_heads: int = 4  # molmo connector
     pool_hidden: int | None = None  # molmo connector's SwiGLU width (None: 4 x ViT width)
+    pool_size: int = 2  # molmo connector: p x p patches per image token (1: every patch is a token)
     vision_norm_eps: float = 1e-5
     image_token: str = "<image>"
     image_token_id: int = 49152  # SmolLM2 has 49152 tokens: one past its vocabulary
@@ -90,7 +91,8 @@ class Llava(nn.Module):
         kind, depth = projector_kind(c.projector)
         in_dim = c.vision.width * len(c.vision_layers)
         if kind == "molmo":
-            return MolmoConnector(in_dim, c.vision.width, c.lm.dim, heads=c.pool_heads, hidden=c.pool_hidden)
+            return MolmoConnector(in_dim, c.vision.width, c.lm.dim, heads=c.pool_heads, hidden=c.pool_hidden,
+                                  pool=c.pool_size)
         return MLPProjector(in_dim, c.lm.dim, depth, act=c.projector_act, bias=c.projector_bias)
 
     # ------------------------------------------------------------------------------------- images

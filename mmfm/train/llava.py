@@ -22,13 +22,14 @@ import torch
 
 import mmfm
 from mmfm.checkpoint import load_strict
-from mmfm.data.llava_world import WorldInstructions, parse_qa_weights
+from mmfm.data.llava_world import KINDS, WorldInstructions, kind_probabilities, parse_qa_weights
 from mmfm.errors import ConfigError
 from mmfm.eval.llava_world import evaluate_llava_world
 from mmfm.lm.frozen_base import after_meta_load, tower_state
 from mmfm.lm.model import load_lm, smollm2_path
 from mmfm.models.clip import CLIP
 from mmfm.models.llava import Llava, LlavaConfig
+from mmfm.nn.connectors import MolmoConnector
 from mmfm.train.trainer import FrozenLMTrainModule, TrainConfig, Trainer, lm_dtype
 from mmfm.weights import path as weights_path
 from mmfm.world import World
@@ -114,18 +115,32 @@ def swap_tower(model: Llava, vision_dir) -> None:
                 f"vision tower from {vision_dir}")
 
 
+def set_pool_size(model: Llava, pool: int) -> None:
+    """Let a Molmo connector read p x p patches per image token (1: every patch is a token). Its weights
+    do not depend on p: with p = 1 each token is the value of one patch where it was the attention-weighted
+    mean of four, so a model trained pooled starts from tokens of the same kind, four times as many."""
+    if not isinstance(model.projector, MolmoConnector):
+        raise ConfigError("--pool-size applies to the molmo connector only (preset world-tiny)")
+    if pool < 1 or model.grid % pool:
+        raise ConfigError(f"--pool-size {pool} must divide the {model.grid} x {model.grid} patch grid")
+    model.projector.pool = model.config.pool_size = pool
+
+
 def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/llava", init=None, vision=None,
                       resume: bool = False, progress: bool = True, evaluate: bool = True, eval_n: int = 100,
-                      qa_weights=None, **overrides) -> dict:
+                      qa_weights=None, kind_weights=None, pool_size: int | None = None, **overrides) -> dict:
     """Stage 1 builds the model (vision tower from `vision`, default the shipped world CLIP) and writes
     out/stage1; stage 2 starts from `init` (default out/stage1/model), with its tower replaced by
     `vision`'s when given, and writes out/stage2. `qa_weights` ("shape=3,color=2" or a dict) weighs
-    the question types of stage 2's single-question conversations. Each stage writes model/,
+    the question types of stage 2's single-question conversations, `kind_weights` ("point=0.4,count=0.3")
+    the kinds of conversation (mmfm.data.llava_world.KINDS); `pool_size` sets the Molmo connector's
+    pooling (1: 64 tokens per image, 2: 16), also on a `--from` model. Each stage writes model/,
     metrics.jsonl, curves.png and report.json."""
     if stage not in (1, 2):
         raise ConfigError(f"--stage must be 1 or 2, got {stage}")
     p = preset(preset_name)
     qa_weights = parse_qa_weights(qa_weights)
+    kind_p = kind_probabilities(kind_weights)
     tcfg = TrainConfig(**p[f"stage{stage}"]).update(**overrides)
     tcfg.progress = progress
     out = Path(out) / f"stage{stage}"
@@ -142,13 +157,16 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
         model.vision.float()
         if vision is not None:
             swap_tower(model, vision)
+    if pool_size is not None:
+        set_pool_size(model, pool_size)
     trainable = prepare_stage(model, stage, p.get("lora"))
     enc = model.conversation()
     data = WorldInstructions(enc, stage, tcfg.batch_size, model.config.image_mean, model.config.image_std,
-                             World(seed=tcfg.seed), seed=tcfg.seed, qa_weights=qa_weights)
+                             World(seed=tcfg.seed), seed=tcfg.seed, qa_weights=qa_weights, kind_p=kind_p)
     trainer = Trainer(FrozenLMTrainModule(model), tcfg, lambda s, m, r, w: data.batch(s, m, r, w, tcfg.accum), out)
     trainer.train(resume=resume)
     report = {"preset": preset_name, "stage": stage, "trainable_parameters": trainable, "qa_weights": qa_weights,
+              "kind_weights": dict(zip(KINDS, kind_p)), "tokens_per_image": model.tokens_per_image,
               "vision": str(vision) if vision else None,
               "train_seconds": round(time.perf_counter() - t0, 1), "skipped_conversations": data.skipped,
               "train_config": {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "seed")}}
@@ -160,4 +178,5 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     return report
 
 
-__all__ = ["train_world_llava", "build_world_llava", "swap_tower", "prepare_stage", "PRESETS", "LORA_TARGETS"]
+__all__ = ["train_world_llava", "build_world_llava", "swap_tower", "set_pool_size", "prepare_stage", "PRESETS",
+           "LORA_TARGETS"]
