@@ -9,7 +9,7 @@ Batch 1 for both; batch 8 is mmfm's batched decode against llama.cpp's per-seque
 API decodes one sequence at a time). Greedy, no end token. Then: greedy agreement of int4 with the
 dequantized model (bf16 and fp32) on a prompt set, and each engine's peak RSS in a fresh process.
 
-    python bench/lm_vs_llamacpp.py [--prompt-len 128] [--new 33] [--repeats 3] [--json out.json]
+    python bench/lm_vs_llamacpp.py [--prompt-len 128] [--new 33] [--repeats 3] [--dtypes bfloat16,int4] [--json out.json]
 """
 
 from __future__ import annotations
@@ -56,10 +56,10 @@ def rss_child(engine: str, threads: int) -> None:
     print(base, _status_mb("VmHWM"))
 
 
-def print_rss(threads: int) -> tuple[dict, float]:
+def print_rss(threads: int, dtypes=("bfloat16", "int4")) -> tuple[dict, float]:
     """Each engine's peak RSS in a fresh process (llama.cpp's without torch), and `import torch` alone."""
     rss = {}
-    for e in ("llama.cpp", "bfloat16", "int4"):
+    for e in ("llama.cpp", *dtypes):
         out = subprocess.run([sys.executable, __file__, "--rss-child", e, "--threads", str(threads)],
                              capture_output=True, text=True, check=True)
         base, peak = (float(x) for x in out.stdout.strip().splitlines()[-1].split())
@@ -67,9 +67,10 @@ def print_rss(threads: int) -> tuple[dict, float]:
     tb = subprocess.run([sys.executable, "-c", "import torch; print(open('/proc/self/status').read()"
                          ".split('VmRSS:')[1].split()[0])"], capture_output=True, text=True, check=True)
     torch_mb = int(tb.stdout.strip()) / 1024
-    print(f"peak RSS: llama.cpp {rss['llama.cpp']['peak_mb']:.0f} MB; mmfm bf16 {rss['bfloat16']['peak_mb']:.0f} MB, "
-          f"int4 {rss['int4']['peak_mb']:.0f} MB (`import torch` alone: {torch_mb:.0f} MB; goal: int4 <= 1.2 x "
-          f"llama.cpp + torch = {1.2 * rss['llama.cpp']['peak_mb'] + torch_mb:.0f} MB)")
+    ours = ", ".join(f"{d} {rss[d]['peak_mb']:.0f} MB" for d in dtypes)
+    goal = 1.2 * rss["llama.cpp"]["peak_mb"] + torch_mb
+    print(f"peak RSS: llama.cpp {rss['llama.cpp']['peak_mb']:.0f} MB; mmfm {ours} (`import torch` alone: "
+          f"{torch_mb:.0f} MB; goal: int4 <= 1.2 x llama.cpp + torch = {goal:.0f} MB)")
     return rss, torch_mb
 
 
@@ -81,6 +82,8 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=33)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--dtypes", default="bfloat16,int4", help="mmfm's weights to time (float32, bfloat16, int4); "
+                    "on a CPU without native bf16 (AVX2 only) use float32,int4")
     ap.add_argument("--json", default=None)
     ap.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--rss-only", action="store_true", help="Only the peak-RSS comparison.")
@@ -99,7 +102,8 @@ def main() -> None:
     path = L.smollm2_path()
     llm = llama_cpp.Llama(str(path), n_threads=a.threads, n_threads_batch=a.threads, n_ctx=1024, n_batch=512,
                           verbose=False)
-    ours = {"bf16": L.load_lm(path, "bfloat16"), "int4": L.load_lm(path, "int4")}
+    short = {"bfloat16": "bf16", "float32": "fp32"}
+    ours = {short.get(d, d): L.load_lm(path, d) for d in a.dtypes.split(",")}
     rng = np.random.default_rng(0)
     prompts = [rng.integers(100, 40000, a.prompt_len).tolist() for _ in range(8)]
 
@@ -146,8 +150,11 @@ def main() -> None:
                       f"decode {r['decode']:6.1f} tok/s ({r['decode_vs_llama']:.2f}x llama.cpp)", flush=True)
     # greedy agreement of int4 with the dequantized model
     agree = {}
-    fp32 = L.load_lm(path, "float32")
-    for ref_name, ref in (("bf16", ours["bf16"]), ("fp32", fp32)):
+    fp32 = ours.get("fp32") or L.load_lm(path, "float32")
+    refs = [("bf16", ours["bf16"])] if "bf16" in ours else []
+    for ref_name, ref in refs + [("fp32", fp32)]:
+        if "int4" not in ours:
+            break
         same, first = 0, []
         for p in PROMPTS:
             x = ours["int4"].complete(p, max_new_tokens=32)[0].tokens
@@ -158,7 +165,7 @@ def main() -> None:
         agree[ref_name] = {"identical": same, "of": len(PROMPTS), "first_difference": first}
         print(f"int4 vs dequantized {ref_name}: {same}/{len(PROMPTS)} greedy answers identical (32 tokens); "
               f"first differing token {first}")
-    rss, torch_mb = print_rss(a.threads)
+    rss, torch_mb = print_rss(a.threads, tuple(a.dtypes.split(",")))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"rows": rows, "agreement": agree, "rss": rss, "torch_import_mb": torch_mb,
