@@ -9,7 +9,7 @@ Batch 1 for both; batch 8 is mmfm's batched decode against llama.cpp's per-seque
 API decodes one sequence at a time). Greedy, no end token. Then: greedy agreement of int4 with the
 dequantized model (bf16 and fp32) on a prompt set, and each engine's peak RSS in a fresh process.
 
-    python bench/lm_vs_llamacpp.py [--prompt-len 128] [--new 33] [--repeats 3] [--dtypes bfloat16,int4] [--json out.json]
+    python bench/lm_vs_llamacpp.py [--prompt-len 128] [--new 33] [--repeats 3] [--dtypes bfloat16,int4] [--json F]
 """
 
 from __future__ import annotations
