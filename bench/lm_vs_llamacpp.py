@@ -148,23 +148,22 @@ def main() -> None:
                 print(f"batch {batch} {r['engine']:10s} prefill {r['prefill']:7.0f} tok/s "
                       f"({r['prefill_vs_llama']:.2f}x)   "
                       f"decode {r['decode']:6.1f} tok/s ({r['decode_vs_llama']:.2f}x llama.cpp)", flush=True)
-    # greedy agreement of int4 with the dequantized model
+    # greedy agreement of int4 with the dequantized model(s): int4 answers each prompt once
     agree = {}
-    fp32 = ours.get("fp32") or L.load_lm(path, "float32")
-    refs = [("bf16", ours["bf16"])] if "bf16" in ours else []
-    for ref_name, ref in refs + [("fp32", fp32)]:
-        if "int4" not in ours:
-            break
-        same, first = 0, []
-        for p in PROMPTS:
-            x = ours["int4"].complete(p, max_new_tokens=32)[0].tokens
-            y = ref.complete(p, max_new_tokens=32)[0].tokens
-            n = next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
-            first.append(n)
-            same += x == y
-        agree[ref_name] = {"identical": same, "of": len(PROMPTS), "first_difference": first}
-        print(f"int4 vs dequantized {ref_name}: {same}/{len(PROMPTS)} greedy answers identical (32 tokens); "
-              f"first differing token {first}")
+    if "int4" in ours:
+        refs = {k: ours[k] for k in ("bf16", "fp32") if k in ours}
+        if "fp32" not in refs:
+            refs["fp32"] = L.load_lm(path, "float32")
+        mine = [ours["int4"].complete(p, max_new_tokens=32)[0].tokens for p in PROMPTS]
+        for ref_name, ref in refs.items():
+            same, first = 0, []
+            for p, x in zip(PROMPTS, mine):
+                y = ref.complete(p, max_new_tokens=32)[0].tokens
+                first.append(next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y))))
+                same += x == y
+            agree[ref_name] = {"identical": same, "of": len(PROMPTS), "first_difference": first}
+            print(f"int4 vs dequantized {ref_name}: {same}/{len(PROMPTS)} greedy answers identical (32 tokens); "
+                  f"first differing token {first}")
     rss, torch_mb = print_rss(a.threads, tuple(a.dtypes.split(",")))
     if a.json:
         with open(a.json, "w") as f:
