@@ -128,6 +128,32 @@ def test_course_report_cli(tmp_path):
     assert by["negclip"]["source"].startswith("recorded") and not by["negclip"]["holds"]
 
 
+def test_course_report_full_retrains_and_resumes(tmp_path):
+    """`--full` retrains a training claim once per seed (here NegCLIP, one seed, runs shortened to a
+    wiring check) from the shipped CLIP, records it in recorded.json's shape, says so in the report, and a
+    second run reads the record instead of training again."""
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "mmfm.cli.main", "course", "report", "--quick", "--out", str(out), "--only",
+           "negclip", "--full", "--seeds", "0", "--full-scale", "0.002"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "retraining negclip, seed 0" in p.stdout
+    rec = json.loads((out / "runs" / "negclip" / "seed0" / "record.json").read_text())
+    keys = {"attribute_swap", "relation_swap", "word_order", "zeroshot_heldout"}
+    assert rec["seed"] == 0 and rec["scale"] == 0.002 and set(rec["before"]) == set(rec["after"]) == keys
+    assert (out / "runs" / "negclip" / "seed0" / "model").is_dir()
+    rep = json.loads((out / "report.json").read_text())
+    c = rep["claims"][0]
+    assert rep["setting"] == "quick, full" and c["source"].startswith("retrained in this run")
+    assert "wiring check" in c["source"] and c["holds"] is False and "needs >= 3 seeds (1 so far)" in c["why"]
+    gain = rec["after"]["relation_swap"] - rec["before"]["relation_swap"]
+    assert f"seed 0 {gain:+.2f}" in c["why"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "retraining" not in p.stdout, p.stdout
+    bad = subprocess.run(cmd[:-4] + ["--seeds", "one"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--seeds" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_course_report_unknown_claim(tmp_path):
     p = subprocess.run([sys.executable, "-m", "mmfm.cli.main", "course", "report", "--out", str(tmp_path),
                         "--only", "nope"], capture_output=True, text=True)

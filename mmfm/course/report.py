@@ -31,12 +31,18 @@ def select(only: list[str] | None):
 
 
 def build_report(out, quick: bool = False, only: list[str] | None = None, seed: int = 0,
-                 progress: bool = True, echo=print) -> dict:
-    """Measure the selected claims, write the report folder, return its JSON."""
+                 progress: bool = True, echo=print, full: bool = False, seeds=(0, 1, 2),
+                 full_scale: float = 1.0) -> dict:
+    """Measure the selected claims, write the report folder, return its JSON. `full`: the claims that rest
+    on training runs are retrained once per seed in `seeds` (mmfm.course.retrain; hours on 2 cores, resumable)
+    instead of read from recorded.json."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     claims = select(only)
-    ctx = Context(out=out, quick=quick, seed=seed, progress=progress)
+    if full and (len(set(seeds)) < 1 or not 0 < full_scale <= 1):
+        raise ConfigError("--full needs at least one seed and a scale in (0, 1]")
+    ctx = Context(out=out, quick=quick, seed=seed, progress=progress, full=full, seeds=tuple(seeds),
+                  full_scale=full_scale)
     t0 = time.perf_counter()
     results = []
     for i, claim in enumerate(claims, 1):
@@ -45,7 +51,8 @@ def build_report(out, quick: bool = False, only: list[str] | None = None, seed: 
         verdict = {True: "holds", False: "does not hold", None: "not measured"}[r["holds"]]
         echo(f"      {verdict} ({r['seconds']:.0f} s)")
         results.append(r)
-    report = {"setting": "quick" if quick else "default", "seed": seed,
+    setting = "quick" if quick else "default"
+    report = {"setting": setting + (", full" if full else ""), "seed": seed,
               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "host": f"{platform.machine()}, {platform.processor() or platform.system()}",
               "seconds": round(time.perf_counter() - t0, 1), "claims": results}

@@ -46,11 +46,15 @@ def preset(name: str) -> tuple[CoCaConfig, TrainConfig, dict]:
 
 
 def train_world_coca(preset_name: str = "world-tiny", out="runs/coca", resume: bool = False, progress: bool = True,
-                     scenes: int | None = None, evaluate: bool = True, eval_n: int = 500, **overrides) -> dict:
+                     scenes: int | None = None, evaluate: bool = True, eval_n: int = 500,
+                     caption_loss_weight: float | None = None, **overrides) -> dict:
     """Train a CoCa on the world (overrides: any TrainConfig field), save `out/model`, and write
     `out/report.json`: captioning (BLEU-4, CIDEr-D on new scenes of seen and of held-out compositions)
-    and zero-shot top-1 as for CLIP."""
+    and zero-shot top-1 as for CLIP. `caption_loss_weight` 0 is the ablation that trains the same
+    architecture contrastively only (does captioning cost zero-shot?)."""
     config, tcfg, extra = preset(preset_name)
+    if caption_loss_weight is not None:
+        config.caption_loss_weight = caption_loss_weight
     return train_world_contrastive(
         preset_name, CoCa, CoCaTrainModule, config, tcfg.update(**overrides), extra, out, resume=resume,
         progress=progress, scenes=scenes,

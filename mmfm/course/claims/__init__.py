@@ -4,8 +4,8 @@ A claim is the lecture's statement, the bar it is judged by, and a function that
 returns a `Result`: rows of numbers with 95% intervals, whether the bar is met, and why. Every claim
 reads its settings from the `Context` (quick: the reduced setting CI runs; the default: what a person
 runs by hand in ~15 minutes) and saves its figure through it. Claims that need long training runs
-(batch size, CoCa, Flamingo, NegCLIP) show the recorded numbers of `recorded.json` (retraining them in
-the report is not built). A claim whose part is missing (no local LLM, ...) is "not measured"."""
+(batch size, CoCa, Flamingo, NegCLIP) show the recorded numbers of `recorded.json`, or with `--full` are
+retrained once per seed (mmfm.course.retrain). A claim whose part is missing (no local LLM, ...) is "not measured"."""
 
 from __future__ import annotations
 

@@ -46,6 +46,23 @@ class Context:
     seed: int = 0
     progress: bool = True
     cache: dict = field(default_factory=dict)
+    full: bool = False  # retrain the claims that rest on training runs (mmfm.course.retrain), one run per seed
+    seeds: tuple[int, ...] = (0, 1, 2)
+    full_scale: float = 1.0  # < 1: shortened runs that only check the wiring
+
+    def records(self, key: str) -> tuple[list[dict], str]:
+        """The runs a training claim rests on, one dict per seed in recorded.json's shape, and where they
+        come from: retrained now (--full) or read from recorded.json."""
+        if self.full:
+            from mmfm.course.retrain import seed_records
+
+            recs = seed_records(key, self.out, self.seeds, self.full_scale, self.progress)
+            how = f"retrained in this run (`mmfm course report --full`), seeds {', '.join(map(str, self.seeds))}"
+            if self.full_scale != 1:
+                how += f", runs shortened to {self.full_scale:g} of the recipe: a wiring check, not a result"
+            return recs, how
+        r = RECORDED[key]
+        return (r["runs"] if "runs" in r else [r]), f"recorded: {r['source']} (`{r['command']}`)"
 
     def n(self, quick: int, default: int) -> int:
         return quick if self.quick else default
