@@ -154,6 +154,37 @@ def test_course_report_full_retrains_and_resumes(tmp_path):
     assert bad.returncode == 2 and "--seeds" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_negclip_claim_over_seeds(tmp_path):
+    """The NegCLIP verdict: the mean gain over >= 3 seeds against +20 points, and held-out zero-shot not
+    lower beyond its 95% interval (on 1,000 images a 0.3-point dip is noise, a 5-point one is not)."""
+    from mmfm.course.claims import Context
+    from mmfm.course.claims.recorded import negclip
+
+    def run(seed, attr, rel, zs_after):
+        before = {"attribute_swap": 0.5, "relation_swap": 0.5, "word_order": 0.5, "zeroshot_heldout": 0.9}
+        after = {"attribute_swap": 0.5 + attr, "relation_swap": 0.5 + rel, "word_order": 0.7,
+                 "zeroshot_heldout": zs_after}
+        return {"seed": seed, "before": before, "after": after}
+
+    class Fixed(Context):
+        runs: list = []
+
+        def records(self, key):
+            return self.runs, "fixed"
+
+    ctx = Fixed(out=tmp_path)
+    ctx.runs = [run(0, 0.3, 0.25, 0.897), run(1, 0.3, 0.2, 0.91), run(2, 0.25, 0.2, 0.9)]
+    r = negclip(ctx)
+    assert r.holds and "relation swap +0.217" in r.headline
+    ctx.runs[1] = run(1, 0.3, 0.2, 0.85)  # zero-shot 5 points down on one seed
+    assert not negclip(ctx).holds
+    ctx.runs[1] = run(1, 0.3, 0.05, 0.91)  # relation mean +0.167
+    r = negclip(ctx)
+    assert not r.holds and "below the bar" in r.why and "seed 1 +0.05" in r.why
+    ctx.runs = ctx.runs[:2]
+    assert "needs >= 3 seeds (2 so far)" in negclip(ctx).why
+
+
 def test_course_report_unknown_claim(tmp_path):
     p = subprocess.run([sys.executable, "-m", "mmfm.cli.main", "course", "report", "--out", str(tmp_path),
                         "--only", "nope"], capture_output=True, text=True)

@@ -96,25 +96,31 @@ def negclip(ctx: Context) -> Result:
                 continue
             gains.setdefault(k, []).append(g)
             seeds.setdefault(k, []).append(run.get("seed"))
-    zs = [r["after"]["zeroshot_heldout"] - r["before"]["zeroshot_heldout"] for r in recs
-          if "zeroshot_heldout" in r.get("after", {}) and "zeroshot_heldout" in r.get("before", {})]
     n = RECORDED["negclip"]["n"]
+    zs, zs_lower = [], []  # held-out zero-shot change per seed; lower beyond its 95% interval?
+    for r in recs:
+        a, b = r.get("after", {}).get("zeroshot_heldout"), r.get("before", {}).get("zeroshot_heldout")
+        if a is not None and b is not None:
+            zs.append(a - b)
+            se = np.sqrt(a * (1 - a) / (2 * n) + b * (1 - b) / (2 * n))  # zero-shot is scored on 2n images
+            zs_lower.append(a - b < -1.96 * se)
     rows = [Row.of(f"{k.replace('_', ' ')} gain, {len(v)} seeds (mean [min, max])", over_seeds(v), n)
             for k, v in gains.items()]
     if zs:
         rows.append(Row.of(f"zero-shot held-out change, {len(zs)} seeds (mean [min, max])", over_seeds(zs), n))
     enough = all(len(v) >= 3 for v in gains.values())
     means = {k: over_seeds(v)[0] for k, v in gains.items()}
-    holds = enough and all(m >= 0.20 for k, m in means.items() if k != "word_order") and \
-        (not zs or min(zs) >= 0)
+    holds = enough and all(m >= 0.20 for k, m in means.items() if k != "word_order") and not any(zs_lower)
     per_seed = "; ".join(f"{k.replace('_', ' ')}: " + ", ".join(f"seed {s} {g:+.2f}" for s, g in zip(seeds[k], v))
                          for k, v in gains.items())
     verdict = ("holds on every seed" if holds else
                f"needs >= 3 seeds ({max(len(v) for v in gains.values())} so far)" if not enough else
                "below the bar in the mean of the seeds")
+    if zs:
+        per_seed += "; zero-shot held-out: " + ", ".join(f"{g:+.3f}" for g in zs)
     why = ("Hard negatives (the caption with attributes or relations swapped) make the text tower read order. "
-           f"Bar: mean over >= 3 world seeds >= +20 points for attribute and relation swaps, zero-shot not lower; "
-           f"{verdict}. Per seed: {per_seed}.")
+           f"Bar: mean over >= 3 world seeds >= +20 points for attribute and relation swaps, zero-shot not lower "
+           f"(beyond its 95% interval, {2 * n} images); {verdict}. Per seed: {per_seed}.")
     head = "; ".join(f"{k.replace('_', ' ')} {means[k]:+.3f} (seeds {', '.join(f'{g:+.2f}' for g in v)})"
                      for k, v in gains.items())
     return Result(rows, bool(holds), why, None, headline=head, source=source)
