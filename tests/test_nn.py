@@ -65,6 +65,20 @@ def test_cross_attention_matches_written_out_attention():
         attn(x)
 
 
+def test_one_query_grouped_attention_matches_written_out_attention():
+    """A decoding step (one query) with grouped-query heads takes the grouped path in `_sdpa`; with
+    and without a padding mask it equals attention written out with K/V repeated per head."""
+    attn = Attention(48, 6, kv_heads=2, kv_dim=24)
+    x, ctx = torch.randn(3, 1, 48), torch.randn(3, 9, 24)
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[0, :4] = False  # left padding
+    mask[2, 7:] = False
+    assert torch.allclose(attn(x, ctx), manual_attention(attn, x, context=ctx), atol=1e-5)
+    m = padding_mask(mask)
+    assert torch.allclose(attn(x, ctx, mask=m), manual_attention(attn, x, m, context=ctx), atol=1e-5)
+    assert not torch.allclose(attn(x, ctx, mask=m)[0], attn(x, ctx)[0], atol=1e-3)  # the mask mattered
+
+
 def test_causal_mask_hides_the_future():
     attn = Attention(32, 4)
     x = torch.randn(1, 8, 32)

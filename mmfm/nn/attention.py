@@ -259,5 +259,14 @@ class Attention(nn.Module):
 
     def _sdpa(self, q, k, v, mask, is_causal):
         p = self.dropout if self.training else 0.0
+        g = self.heads // self.kv_heads
+        b, _, t, d = q.shape
+        if g > 1 and t == 1 and not is_causal and (mask is None or (mask.shape[1] == 1 and mask.shape[2] == 1)):
+            # One query per head (a decoding step): the g query heads that share a key/value head are
+            # read as g queries of that head, so no kernel expands K/V to every head. Same numbers, faster
+            # on CPU (bench/RESULTS.md, "The decoding step's attention with grouped-query heads").
+            y = F.scaled_dot_product_attention(q.reshape(b, self.kv_heads, g, d), k, v, attn_mask=mask,
+                                               dropout_p=p)
+            return y.reshape(b, self.heads, 1, d)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p,
                                               enable_gqa=self.kv_heads != self.heads)
