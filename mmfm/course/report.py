@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mmfm.course.claims import CLAIMS, Context, run_claim
+from mmfm.course.claims.base import SEEDS
 from mmfm.errors import ConfigError
 
 
@@ -31,7 +32,7 @@ def select(only: list[str] | None):
 
 
 def build_report(out, quick: bool = False, only: list[str] | None = None, seed: int = 0,
-                 progress: bool = True, echo=print, full: bool = False, seeds=(0, 1, 2),
+                 progress: bool = True, echo=print, full: bool = False, seeds=SEEDS,
                  full_scale: float = 1.0) -> dict:
     """Measure the selected claims, write the report folder, return its JSON. `full`: the claims that rest
     on training runs are retrained once per seed in `seeds` (mmfm.course.retrain; hours on 2 cores, resumable)
@@ -39,7 +40,7 @@ def build_report(out, quick: bool = False, only: list[str] | None = None, seed: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     claims = select(only)
-    if full and (len(set(seeds)) < 1 or not 0 < full_scale <= 1):
+    if full and (not seeds or not 0 < full_scale <= 1):
         raise ConfigError("--full needs at least one seed and a scale in (0, 1]")
     ctx = Context(out=out, quick=quick, seed=seed, progress=progress, full=full, seeds=tuple(seeds),
                   full_scale=full_scale)

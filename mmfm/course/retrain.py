@@ -14,10 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from mmfm.course.claims.base import RECORDED
-
-RETRAINED = ("batch_size", "coca", "flamingo", "negclip")
-SEEDS = (0, 1, 2)
+from mmfm.course.claims.base import RECORDED, SEEDS
 
 
 def _n(x: float, scale: float, least: int = 1) -> int:
@@ -105,7 +102,7 @@ def batch_size(seed: int, out: Path, scale: float, progress: bool) -> dict:
 TRAIN = {"batch_size": batch_size, "coca": coca, "flamingo": flamingo, "negclip": negclip}
 
 
-def seed_records(key: str, out: Path, seeds=SEEDS, scale: float = 1.0, progress: bool = True, echo=print) -> list[dict]:
+def seed_records(key: str, out: Path, seeds=SEEDS, scale: float = 1.0, progress: bool = True) -> list[dict]:
     """One record per seed for a retrained claim, trained now or read from an earlier --full run."""
     records = []
     for s in seeds:
@@ -116,7 +113,7 @@ def seed_records(key: str, out: Path, seeds=SEEDS, scale: float = 1.0, progress:
             if rec.get("scale") == scale:
                 records.append(rec)
                 continue
-        echo(f"      retraining {key}, seed {s} (scale {scale:g}) -> {folder}")
+        print(f"      retraining {key}, seed {s} (scale {scale:g}) -> {folder}")
         t0 = time.perf_counter()
         rec = TRAIN[key](s, folder, scale, progress) | {"scale": scale, "seconds": round(time.perf_counter() - t0, 1)}
         folder.mkdir(parents=True, exist_ok=True)
@@ -125,4 +122,4 @@ def seed_records(key: str, out: Path, seeds=SEEDS, scale: float = 1.0, progress:
     return records
 
 
-__all__ = ["RETRAINED", "SEEDS", "TRAIN", "seed_records"]
+__all__ = ["TRAIN", "seed_records"]

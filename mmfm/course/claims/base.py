@@ -13,6 +13,7 @@ from typing import Callable
 RECORDED = json.loads((Path(__file__).parent.parent / "recorded.json").read_text())
 # questions per type (quick, default): the pointing answers run to 160 tokens, ~4 min at 100 on 2 cores
 LLAVA_N = (12, 100)
+SEEDS = (0, 1, 2)  # world seeds of `--full` runs: the "at least three"
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Context:
     progress: bool = True
     cache: dict = field(default_factory=dict)
     full: bool = False  # retrain the claims that rest on training runs (mmfm.course.retrain), one run per seed
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = SEEDS
     full_scale: float = 1.0  # < 1: shortened runs that only check the wiring
 
     def records(self, key: str) -> tuple[list[dict], str]:

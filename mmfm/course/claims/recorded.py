@@ -11,17 +11,12 @@ from mmfm.course.stats import over_seeds, wilson
 from mmfm.vision.plot import line_plot
 
 
-def _mean(records: list[dict], get) -> tuple[float, float, float]:
-    """(mean, min, max) over seeds of get(record)."""
-    return over_seeds([get(r) for r in records])
-
-
 def _row(name: str, records: list[dict], get, n: int | None) -> Row:
     """One seed: the value with its Wilson interval (a proportion on n items); several: mean [min, max]."""
     if len(records) == 1:
         v = get(records[0])
         return Row.of(name, wilson(v, n) if n and v <= 1 else (v, float("nan"), float("nan")), n)
-    return Row.of(f"{name}, {len(records)} seeds (mean [min, max])", _mean(records, get), n)
+    return Row.of(f"{name}, {len(records)} seeds (mean [min, max])", over_seeds([get(r) for r in records]), n)
 
 
 def _seeds(records: list[dict]) -> str:
