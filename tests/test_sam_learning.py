@@ -13,7 +13,10 @@ def test_short_sam_training_segments_held_out_scenes(tmp_path):
     from mmfm.world import World
     from mmfm.world.scene import render
 
-    report = train_world_sam("world-tiny", tmp_path, progress=False, scenes=2500, eval_n=60, steps=600, warmup=40)
+    # batch 16 at twice the preset's lr: the same 600 steps at half the preset's batch learn as far here
+    # (box 0.79, best-of-3 0.73, AMG recall 0.34 in one run) in ~600 s instead of ~1,070 s at batch 32
+    report = train_world_sam("world-tiny", tmp_path, progress=False, scenes=2500, eval_n=60, steps=600, warmup=40,
+                             batch_size=16, lr=2e-3)
     ev = report["eval"]
     assert ev["objects"] > 100
     assert ev["miou_box"] >= 0.6, ev
