@@ -12,7 +12,7 @@ from mmfm.vision.plot import bar_plot
 
 
 def cupl(ctx: Context) -> Result:
-    from mmfm.chain.cupl import generate_descriptions
+    from mmfm.chain.cupl import CUPL_PROMPTS, generate_descriptions
     from mmfm.eval.clip_world import _pixels
     from mmfm.eval.zeroshot import cupl_classifier, encode_images
     from mmfm.world import World
@@ -24,7 +24,9 @@ def cupl(ctx: Context) -> Result:
     f = F.normalize(encode_images(model, _pixels(model, [r for r, _ in items])).float(), dim=-1)
     y = torch.tensor([k for _, k in items])
     classes = list(CONCEPT_NAMES)
-    prompts = generate_descriptions(ctx.llm(), classes, n=ctx.n(2, 10), seed=ctx.seed, progress=ctx.progress)
+    # quick: 2 sentences from each of CuPL's first 2 questions (14 answers; all 5 x 10 by default)
+    prompts = generate_descriptions(ctx.llm(), classes, n=ctx.n(2, 10), prompts=CUPL_PROMPTS[:ctx.n(2, 5)],
+                                    seed=ctx.seed, progress=ctx.progress)
 
     def correct(clf):
         return ((f @ clf).argmax(1) == y).float().numpy()
