@@ -228,7 +228,7 @@ def test_no_held_out_composition_or_concept_name_in_training():
     banned = [f"{c} {s}" for c, s in HELD_OUT_PAIRS] + [f"{c} {PLURAL[s]}" for c, s in HELD_OUT_PAIRS]
     banned_re = re.compile(r"\b(" + "|".join(banned + list(CONCEPT_NAMES)) + r")\b")
     n_texts = 0
-    for i in range(10_000):
+    for i in range(4_000):  # ~28 texts and ~3 objects a scene: a leaked pair would show ~200 times
         s = world.sample("train", i)
         assert not any((o.color, o.shape) in HELD_OUT_PAIRS for o in s.rendered.scene.objects), i
         for t in s.ann.texts():
@@ -248,7 +248,7 @@ def test_no_held_out_composition_or_concept_name_in_training():
     for i in range(2000):
         r, label = world.classification("train", i)
         assert ALL_PAIRS[label] not in HELD_OUT_PAIRS
-    assert n_texts > 150_000
+    assert n_texts > 100_000
 
 
 def test_held_out_splits_hold_what_they_promise():
