@@ -24,7 +24,7 @@ def cupl(ctx: Context) -> Result:
     f = F.normalize(encode_images(model, _pixels(model, [r for r, _ in items])).float(), dim=-1)
     y = torch.tensor([k for _, k in items])
     classes = list(CONCEPT_NAMES)
-    # quick: 2 sentences from each of CuPL's first 2 questions (14 answers; all 5 x 10 by default)
+    # quick: 2 samples from each of CuPL's first 2 questions, 14 requests for 7 classes (default: 5 x 10)
     prompts = generate_descriptions(ctx.llm(), classes, n=ctx.n(2, 10), prompts=CUPL_PROMPTS[:ctx.n(2, 5)],
                                     seed=ctx.seed, progress=ctx.progress)
 
