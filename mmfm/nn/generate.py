@@ -95,7 +95,12 @@ def texts(out: GenerationOutput, decode: Callable[[list[int]], str], cfg: Genera
 def process_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
     """Temperature, then top-k, then top-p (transformers' order), on fp32 logits (B, V)."""
     if cfg.temperature != 1.0:
-        logits = logits / cfg.temperature
+        scaled = logits / cfg.temperature
+        if torch.isposinf(scaled).any() or torch.isnan(scaled).any():  # a tiny temperature overflowed (or
+            # is 0 in fp32): softmax's limit as T -> 0, all the mass on the likeliest tokens
+            top = logits.amax(-1, keepdim=True)
+            scaled = torch.zeros_like(logits).masked_fill(logits < top, float("-inf"))
+        logits = scaled
     if cfg.top_k:
         k = min(cfg.top_k, logits.shape[-1])
         kth = torch.topk(logits, k, dim=-1).values[:, -1:]

@@ -27,12 +27,12 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmfm.errors import MMFMError
@@ -42,6 +42,14 @@ MAX_N = 8
 MAX_SEED = 2**63 - 1
 
 
+_TEXT = Annotated[str, Field(pattern=r"\S")]  # an empty or blank message is a prompt the model refuses
+
+
+# a system prompt alone asks nothing: some message is the user's, the assistant's or a tool's
+_SAYS_SOMETHING = {"contains": {"type": "object", "properties": {"role": {"enum": ["user", "assistant", "tool"]}},
+                                "required": ["role"]}}
+
+
 class ImageURL(BaseModel):
     url: str
     detail: str | None = None
@@ -49,7 +57,7 @@ class ImageURL(BaseModel):
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: _TEXT
 
 
 class ImagePart(BaseModel):
@@ -59,7 +67,7 @@ class ImagePart(BaseModel):
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool"]
-    content: str | list[TextPart | ImagePart]
+    content: _TEXT | Annotated[list[TextPart | ImagePart], Field(min_length=1)]
 
 
 class ChatRequest(BaseModel):
@@ -67,14 +75,26 @@ class ChatRequest(BaseModel):
     so that a body too deep, too large or not JSON is a 400 / 413 rather than a framework error."""
 
     model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, json_schema_extra=_SAYS_SOMETHING)
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int | None = Field(None, ge=1, le=MAX_N)
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stream: bool = False
+
+
+def chat_schema(window: int, images: bool) -> dict:
+    """The request schema of this server: `max_tokens` up to the served model's window, and image parts
+    only where a vision-language model answers them; so a client (or a fuzzer) that keeps to the schema
+    is refused only for what a schema cannot say (a prompt too long for the window, a stream of n > 1)."""
+    message = ChatMessage if images else create_model(
+        "ChatMessage", __base__=ChatMessage, content=(_TEXT | Annotated[list[TextPart], Field(min_length=1)], ...))
+    request = create_model("ChatRequest", __base__=ChatRequest,
+                           messages=(list[message], Field(min_length=1, json_schema_extra=_SAYS_SOMETHING)),
+                           max_tokens=(int | None, Field(None, ge=1, le=window)))
+    return _inlined(request.model_json_schema())
 
 
 def _inlined(schema: dict) -> dict:
@@ -106,6 +126,15 @@ def _number(body, key, default, lo, hi, cast=float):
     return cast(v)
 
 
+def _top_p(v) -> float:
+    """In (0, 1], as the schema says; top-p keeps at least the likeliest token, so any small p is greedy."""
+    if v is None:
+        return 1.0
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+        raise BadRequest(f"'top_p' must be a number in (0, 1], got {v!r:.40}")
+    return float(v)
+
+
 def parse_chat_request(body, max_tokens_limit: int) -> dict:
     """A chat-completions body -> generation arguments, or BadRequest naming the field."""
     if not isinstance(body, dict):
@@ -119,6 +148,8 @@ def parse_chat_request(body, max_tokens_limit: int) -> dict:
     if stop is not None and (not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop)):
         raise BadRequest("'stop' must be a string or a list of at most 4 strings")
     seed = body.get("seed")
+    if isinstance(seed, float) and seed.is_integer():  # JSON Schema's integer includes 1.0
+        seed = int(seed)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
         raise BadRequest(f"'seed' must be an integer in [0, {MAX_SEED}]")
     stream = body.get("stream", False)
@@ -130,7 +161,7 @@ def parse_chat_request(body, max_tokens_limit: int) -> dict:
         "images": images,
         "max_new_tokens": _number(body, "max_tokens", 256, 1, max_tokens_limit, int),
         "temperature": _number(body, "temperature", 1.0, 0, 2),
-        "top_p": _number(body, "top_p", 1.0, 1e-6, 1),
+        "top_p": _top_p(body.get("top_p")),
         "n": _number(body, "n", 1, 1, MAX_N, int),
         "stop": stop,
         "seed": seed,
@@ -331,6 +362,8 @@ def create_app(lm=None, *, vlm=None, api_key: str | None = None, model_name: str
 
     app.state.read_body = read_body
 
+    window = lm.config.max_seq_len if lm is not None else vlm.config.lm.max_seq_len if vlm is not None else 4096
+
     @app.get("/health")
     async def health():
         """llama.cpp's server answers the same route: liveness and how many requests are in the queue."""
@@ -372,9 +405,8 @@ def create_app(lm=None, *, vlm=None, api_key: str | None = None, model_name: str
         return answer
 
     @app.post("/v1/chat/completions", openapi_extra={"requestBody": {
-        "required": True, "content": {"application/json": {"schema": _inlined(ChatRequest.model_json_schema())}}}})
+        "required": True, "content": {"application/json": {"schema": chat_schema(window, vlm is not None)}}}})
     async def chat_completions(request: Request):
-        window = lm.config.max_seq_len if lm is not None else vlm.config.lm.max_seq_len if vlm is not None else 4096
         req = parse_chat_request(await read_body(request), window)
         if req["images"]:
             answer = vision_call(req)
@@ -476,11 +508,15 @@ def create_app(lm=None, *, vlm=None, api_key: str | None = None, model_name: str
                 yield _chunk(cid, created, name, {"role": "assistant", "content": ""})
                 item = first
                 while item is not end:
-                    if isinstance(item, Exception):
+                    if isinstance(item, Exception):  # the 200 is sent: the failure is told in the stream
+                        error = {"message": f"generation failed: {type(item).__name__}: {item}",
+                                 "type": "invalid_request_error" if isinstance(item, MMFMError) else "server_error"}
+                        yield f"data: {json.dumps({'error': error})}\n\n"
                         break
                     yield _chunk(cid, created, name, {"content": item})
                     item = await pieces.get()
-                yield _chunk(cid, created, name, {}, "stop")
+                else:
+                    yield _chunk(cid, created, name, {}, "stop")
                 yield "data: [DONE]\n\n"
             finally:
                 cancel.set()  # the client went away (or we are done): the worker stops, its place is freed
