@@ -9,7 +9,8 @@ Batch 1 for both; batch 8 is mmfm's batched decode against llama.cpp's per-seque
 API decodes one sequence at a time). Greedy, no end token. Then: greedy agreement of int4 with the
 dequantized model (bf16 and fp32) on a prompt set, and each engine's peak RSS in a fresh process.
 
-    python bench/lm_vs_llamacpp.py [--prompt-len 128] [--new 33] [--repeats 3] [--dtypes bfloat16,int4] [--json F]
+    python bench/lm_vs_llamacpp.py [--prompt-len 128] [--new 33] [--repeats 3] [--dtypes bfloat16,int4] [--compiled]
+                                   [--json F]
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--dtypes", default="bfloat16,int4", help="mmfm's weights to time (float32, bfloat16, int4); "
                     "on a CPU without native bf16 (AVX2 only) use float32,int4")
+    ap.add_argument("--compiled", action="store_true", help="Also time each of --dtypes under torch.compile "
+                    "(inductor, dynamic shapes; the compile time is printed and not counted).")
     ap.add_argument("--json", default=None)
     ap.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--rss-only", action="store_true", help="Only the peak-RSS comparison.")
@@ -116,12 +119,22 @@ def main() -> None:
                 if _ < n - 1:
                     llm.eval([tok])
 
-    def run_mmfm(lm, n: int, batch: int) -> None:
+    def run_mmfm(model, n: int, batch: int, prepack=None) -> None:
         ids = torch.tensor(prompts[:batch])
-        generate(lm.model, ids, torch.ones_like(ids), config=GenerationConfig(max_new_tokens=n))
+        generate(model, ids, torch.ones_like(ids), config=GenerationConfig(max_new_tokens=n, prepack=prepack))
 
     engines = {"llama.cpp": run_llama,
-               **{f"mmfm {k}": (lambda n, b, lm=lm: run_mmfm(lm, n, b)) for k, lm in ours.items()}}
+               **{f"mmfm {k}": (lambda n, b, lm=lm: run_mmfm(lm.model, n, b)) for k, lm in ours.items()}}
+    if a.compiled:
+        from mmfm.compiled import compiled
+
+        for k, lm in ours.items():
+            fast = compiled(lm.model, dynamic=True)
+            t = time.perf_counter()
+            for b in (1, 8):
+                run_mmfm(fast, 3, b, prepack=False)  # compiles (oneDNN-prepacked Linears cannot be lowered)
+            print(f"compiled {k}: first calls {time.perf_counter() - t:.0f} s", flush=True)
+            engines[f"mmfm {k} compiled"] = lambda n, b, fast=fast: run_mmfm(fast, n, b, prepack=False)
     print(f"{cpu_name()}, {a.threads} threads, torch {torch.__version__}, llama-cpp-python {llama_cpp.__version__}, "
           f"prompt {a.prompt_len}, {a.new} new tokens, best of {a.repeats} (engines alternating)")
     rows = []
@@ -145,7 +158,7 @@ def main() -> None:
             if r["batch"] == batch:
                 r["decode_vs_llama"] = r["decode"] / base["decode"]
                 r["prefill_vs_llama"] = r["prefill"] / base["prefill"]
-                print(f"batch {batch} {r['engine']:10s} prefill {r['prefill']:7.0f} tok/s "
+                print(f"batch {batch} {r['engine']:19s} prefill {r['prefill']:7.0f} tok/s "
                       f"({r['prefill_vs_llama']:.2f}x)   "
                       f"decode {r['decode']:6.1f} tok/s ({r['decode_vs_llama']:.2f}x llama.cpp)", flush=True)
     # greedy agreement of int4 with the dequantized model(s): int4 answers each prompt once

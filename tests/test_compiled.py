@@ -68,3 +68,23 @@ def test_a_graph_the_compiler_cannot_lower_runs_eagerly_with_one_warning():
     assert len([w for w in caught if "torch.compile" in str(w.message)]) == 1
     assert torch.allclose(first, want, atol=1e-6) and torch.equal(first, second)
     assert compiled(f) is f
+
+
+def test_compiled_decoding_gives_the_eager_tokens_without_packing(tmp_path):
+    """`mmfm serve --compile`: the LM decodes through inductor (no fallback to eager), greedy tokens as
+    eager, and the oneDNN/MKL-packed Linears of eager decoding are never handed to the compiler."""
+    import mmfm
+    from mmfm.compiled import compile_decoding
+    from tests.lm_helpers import save_hf_folder, tiny_llama, tiny_tokenizer
+
+    tok, _, _ = tiny_tokenizer()
+    lm = mmfm.load(save_hf_folder(tiny_llama(tok.get_vocab_size()), tmp_path / "hf", tok))
+    prompts = ["hello there", "the quick brown fox"]
+    eager = [c.tokens for c in lm.complete(prompts, max_new_tokens=8)]
+    assert compile_decoding(lm, warm=(2,)) > 0
+    assert isinstance(lm.model, Compiled)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a compile failure (eager fallback) warns: here it fails the test
+        again = [c.tokens for c in lm.complete(prompts, max_new_tokens=8)]
+    assert lm.model.failed is None and again == eager
+    assert PackedLinears.maybe(lm.model, 2, 8, None) is None

@@ -55,6 +55,7 @@ def serve_llm(
     dtype: str = options.dtype_option("auto"),
     api_key: str = typer.Option(None, "--api-key", envvar="MMFM_API_KEY", help="Require this bearer key."),
     max_queue: int = typer.Option(16, "--max-queue", help="Requests that may wait for the model; more get 503."),
+    compile_lm: bool = options.COMPILE_LM,
 ) -> None:
     """Serve the language model over the OpenAI chat-completions API (FastAPI on uvicorn)."""
     from mmfm.errors import ConfigError
@@ -62,4 +63,7 @@ def serve_llm(
 
     if not 0 <= max_queue <= 4096:
         raise ConfigError(f"--max-queue must be 0..4096, got {max_queue}")
-    serve(_load(model, dtype), host=host, port=port, api_key=api_key, max_queue=max_queue)
+    lm = _load(model, dtype)
+    if compile_lm:
+        options.compile_lm(lm)
+    serve(lm, host=host, port=port, api_key=api_key, max_queue=max_queue)

@@ -78,6 +78,19 @@ COMPILE = typer.Option(False, "--compile", help="torch.compile the training step
                        "compiling fails); worth it for long runs (bench/compile_speed.py).")
 
 
+COMPILE_LM = typer.Option(False, "--compile", help="torch.compile the language model's decoding (pays most with "
+                          "--dtype int4): compiled and warmed at start, which takes minutes on 2 cores the first "
+                          "time (inductor caches it on disk); eager if compiling fails (bench/RESULTS.md).")
+
+
+def compile_lm(lm) -> None:
+    """--compile of the serving commands: compile and warm the LM before the server listens."""
+    from mmfm.compiled import compile_decoding
+
+    typer.echo("compiling the language model's decoding (minutes the first time on this host)...", err=True)
+    typer.echo(f"compiled and warmed in {compile_decoding(lm):.0f} s", err=True)
+
+
 def precision_of(precision: str | None, bf16: bool | None) -> str | None:
     """--precision, else the older --bf16/--fp32, else None (the recipe's own: auto)."""
     if precision is not None:

@@ -30,6 +30,7 @@ def serve(
     lm: str = typer.Option(None, "--lm", help="The language model for text chat: GGUF, HF Llama or mmfm folder "
                            "(default: SmolLM2-135M-Instruct; none: off)."),
     dtype: str = options.dtype_option("auto"),
+    compile_lm: bool = options.COMPILE_LM,
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default: this machine only)."),
     port: int = options.bounded(8000, "--port", lo=1, hi=65535),
     api_key: str = typer.Option(None, "--api-key", envvar="MMFM_API_KEY", help="Require this bearer key on /v1."),
@@ -80,6 +81,8 @@ def serve(
         from mmfm.cli.lm import _load
 
         models["lm"] = _load(lm_name, dtype)
+        if compile_lm:
+            options.compile_lm(models["lm"])
         names["lm"] = getattr(models["lm"], "name", Path(lm_name).name)
     app = create_server(models.get("lm"), llava=models.get("llava"), clip=models.get("clip"), sam=models.get("sam"),
                         index=index, api_key=api_key, names=names, max_queue=max_queue, max_body_mb=max_body_mb,
