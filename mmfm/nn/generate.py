@@ -96,8 +96,8 @@ def process_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
     """Temperature, then top-k, then top-p (transformers' order), on fp32 logits (B, V)."""
     if cfg.temperature != 1.0:
         scaled = logits / cfg.temperature
-        if torch.isposinf(scaled).any() or torch.isnan(scaled).any():  # a tiny temperature overflowed (or
-            # is 0 in fp32): softmax's limit as T -> 0, all the mass on the likeliest tokens
+        if cfg.temperature < 1.0 and not torch.isfinite(scaled.max()):  # a tiny temperature overflowed
+            # (or is 0 in fp32; +inf or NaN is the max): softmax's limit as T -> 0, the mass on the top tokens
             top = logits.amax(-1, keepdim=True)
             scaled = torch.zeros_like(logits).masked_fill(logits < top, float("-inf"))
         logits = scaled

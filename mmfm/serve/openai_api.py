@@ -117,22 +117,15 @@ class BadRequest(Exception):
         self.status, self.kind = status, kind
 
 
-def _number(body, key, default, lo, hi, cast=float):
+def _number(body, key, default, lo, hi, cast=float, open_lo: bool = False):
+    """body[key] in [lo, hi] ((lo, hi] with open_lo), or the default when absent or null."""
     v = body.get(key, default)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:  # NaN fails too
-        raise BadRequest(f"'{key}' must be a number in [{lo}, {hi}], got {v!r:.40}")
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (lo < v if open_lo else lo <= v) and v <= hi
+    if not ok:  # NaN fails too
+        raise BadRequest(f"'{key}' must be a number in {'(' if open_lo else '['}{lo}, {hi}], got {v!r:.40}")
     return cast(v)
-
-
-def _top_p(v) -> float:
-    """In (0, 1], as the schema says; top-p keeps at least the likeliest token, so any small p is greedy."""
-    if v is None:
-        return 1.0
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
-        raise BadRequest(f"'top_p' must be a number in (0, 1], got {v!r:.40}")
-    return float(v)
 
 
 def parse_chat_request(body, max_tokens_limit: int) -> dict:
@@ -161,7 +154,7 @@ def parse_chat_request(body, max_tokens_limit: int) -> dict:
         "images": images,
         "max_new_tokens": _number(body, "max_tokens", 256, 1, max_tokens_limit, int),
         "temperature": _number(body, "temperature", 1.0, 0, 2),
-        "top_p": _top_p(body.get("top_p")),
+        "top_p": _number(body, "top_p", 1.0, 0, 1, open_lo=True),  # top-p keeps the likeliest token: any p > 0
         "n": _number(body, "n", 1, 1, MAX_N, int),
         "stop": stop,
         "seed": seed,
