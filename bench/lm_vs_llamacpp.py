@@ -3,7 +3,8 @@ against llama.cpp (llama-cpp-python, built from source: `pip install llama-cpp-p
 the same SmolLM2-135M-Instruct Q4_1 file, same thread count, one process, the engines alternating.
 
     prefill tokens/s = batch * prompt_len / time(prompt + 1 token)
-    decode  tokens/s = batch * (N - 1) / (time(prompt + N tokens) - time(prompt + 1 token))
+    decode  tokens/s = batch * (N - 1) / (time(prompt + N tokens) - time(prompt + 1 token)), both timed in
+                       the same round; the median over rounds is reported
 
 Batch 1 for both; batch 8 is mmfm's batched decode against llama.cpp's per-sequence calls (its Python
 API decodes one sequence at a time). Greedy, no end token. Then: greedy agreement of int4 with the
@@ -136,7 +137,8 @@ def main() -> None:
             print(f"compiled {k}: first calls {time.perf_counter() - t:.0f} s", flush=True)
             engines[f"mmfm {k} compiled"] = lambda n, b, fast=fast: run_mmfm(fast, n, b, prepack=False)
     print(f"{cpu_name()}, {a.threads} threads, torch {torch.__version__}, llama-cpp-python {llama_cpp.__version__}, "
-          f"prompt {a.prompt_len}, {a.new} new tokens, best of {a.repeats} (engines alternating)")
+          f"prompt {a.prompt_len}, {a.new} new tokens, median of {a.repeats} rounds (engines alternating; each "
+          f"round's decode rate from its own pair of timings)")
     rows = []
     for batch in (1, 8):
         times = {e: {1: [], a.new: []} for e in engines}
@@ -149,9 +151,11 @@ def main() -> None:
                     fn(n, batch)
                     times[e][n].append(time.perf_counter() - t)
         for e in engines:
-            t1, tn = min(times[e][1]), min(times[e][a.new])
-            row = dict(engine=e, batch=batch, prefill=batch * a.prompt_len / t1,
-                       decode=batch * (a.new - 1) / max(tn - t1, 1e-9))
+            # paired: a round's prompt-only and prompt+N timings ran back to back, so their difference
+            # shares that moment's load; the minimum of each taken apart can pair a lucky one with a slow one
+            decode = [batch * (a.new - 1) / max(tn - t1, 1e-9) for t1, tn in zip(times[e][1], times[e][a.new])]
+            row = dict(engine=e, batch=batch, prefill=batch * a.prompt_len / float(np.median(times[e][1])),
+                       decode=float(np.median(decode)), decode_range=[min(decode), max(decode)])
             rows.append(row)
         base = next(r for r in rows if r["engine"] == "llama.cpp" and r["batch"] == batch)
         for r in rows:
@@ -160,7 +164,8 @@ def main() -> None:
                 r["prefill_vs_llama"] = r["prefill"] / base["prefill"]
                 print(f"batch {batch} {r['engine']:19s} prefill {r['prefill']:7.0f} tok/s "
                       f"({r['prefill_vs_llama']:.2f}x)   "
-                      f"decode {r['decode']:6.1f} tok/s ({r['decode_vs_llama']:.2f}x llama.cpp)", flush=True)
+                      f"decode {r['decode']:6.1f} tok/s ({r['decode_vs_llama']:.2f}x llama.cpp; rounds "
+                      f"{r['decode_range'][0]:.0f}-{r['decode_range'][1]:.0f})", flush=True)
     # greedy agreement of int4 with the dequantized model(s): int4 answers each prompt once
     agree = {}
     if "int4" in ours:

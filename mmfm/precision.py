@@ -211,15 +211,16 @@ LM_FEATURES = (576, 1536)
 
 @dataclass(frozen=True)
 class WeightsChoice:
-    dtype: str  # "float32" or "bfloat16"
+    dtype: str  # "float32" or "bfloat16" (an LM's weights); "bfloat16" or "int8" (an int4 LM's head)
     ms: dict  # dtype -> median ms of the timed Linears (empty when not measured)
     cached: bool = False
     reason: str = ""
+    what: str = "dtype"
+    timed: str = "a decode and a prefill Linear take"
 
     def describe(self) -> str:
         timings = ", ".join(f"{k} {v:.2f} ms" for k, v in self.ms.items())
-        return _described(f"dtype {self.dtype}", self.reason, self.ms, self.cached,
-                          f"a decode and a prefill Linear take {timings}")
+        return _described(f"{self.what} {self.dtype}", self.reason, self.ms, self.cached, f"{self.timed} {timings}")
 
 
 def lm_weights_dtype(choice: str = "auto", features: tuple[int, int] = LM_FEATURES, use_cache: bool = True,
@@ -245,23 +246,91 @@ def lm_weights_dtype(choice: str = "auto", features: tuple[int, int] = LM_FEATUR
             return WeightsChoice(hit["dtype"], dict(hit.get("ms", {})), cached=True)
     gen = torch.Generator().manual_seed(0)
     w32, x32 = torch.randn(n, k, generator=gen) / k**0.5, torch.randn(64, k, generator=gen)
-    cases = {"float32": (w32, x32), "bfloat16": (w32.bfloat16(), x32.bfloat16())}
-    times: dict[str, list[float]] = {d: [] for d in cases}
-    with torch.inference_mode():
-        for r in range(rounds + 1):  # round 0 warms up
-            for d, (w, x) in cases.items():
-                t0 = time.perf_counter()
-                for _ in range(8):
-                    torch.nn.functional.linear(x[:1], w)
-                torch.nn.functional.linear(x, w)
-                if r:
-                    times[d].append((time.perf_counter() - t0) * 1000)
-    ms = {d: round(statistics.median(v), 3) for d, v in times.items()}
+
+    def linears(w: torch.Tensor, x: torch.Tensor):
+        def run() -> None:
+            for _ in range(8):
+                torch.nn.functional.linear(x[:1], w)
+            torch.nn.functional.linear(x, w)
+        return run
+
+    ms = _alternating_ms({"float32": linears(w32, x32), "bfloat16": linears(w32.bfloat16(), x32.bfloat16())}, rounds)
     best = "bfloat16" if ms["bfloat16"] < ms["float32"] else "float32"
     if use_cache:
         _write_cache(key, {"dtype": best, "ms": ms, "host": host_key(), "signature": f"lm-weights {k}x{n}",
                            "date": time.strftime("%Y-%m-%d")})
     return WeightsChoice(best, ms)
+
+
+def _alternating_ms(runs: dict, rounds: int) -> dict[str, float]:
+    """Median ms of each `run()` over `rounds` rounds, candidates alternating within a round (so they share
+    the host's noise); round 0 warms up and is not counted."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.inference_mode():
+        for r in range(rounds + 1):
+            for name, run in runs.items():
+                t0 = time.perf_counter()
+                run()
+                if r:
+                    times[name].append((time.perf_counter() - t0) * 1000)
+    return {name: round(statistics.median(v), 3) for name, v in times.items()}
+
+
+# SmolLM2-135M's tied embedding as the LM head: (vocab, dim)
+LM_HEAD = (49152, 576)
+
+
+def lm_head_dtype(choice: str = "auto", shape: tuple[int, int] = LM_HEAD, use_cache: bool = True,
+                  rounds: int = 5) -> WeightsChoice:
+    """The LM head's weights beside int4 blocks: "bfloat16" or "int8" (one scale per row,
+    mmfm.nn.lowbit.Int8Linear) as asked; "auto" times the head at a decode step of one sequence both ways,
+    alternating, and takes the faster (cached per host). Why measure: a decode step reads the whole head,
+    the model's largest matrix, and int8 halves its bytes, but PyTorch's int8 kernel was slower than the
+    bf16 head on one host and faster on another (bench/RESULTS.md). One sequence decides, the case a
+    chat waits on (with 8 rows the int8 kernel can be the slower one). The bf16 side is timed on oneDNN's
+    packed layout where this build has it (what eager decoding runs) and plain otherwise."""
+    said = {"what": "LM head", "timed": "four one-row decode steps through the head take"}
+    if choice in ("bfloat16", "int8"):
+        return WeightsChoice(choice, {}, **said)
+    if choice != "auto":
+        raise ConfigError(f"LM head {choice!r}: use auto, bfloat16 or int8")
+    if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+        return WeightsChoice("bfloat16", {}, reason="not measured: this PyTorch build has no CPU int8 kernel", **said)
+    n, k = shape
+    key = hashlib.sha256(f"{host_key()}|lm-head|{n}x{k}".encode()).hexdigest()[:24]
+    if use_cache:
+        hit = _read_cache().get(key)
+        if isinstance(hit, dict) and hit.get("dtype") in ("bfloat16", "int8"):
+            return WeightsChoice(hit["dtype"], dict(hit.get("ms", {})), cached=True, **said)
+    gen = torch.Generator().manual_seed(0)
+    w = (torch.randn(n, k, generator=gen) / k**0.5).bfloat16()
+    x = torch.randn(1, k, generator=gen).bfloat16()
+    scales = (w.float().abs().amax(1) / 127).clamp_min(1e-12)
+    codes = (w.float() / scales[:, None]).round().to(torch.int8)
+    scales = scales.bfloat16()
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
+
+        def bf16_head() -> torch.Tensor:
+            return torch.ops.mkldnn._linear_pointwise.default(x, packed, None, "none", [], "")
+        bf16_head()
+    except (AttributeError, RuntimeError):  # no oneDNN bf16 on this CPU / build: eager decoding runs it plain
+        def bf16_head() -> torch.Tensor:
+            return torch.nn.functional.linear(x, w)
+
+    def four(fn):
+        def run() -> None:
+            for _ in range(4):
+                fn()
+        return run
+
+    ms = _alternating_ms({"bfloat16": four(bf16_head),
+                          "int8": four(lambda: torch.ops.aten._weight_int8pack_mm(x, codes, scales))}, rounds)
+    best = "int8" if ms["int8"] < ms["bfloat16"] else "bfloat16"
+    if use_cache:
+        _write_cache(key, {"dtype": best, "ms": ms, "host": host_key(), "signature": f"lm-head {n}x{k}",
+                           "date": time.strftime("%Y-%m-%d")})
+    return WeightsChoice(best, ms, **said)
 
 
 def shapes_signature(obj) -> str:
@@ -284,5 +353,5 @@ def module_signature(module: torch.nn.Module) -> str:
 
 
 __all__ = ["Precision", "PRECISIONS", "CHOICES", "Choice", "choose", "choose_inference", "check_choice", "host_key",
-           "WeightsChoice", "lm_weights_dtype", "native_bf16",
+           "WeightsChoice", "lm_weights_dtype", "lm_head_dtype", "native_bf16",
            "cache_file", "shapes_signature", "module_signature", "cpu_name"]

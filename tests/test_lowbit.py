@@ -1,6 +1,7 @@
 """int4: a Q4_0 / Q4_1 GGUF's block Linears run from the file's own 4-bit blocks (read exactly, repacked
 for PyTorch's CPU kernel, not re-quantized), float LMs are quantized to the same layout, the shipped
-SmolLM2 answers as its dequantized self does, and the LM inside LLaVA goes 4-bit too."""
+SmolLM2 answers as its dequantized self does, and the LM inside LLaVA goes 4-bit too; beside the 4-bit
+blocks the LM head is int8 per row or bf16 (as measured or asked)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import torch
 
 import mmfm
 import mmfm.lm as L
+from mmfm.errors import ConfigError
 from mmfm.lm.gguf_file import open_gguf
 from mmfm.lm.model import load_lm
-from mmfm.nn.lowbit import Int4Linear, Int4LoRA, available, pack_int4
+from mmfm.nn.lowbit import Int4Linear, Int4LoRA, Int8Linear, available, pack_int4
 from tests.lm_helpers import save_hf_folder, tiny_llama, tiny_tokenizer, write_gguf
 
 pytestmark = pytest.mark.skipif(not available(), reason="this PyTorch build has no CPU int4 kernel")
@@ -42,6 +44,40 @@ def test_kernel_layout_is_scale_times_code_plus_offset():
     x = torch.randn(5, 96)
     ref = x.bfloat16().float() @ w.t()
     assert (lin(x).float() - ref).abs().max() <= 0.02 * ref.abs().max()
+
+
+def test_int8_linear_is_the_row_quantized_weight():
+    torch.manual_seed(0)
+    w = torch.randn(300, 96) * torch.rand(300, 1)  # rows of different ranges
+    w[7] = 0  # a zero row gets a tiny scale, not a division by zero
+    lin, blocks = Int8Linear.quantized(w), Int8Linear.quantized(w, rows=64)
+    assert torch.equal(lin.codes, blocks.codes) and torch.equal(lin.scales, blocks.scales)
+    assert lin.codes.dtype == torch.int8 and lin.codes.abs().max() <= 127 and lin.scales.dtype == torch.bfloat16
+    # each value within half a step of its row's scale (the scale itself rounded to bf16 first)
+    assert ((lin.dequantized() - w).abs() <= lin.scales.float()[:, None] * 0.5 + 1e-6).all()
+    assert (lin.dequantized()[7] == 0).all()
+    x = torch.randn(5, 96)
+    ref = x.bfloat16().float() @ lin.dequantized().t()
+    y = lin(x[None])  # any leading shape
+    assert y.shape == (1, 5, 300) and (y[0].float() - ref).abs().max() <= 0.02 * ref.abs().max()
+
+
+def test_int4_lm_head_in_int8_or_bf16_as_asked(tmp_path, tiny_tok):
+    tok, tokens, merges = tiny_tok
+    hf = tiny_llama(len(tokens), tie=True)
+    path = write_gguf(hf, tmp_path / "tiny-Q4_1.gguf", tokens, merges, types={"blk.": "Q4_1"})
+    f = load_lm(path, "float32")
+    ids = torch.tensor([f.tokenizer.encode("the red circle is left of Paris. the capital")])
+    for head in ("int8", "bfloat16"):
+        q = load_lm(path, "int4", head=head)
+        assert isinstance(q.model.lm_head, Int8Linear) == (head == "int8")
+        assert ("LM head int8 per row" in q.config.extra["weights"]) == (head == "int8")
+        assert q.model.embed.weight.dtype == torch.bfloat16  # the lookups stay bf16 either way
+        a, b = q.logits(ids).float(), f.logits(ids)
+        assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.999, head
+        assert q.generate("the red circle", max_new_tokens=4, chat=False)
+    with pytest.raises(ConfigError):
+        load_lm(path, "int4", head="int2")
 
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])

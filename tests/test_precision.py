@@ -190,6 +190,18 @@ def test_lm_weights_dtype_is_the_faster_measured_one_and_is_cached(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_lm_head_dtype_is_the_faster_measured_one_and_is_cached():
+    c = P.lm_head_dtype("auto", shape=(512, 64), rounds=3)
+    assert c.dtype in ("bfloat16", "int8") and not c.cached and set(c.ms) == {"bfloat16", "int8"}
+    assert c.ms[c.dtype] == min(c.ms.values()) and f"LM head {c.dtype} (measured" in c.describe()
+    again = P.lm_head_dtype("auto", shape=(512, 64))
+    assert again.cached and again.dtype == c.dtype and again.ms == c.ms
+    assert P.lm_head_dtype("auto", shape=(256, 64)).cached is False  # another head, another measurement
+    assert P.lm_head_dtype("int8").dtype == "int8" and P.lm_head_dtype("int8").ms == {}
+    with pytest.raises(ConfigError):
+        P.lm_head_dtype("int4")
+
+
 def test_auto_skips_bf16_where_the_cpu_emulates_it(monkeypatch, capsys):
     from mmfm.cli.options import say_dtype
 

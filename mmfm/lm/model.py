@@ -237,12 +237,29 @@ def _release_freed_memory() -> None:
         pass
 
 
-def lm_to_int4(model: DecoderLM, gguf: Path | None = None) -> DecoderLM:
+def int4_head(model: DecoderLM, head: str = "auto") -> DecoderLM:
+    """The LM head beside int4 blocks: int8 per row (lowbit.Int8Linear) where that is the faster head on
+    this host (mmfm.precision.lm_head_dtype: "auto" measures once and caches; "int8" / "bfloat16" as
+    asked), else left in bf16. The embedding it was tied to stays bf16 for the token lookups."""
+    from mmfm.precision import lm_head_dtype
+
+    lin = model.lm_head
+    if type(lin) is not nn.Linear or lin.bias is not None or not lowbit.int8_available():
+        return model
+    if lm_head_dtype(head, tuple(lin.weight.shape)).dtype == "int8":
+        model.lm_head = lowbit.Int8Linear.quantized(lin.weight)
+        model.config.extra = {**model.config.extra, "weights": model.config.extra.get("weights", "") +
+                              "; LM head int8 per row"}
+    return model
+
+
+def lm_to_int4(model: DecoderLM, gguf: Path | None = None, head: str = "auto") -> DecoderLM:
     """The block Linears of a DecoderLM in int4 (activations bf16): from a Q4_0 / Q4_1 GGUF's own blocks
     when `gguf` is the file the weights came from (the LM inside a LLaVA / Flamingo / Molmo2 built on
-    SmolLM2), else quantized from the floats. LoRA adapters stay beside their 4-bit base (Int4LoRA)."""
+    SmolLM2), else quantized from the floats. LoRA adapters stay beside their 4-bit base (Int4LoRA).
+    The head: see int4_head."""
     if gguf is None or not _q4_file(gguf):
-        return quantize_lm_int4(model)
+        return quantize_lm_int4(model, head)
     model.to(torch.bfloat16)
     _, sd, _, _ = read_gguf_int4(gguf)
     for name in sorted({k.rsplit(".", 1)[0] for k in sd if k.endswith(".packed")}):
@@ -255,15 +272,16 @@ def lm_to_int4(model: DecoderLM, gguf: Path | None = None) -> DecoderLM:
         if new is not None:
             setattr(parent, child, new)
     model.config.extra = {**model.config.extra, "weights": "int4 (the GGUF's own Q4 blocks)"}
+    int4_head(model, head)
     _release_freed_memory()
     return model
 
 
-def quantize_lm_int4(model: DecoderLM) -> DecoderLM:
+def quantize_lm_int4(model: DecoderLM, head: str = "auto") -> DecoderLM:
     """Replace the block Linears of a float DecoderLM by Int4Linears, each group of 32 weights stored as
     Q4_1 stores it (min and step, codes 0..15): for LMs that come as floats (HF folders, the LM inside
     a LLaVA / Flamingo / Molmo2 folder). A GGUF's own Q4 blocks are kept as they are by load_lm instead.
-    LoRA adapters stay beside their 4-bit base (Int4LoRA)."""
+    LoRA adapters stay beside their 4-bit base (Int4LoRA). The head: see int4_head."""
     if not lowbit.available():
         raise DependencyError("this PyTorch build has no CPU int4 kernel (_weight_int4pack_mm_for_cpu)")
     model.to(torch.bfloat16)  # what is not 4-bit runs in bf16, as the kernel does
@@ -286,23 +304,23 @@ def quantize_lm_int4(model: DecoderLM) -> DecoderLM:
         setattr(model.transformer.get_submodule(parent) if parent else model.transformer, child,
                 lowbit.replacement(lin, q))
     model.config.extra = {**model.config.extra, "weights": "int4 (quantized from floats, Q4_1-style groups of 32)"}
-    return model
+    return int4_head(model, head)
 
 
-def load_lm(path: str | os.PathLike, dtype="float32") -> LanguageModel:
+def load_lm(path: str | os.PathLike, dtype="float32", head: str = "auto") -> LanguageModel:
     """A GGUF file, an HF Llama folder, or an mmfm LM folder. dtype "int4" keeps a Q4_0 / Q4_1 GGUF's
     4-bit blocks for the block Linears (other files: quantized to int4 groups of 32 from their floats)
-    and runs them with bf16 activations."""
+    and runs them with bf16 activations; its LM head as `head` says (int4_head)."""
     int4 = str(dtype) in LOWBIT
     dtype = as_dtype(dtype)
     path = resolve(shipped(path))
     if int4 and path.is_file() and _q4_file(path):
         config, sd, tok, meta = read_gguf_int4(path)
-        return LanguageModel(_build(config, sd, torch.bfloat16, str(path)), tok,
-                             name=meta.get("general.name") or path.stem)
+        model = int4_head(_build(config, sd, torch.bfloat16, str(path)), head)
+        return LanguageModel(model, tok, name=meta.get("general.name") or path.stem)
     if int4:
         lm = load_lm(path, "bfloat16")
-        quantize_lm_int4(lm.model)
+        quantize_lm_int4(lm.model, head)
         return lm
     if path.is_file():
         config, sd, tok, meta = read_gguf(path, dtype=dtype)
@@ -397,5 +415,5 @@ def default(dtype="float32") -> LanguageModel:
     return _DEFAULT[dtype]
 
 
-__all__ = ["LanguageModel", "Completion", "load_lm", "quantize_lm_int4", "lm_to_int4", "LOWBIT", "default",
+__all__ = ["LanguageModel", "Completion", "load_lm", "quantize_lm_int4", "lm_to_int4", "int4_head", "LOWBIT", "default",
            "smollm2_path", "as_dtype"]

@@ -8,6 +8,11 @@ Q4_0 / Q4_1 files store each row in blocks of 32 values, each block a scale and 
 repacked, not re-quantized, and the matmul sees the file's own values (the scales rounded from fp16
 to bf16, the kernel's type: at most 2^-9 relative). The kernel is fast with bf16 activations and
 ~30x slower with fp32 ones (measured, bench/RESULTS.md), so an Int4Linear computes in bf16.
+
+The LM head (the tied 49,152-row embedding of SmolLM2, Q8_0 in the GGUF) does not survive 4 bits (greedy
+answers change), but 8 bits per row do: `Int8Linear` runs PyTorch's `_weight_int8pack_mm` (one scale per
+output row; Q8_0's scale per 32 values cannot be kept, so the row is re-quantized). Whether it is faster
+than the bf16 head depends on the host; mmfm.precision.lm_head_dtype measures it.
 """
 
 from __future__ import annotations
@@ -82,6 +87,47 @@ class Int4LoRA(nn.Module):
         return self.base(x) + (x @ self.lora_a.t()) @ self.lora_b.t() * self.scaling
 
 
+def int8_available() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+class Int8Linear(nn.Module):
+    """y = x W^T with W in int8, one scale per output row (symmetric: w = scale * code, code in -127..127).
+    Shapes: x (..., in_features) -> (..., out_features), in bf16. Buffers (saved in a state dict): codes
+    (out, in) int8, scales (out,) bf16."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("codes", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.ones(out_features, dtype=torch.bfloat16))
+
+    @classmethod
+    def quantized(cls, weight: torch.Tensor, rows: int = 4096) -> Int8Linear:
+        """From a float weight (out, in), a block of rows at a time (no fp32 copy of a large head)."""
+        lin = cls(weight.shape[1], weight.shape[0])
+        for i in range(0, weight.shape[0], rows):
+            w = weight[i : i + rows].detach().float()
+            # the scale is rounded to bf16 first, so codes are computed against the scale the kernel uses
+            s = (w.abs().amax(1) / 127).clamp_min(1e-12).to(torch.bfloat16)
+            lin.codes[i : i + rows] = (w / s.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
+            lin.scales[i : i + rows] = s
+        return lin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.codes,
+                                               self.scales)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight (out, in) in fp32, as the kernel sees it."""
+        return self.codes.float() * self.scales.float()[:, None]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per row"
+
+
 def replacement(linear: nn.Module, base: Int4Linear) -> nn.Module | None:
     """What takes an nn.Linear's (or a LoRALinear's) place once its weight is `base`; None for others."""
     if type(linear) is nn.Linear:
@@ -102,4 +148,5 @@ def int4_linears(model: nn.Module, names) -> None:
             setattr(parent, child, Int4Linear(lin.in_features, lin.out_features, bias=lin.bias is not None))
 
 
-__all__ = ["Int4Linear", "Int4LoRA", "replacement", "pack_int4", "int4_linears", "available", "GROUP"]
+__all__ = ["Int4Linear", "Int4LoRA", "Int8Linear", "int8_available", "replacement", "pack_int4", "int4_linears",
+           "available", "GROUP"]
