@@ -1,5 +1,5 @@
-"""The language model as users run it on a CPU: mmfm (bf16 weights, and int4 = the GGUF's own Q4 blocks)
-against llama.cpp (llama-cpp-python, built from source: `pip install llama-cpp-python`, bench only) on
+"""The language model as users run it on a CPU: mmfm (bf16 weights, int4 = the GGUF's own Q4 blocks, int8 = 8
+bits per row) against llama.cpp (llama-cpp-python, built from source: `pip install llama-cpp-python`, bench only) on
 the same SmolLM2-135M-Instruct Q4_1 file, same thread count, one process, the engines alternating.
 
     prefill tokens/s = batch * prompt_len / time(prompt + 1 token)
@@ -7,7 +7,7 @@ the same SmolLM2-135M-Instruct Q4_1 file, same thread count, one process, the en
                        the same round; the median over rounds is reported
 
 Batch 1 for both; batch 8 is mmfm's batched decode against llama.cpp's per-sequence calls (its Python
-API decodes one sequence at a time). Greedy, no end token. Then: greedy agreement of int4 with the
+API decodes one sequence at a time). Greedy, no end token. Then: greedy agreement of int4 / int8 with the
 dequantized model (bf16 and fp32) on a prompt set, and each engine's peak RSS in a fresh process.
 
     python bench/lm_vs_llamacpp.py [--prompt-len 128] [--new 33] [--repeats 3] [--dtypes bfloat16,int4] [--compiled]
@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=33)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--dtypes", default="bfloat16,int4", help="mmfm's weights to time (float32, bfloat16, int4); "
+    ap.add_argument("--dtypes", default="bfloat16,int4", help="mmfm's weights to time (float32, bfloat16, int4, int8); "
                     "on a CPU without native bf16 (AVX2 only) use float32,int4")
     ap.add_argument("--compiled", action="store_true", help="Also time each of --dtypes under torch.compile "
                     "(inductor, dynamic shapes; the compile time is printed and not counted).")
@@ -166,22 +166,22 @@ def main() -> None:
                       f"({r['prefill_vs_llama']:.2f}x)   "
                       f"decode {r['decode']:6.1f} tok/s ({r['decode_vs_llama']:.2f}x llama.cpp; rounds "
                       f"{r['decode_range'][0]:.0f}-{r['decode_range'][1]:.0f})", flush=True)
-    # greedy agreement of int4 with the dequantized model(s): int4 answers each prompt once
     agree = {}
-    if "int4" in ours:
+    lowbit = [k for k in ("int4", "int8") if k in ours]
+    if lowbit:  # greedy agreement of each low-bit model with the dequantized one(s): each answers once
         refs = {k: ours[k] for k in ("bf16", "fp32") if k in ours}
         if "fp32" not in refs:
             refs["fp32"] = L.load_lm(path, "float32")
-        mine = [ours["int4"].complete(p, max_new_tokens=32)[0].tokens for p in PROMPTS]
-        for ref_name, ref in refs.items():
-            same, first = 0, []
-            for p, x in zip(PROMPTS, mine):
-                y = ref.complete(p, max_new_tokens=32)[0].tokens
-                first.append(next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y))))
-                same += x == y
-            agree[ref_name] = {"identical": same, "of": len(PROMPTS), "first_difference": first}
-            print(f"int4 vs dequantized {ref_name}: {same}/{len(PROMPTS)} greedy answers identical (32 tokens); "
-                  f"first differing token {first}")
+        want = {r: [ref.complete(p, max_new_tokens=32)[0].tokens for p in PROMPTS] for r, ref in refs.items()}
+        for low in lowbit:
+            mine = [ours[low].complete(p, max_new_tokens=32)[0].tokens for p in PROMPTS]
+            for ref_name, theirs in want.items():
+                first = [next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
+                         for x, y in zip(mine, theirs)]
+                same = sum(x == y for x, y in zip(mine, theirs))
+                agree[f"{low} vs {ref_name}"] = {"identical": same, "of": len(PROMPTS), "first_difference": first}
+                print(f"{low} ({ours[low].config.extra.get('weights')}) vs dequantized {ref_name}: {same}/"
+                      f"{len(PROMPTS)} greedy answers identical (32 tokens); first differing token {first}")
     rss, torch_mb = print_rss(a.threads, tuple(a.dtypes.split(",")))
     if a.json:
         with open(a.json, "w") as f:

@@ -1,7 +1,8 @@
 """int4: a Q4_0 / Q4_1 GGUF's block Linears run from the file's own 4-bit blocks (read exactly, repacked
 for PyTorch's CPU kernel, not re-quantized), float LMs are quantized to the same layout, the shipped
 SmolLM2 answers as its dequantized self does, and the LM inside LLaVA goes 4-bit too; beside the 4-bit
-blocks the LM head is int8 per row or bf16 (as measured or asked)."""
+blocks the LM head is int8 per row or bf16 (as measured or asked); `int8` puts every block Linear in 8 bits
+per row."""
 
 from __future__ import annotations
 
@@ -80,6 +81,27 @@ def test_int4_lm_head_in_int8_or_bf16_as_asked(tmp_path, tiny_tok):
         load_lm(path, "int4", head="int2")
 
 
+def test_int8_lm_from_a_q8_0_gguf_and_from_floats(tmp_path, tiny_tok):
+    tok, tokens, merges = tiny_tok
+    hf = tiny_llama(len(tokens), tie=True)
+    path = write_gguf(hf, tmp_path / "tiny-Q8_0.gguf", tokens, merges, types={"blk.": "Q8_0"})
+    q, f = load_lm(path, "int8", head="int8"), load_lm(path, "float32")
+    rows = [m for m in q.model.modules() if isinstance(m, Int8Linear)]
+    assert len(rows) == 4 * hf.config.num_hidden_layers + 1 and isinstance(q.model.lm_head, Int8Linear)
+    assert not int4_layers(q.model) and q.config.extra["weights"].startswith("int8 (8 bits per row")
+    for name, mod in q.model.transformer.named_modules():
+        if isinstance(mod, Int8Linear):  # within half a row step (+ the bf16 load's rounding) of the file's weight
+            w = f.model.transformer.get_submodule(name).weight.detach()
+            assert ((mod.dequantized() - w).abs() <= 0.5 * mod.scales.float()[:, None] + 2**-8 * w.abs() + 1e-7).all()
+    ids = torch.tensor([q.tokenizer.encode("the red circle is left of Paris. the capital")])
+    a, b = q.logits(ids).float(), f.logits(ids)
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.9995
+    assert q.generate("the red circle", max_new_tokens=4, chat=False)
+    # a float folder goes the same way (and LoRA-free: every block Linear)
+    folder = save_hf_folder(tiny_llama(len(tokens), tie=False), tmp_path / "hf", tok)
+    assert len([m for m in load_lm(folder, "int8").model.transformer.modules() if isinstance(m, Int8Linear)]) == 8
+
+
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
 def test_gguf_q4_blocks_are_kept_as_stored(tmp_path, tiny_tok, qtype):
     tok, tokens, merges = tiny_tok
@@ -135,28 +157,35 @@ def test_shipped_smollm2_int4_answers_as_its_dequantized_self():
     assert min(agree) >= 4 and sum(agree) >= 40, agree
 
 
-def test_llava_lm_goes_int4_from_smollm2_blocks():
+def test_llava_lm_goes_int4_from_smollm2_blocks_or_int8():
     from mmfm.weights import path
+    from mmfm.world import World
 
     m = mmfm.load(path("llava-world-tiny"), dtype="int4")
     assert len(int4_layers(m.lm)) == 120 and m.lm.config.extra["weights"].startswith("int4 (the GGUF")
     assert any(isinstance(x, Int4LoRA) for x in m.lm.modules())  # the adapters kept beside their 4-bit base
-    from mmfm.world import World
-
+    m8 = mmfm.load(path("llava-world-tiny"), dtype="int8")  # 8 bits per row, the adapters beside them too
+    assert len([x for x in m8.lm.transformer.modules() if isinstance(x, Int8Linear)]) == 120
+    assert any(isinstance(x, Int4LoRA) and isinstance(x.base, Int8Linear) for x in m8.lm.modules())
     ref = mmfm.load(path("llava-world-tiny"), dtype="bfloat16")
-    same = 0
+    same = {"int4": 0, "int8": 0}
     for i in range(4):
         img = World(seed=0, size=64).captioned("test", i)[0].pil()
-        a = m.ask(img, "How many shapes are there?", max_new_tokens=8)
-        same += a == ref.ask(img, "How many shapes are there?", max_new_tokens=8)
-        assert a.strip()
-    assert same >= 3
+        want = ref.ask(img, "How many shapes are there?", max_new_tokens=8)
+        for name, model in (("int4", m), ("int8", m8)):
+            a = model.ask(img, "How many shapes are there?", max_new_tokens=8)
+            same[name] += a == want
+            assert a.strip()
+    assert min(same.values()) >= 3, same
 
 
-def test_cli_dtype_int4_and_a_wrong_dtype():
+@pytest.mark.parametrize("dtype", ["int4", "int8"])
+def test_cli_dtype_lowbit_and_a_wrong_dtype(dtype):
     ok = subprocess.run([sys.executable, "-m", "mmfm.cli.main", "chat", "What is the capital of France?",
-                         "--dtype", "int4", "--max-tokens", "12"], capture_output=True, text=True, timeout=300)
+                         "--dtype", dtype, "--max-tokens", "12"], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0 and "Paris" in ok.stdout, ok.stderr[-2000:]
+    if dtype == "int8":
+        return
     bad = subprocess.run([sys.executable, "-m", "mmfm.cli.main", "chat", "hi", "--dtype", "int3"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--dtype" in bad.stderr and "Traceback" not in bad.stderr

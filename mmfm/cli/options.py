@@ -119,19 +119,19 @@ CAPTION_KEY = typer.Option("title", "--caption-key", help="CSV column of the cap
 
 
 def _dtype(value: str | None) -> str | None:
-    if value is not None and value not in ("auto", "float32", "bfloat16", "int4", "fp32", "bf16"):
-        raise typer.BadParameter(f"{value!r}: use auto, float32, bfloat16 or int4")
+    if value is not None and value not in ("auto", "float32", "bfloat16", "int4", "int8", "fp32", "bf16"):
+        raise typer.BadParameter(f"{value!r}: use auto, float32, bfloat16, int4 or int8")
     return value
 
 
 def dtype_option(default: str) -> typer.Option:
     """--dtype of commands that run a language model: auto (the faster of float32 and bfloat16 on this
-    host, measured once and cached), float32, bfloat16, or int4 (its block Linears in 4 bits, a Q4 GGUF's
-    own blocks where it has them; activations bf16)."""
-    return typer.Option(default, "--dtype", callback=_dtype, metavar="auto|float32|bfloat16|int4",
+    host, measured once and cached), float32, bfloat16, int4 (its block Linears in 4 bits, a Q4 GGUF's
+    own blocks where it has them; activations bf16) or int8 (8 bits per row)."""
+    return typer.Option(default, "--dtype", callback=_dtype, metavar="auto|float32|bfloat16|int4|int8",
                         help=f"The language model's weights: auto (float32 or bfloat16, whichever is faster on this "
-                             f"host: measured once, cached), float32, bfloat16 or int4 (4-bit block Linears, a Q4 "
-                             f"GGUF's own blocks; bf16 activations). Default {default}.")
+                             f"host: measured once, cached), float32, bfloat16, int4 (4-bit block Linears, a Q4 "
+                             f"GGUF's own blocks; bf16 activations) or int8 (8 bits per row). Default {default}.")
 
 
 def say_dtype(dtype: str) -> None:

@@ -60,7 +60,7 @@ def serve(
         from mmfm.models.llava import Llava
 
         models["llava"] = load_model(llava_name, Llava, "serve --llava",
-                                     "answers", dtype="int4" if dtype == "int4" else "float32")
+                                     "answers", dtype=dtype if dtype in ("int4", "int8") else "float32")
         names["llava"] = Path(llava_name).name
     clip_name = _pick(clip, None)
     if clip_name or (clip is None):

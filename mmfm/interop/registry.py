@@ -18,7 +18,7 @@ from mmfm.checkpoint import load_state_dict, read_json, resolve, write_manifest
 from mmfm.errors import CheckpointError, ConfigError
 from mmfm.interop import coca as oc_coca
 from mmfm.interop import hf_clip, hf_llava, hf_molmo2, open_clip, sam
-from mmfm.lm.model import LOWBIT, LanguageModel, as_dtype, lm_to_int4, load_lm
+from mmfm.lm.model import LOWBIT, LanguageModel, as_dtype, lm_to_lowbit, load_lm
 from mmfm.models.clip import CLIP, attach_tokenizer, load_mmfm_clip
 from mmfm.models.coca import CoCa, load_mmfm_coca
 from mmfm.models.flamingo import Flamingo, load_mmfm_flamingo
@@ -27,7 +27,7 @@ from mmfm.models.molmo2 import Molmo2, load_mmfm_molmo2
 from mmfm.models.sam.model import SAM, load_mmfm_sam
 from mmfm.models.simclr import SimCLR, load_mmfm_simclr
 from mmfm.nn.decoder import DecoderLM
-from mmfm.nn.lowbit import Int4Linear
+from mmfm.nn.lowbit import Int4Linear, Int8Linear
 from mmfm.weights import resolve as shipped
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -165,14 +165,14 @@ def _match(ck: Checkpoint) -> Loader:
 def load(path_or_id, **kwargs):
     """Any checkpoint mmfm knows (CLIP: mmfm, HF transformers, open_clip; CoCa: mmfm, open_clip; SAM: mmfm,
     HF, official; LLaVA: mmfm, HF; Molmo2: mmfm, HF; Flamingo: mmfm; language models: GGUF, HF Llama, mmfm),
-    detected from its files. kwargs: dtype (LLaVA, Molmo2, Flamingo, LM: float32, bfloat16, or int4 for the
+    detected from its files. kwargs: dtype (LLaVA, Molmo2, Flamingo, LM: float32, bfloat16, or int4 / int8 for the
     language model's block Linears), config (open_clip and official
     files), CLIP overrides. A shipped checkpoint's name (mmfm.weights.NAMES) loads that checkpoint."""
     ck = Checkpoint.open(resolve(shipped(path_or_id)))
     model = _match(ck).load(ck, dict(kwargs))
     if str(kwargs.get("dtype")) in LOWBIT and isinstance(getattr(model, "lm", None), DecoderLM) and not any(
-            isinstance(m, Int4Linear) for m in model.lm.modules()):  # a transformers folder: from its floats
-        lm_to_int4(model.lm)
+            isinstance(m, (Int4Linear, Int8Linear)) for m in model.lm.modules()):  # a transformers folder: floats
+        lm_to_lowbit(model.lm, str(kwargs["dtype"]))
     return model
 
 

@@ -11,7 +11,7 @@ import torch
 
 from mmfm.checkpoint import load_state_dict, load_strict, read_json, save_safetensors
 from mmfm.errors import CheckpointError, ConfigError
-from mmfm.lm.model import LOWBIT, as_dtype, lm_to_int4, load_lm, smollm2_path
+from mmfm.lm.model import LOWBIT, as_dtype, lm_to_lowbit, load_lm, smollm2_path
 from mmfm.lm.tokenizer import LMTokenizer
 
 
@@ -47,7 +47,7 @@ def load_learned(folder, model_cls, config_cls, what: str, dtype="float32", base
     """The inverse of save_learned: config, weights, the base LM from its package when base_lm is set,
     the tokenizer of the folder (else the base LM's, passed through `base_tokenizer(tok, config)`)."""
     folder = Path(folder)
-    int4 = str(dtype) in LOWBIT
+    lowbit_dtype = str(dtype) if str(dtype) in LOWBIT else None
     dtype = as_dtype(dtype)
     try:
         config = config_cls.from_dict(read_json(folder / "config.json"))
@@ -72,8 +72,8 @@ def load_learned(folder, model_cls, config_cls, what: str, dtype="float32", base
     after_meta_load(model)
     model.tokenizer = tokenizer
     model = model.to(dtype).eval()
-    if int4:  # the LM's block Linears in 4 bits: SmolLM2's own Q4 blocks, else quantized from the floats
-        lm_to_int4(model.lm, smollm2_path() if config.base_lm == "smollm2" else None)
+    if lowbit_dtype:  # the LM's block Linears in low bits (int4: SmolLM2's own Q4 blocks where it has them)
+        lm_to_lowbit(model.lm, lowbit_dtype, smollm2_path() if config.base_lm == "smollm2" else None)
     return model
 
 

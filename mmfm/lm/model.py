@@ -38,13 +38,13 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 MAX_SAMPLES = 64  # samples per prompt: each is a row of the batch
 
-LOWBIT = ("int4",)  # weights kept in 4-bit blocks (mmfm.nn.lowbit), activations in bf16
+LOWBIT = ("int4", "int8")  # block Linears in 4-bit groups or 8 bits per row (mmfm.nn.lowbit), activations bf16
 
 
 def as_dtype(dtype) -> torch.dtype:
     """torch.float32 / torch.bfloat16 from a name; "auto": the faster of the two for an LM's weights on
-    this host (mmfm.precision.lm_weights_dtype: measured once, cached); "int4": bf16, what runs beside
-    the 4-bit weights."""
+    this host (mmfm.precision.lm_weights_dtype: measured once, cached); "int4" / "int8": bf16, what runs
+    beside the low-bit weights."""
     if str(dtype) == "auto":
         from mmfm.precision import lm_weights_dtype
 
@@ -54,9 +54,9 @@ def as_dtype(dtype) -> torch.dtype:
     elif str(dtype) in DTYPES:
         d = DTYPES[str(dtype)]
     elif str(dtype) in LOWBIT:
-        return torch.bfloat16  # the dtype of everything but the 4-bit weights
+        return torch.bfloat16  # the dtype of everything but the low-bit weights
     else:
-        raise ConfigError(f"dtype {dtype!r}: use auto, float32, bfloat16 or int4")
+        raise ConfigError(f"dtype {dtype!r}: use auto, float32, bfloat16, int4 or int8")
     if d not in (torch.float32, torch.bfloat16):
         raise ConfigError(f"dtype {d}: use float32 or bfloat16 (float16 is ~1000x slower on CPUs)")
     return d
@@ -237,8 +237,8 @@ def _release_freed_memory() -> None:
         pass
 
 
-def int4_head(model: DecoderLM, head: str = "auto") -> DecoderLM:
-    """The LM head beside int4 blocks: int8 per row (lowbit.Int8Linear) where that is the faster head on
+def lowbit_head(model: DecoderLM, head: str = "auto") -> DecoderLM:
+    """The LM head beside low-bit blocks: int8 per row (lowbit.Int8Linear) where that is the faster head on
     this host (mmfm.precision.lm_head_dtype: "auto" measures once and caches; "int8" / "bfloat16" as
     asked), else left in bf16. The embedding it was tied to stays bf16 for the token lookups."""
     from mmfm.precision import lm_head_dtype
@@ -257,7 +257,7 @@ def lm_to_int4(model: DecoderLM, gguf: Path | None = None, head: str = "auto") -
     """The block Linears of a DecoderLM in int4 (activations bf16): from a Q4_0 / Q4_1 GGUF's own blocks
     when `gguf` is the file the weights came from (the LM inside a LLaVA / Flamingo / Molmo2 built on
     SmolLM2), else quantized from the floats. LoRA adapters stay beside their 4-bit base (Int4LoRA).
-    The head: see int4_head."""
+    The head: see lowbit_head."""
     if gguf is None or not _q4_file(gguf):
         return quantize_lm_int4(model, head)
     model.to(torch.bfloat16)
@@ -272,7 +272,7 @@ def lm_to_int4(model: DecoderLM, gguf: Path | None = None, head: str = "auto") -
         if new is not None:
             setattr(parent, child, new)
     model.config.extra = {**model.config.extra, "weights": "int4 (the GGUF's own Q4 blocks)"}
-    int4_head(model, head)
+    lowbit_head(model, head)
     _release_freed_memory()
     return model
 
@@ -281,7 +281,7 @@ def quantize_lm_int4(model: DecoderLM, head: str = "auto") -> DecoderLM:
     """Replace the block Linears of a float DecoderLM by Int4Linears, each group of 32 weights stored as
     Q4_1 stores it (min and step, codes 0..15): for LMs that come as floats (HF folders, the LM inside
     a LLaVA / Flamingo / Molmo2 folder). A GGUF's own Q4 blocks are kept as they are by load_lm instead.
-    LoRA adapters stay beside their 4-bit base (Int4LoRA). The head: see int4_head."""
+    LoRA adapters stay beside their 4-bit base (Int4LoRA). The head: see lowbit_head."""
     if not lowbit.available():
         raise DependencyError("this PyTorch build has no CPU int4 kernel (_weight_int4pack_mm_for_cpu)")
     model.to(torch.bfloat16)  # what is not 4-bit runs in bf16, as the kernel does
@@ -304,23 +304,48 @@ def quantize_lm_int4(model: DecoderLM, head: str = "auto") -> DecoderLM:
         setattr(model.transformer.get_submodule(parent) if parent else model.transformer, child,
                 lowbit.replacement(lin, q))
     model.config.extra = {**model.config.extra, "weights": "int4 (quantized from floats, Q4_1-style groups of 32)"}
-    return int4_head(model, head)
+    return lowbit_head(model, head)
+
+
+def quantize_lm_int8(model: DecoderLM, head: str = "auto") -> DecoderLM:
+    """Replace the block Linears of a float DecoderLM by Int8Linears (8 bits per row, PyTorch's
+    `_weight_int8pack_mm`). A Q8_0 GGUF's blocks (a scale per 32 values) cannot be kept by this kernel (one
+    scale per row), so every file's weights are re-quantized from their floats: for float and Q8_0 files;
+    a Q4 file's own blocks are exact in int4, which also decodes faster (bench/RESULTS.md).
+    LoRA adapters stay beside their 8-bit base. The head: see lowbit_head."""
+    if not lowbit.int8_available():
+        raise DependencyError("this PyTorch build has no CPU int8 kernel (_weight_int8pack_mm)")
+    model.to(torch.bfloat16)
+    for name, lin in list(model.transformer.named_modules()):
+        if type(lin) not in (nn.Linear, LoRALinear):
+            continue
+        parent, _, child = name.rpartition(".")
+        setattr(model.transformer.get_submodule(parent) if parent else model.transformer, child,
+                lowbit.replacement(lin, lowbit.Int8Linear.quantized(lin.weight, lin.bias)))
+    model.config.extra = {**model.config.extra, "weights": "int8 (8 bits per row, quantized from floats)"}
+    return lowbit_head(model, head)
+
+
+def lm_to_lowbit(model: DecoderLM, dtype: str, gguf: Path | None = None, head: str = "auto") -> DecoderLM:
+    """`dtype` "int4" (lm_to_int4: a Q4 GGUF's own blocks when `gguf` is given) or "int8" (quantize_lm_int8)."""
+    return lm_to_int4(model, gguf, head) if str(dtype) == "int4" else quantize_lm_int8(model, head)
 
 
 def load_lm(path: str | os.PathLike, dtype="float32", head: str = "auto") -> LanguageModel:
     """A GGUF file, an HF Llama folder, or an mmfm LM folder. dtype "int4" keeps a Q4_0 / Q4_1 GGUF's
     4-bit blocks for the block Linears (other files: quantized to int4 groups of 32 from their floats)
-    and runs them with bf16 activations; its LM head as `head` says (int4_head)."""
-    int4 = str(dtype) in LOWBIT
+    and runs them with bf16 activations; "int8": every file's block Linears in 8 bits per row; the LM
+    head beside low-bit blocks as `head` says (lowbit_head)."""
+    lowbit_dtype = str(dtype) if str(dtype) in LOWBIT else None
     dtype = as_dtype(dtype)
     path = resolve(shipped(path))
-    if int4 and path.is_file() and _q4_file(path):
+    if lowbit_dtype == "int4" and path.is_file() and _q4_file(path):
         config, sd, tok, meta = read_gguf_int4(path)
-        model = int4_head(_build(config, sd, torch.bfloat16, str(path)), head)
+        model = lowbit_head(_build(config, sd, torch.bfloat16, str(path)), head)
         return LanguageModel(model, tok, name=meta.get("general.name") or path.stem)
-    if int4:
+    if lowbit_dtype:
         lm = load_lm(path, "bfloat16")
-        quantize_lm_int4(lm.model, head)
+        lm_to_lowbit(lm.model, lowbit_dtype, head=head)
         return lm
     if path.is_file():
         config, sd, tok, meta = read_gguf(path, dtype=dtype)
@@ -415,5 +440,5 @@ def default(dtype="float32") -> LanguageModel:
     return _DEFAULT[dtype]
 
 
-__all__ = ["LanguageModel", "Completion", "load_lm", "quantize_lm_int4", "lm_to_int4", "int4_head", "LOWBIT", "default",
-           "smollm2_path", "as_dtype"]
+__all__ = ["LanguageModel", "Completion", "load_lm", "quantize_lm_int4", "quantize_lm_int8", "lm_to_int4",
+           "lm_to_lowbit", "lowbit_head", "LOWBIT", "default", "smollm2_path", "as_dtype"]

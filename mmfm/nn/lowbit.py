@@ -73,10 +73,10 @@ class Int4Linear(nn.Module):
 
 
 class Int4LoRA(nn.Module):
-    """A LoRA-adapted Linear for inference on a 4-bit base: y = base(x) + (alpha / r) B A x, the adapters
-    kept as trained (not merged: merging would change the 4-bit base)."""
+    """A LoRA-adapted Linear for inference on a low-bit base (Int4Linear, Int8Linear): y = base(x) +
+    (alpha / r) B A x, the adapters kept as trained (not merged: merging would change the low-bit base)."""
 
-    def __init__(self, base: Int4Linear, lora: LoRALinear):
+    def __init__(self, base: nn.Module, lora: LoRALinear):
         super().__init__()
         self.base, self.scaling = base, lora.scaling
         self.lora_a = nn.Parameter(lora.lora_a.detach().to(torch.bfloat16), requires_grad=False)
@@ -96,16 +96,19 @@ class Int8Linear(nn.Module):
     Shapes: x (..., in_features) -> (..., out_features), in bf16. Buffers (saved in a state dict): codes
     (out, in) int8, scales (out,) bf16."""
 
-    def __init__(self, in_features: int, out_features: int):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("codes", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scales", torch.ones(out_features, dtype=torch.bfloat16))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=torch.bfloat16), requires_grad=False) if bias else None
 
     @classmethod
-    def quantized(cls, weight: torch.Tensor, rows: int = 4096) -> Int8Linear:
+    def quantized(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, rows: int = 4096) -> Int8Linear:
         """From a float weight (out, in), a block of rows at a time (no fp32 copy of a large head)."""
-        lin = cls(weight.shape[1], weight.shape[0])
+        lin = cls(weight.shape[1], weight.shape[0], bias=bias is not None)
+        if bias is not None:
+            lin.bias.data = bias.detach().to(torch.bfloat16)
         for i in range(0, weight.shape[0], rows):
             w = weight[i : i + rows].detach().float()
             # the scale is rounded to bf16 first, so codes are computed against the scale the kernel uses
@@ -118,6 +121,8 @@ class Int8Linear(nn.Module):
         shape = x.shape
         y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.codes,
                                                self.scales)
+        if self.bias is not None:
+            y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features)
 
     def dequantized(self) -> torch.Tensor:
@@ -128,7 +133,7 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per row"
 
 
-def replacement(linear: nn.Module, base: Int4Linear) -> nn.Module | None:
+def replacement(linear: nn.Module, base: nn.Module) -> nn.Module | None:
     """What takes an nn.Linear's (or a LoRALinear's) place once its weight is `base`; None for others."""
     if type(linear) is nn.Linear:
         return base
