@@ -51,6 +51,8 @@ def test_int8_linear_is_the_row_quantized_weight():
     torch.manual_seed(0)
     w = torch.randn(300, 96) * torch.rand(300, 1)  # rows of different ranges
     w[7] = 0  # a zero row gets a tiny scale, not a division by zero
+    with pytest.raises(ValueError):  # a width PyTorch's int8 kernel crashes on is refused, not run
+        Int8Linear(40, 8)
     lin, blocks = Int8Linear.quantized(w), Int8Linear.quantized(w, rows=64)
     assert torch.equal(lin.codes, blocks.codes) and torch.equal(lin.scales, blocks.scales)
     assert lin.codes.dtype == torch.int8 and lin.codes.abs().max() <= 127 and lin.scales.dtype == torch.bfloat16
@@ -100,6 +102,24 @@ def test_int8_lm_from_a_q8_0_gguf_and_from_floats(tmp_path, tiny_tok):
     # a float folder goes the same way (and LoRA-free: every block Linear)
     folder = save_hf_folder(tiny_llama(len(tokens), tie=False), tmp_path / "hf", tok)
     assert len([m for m in load_lm(folder, "int8").model.transformer.modules() if isinstance(m, Int8Linear)]) == 8
+
+
+def test_a_molmo2_lm_goes_low_bit_from_floats_and_odd_widths_stay_bf16(tmp_path):
+    from transformers import Molmo2ForConditionalGeneration
+
+    from tests.test_molmo2 import hf_config
+
+    torch.manual_seed(0)
+    Molmo2ForConditionalGeneration(hf_config("qwen3")).eval().save_pretrained(tmp_path)
+    f = mmfm.load(tmp_path)
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    ref = f.lm(ids).logits.float()
+    for dtype, kind in (("int4", Int4Linear), ("int8", Int8Linear)):
+        m = mmfm.load(tmp_path, dtype=dtype)  # widths the kernels cannot take (40) stay bf16, no crash:
+        lin = [x for x in m.lm.transformer.modules() if isinstance(x, kind)]  # only int8's mlp.down (64 -> 40)
+        assert len(lin) == (0 if dtype == "int4" else 2) and m.lm.embed.weight.dtype == torch.bfloat16
+        got = m.lm(ids).logits.float()
+        assert torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0) > 0.99, dtype
 
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])

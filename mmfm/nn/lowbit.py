@@ -98,6 +98,8 @@ class Int8Linear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__()
+        if in_features % GROUP:  # the kernel crashes the process on widths of 8 mod 16 (seen with 24, 40, 56)
+            raise ValueError(f"int8: in_features {in_features} is not a multiple of {GROUP}")
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("codes", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scales", torch.ones(out_features, dtype=torch.bfloat16))
