@@ -279,6 +279,17 @@ def lm_to_int4(model: DecoderLM, gguf: Path | None = None, head: str = "auto") -
     return model
 
 
+def _swap_block_linears(model: DecoderLM, low_bit) -> None:
+    """Each nn.Linear / LoRALinear of the blocks replaced by `low_bit(linear)` (its low-bit base, beside
+    which a LoRA's adapters stay), or kept where that returns None."""
+    for name, lin in list(model.transformer.named_modules()):
+        if type(lin) not in (nn.Linear, LoRALinear) or (base := low_bit(lin)) is None:
+            continue
+        parent, _, child = name.rpartition(".")
+        setattr(model.transformer.get_submodule(parent) if parent else model.transformer, child,
+                lowbit.replacement(lin, base))
+
+
 def quantize_lm_int4(model: DecoderLM, head: str = "auto") -> DecoderLM:
     """Replace the block Linears of a float DecoderLM by Int4Linears, each group of 32 weights stored as
     Q4_1 stores it (min and step, codes 0..15): for LMs that come as floats (HF folders, the LM inside
@@ -287,13 +298,12 @@ def quantize_lm_int4(model: DecoderLM, head: str = "auto") -> DecoderLM:
     if not lowbit.available():
         raise DependencyError("this PyTorch build has no CPU int4 kernel (_weight_int4pack_mm_for_cpu)")
     model.to(torch.bfloat16)  # what is not 4-bit runs in bf16, as the kernel does
-    for name, lin in list(model.transformer.named_modules()):
-        if type(lin) not in (nn.Linear, LoRALinear):
-            continue
+
+    def int4(lin: nn.Module) -> Int4Linear | None:
         w = lin.weight.detach().float()
         n, k = w.shape
         if k % lowbit.GROUP or n % 16:  # widths the kernel cannot pack (tiny test configs): kept as they are
-            continue
+            return None
         groups = w.reshape(n, k // lowbit.GROUP, lowbit.GROUP)
         lo, hi = groups.amin(-1), groups.amax(-1)
         step = ((hi - lo) / 15).clamp_min(1e-12)
@@ -302,9 +312,9 @@ def quantize_lm_int4(model: DecoderLM, head: str = "auto") -> DecoderLM:
         q.packed, q.scales_and_zeros = lowbit.pack_int4(codes, step, lo)
         if lin.bias is not None:
             q.bias.data = lin.bias.detach().to(torch.bfloat16)
-        parent, _, child = name.rpartition(".")
-        setattr(model.transformer.get_submodule(parent) if parent else model.transformer, child,
-                lowbit.replacement(lin, q))
+        return q
+
+    _swap_block_linears(model, int4)
     model.config.extra = {**model.config.extra, "weights": "int4 (quantized from floats, Q4_1-style groups of 32)"}
     return lowbit_head(model, head)
 
@@ -318,12 +328,8 @@ def quantize_lm_int8(model: DecoderLM, head: str = "auto") -> DecoderLM:
     if not lowbit.int8_available():
         raise DependencyError("this PyTorch build has no CPU int8 kernel (_weight_int8pack_mm)")
     model.to(torch.bfloat16)
-    for name, lin in list(model.transformer.named_modules()):
-        if type(lin) not in (nn.Linear, LoRALinear) or lin.in_features % lowbit.GROUP:  # (as int4: kept as is)
-            continue
-        parent, _, child = name.rpartition(".")
-        setattr(model.transformer.get_submodule(parent) if parent else model.transformer, child,
-                lowbit.replacement(lin, lowbit.Int8Linear.quantized(lin.weight, lin.bias)))
+    _swap_block_linears(model, lambda lin: None if lin.in_features % lowbit.GROUP  # (as int4: kept as is)
+                        else lowbit.Int8Linear.quantized(lin.weight, lin.bias))
     model.config.extra = {**model.config.extra, "weights": "int8 (8 bits per row, quantized from floats)"}
     return lowbit_head(model, head)
 
