@@ -11,6 +11,7 @@ API decodes one sequence at a time). Greedy, no end token. Then: greedy agreemen
 dequantized model (bf16 and fp32) on a prompt set, and each engine's peak RSS in a fresh process.
 
     python bench/lm_vs_llamacpp.py [--prompt-len 128] [--new 33] [--repeats 3] [--dtypes bfloat16,int4] [--compiled]
+                                   [--static]
                                    [--json F]
 """
 
@@ -54,7 +55,16 @@ def rss_child(engine: str, threads: int) -> None:
         base = _status_mb("VmRSS")
         import mmfm.lm as L
 
-        L.default(engine).generate("What is the capital of France?", max_new_tokens=32)
+        if engine.endswith("-static"):  # the batch-1 steps compiled ahead of time, as --static times them
+            from mmfm.nn.generate import GenerationConfig, generate
+            from mmfm.nn.static_decode import StaticDecoder
+
+            lm = L.load_lm(L.smollm2_path(), engine.removesuffix("-static"), head="int8")
+            fast = StaticDecoder(lm.model, "aot")
+            ids = torch.tensor([lm.prompt_ids("What is the capital of France?")])
+            generate(fast, ids, config=GenerationConfig(max_new_tokens=32))
+        else:
+            L.default(engine).generate("What is the capital of France?", max_new_tokens=32)
     print(base, _status_mb("VmHWM"))
 
 
@@ -88,6 +98,9 @@ def main() -> None:
                     "on a CPU without native bf16 (AVX2 only) use float32,int4")
     ap.add_argument("--compiled", action="store_true", help="Also time each of --dtypes under torch.compile "
                     "(inductor, dynamic shapes; the compile time is printed and not counted).")
+    ap.add_argument("--static", action="store_true", help="Also time each of --dtypes with its batch-1 steps "
+                    "on fixed-size caches compiled by AOTInductor (mmfm.nn.static_decode; batch 8 and prompts as "
+                    "--compiled, or eager without it; compile time printed, not counted).")
     ap.add_argument("--json", default=None)
     ap.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--rss-only", action="store_true", help="Only the peak-RSS comparison.")
@@ -126,16 +139,33 @@ def main() -> None:
 
     engines = {"llama.cpp": run_llama,
                **{f"mmfm {k}": (lambda n, b, lm=lm: run_mmfm(lm.model, n, b)) for k, lm in ours.items()}}
+    # Under a compiler the head runs as the graph's own matmul, not oneDNN's prepacked one that makes the
+    # bf16 head the faster one eager on some hosts: the compiled engines take the int8 head.
+    fast_lms = {k: (L.load_lm(path, d, head="int8") if d in ("int4", "int8") else ours[k])
+                for k, d in zip(ours, a.dtypes.split(","))} if a.compiled or a.static else {}
+    compiled_models = {}
     if a.compiled:
         from mmfm.compiled import compiled
 
-        for k, lm in ours.items():
-            fast = compiled(lm.model, dynamic=True)
+        for k, lm in fast_lms.items():
+            fast = compiled_models[k] = compiled(lm.model, dynamic=True)
             t = time.perf_counter()
             for b in (1, 8):
                 run_mmfm(fast, 3, b, prepack=False)  # compiles (oneDNN-prepacked Linears cannot be lowered)
             print(f"compiled {k}: first calls {time.perf_counter() - t:.0f} s", flush=True)
             engines[f"mmfm {k} compiled"] = lambda n, b, fast=fast: run_mmfm(fast, n, b, prepack=False)
+    static_lms = {}
+    if a.static:
+        from mmfm.nn.static_decode import StaticDecoder
+
+        for k, lm in fast_lms.items():
+            # batch 1 steps on fixed-size caches, compiled ahead of time; prompts and batch 8 as --compiled
+            fast = StaticDecoder(lm.model, "aot", other=compiled_models.get(k))
+            t = time.perf_counter()
+            fast.warm(1, a.prompt_len + a.new)
+            print(f"static {k}: AOTInductor compile of the batch-1 step {time.perf_counter() - t:.0f} s", flush=True)
+            static_lms[f"{k} static"] = L.LanguageModel(fast, lm.tokenizer)
+            engines[f"mmfm {k} static"] = lambda n, b, fast=fast: run_mmfm(fast, n, b, prepack=False)
     print(f"{cpu_name()}, {a.threads} threads, torch {torch.__version__}, llama-cpp-python {llama_cpp.__version__}, "
           f"prompt {a.prompt_len}, {a.new} new tokens, median of {a.repeats} rounds (engines alternating; each "
           f"round's decode rate from its own pair of timings)")
@@ -169,20 +199,24 @@ def main() -> None:
     agree = {}
     lowbit = [k for k in ("int4", "int8") if k in ours]
     if lowbit:  # greedy agreement of each low-bit model with the dequantized one(s): each answers once
-        refs = {k: ours[k] for k in ("bf16", "fp32") if k in ours}
+        refs = {k: ours[k] for k in ("bf16", "fp32", *lowbit[:1]) if k in ours}  # (+ eager int4 for --static)
         if "fp32" not in refs:
             refs["fp32"] = L.load_lm(path, "float32")
         want = {r: [ref.complete(p, max_new_tokens=32)[0].tokens for p in PROMPTS] for r, ref in refs.items()}
-        for low in lowbit:
-            mine = [ours[low].complete(p, max_new_tokens=32)[0].tokens for p in PROMPTS]
+        for low in lowbit + [k for k in static_lms]:
+            model = ours[low] if low in ours else static_lms[low]
+            mine = [model.complete(p, max_new_tokens=32)[0].tokens for p in PROMPTS]
             for ref_name, theirs in want.items():
+                if ref_name == low:
+                    continue
                 first = [next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
                          for x, y in zip(mine, theirs)]
                 same = sum(x == y for x, y in zip(mine, theirs))
                 agree[f"{low} vs {ref_name}"] = {"identical": same, "of": len(PROMPTS), "first_difference": first}
-                print(f"{low} ({ours[low].config.extra.get('weights')}) vs dequantized {ref_name}: {same}/"
+                print(f"{low} ({model.config.extra.get('weights')}) vs {ref_name}: {same}/"
                       f"{len(PROMPTS)} greedy answers identical (32 tokens); first differing token {first}")
-    rss, torch_mb = print_rss(a.threads, tuple(a.dtypes.split(",")))
+    rss, torch_mb = print_rss(a.threads, tuple(a.dtypes.split(",")) + tuple(
+        f"{d}-static" for d in a.dtypes.split(",") if a.static and d in ("int4", "int8")))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"rows": rows, "agreement": agree, "rss": rss, "torch_import_mb": torch_mb,

@@ -67,20 +67,4 @@ def compiled(fn, *, dynamic: bool | None = None, freeze: bool = False, name: str
     return fn if isinstance(fn, Compiled) else Compiled(fn, dynamic=dynamic, freeze=freeze, name=name)
 
 
-def compile_decoding(lm, warm=(1, 2)) -> float:
-    """A language model (anything with `.model` and `.complete`, e.g. mmfm.lm.LanguageModel) decoding
-    through torch.compile from now on: `lm.model` is wrapped (dynamic shapes) and warmed with a short
-    generation at each batch size in `warm` (1 and > 1 are separate graphs, prefill and decode too), so
-    the compile time is paid here, once, not by a first request. Returns the warm-up seconds. For
-    servers (`mmfm serve --compile`): it pays with int4 weights, after minutes of compiling on 2 cores
-    (bench/RESULTS.md, `python bench/lm_vs_llamacpp.py --compiled`); off by default."""
-    import time
-
-    lm.model = compiled(lm.model, dynamic=True, name="the language model")
-    t = time.perf_counter()
-    for n in warm:
-        lm.complete("Hello", n=n, max_new_tokens=4)
-    return time.perf_counter() - t
-
-
-__all__ = ["Compiled", "compiled", "compile_decoding"]
+__all__ = ["Compiled", "compiled"]

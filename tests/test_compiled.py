@@ -71,20 +71,27 @@ def test_a_graph_the_compiler_cannot_lower_runs_eagerly_with_one_warning():
 
 
 def test_compiled_decoding_gives_the_eager_tokens_without_packing(tmp_path):
-    """`mmfm serve --compile`: the LM decodes through inductor (no fallback to eager), greedy tokens as
-    eager, and the oneDNN/MKL-packed Linears of eager decoding are never handed to the compiler."""
+    """`mmfm serve --compile`: one-answer steps through AOTInductor, prompts and batches through inductor
+    (no fallback to eager anywhere), greedy tokens as eager, and the oneDNN/MKL-packed Linears of eager
+    decoding are never handed to the compiler."""
     import mmfm
-    from mmfm.compiled import compile_decoding
+    from mmfm.lm.decoding import compile_decoding
+    from mmfm.nn.static_decode import StaticDecoder
     from tests.lm_helpers import save_hf_folder, tiny_llama, tiny_tokenizer
 
     tok, _, _ = tiny_tokenizer()
     lm = mmfm.load(save_hf_folder(tiny_llama(tok.get_vocab_size()), tmp_path / "hf", tok))
     prompts = ["hello there", "the quick brown fox"]
     eager = [c.tokens for c in lm.complete(prompts, max_new_tokens=8)]
-    assert compile_decoding(lm, warm=(2,)) > 0
-    assert isinstance(lm.model, Compiled)
+    eager_one = lm.complete(prompts[1], max_new_tokens=8)[0].tokens
+    assert compile_decoding(lm, warm=(2,), max_len=32) > 0
+    assert isinstance(lm.model, StaticDecoder) and isinstance(lm.model.other, Compiled)
+    assert set(lm.model.runners) == {(1, 256)}  # the tiny model's window (256) is its only bucket
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a compile failure (eager fallback) warns: here it fails the test
         again = [c.tokens for c in lm.complete(prompts, max_new_tokens=8)]
-    assert lm.model.failed is None and again == eager
-    assert PackedLinears.maybe(lm.model, 2, 8, None) is None
+        one = lm.complete(prompts[1], max_new_tokens=8)[0].tokens
+    assert lm.model.failed is None and lm.model.other.failed is None
+    assert again == eager and one == eager_one
+    assert PackedLinears.maybe(lm.model, 1, 8, None) is None
+    assert compile_decoding(lm, warm=(), max_len=32) >= 0 and not isinstance(lm.model.model, StaticDecoder)

@@ -78,14 +78,15 @@ COMPILE = typer.Option(False, "--compile", help="torch.compile the training step
                        "compiling fails); worth it for long runs (bench/compile_speed.py).")
 
 
-COMPILE_LM = typer.Option(False, "--compile", help="torch.compile the language model's decoding (pays most with "
-                          "--dtype int4): compiled and warmed at start, which takes minutes on 2 cores the first "
-                          "time (inductor caches it on disk); eager if compiling fails (bench/RESULTS.md).")
+COMPILE_LM = typer.Option(False, "--compile", help="Compile the language model's decoding (pays most with --dtype "
+                          "int4): one-answer steps ahead of time (AOTInductor), prompts and batches with "
+                          "torch.compile; compiled and warmed at start, which takes minutes on 2 cores; eager if "
+                          "compiling fails (bench/RESULTS.md).")
 
 
 def compile_lm(lm) -> None:
     """--compile of the serving commands: compile and warm the LM before the server listens."""
-    from mmfm.compiled import compile_decoding
+    from mmfm.lm.decoding import compile_decoding
 
     typer.echo("compiling the language model's decoding (minutes the first time on this host)...", err=True)
     typer.echo(f"compiled and warmed in {compile_decoding(lm):.0f} s", err=True)

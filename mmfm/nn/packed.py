@@ -109,7 +109,8 @@ class PackedLinears:
         """Packs when it pays: on the CPU, with MKL or oneDNN, outside autocast (the packed ops do not
         autocast), for at least 4 decode steps (a first packing costs about three).
         enabled=False never packs; True packs whenever it can."""
-        if enabled is False or not available() or torch.is_autocast_enabled("cpu") or isinstance(model, Compiled):
+        if enabled is False or not available() or torch.is_autocast_enabled("cpu") or isinstance(model, Compiled) \
+                or getattr(model, "compiles", False):
             return None  # (a compiled model: inductor cannot lower the packed ops, and fuses better without)
         if enabled is None and new_tokens < 4:
             return None
