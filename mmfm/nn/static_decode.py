@@ -83,9 +83,9 @@ class StaticDecoder(nn.Module):
     model; e.g. the model under torch.compile). Called as the model is, by mmfm.nn.generate.
 
     backend None runs the static step eagerly (the same numbers as the model, for tests); "aot" exports it
-    for each (batch, cache bucket) and compiles it with AOTInductor to a shared library on first use (about
-    half a minute each for SmolLM2-135M on 2 cores: `warm` pays it ahead), then calls it without Python-side
-    guards. Caches are rounded up to a bucket (`buckets`) so that a few graphs serve every length."""
+    for each (batch, cache bucket) and compiles it with AOTInductor to a shared library on first use (`warm`
+    pays that ahead; its time per graph: bench/RESULTS.md), then calls it without Python-side guards. Caches
+    are rounded up to a bucket (`buckets`) so that a few graphs serve every length."""
 
     def __init__(self, model: DecoderLM, backend: str | None = None, *, batches=(1,), other=None,
                  buckets=(256, 512, 1024, 2048, 4096, 8192, 16384, 32768)):
@@ -100,7 +100,7 @@ class StaticDecoder(nn.Module):
         self.runners: dict[tuple[int, int], object] = {}
         self.compile_seconds: dict[tuple[int, int], float] = {}
         self.failed: str | None = None
-        self._buffers_of: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._buffers_of: dict[int, list[torch.Tensor]] = {}
 
     @property
     def config(self):
@@ -193,16 +193,16 @@ class StaticDecoder(nn.Module):
 
 def _aot(step: _Step, config, batch: int, slots: int):
     """AOTInductor: export the step for one batch size and cache length (the caches as inputs it writes)
-    and compile it to a shared library. Fixed sizes: symbolic ones made the step ~7 % slower."""
+    and compile it to a shared library. Fixed sizes: symbolic ones made the step slower (bench/RESULTS.md).
+    The package file is removed once loaded (the loader has extracted what it runs)."""
     c, dtype = config, step.model.dtype
     example = (torch.zeros(batch, 1, dtype=torch.long), torch.zeros(batch, 1, dtype=torch.long),
                torch.tensor([0]), torch.ones(batch, slots, dtype=torch.bool),
                *[torch.zeros(batch, c.kv_heads, slots, c.head_dim, dtype=dtype) for _ in range(2 * c.layers)])
-    with torch.inference_mode():
+    with torch.inference_mode(), tempfile.TemporaryDirectory(prefix="mmfm-aot-") as folder:
         program = torch.export.export(step, example, strict=False)
-        folder = Path(tempfile.mkdtemp(prefix="mmfm-aot-"))
-        package = torch._inductor.aoti_compile_and_package(program, package_path=str(folder / "step.pt2"))
-    return torch._inductor.aoti_load_package(package)
+        package = torch._inductor.aoti_compile_and_package(program, package_path=str(Path(folder) / "step.pt2"))
+        return torch._inductor.aoti_load_package(package)
 
 
 __all__ = ["SlotCache", "StaticDecoder"]
