@@ -202,7 +202,17 @@ def _aot(step: _Step, config, batch: int, slots: int):
     with torch.inference_mode(), tempfile.TemporaryDirectory(prefix="mmfm-aot-") as folder:
         program = torch.export.export(step, example, strict=False)
         package = torch._inductor.aoti_compile_and_package(program, package_path=str(Path(folder) / "step.pt2"))
-        return torch._inductor.aoti_load_package(package)
+        return _flat_call(torch._inductor.aoti_load_package(package))
+
+
+def _flat_call(loaded):
+    """The loaded step called with its inputs as one flat list, as the package's own call ends up doing:
+    that call re-reads the call spec and flattens the 64 inputs again on every step. Falls back to it where
+    a torch version has no `loader.boxed_run`."""
+    run = getattr(getattr(loaded, "loader", None), "boxed_run", None)
+    if run is None:
+        return loaded
+    return lambda *inputs: run(list(inputs))[0]
 
 
 __all__ = ["SlotCache", "StaticDecoder"]
