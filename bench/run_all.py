@@ -200,7 +200,8 @@ def lm_decode(quick: bool) -> Pair:
 
 def lm_llamacpp(quick: bool) -> Pair:
     """The same GGUF as shipped (Q4_1) in llama.cpp (llama-cpp-python, same threads), batch 1, prompt 128,
-    32 greedy decode steps, vs mmfm with the file's 4-bit blocks (int4) and in bf16."""
+    32 greedy decode steps, vs mmfm with the file's 4-bit blocks (int4; and without --quick, int4 with its
+    batch-1 steps compiled ahead of time, mmfm.nn.static_decode) and in bf16."""
     import llama_cpp
     import numpy as np
 
@@ -220,10 +221,15 @@ def lm_llamacpp(quick: bool) -> Pair:
         for _ in range(n - 1):
             llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
 
-    ours = {k: L.load_lm(path, d) for k, d in (("bf16", "bfloat16"), ("int4", "int4"))}
+    ours = {k: L.load_lm(path, d).model for k, d in (("bf16", "bfloat16"), ("int4", "int4"))}
+    if not quick:  # + the batch-1 steps compiled ahead of time, as `serve --compile` runs them (~30 s to compile)
+        from mmfm.nn.static_decode import StaticDecoder
 
-    def mm(lm):
-        return _decode_timer(lambda n: generate(lm.model, ids, torch.ones_like(ids),
+        ours["int4 static"] = StaticDecoder(L.load_lm(path, "int4", head="int8").model, "aot")
+        ours["int4 static"].warm(1, 161)
+
+    def mm(model):
+        return _decode_timer(lambda n: generate(model, ids, torch.ones_like(ids),
                                                 config=GenerationConfig(max_new_tokens=n)))
 
     return Pair(f"llama.cpp (llama-cpp-python {llama_cpp.__version__})", {"Q4_1": _decode_timer(llama)},
