@@ -38,6 +38,8 @@ except ImportError:  # pragma: no cover - a torch without dynamo
 class Compiled:
     """`fn` (a module or a function) behind torch.compile; eager after the first compiler failure."""
 
+    compiles = True  # (mmfm.nn.packed never hands a compiler its prepacked Linears; StaticDecoder says it too)
+
     def __init__(self, fn, *, dynamic: bool | None = None, freeze: bool = False, name: str | None = None):
         self.fn = fn
         self.name = name or getattr(fn, "__qualname__", None) or type(fn).__name__

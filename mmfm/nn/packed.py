@@ -21,7 +21,6 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from mmfm.compiled import Compiled
 from mmfm.nn.lora import LoRALinear
 
 _DTYPES = (torch.float32, torch.bfloat16)
@@ -109,8 +108,7 @@ class PackedLinears:
         """Packs when it pays: on the CPU, with MKL or oneDNN, outside autocast (the packed ops do not
         autocast), for at least 4 decode steps (a first packing costs about three).
         enabled=False never packs; True packs whenever it can."""
-        if enabled is False or not available() or torch.is_autocast_enabled("cpu") or isinstance(model, Compiled) \
-                or getattr(model, "compiles", False):
+        if enabled is False or not available() or torch.is_autocast_enabled("cpu") or getattr(model, "compiles", False):
             return None  # (a compiled model: inductor cannot lower the packed ops, and fuses better without)
         if enabled is None and new_tokens < 4:
             return None

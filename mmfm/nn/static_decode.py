@@ -100,7 +100,7 @@ class StaticDecoder(nn.Module):
         self.runners: dict[tuple[int, int], object] = {}
         self.compile_seconds: dict[tuple[int, int], float] = {}
         self.failed: str | None = None
-        self._buffers_of: dict[int, list[torch.Tensor]] = {}
+        self._latest: SlotCache | None = None  # the first cache of the generation new_caches made last
 
     @property
     def config(self):
@@ -140,22 +140,18 @@ class StaticDecoder(nn.Module):
         caches = [SlotCache(torch.zeros(shape, dtype=dtype or self.dtype, device=self.device),
                             torch.zeros(shape, dtype=dtype or self.dtype, device=self.device))
                   for _ in range(c.layers)]
-        # the latest generation's only; the tensors as made, to tell if a caller swapped them
-        self._buffers_of = {id(caches[0]): [c.k for c in caches] + [c.v for c in caches]}
+        self._latest = caches[0]  # (held, not its id: a freed list's id can come back for other caches)
         return caches
 
     def forward(self, input_ids=None, *, attention_mask=None, position_ids=None, caches=None, **kwargs):
-        buffers = None  # this generation's static buffers, for a one-token step without extra inputs
-        if (input_ids is not None and input_ids.shape[1] == 1 and caches and position_ids is not None
-                and not any(v is not None for k, v in kwargs.items() if k != "logits_to_keep")):
-            buffers = self._buffers_of.get(id(caches[0]))
-        runner = self._runner(input_ids.shape[0], buffers[0].shape[2]) if buffers else None
+        static = (input_ids is not None and input_ids.shape[1] == 1 and caches and caches[0] is self._latest
+                  and position_ids is not None
+                  and not any(v is not None for k, v in kwargs.items() if k != "logits_to_keep"))
+        b, s = (input_ids.shape[0], caches[0].k.shape[2]) if static else (0, 0)
+        runner = self._runner(b, s) if static else None
         if runner is None:  # not a static step, or the compiler could not build it: the model's way
             return self.other(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                               caches=caches, **kwargs)
-        if any(c.k is not k for c, k in zip(caches, buffers)):  # (beam search reorders in place)
-            raise RuntimeError("the static caches were replaced; decode with the caches new_caches returned")
-        b, s = input_ids.shape[0], buffers[0].shape[2]
         pos = caches[0].pos
         if pos >= s:
             raise RuntimeError(f"KV cache full: {pos} + 1 > {s} positions")
@@ -164,7 +160,8 @@ class StaticDecoder(nn.Module):
             valid[:, : attention_mask.shape[1]] = attention_mask.bool()
         slot = torch.tensor([pos], device=input_ids.device)
         with torch.inference_mode():  # a decoding step
-            logits = runner(input_ids, position_ids, slot, valid, *buffers)
+            # (beam search reorders SlotCaches in place: their k / v stay the tensors a step writes)
+            logits = runner(input_ids, position_ids, slot, valid, *[c.k for c in caches], *[c.v for c in caches])
         for c in caches:
             c.pos += 1
         return DecoderOutput(logits=logits[:, None], last_hidden=None, hidden_states=None)
