@@ -101,6 +101,15 @@ def test_aot_compiled_steps_give_the_eager_tokens():
     runner = fast.runners[1, 256]
     generate(fast, ids[2:], config=cfg)
     assert fast.runners[1, 256] is runner and fast.compile_seconds[1, 256] > 0
+    # the library reads the model's weights where they are (no second copy): an in-place change shows
+    shared = {t.data_ptr() for t in runner.constants.values()}
+    assert all(w.data_ptr() in shared for w in m.parameters())
+    before = generate(m, ids[:1], config=cfg).tokens
+    with torch.no_grad():
+        for w in m.parameters():
+            w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(w.numel())))
+    after = generate(m, ids[:1], config=cfg).tokens
+    assert after != before and generate(fast, ids[:1], config=cfg).tokens == after
 
 
 def test_a_compiler_failure_warns_once_and_decodes_the_models_way(monkeypatch):

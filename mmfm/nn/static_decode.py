@@ -7,7 +7,7 @@ the model on every call: on 2 CPU cores that bookkeeping is a sizeable share of 
 with S rounded up to a bucket; a step writes its key/value at slot `pos` (a tensor, in place) and
 attends to the whole cache under a mask of the slots filled so far. Every step of a (B, S) is then
 the same function of tensors only, which torch.export can capture and AOTInductor compile once to a
-shared library that is called without guards.
+shared library that is called without guards and reads the model's own weights (no second copy).
 
     fast = StaticDecoder(model, "aot")     # batch 1 steps compiled on first use (or fast.warm())
     generate(fast, ids, mask, config=...)  # the prompt runs through `model` as usual, the steps as above
@@ -20,9 +20,12 @@ the model's, greedy tokens identical); compiled, bf16 rounding may differ as und
 
 from __future__ import annotations
 
+import io
+import json
 import tempfile
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -191,25 +194,56 @@ class StaticDecoder(nn.Module):
 def _aot(step: _Step, config, batch: int, slots: int):
     """AOTInductor: export the step for one batch size and cache length (the caches as inputs it writes)
     and compile it to a shared library. Fixed sizes: symbolic ones made the step slower (bench/RESULTS.md).
-    The package file is removed once loaded (the loader has extracted what it runs)."""
+    The library reads the model's own weights in place (see `_shared_constants`); the package file is
+    removed once loaded (the loader has extracted what it runs)."""
     c, dtype = config, step.model.dtype
     example = (torch.zeros(batch, 1, dtype=torch.long), torch.zeros(batch, 1, dtype=torch.long),
                torch.tensor([0]), torch.ones(batch, slots, dtype=torch.bool),
                *[torch.zeros(batch, c.kv_heads, slots, c.head_dim, dtype=dtype) for _ in range(2 * c.layers)])
+    # weights beside the library, not inside it: a library with its own copy holds the model twice
+    options = {"aot_inductor.package_constants_in_so": False,
+               "aot_inductor.package_constants_on_disk_format": "pickle_weights"}
     with torch.inference_mode(), tempfile.TemporaryDirectory(prefix="mmfm-aot-") as folder:
         program = torch.export.export(step, example, strict=False)
-        package = torch._inductor.aoti_compile_and_package(program, package_path=str(Path(folder) / "step.pt2"))
-        return _flat_call(torch._inductor.aoti_load_package(package))
+        package = torch._inductor.aoti_compile_and_package(program, package_path=str(Path(folder) / "step.pt2"),
+                                                           inductor_configs=options)
+        loaded = torch._inductor.aoti_load_package(package)
+        constants = _shared_constants(package, step)
+    loaded.load_constants(constants, check_full_update=True, user_managed=True)
+    return _Library(loaded, constants)
 
 
-def _flat_call(loaded):
-    """The loaded step called with its inputs as one flat list, as the package's own call ends up doing:
-    that call re-reads the call spec and flattens the 64 inputs again on every step. Falls back to it where
-    a torch version has no `loader.boxed_run`."""
-    run = getattr(getattr(loaded, "loader", None), "boxed_run", None)
-    if run is None:
-        return loaded
-    return lambda *inputs: run(list(inputs))[0]
+def _shared_constants(package: str, step: nn.Module) -> dict[str, torch.Tensor]:
+    """The library's constants, each the step's own tensor where it is one (same shape and strides) and read
+    from the package otherwise (the few the compiler made, e.g. a kernel's group size as a tensor). The step's
+    tensors are given as aliases: the storage stays alive for the library even if a parameter's .data is
+    later replaced (the library then keeps reading the old weights, as a compiled copy would)."""
+    own = {**dict(step.named_parameters(remove_duplicate=False)), **dict(step.named_buffers(remove_duplicate=False))}
+    with zipfile.ZipFile(package) as z:
+        config_file = next(n for n in z.namelist() if n.endswith("/aotinductor/model/weights_config.json"))
+        weights_dir = config_file.split("/aotinductor/")[0] + "/weights/"
+        out = {}
+        for name, (file, shape, stride, offset) in json.loads(z.read(config_file)).items():
+            t = own.get(name)
+            if t is not None and list(t.shape) == shape and list(t.stride()) == stride and t.storage_offset() == offset:
+                out[name] = t.detach()
+            else:
+                out[name] = torch.load(io.BytesIO(z.read(weights_dir + file)), weights_only=True)
+    return out
+
+
+class _Library:
+    """A loaded step, called with its inputs as one flat list (`loader.boxed_run`): the package's own call
+    re-reads its call spec and flattens the 64 inputs again on every step. Falls back to that call where a
+    torch version has no `boxed_run`. Holds the constants the library reads, so they live as long as it."""
+
+    def __init__(self, loaded, constants: dict[str, torch.Tensor]):
+        run = getattr(getattr(loaded, "loader", None), "boxed_run", None)
+        self._run = run if run is not None else (lambda inputs: [loaded(*inputs)])
+        self.loaded, self.constants = loaded, constants
+
+    def __call__(self, *inputs):
+        return self._run(list(inputs))[0]
 
 
 __all__ = ["SlotCache", "StaticDecoder"]
