@@ -87,13 +87,11 @@ def print_rss(threads: int, dtypes=("bfloat16", "int4")) -> tuple[dict, float]:
 
 
 def main() -> None:
-    import torch
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new", type=int, default=33)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--threads", type=int, default=None, help="Threads for every engine (default: torch's).")
     ap.add_argument("--dtypes", default="bfloat16,int4", help="mmfm's weights to time (float32, bfloat16, int4, int8); "
                     "on a CPU without native bf16 (AVX2 only) use float32,int4")
     ap.add_argument("--compiled", action="store_true", help="Also time each of --dtypes under torch.compile "
@@ -105,6 +103,11 @@ def main() -> None:
     ap.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--rss-only", action="store_true", help="Only the peak-RSS comparison.")
     a = ap.parse_args()
+    if a.rss_child == "llama.cpp":  # before `import torch`: its peak is llama.cpp's own
+        return rss_child(a.rss_child, a.threads)
+    import torch
+
+    a.threads = a.threads or torch.get_num_threads()
     if a.rss_child:
         return rss_child(a.rss_child, a.threads)
     if a.rss_only:
