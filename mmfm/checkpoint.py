@@ -8,6 +8,7 @@ non-finite weights are refused at load with the tensor's name."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -189,8 +190,35 @@ def verify_file(path: Path) -> None:
 def check_finite(sd: dict[str, torch.Tensor], source: str) -> None:
     """NaN or inf in a weight makes every output NaN (a classifier printing nan%): refuse it by name."""
     for k, v in sd.items():
-        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            raise CheckpointError(f"{source}: tensor {k!r} holds NaN or inf values; the weights are damaged")
+        if not v.is_floating_point():
+            continue
+        flat = v.reshape(-1)
+        for i in range(0, flat.numel(), 1 << 22):  # in pieces: isfinite's scratch is a few times the tensor
+            if not bool(torch.isfinite(flat[i : i + (1 << 22)]).all()):
+                raise CheckpointError(f"{source}: tensor {k!r} holds NaN or inf values; the weights are damaged")
+
+
+@contextlib.contextmanager
+def skeleton():
+    """Modules built inside get meta tensors and skip their initialisation, for a loader that then assigns
+    the real weights (load_strict(..., assign=True)). Skipping matters beyond the wasted work: the first
+    random init on a meta tensor imports PyTorch's Python meta kernels (sympy, dynamo, ...: ~150 MB of
+    memory for good), which a model that only runs eagerly never needs."""
+    init = torch.nn.init
+    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
+    saved = {n: getattr(init, n) for n in names}
+    try:
+        for n in names:
+            setattr(init, n, _no_init)
+        with torch.device("meta"):
+            yield
+    finally:
+        for n, f in saved.items():
+            setattr(init, n, f)
+
+
+def _no_init(tensor, *args, **kwargs):
+    return tensor
 
 
 def load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint",

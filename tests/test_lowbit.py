@@ -177,6 +177,29 @@ def test_shipped_smollm2_int4_answers_as_its_dequantized_self():
     assert min(agree) >= 4 and sum(agree) >= 40, agree
 
 
+def test_loading_the_int4_lm_stays_light():
+    """A fresh process that loads the shipped int4 LM and answers never imports PyTorch's compiler stack
+    (a random init on meta tensors, or a meta arange, would import sympy, dynamo and the Python meta kernels:
+    ~150 MB held for good), and its peak memory over `import torch` stays within what the weights need
+    plus a bounded scratch (the loader converts layer by layer and hands the scratch back)."""
+    code = (
+        "import sys, torch\n"
+        "torch.set_num_threads(1)\n"
+        "rss = lambda k: int(open('/proc/self/status').read().split(k + ':')[1].split()[0]) / 1024\n"
+        "base = rss('VmRSS')\n"
+        "import mmfm.lm as L\n"
+        "lm = L.load_lm(L.smollm2_path(), 'int4', head='int8')\n"
+        "lm.generate('What is the capital of France?', max_new_tokens=4)\n"
+        "weights = sum(t.numel() * t.element_size() for t in [*lm.model.parameters(), *lm.model.buffers()])\n"
+        "print('sympy' in sys.modules, 'torch._dynamo' in sys.modules, rss('VmHWM') - base, weights / 2**20)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    sympy, dynamo, peak, weights = out.stdout.split()
+    assert sympy == dynamo == "False", out.stdout
+    # (the numbers before and after: bench/RESULTS.md)
+    assert float(peak) < float(weights) + 150, out.stdout
+
+
 def test_llava_lm_goes_int4_from_smollm2_blocks_or_int8():
     from mmfm.weights import path
     from mmfm.world import World

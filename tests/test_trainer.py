@@ -249,6 +249,12 @@ def test_a_model_folder_checks_its_files(tmp_path):
     folder = clip.save_pretrained(tmp_path / "nan")
     with pytest.raises(CheckpointError, match="'visual.proj.weight' holds NaN"):
         mmfm.load(folder)
+    from mmfm.checkpoint import check_finite
+
+    big = torch.zeros(5 << 20)  # checked in pieces: a bad value after the first piece is found too
+    big[-1] = float("inf")
+    with pytest.raises(CheckpointError, match="'big' holds NaN or inf"):
+        check_finite({"ok": torch.ones(3), "big": big}, "test")
     for bad in ("[1, 2]", "null", "\x00\x01binary"):
         (tmp_path / "odd").mkdir(exist_ok=True)
         (tmp_path / "odd" / "config.json").write_text(bad)

@@ -20,6 +20,7 @@ import torch
 from mmfm.errors import CheckpointError, DependencyError
 from mmfm.lm.tokenizer import LMTokenizer
 from mmfm.nn.decoder import DecoderConfig
+from mmfm.runtime import release_freed_memory
 
 SUPPORTED_ARCHS = ("llama",)
 
@@ -295,6 +296,8 @@ def read_gguf_int4(path: str | Path):
         for name, (codes, scale, offset) in linears.items():
             packed, sz = pack_int4(torch.from_numpy(codes), torch.from_numpy(scale), torch.from_numpy(offset))
             sd[q + name + ".packed"], sd[q + name + ".scales_and_zeros"] = packed, sz
+        del linears
+        release_freed_memory()  # a layer's scratch (codes, int32 copies) back to the OS before the next
     config.extra = {**config.extra, "weights": "int4 (the GGUF's own Q4 blocks)"}
     return config, sd, tokenizer, meta
 
@@ -339,6 +342,7 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32, skip_linears
         g.read_into(p + "ffn_up.weight", gate_up[c.hidden :])
         sd[q + "mlp.gate_up.weight"] = gate_up
         sd[q + "mlp.down.weight"] = g.load(p + "ffn_down.weight", dtype)
+        release_freed_memory()
     if tokenizer.vocab_size > c.vocab_size:
         raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens, the model only {c.vocab_size}")
     return config, sd, tokenizer, meta

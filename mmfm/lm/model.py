@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmfm.checkpoint import load_state_dict, load_strict, read_json, resolve, save_safetensors, write_manifest
+from mmfm.checkpoint import load_state_dict, load_strict, read_json, resolve, save_safetensors, skeleton, write_manifest
 from mmfm.errors import CheckpointError, ConfigError, DependencyError, InvalidPrompt, InvalidText
 from mmfm.lm.gguf_file import open_gguf, read_gguf, read_gguf_int4
 from mmfm.lm.hf_llama import read_hf_llama, write_hf_llama
@@ -31,6 +31,7 @@ from mmfm.nn.generate import (
 )
 from mmfm.nn.lora import LoRALinear, apply_lora, merge_lora
 from mmfm.nn.lowbit import Int4Linear, int4_linears
+from mmfm.runtime import release_freed_memory
 from mmfm.weights import resolve as shipped
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -211,9 +212,9 @@ class LanguageModel:
 def _build(config: DecoderConfig, sd: dict, dtype: torch.dtype, source: str) -> DecoderLM:
     """The model on the meta device, then adopting the loaded tensors: the weights exist once in memory.
     Block Linears given as 4-bit buffers (`<linear>.packed`, from read_gguf_int4) become Int4Linears."""
-    with torch.device("meta"):
+    with skeleton():
         model = DecoderLM(config).to(dtype)
-    int4_linears(model, sorted({k.rsplit(".", 1)[0] for k in sd if k.endswith(".packed")}))
+        int4_linears(model, sorted({k.rsplit(".", 1)[0] for k in sd if k.endswith(".packed")}))
     lowbit_buffers = (".packed", ".scales_and_zeros")
     sd = {k: v if k.endswith(lowbit_buffers) else v.to(dtype) for k, v in sd.items()}
     if config.tie_embeddings:
@@ -223,18 +224,8 @@ def _build(config: DecoderConfig, sd: dict, dtype: torch.dtype, source: str) -> 
         model.lm_head.weight = model.embed.weight
     if model.rotary is not None:
         model.rotary.to_empty(device="cpu").reset_buffers()
-    _release_freed_memory()
+    release_freed_memory()
     return model.eval()
-
-
-def _release_freed_memory() -> None:
-    """Hand the loader's freed scratch memory back to the OS (glibc keeps it otherwise: ~30 MB)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def lowbit_head(model: DecoderLM, head: str = "auto") -> DecoderLM:
@@ -252,6 +243,7 @@ def lowbit_head(model: DecoderLM, head: str = "auto") -> DecoderLM:
         model.lm_head = lowbit.Int8Linear.quantized(lin.weight)
         model.config.extra = {**model.config.extra, "weights": model.config.extra.get("weights", "") +
                               "; LM head int8 per row"}
+        release_freed_memory()  # the quantizer's float blocks
     return model
 
 
@@ -275,7 +267,7 @@ def lm_to_int4(model: DecoderLM, gguf: Path | None = None, head: str = "auto") -
             setattr(parent, child, new)
     model.config.extra = {**model.config.extra, "weights": "int4 (the GGUF's own Q4 blocks)"}
     lowbit_head(model, head)
-    _release_freed_memory()
+    release_freed_memory()
     return model
 
 

@@ -200,10 +200,13 @@ class LMTokenizer:
         if self._plain_tok is None:
             from tokenizers import Tokenizer
 
-            spec = json.loads(self.tok.to_str())
-            spec["added_tokens"] = []  # no token is matched whole: BPE spells everything from bytes
-            spec["post_processor"] = None
-            self._plain_tok = Tokenizer.from_str(json.dumps(spec))
+            # the same BPE model (shared, not copied) without added tokens or post-processor: no token is
+            # matched whole, BPE spells everything from bytes
+            plain = Tokenizer(self.tok.model)
+            for part in ("normalizer", "pre_tokenizer", "decoder"):
+                if getattr(self.tok, part) is not None:
+                    setattr(plain, part, getattr(self.tok, part))
+            self._plain_tok = plain
         return self._plain_tok.encode(text, add_special_tokens=False).ids
 
     def split_marked(self, text: str, marker: str, messages: list[dict]) -> list[tuple[str, bool]]:

@@ -103,7 +103,10 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
 
     def _inv_freq(self) -> torch.Tensor:
-        return 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+        # computed on the CPU even when the model is built on the meta device (a meta arange would import
+        # PyTorch's Python meta kernels; the table is tiny), then moved where the buffer lives
+        return 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device="cpu")
+                                     / self.head_dim))
 
     def reset_buffers(self) -> None:
         """Recompute inv_freq (after a model built on the meta device is materialised)."""

@@ -106,7 +106,7 @@ class Int8Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=torch.bfloat16), requires_grad=False) if bias else None
 
     @classmethod
-    def quantized(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, rows: int = 4096) -> Int8Linear:
+    def quantized(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, rows: int = 1024) -> Int8Linear:
         """From a float weight (out, in), a block of rows at a time (no fp32 copy of a large head)."""
         lin = cls(weight.shape[1], weight.shape[0], bias=bias is not None)
         if bias is not None:
