@@ -193,8 +193,8 @@ def check_finite(sd: dict[str, torch.Tensor], source: str) -> None:
         if not v.is_floating_point():
             continue
         flat = v.reshape(-1)
-        for i in range(0, flat.numel(), 1 << 22):  # in pieces: isfinite's scratch is a few times the tensor
-            if not bool(torch.isfinite(flat[i : i + (1 << 22)]).all()):
+        for i in range(0, flat.numel(), 1 << 20):  # in pieces: isfinite's scratch is a few times its input
+            if not bool(torch.isfinite(flat[i : i + (1 << 20)]).all()):
                 raise CheckpointError(f"{source}: tensor {k!r} holds NaN or inf values; the weights are damaged")
 
 

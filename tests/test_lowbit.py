@@ -83,6 +83,30 @@ def test_int4_lm_head_in_int8_or_bf16_as_asked(tmp_path, tiny_tok):
         load_lm(path, "int4", head="int2")
 
 
+def test_a_q8_0_token_table_tied_to_an_int8_head_stays_as_stored(tmp_path, tiny_tok):
+    """A Q8_0 token table (as SmolLM2's GGUF ships) under an int8 head: kept as the file's blocks, its
+    lookups the bf16 model's rows exactly, the head the one made from a bf16 table; under a bf16 head the
+    table is a bf16 Embedding as before."""
+    from mmfm.nn.lowbit import Int8Embedding
+
+    tok, tokens, merges = tiny_tok
+    hf = tiny_llama(len(tokens), tie=True)
+    path = write_gguf(hf, tmp_path / "tiny-Q4_1.gguf", tokens, merges, types={"blk.": "Q4_1", "token_embd": "Q8_0"})
+    ref = load_lm(path, "bfloat16")
+    q8, bf = load_lm(path, "int4", head="int8"), load_lm(path, "int4", head="bfloat16")
+    assert isinstance(q8.model.embed, Int8Embedding) and q8.model.embed.codes.dtype == torch.int8
+    assert not isinstance(bf.model.embed, Int8Embedding)
+    ids = torch.arange(len(tokens))
+    assert torch.equal(q8.model.embed(ids), ref.model.embed(ids))
+    assert torch.equal(bf.model.embed(ids), ref.model.embed(ids))
+    made = Int8Linear.quantized(ref.model.embed.weight)
+    assert torch.equal(q8.model.lm_head.codes, made.codes) and torch.equal(q8.model.lm_head.scales, made.scales)
+    x = torch.tensor([q8.tokenizer.encode("the red circle is left of Paris. the capital")])
+    assert q8.model.dtype == torch.bfloat16 and torch.allclose(q8.logits(x).float(), bf.logits(x).float(), atol=0.05)
+    with pytest.raises(ConfigError, match="low-bit"):  # packed codes are not weights to save as floats
+        q8.save_pretrained(tmp_path / "out")
+
+
 def test_int8_lm_from_a_q8_0_gguf_and_from_floats(tmp_path, tiny_tok):
     tok, tokens, merges = tiny_tok
     hf = tiny_llama(len(tokens), tie=True)
@@ -163,7 +187,9 @@ PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "Li
 
 def test_shipped_smollm2_int4_answers_as_its_dequantized_self():
     q, ref = L.default("int4"), L.default("bfloat16")
-    assert q.model.embed.weight.dtype == torch.bfloat16 and len(int4_layers(q.model)) == 120
+    assert len(int4_layers(q.model)) == 120
+    ids = torch.arange(0, q.config.vocab_size, 5)  # the token table: the file's values, whatever holds them
+    assert torch.equal(q.model.embed(ids), ref.model.embed(ids))
     assert "Paris" in q.generate(PROMPTS[0], max_new_tokens=16)
     agree = []
     for p in PROMPTS:

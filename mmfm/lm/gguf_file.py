@@ -119,7 +119,7 @@ class GGUFHeader:
             return [self._value(itype, depth + 1) for _ in range(n)]
         raise CheckpointError(f"{self.path}: unknown GGUF value type {vtype}; corrupt file")
 
-    def read_into(self, name: str, out: torch.Tensor, chunk_bytes: int = 8 << 20) -> torch.Tensor:
+    def read_into(self, name: str, out: torch.Tensor, chunk_bytes: int = 2 << 20) -> torch.Tensor:
         """Dequantize tensor `name` into `out` (any dtype, shape (rows, ne0)) a few rows at a time, so
         the float32 copy never exists whole (the embedding alone would be 113 MB)."""
         from gguf import GGMLQuantizationType, quants
@@ -178,6 +178,29 @@ class GGUFHeader:
         qs = blocks[:, head:]
         codes = np.concatenate([qs & 0x0F, qs >> 4], axis=1).reshape(rows, cols)
         return codes, d, m
+
+    def read_q8(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A Q8_0 tensor as it is stored: (codes (rows, cols) int8, scales (rows, cols / 32) fp16), w = scale *
+        code. ggml's block: fp16 d, then 32 int8 values."""
+        t = self.tensors.get(name)
+        if t is None or t.qtype != 8:
+            raise CheckpointError(f"{self.path}: tensor {name!r} is not Q8_0")
+        rows, cols = (int(np.prod(t.shape[:-1])) if len(t.shape) > 1 else 1), t.shape[-1]
+        codes = torch.empty(rows, cols, dtype=torch.int8)
+        scales = torch.empty(rows, cols // 32, dtype=torch.float16)
+        row_bytes = cols // 32 * 34
+        step = max(1, (2 << 20) // row_bytes)
+        with open(self.path, "rb") as f:
+            f.seek(t.offset)
+            for r0 in range(0, rows, step):
+                n = min(step, rows - r0)
+                raw = np.frombuffer(f.read(n * row_bytes), dtype=np.uint8)
+                if raw.size != n * row_bytes:
+                    raise CheckpointError(f"{self.path}: truncated GGUF file (tensor {name} is cut short)")
+                blocks = raw.reshape(n, cols // 32, 34)
+                scales[r0 : r0 + n] = torch.from_numpy(blocks[..., :2].copy().view(np.float16)[..., 0])
+                codes[r0 : r0 + n] = torch.from_numpy(blocks[..., 2:].copy().view(np.int8).reshape(n, cols))
+        return codes, scales
 
     def load(self, name: str, dtype=torch.float32) -> torch.Tensor:
         t = self.tensors.get(name)
@@ -267,14 +290,14 @@ def read_metadata(path: str | Path) -> dict:
     return open_gguf(Path(path)).meta
 
 
-def read_gguf_int4(path: str | Path):
+def read_gguf_int4(path: str | Path, embed_int8: bool = False):
     """(DecoderConfig, state dict, LMTokenizer, metadata) with the block Linears kept in the file's 4-bit
     blocks (Q4_0 / Q4_1) as mmfm.nn.lowbit's `<linear>.packed` and `.scales_and_zeros`, fused as mmfm
     fuses them (q, k, v rows; gate, up rows); embeddings and norms in bf16."""
     from mmfm.nn.lowbit import pack_int4
 
     path = Path(path)
-    config, sd, tokenizer, meta = read_gguf(path, torch.bfloat16, skip_linears=True)
+    config, sd, tokenizer, meta = read_gguf(path, torch.bfloat16, skip_linears=True, embed_int8=embed_int8)
     g = open_gguf(path)
     c = config
 
@@ -302,10 +325,12 @@ def read_gguf_int4(path: str | Path):
     return config, sd, tokenizer, meta
 
 
-def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32, skip_linears: bool = False):
+def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32, skip_linears: bool = False,
+              embed_int8: bool = False):
     """(DecoderConfig, mmfm state dict in `dtype`, LMTokenizer, metadata). Each weight is dequantized
     straight into its place in the (fused) mmfm tensor; `skip_linears` leaves out the blocks' Linears
-    (read_gguf_int4 keeps them quantized)."""
+    (read_gguf_int4 keeps them quantized); `embed_int8` keeps a Q8_0 embedding table tied to the head as
+    stored (`embed.codes`, `embed.scales`: mmfm.nn.lowbit.Int8Embedding)."""
     path = Path(path)
     g = open_gguf(path)
     meta = g.meta
@@ -317,10 +342,11 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32, skip_linears
     if g.tensors["token_embd.weight"].shape != (c.vocab_size, c.dim):
         raise CheckpointError(f"{path}: token_embd.weight is {g.tensors['token_embd.weight'].shape}, "
                               f"metadata says ({c.vocab_size}, {c.dim})")
-    sd: dict[str, torch.Tensor] = {
-        "embed.weight": g.load("token_embd.weight", dtype),
-        "norm.weight": g.load("output_norm.weight", dtype),
-    }
+    sd: dict[str, torch.Tensor] = {"norm.weight": g.load("output_norm.weight", dtype)}
+    if embed_int8 and g.tensors["token_embd.weight"].qtype == 8 and "output.weight" not in g.tensors:
+        sd["embed.codes"], sd["embed.scales"] = g.read_q8("token_embd.weight")
+    else:
+        sd["embed.weight"] = g.load("token_embd.weight", dtype)
     if "output.weight" in g.tensors:
         config.tie_embeddings = False
         sd["lm_head.weight"] = g.load("output.weight", dtype)

@@ -188,6 +188,10 @@ class LanguageModel:
 
     # ------------------------------------------------------------------------------ saving
     def save_pretrained(self, folder: str | Path, format: str = "mmfm") -> Path:
+        low_bit = (lowbit.Int4Linear, lowbit.Int8Linear, lowbit.Int8Embedding)
+        if any(isinstance(m, low_bit) for m in self.model.modules()):
+            raise ConfigError("a low-bit LM (--dtype int4 / int8) is for inference: save the model it was loaded "
+                              "from (its GGUF or float folder) instead")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         sd = {k: v.float() for k, v in self.model.state_dict().items()}
@@ -212,15 +216,22 @@ class LanguageModel:
 def _build(config: DecoderConfig, sd: dict, dtype: torch.dtype, source: str) -> DecoderLM:
     """The model on the meta device, then adopting the loaded tensors: the weights exist once in memory.
     Block Linears given as 4-bit buffers (`<linear>.packed`, from read_gguf_int4) become Int4Linears."""
+    int8_embed = "embed.codes" in sd  # a Q8_0 table kept as stored (read_gguf_int4); its tied head: below
     with skeleton():
         model = DecoderLM(config).to(dtype)
         int4_linears(model, sorted({k.rsplit(".", 1)[0] for k in sd if k.endswith(".packed")}))
-    lowbit_buffers = (".packed", ".scales_and_zeros")
+        if int8_embed:
+            model.embed, model.lm_head = lowbit.Int8Embedding(*model.embed.weight.shape), nn.Identity()
+    lowbit_buffers = (".packed", ".scales_and_zeros", "embed.codes", "embed.scales")
     sd = {k: v if k.endswith(lowbit_buffers) else v.to(dtype) for k, v in sd.items()}
-    if config.tie_embeddings:
+    if config.tie_embeddings and not int8_embed:
         sd["lm_head.weight"] = sd["embed.weight"]
     load_strict(model, sd, source, assign=True)
-    if config.tie_embeddings:
+    if int8_embed:
+        model.lm_head = lowbit.Int8Linear.quantized(model.embed.row_blocks())
+        config.extra = {**config.extra, "weights": config.extra.get("weights", "") +
+                        "; LM head int8 per row; token table Q8_0 as stored"}
+    elif config.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     if model.rotary is not None:
         model.rotary.to_empty(device="cpu").reset_buffers()
@@ -340,7 +351,13 @@ def load_lm(path: str | os.PathLike, dtype="float32", head: str = "auto") -> Lan
     dtype = as_dtype(dtype)
     path = resolve(shipped(path))
     if lowbit_dtype == "int4" and path.is_file() and _q4_file(path):
-        config, sd, tok, meta = read_gguf_int4(path)
+        # an int8 head tied to a Q8_0 table: the table stays Q8_0 (lookups dequantize their rows), the head
+        # is made from it, and no bf16 copy of the table exists
+        from mmfm.precision import lm_head_dtype
+
+        vocab_dim = tuple(open_gguf(path).tensors["token_embd.weight"].shape)
+        int8_head = lowbit.int8_available() and lm_head_dtype(head, vocab_dim).dtype == "int8"
+        config, sd, tok, meta = read_gguf_int4(path, embed_int8=int8_head)
         model = lowbit_head(_build(config, sd, torch.bfloat16, str(path)), head)
         return LanguageModel(model, tok, name=meta.get("general.name") or path.stem)
     if lowbit_dtype:

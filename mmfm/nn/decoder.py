@@ -122,11 +122,11 @@ class DecoderLM(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.embed.weight.dtype
+        return self.norm.weight.dtype  # (not the embedding's: a low-bit table has codes, not a weight)
 
     @property
     def device(self) -> torch.device:
-        return self.embed.weight.device
+        return self.norm.weight.device
 
     def new_caches(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> list[KVCache]:
         """One preallocated KV cache per layer for `max_len` positions (prompt + new tokens)."""

@@ -106,8 +106,9 @@ class Int8Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=torch.bfloat16), requires_grad=False) if bias else None
 
     @classmethod
-    def quantized(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, rows: int = 1024) -> Int8Linear:
-        """From a float weight (out, in), a block of rows at a time (no fp32 copy of a large head)."""
+    def quantized(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, rows: int = 256) -> Int8Linear:
+        """From a float weight (out, in), a block of rows at a time (no fp32 copy of a large head); any
+        weight sliced by rows will do (Int8Embedding.row_blocks(): a head tied to a Q8_0 table)."""
         lin = cls(weight.shape[1], weight.shape[0], bias=bias is not None)
         if bias is not None:
             lin.bias.data = bias.detach().to(torch.bfloat16)
@@ -135,6 +136,44 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per row"
 
 
+class Int8Embedding(nn.Module):
+    """Token embeddings kept as ggml's Q8_0 stores them (int8 codes in blocks of 32, one fp16 scale each),
+    each looked-up row dequantized to bf16 on use, as llama.cpp does: the table takes half of bf16's bytes
+    and gives the very values a bf16 table read from the same file holds. Shapes: ids (...) -> (..., dim)
+    bf16. Buffers: codes (num, dim) int8, scales (num, dim / 32) fp16."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.register_buffer("codes", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("scales", torch.zeros(num_embeddings, embedding_dim // GROUP, dtype=torch.float16))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.rows(self.codes[ids], self.scales[ids])
+
+    @staticmethod
+    def rows(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        w = codes.float().unflatten(-1, (-1, GROUP)) * scales.float()[..., None]
+        return w.flatten(-2).to(torch.bfloat16)
+
+    def row_blocks(self):
+        """Rows as a float weight would give them, for Int8Linear.quantized (the tied LM head)."""
+        return _RowView(self)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 blocks of {GROUP} (Q8_0)"
+
+
+class _RowView:
+    """weight[i:j] of an Int8Embedding without materialising the whole table."""
+
+    def __init__(self, emb: Int8Embedding):
+        self.emb, self.shape = emb, (emb.num_embeddings, emb.embedding_dim)
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        return Int8Embedding.rows(self.emb.codes[rows], self.emb.scales[rows])
+
+
 def replacement(linear: nn.Module, base: nn.Module) -> nn.Module | None:
     """What takes an nn.Linear's (or a LoRALinear's) place once its weight is `base`; None for others."""
     if type(linear) is nn.Linear:
@@ -155,5 +194,5 @@ def int4_linears(model: nn.Module, names) -> None:
             setattr(parent, child, Int4Linear(lin.in_features, lin.out_features, bias=lin.bias is not None))
 
 
-__all__ = ["Int4Linear", "Int4LoRA", "Int8Linear", "int8_available", "replacement", "pack_int4", "int4_linears",
-           "available", "GROUP"]
+__all__ = ["Int4Linear", "Int4LoRA", "Int8Embedding", "Int8Linear", "int8_available", "replacement", "pack_int4",
+           "int4_linears", "available", "GROUP"]

@@ -20,8 +20,10 @@ the model's, greedy tokens identical); compiled, bf16 rounding may differ as und
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import tempfile
 import time
 import warnings
@@ -192,25 +194,58 @@ class StaticDecoder(nn.Module):
 
 
 def _aot(step: _Step, config, batch: int, slots: int):
-    """AOTInductor: export the step for one batch size and cache length (the caches as inputs it writes)
-    and compile it to a shared library. Fixed sizes: symbolic ones made the step slower (bench/RESULTS.md).
-    The library reads the model's own weights in place (see `_shared_constants`); the package file is
-    removed once loaded (the loader has extracted what it runs)."""
+    """AOTInductor: export the step for one batch size and cache length (the caches as inputs it writes),
+    compile it to a shared library and load that. Fixed sizes: symbolic ones made the step slower
+    (bench/RESULTS.md). The export and compile run in a forked child where the OS allows: the compiler stack
+    (dynamo, inductor, sympy: several hundred MB) then never enters the decoding process, which only loads
+    the library with PyTorch's C++ loader. The library reads the model's own weights in place
+    (`_shared_constants`); the package file is removed once loaded (the loader has extracted what it runs)."""
     c, dtype = config, step.model.dtype
     example = (torch.zeros(batch, 1, dtype=torch.long), torch.zeros(batch, 1, dtype=torch.long),
                torch.tensor([0]), torch.ones(batch, slots, dtype=torch.bool),
                *[torch.zeros(batch, c.kv_heads, slots, c.head_dim, dtype=dtype) for _ in range(2 * c.layers)])
-    # weights beside the library, not inside it: a library with its own copy holds the model twice
-    options = {"aot_inductor.package_constants_in_so": False,
-               "aot_inductor.package_constants_on_disk_format": "pickle_weights"}
-    with torch.inference_mode(), tempfile.TemporaryDirectory(prefix="mmfm-aot-") as folder:
-        program = torch.export.export(step, example, strict=False)
-        package = torch._inductor.aoti_compile_and_package(program, package_path=str(Path(folder) / "step.pt2"),
-                                                           inductor_configs=options)
-        loaded = torch._inductor.aoti_load_package(package)
+    with tempfile.TemporaryDirectory(prefix="mmfm-aot-") as folder:
+        package = str(Path(folder) / "step.pt2")
+        if hasattr(os, "fork"):
+            _in_child(lambda: _compile(step, example, package, torch.get_num_threads()), package + ".error")
+        else:
+            _compile(step, example, package, torch.get_num_threads())
+        loader = torch._C._aoti.AOTIModelPackageLoader(package, "model", False, 1, -1)
         constants = _shared_constants(package, step)
-    loaded.load_constants(constants, check_full_update=True, user_managed=True)
-    return _Library(loaded, constants)
+    loader.load_constants(constants, False, True, True)  # (use_inactive, check_full_update, user_managed)
+    return _Library(loader, constants)
+
+
+def _compile(step: _Step, example: tuple, package: str, threads: int) -> None:
+    # weights beside the library, not inside it: a library with its own copy holds the model twice; the
+    # kernels planned for the decoding process's thread count (the compiling process may run with fewer)
+    options = {"aot_inductor.package_constants_in_so": False,
+               "aot_inductor.package_constants_on_disk_format": "pickle_weights", "cpp.threads": threads}
+    with torch.inference_mode():
+        program = torch.export.export(step, example, strict=False)
+        torch._inductor.aoti_compile_and_package(program, package_path=package, inductor_configs=options)
+
+
+def _in_child(work, error_file: str) -> None:
+    """Run `work` in a forked child (it sees the model as it is, without a copy) and wait for it; its
+    exception comes back as a RuntimeError with the child's message. The child runs one thread: OpenMP's
+    thread pool does not survive a fork."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            torch.set_num_threads(1)
+            work()
+            code = 0
+        except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
+            with contextlib.suppress(OSError):
+                Path(error_file).write_text(f"{type(e).__name__}: {e}")
+        finally:
+            os._exit(code)  # no atexit handlers, no flushing of the parent's buffers twice
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        error = Path(error_file)
+        raise RuntimeError(error.read_text() if error.is_file() else f"the compiling process ended with {status}")
 
 
 def _shared_constants(package: str, step: nn.Module) -> dict[str, torch.Tensor]:
@@ -233,17 +268,14 @@ def _shared_constants(package: str, step: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class _Library:
-    """A loaded step, called with its inputs as one flat list (`loader.boxed_run`): the package's own call
-    re-reads its call spec and flattens the 64 inputs again on every step. Falls back to that call where a
-    torch version has no `boxed_run`. Holds the constants the library reads, so they live as long as it."""
+    """A loaded step, called with its inputs as one flat list (`boxed_run`: no call spec re-read, no pytree
+    flattening per step). Holds the constants the library reads, so they live as long as it."""
 
-    def __init__(self, loaded, constants: dict[str, torch.Tensor]):
-        run = getattr(getattr(loaded, "loader", None), "boxed_run", None)
-        self._run = run if run is not None else (lambda inputs: [loaded(*inputs)])
-        self.loaded, self.constants = loaded, constants
+    def __init__(self, loader, constants: dict[str, torch.Tensor]):
+        self.loader, self.constants = loader, constants
 
     def __call__(self, *inputs):
-        return self._run(list(inputs))[0]
+        return self.loader.boxed_run(list(inputs))[0]
 
 
 __all__ = ["SlotCache", "StaticDecoder"]
