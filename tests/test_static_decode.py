@@ -112,6 +112,28 @@ def test_aot_compiled_steps_give_the_eager_tokens():
     assert after != before and generate(fast, ids[:1], config=cfg).tokens == after
 
 
+def test_the_compiler_stays_out_of_the_decoding_process():
+    """The export and compile run in a forked child: a fresh process that compiles and decodes never imports
+    dynamo, inductor or sympy itself (several hundred MB it would hold for good), and decodes as the model."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from test_static_decode import _model, _prompts\n"
+        "from mmfm.nn.static_decode import StaticDecoder\n"
+        "from mmfm.nn.generate import GenerationConfig, generate\n"
+        "m = _model(); fast = StaticDecoder(m, 'aot')\n"
+        "ids, cfg = _prompts(1)[0], GenerationConfig(max_new_tokens=6)\n"
+        "same = generate(fast, ids, config=cfg).tokens == generate(m, ids, config=cfg).tokens\n"
+        "heavy = [k for k in ('torch._dynamo', 'torch._inductor', 'sympy') if k in sys.modules]\n"
+        "print(same, sorted(fast.runners), heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[-2] == "True [(1, 256)] []", out.stdout + out.stderr[-2000:]
+
+
 def test_a_compiler_failure_warns_once_and_decodes_the_models_way(monkeypatch):
     """No working C++ compiler (a real failure of AOTInductor's toolchain, not a mock): one warning, then
     the model's own decoding on the same caches, with its tokens."""
