@@ -134,6 +134,20 @@ def test_the_compiler_stays_out_of_the_decoding_process():
     assert out.stdout.split("\n")[-2] == "True [(1, 256)] []", out.stdout + out.stderr[-2000:]
 
 
+def test_the_compiling_child_reports_its_error_and_is_killed_past_its_time(tmp_path):
+    import time
+
+    from mmfm.nn.static_decode import _in_child
+
+    _in_child(lambda: None, str(tmp_path / "a"))
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        _in_child(lambda: 1 / 0, str(tmp_path / "b"))
+    t = time.monotonic()
+    with pytest.raises(RuntimeError, match="did not finish"):
+        _in_child(lambda: time.sleep(60), str(tmp_path / "c"), timeout=0.5)
+    assert time.monotonic() - t < 10
+
+
 def test_a_compiler_failure_warns_once_and_decodes_the_models_way(monkeypatch):
     """No working C++ compiler (a real failure of AOTInductor's toolchain, not a mock): one warning, then
     the model's own decoding on the same caches, with its tokens."""

@@ -226,10 +226,11 @@ def _compile(step: _Step, example: tuple, package: str, threads: int) -> None:
         torch._inductor.aoti_compile_and_package(program, package_path=package, inductor_configs=options)
 
 
-def _in_child(work, error_file: str) -> None:
+def _in_child(work, error_file: str, timeout: float = 900.0) -> None:
     """Run `work` in a forked child (it sees the model as it is, without a copy) and wait for it; its
     exception comes back as a RuntimeError with the child's message. The child runs one thread: OpenMP's
-    thread pool does not survive a fork."""
+    thread pool does not survive a fork. A child that outlives `timeout` (a lock another thread of the
+    parent held at the fork, never released in the child) is killed, and that is an error too."""
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -242,7 +243,14 @@ def _in_child(work, error_file: str) -> None:
                 Path(error_file).write_text(f"{type(e).__name__}: {e}")
         finally:
             os._exit(code)  # no atexit handlers, no flushing of the parent's buffers twice
-    _, status = os.waitpid(pid, 0)
+    deadline = time.monotonic() + timeout
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise RuntimeError(f"the compiling process did not finish in {timeout:.0f} s")
+        time.sleep(0.05)
+    status = done[1]
     if os.waitstatus_to_exitcode(status) != 0:
         error = Path(error_file)
         raise RuntimeError(error.read_text() if error.is_file() else f"the compiling process ended with {status}")
