@@ -14,9 +14,10 @@ the compiled graph (folded, prepacked for oneDNN), which is faster for inference
 the weights (more training, load_state_dict) is not seen by the compiled function: use it for a model
 that is done training, and compile again after changing it.
 
-Dynamo does not guard on the attention-kernel choice (`sdpa_kernel`), only on autocast: a function
-compiled under one `Precision.context()` keeps that kernel when later called under another. Compile
-after the precision is chosen (the Trainer does) and keep it.
+Dynamo does not guard on the attention-kernel choice (`sdpa_kernel`), only on autocast: a graph traced
+under one `Precision.context()` would keep that kernel when later called under another. So a Compiled
+keeps one graph per attention-kernel setting (each behind a function of its own: dynamo caches graphs per
+code object), and the same wrapper can be timed, or run, under "bf16" and "bf16-math" alike.
 
 A compiler failure (a graph the backend cannot lower, a missing C++ toolchain) is not the user's problem:
 the wrapper warns once and runs the function eagerly from then on. Errors of the wrapped code itself
@@ -44,24 +45,42 @@ class Compiled:
         self.fn = fn
         self.name = name or getattr(fn, "__qualname__", None) or type(fn).__name__
         self.failed: str | None = None
-        self._compiled = torch.compile(fn, dynamic=dynamic, options={"freezing": True} if freeze else None)
+        self._options = {"dynamic": dynamic, "options": {"freezing": True} if freeze else None}
+        self._by_kernel: dict[tuple[bool, ...], object] = {}
 
     def __getattr__(self, name: str):
         """Everything but the call is the wrapped object's (a model's config, its cache builders...)."""
-        if name in ("fn", "_compiled", "failed", "name"):  # not set yet: still in __init__
+        if name in ("fn", "_options", "_by_kernel", "failed", "name"):  # not set yet: still in __init__
             raise AttributeError(name)
         return getattr(self.fn, name)
+
+    def _compiled(self):
+        """The compiled function for the attention kernels enabled now (made on first use)."""
+        cuda = torch.backends.cuda  # (these flags are what `sdpa_kernel` sets, on the CPU too)
+        key = (cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled(), cuda.math_sdp_enabled())
+        if key not in self._by_kernel:
+            self._by_kernel[key] = torch.compile(_own_code(self.fn, len(self._by_kernel)), **self._options)
+        return self._by_kernel[key]
 
     def __call__(self, *args, **kwargs):
         if self.failed is None:
             try:
-                return self._compiled(*args, **kwargs)
+                return self._compiled()(*args, **kwargs)
             except _CompileError as e:
                 first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
                 self.failed = f"{type(e).__name__}: {first}"
                 warnings.warn(f"torch.compile could not compile {self.name}; running it eagerly ({self.failed})",
                               RuntimeWarning, stacklevel=2)
         return self.fn(*args, **kwargs)
+
+
+def _own_code(fn, tag: int):
+    """`fn` behind a function whose code object is its own, so that its graphs are cached apart."""
+    def call(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    call.__code__ = call.__code__.replace(co_name=f"compiled_{tag}")
+    return call
 
 
 def compiled(fn, *, dynamic: bool | None = None, freeze: bool = False, name: str | None = None) -> Compiled:

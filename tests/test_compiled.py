@@ -95,3 +95,28 @@ def test_compiled_decoding_gives_the_eager_tokens_without_packing(tmp_path):
     assert again == eager and one == eager_one
     assert PackedLinears.maybe(lm.model, 1, 8, None) is None
     assert compile_decoding(lm, warm=(), max_len=32) >= 0 and not isinstance(lm.model.model, StaticDecoder)
+
+
+def test_one_graph_per_attention_kernel():
+    """Dynamo does not guard on sdpa_kernel: a Compiled keeps a graph per attention-kernel setting, so a call
+    under math attention after one under the default kernels gets a graph traced with math (and the same
+    numbers as eager under each), not the first graph again."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    x = torch.randn(3, 17, 32)
+
+    def f(x):
+        return attn(x, x, x, need_weights=False)[0]
+
+    fast = compiled(f)
+    with torch.no_grad():
+        a = fast(x)
+        with sdpa_kernel([SDPBackend.MATH]):
+            b = fast(x)
+            eager_math = f(x)
+        c = fast(x)
+        eager = f(x)
+    assert len(fast._by_kernel) == 2
+    assert (a - eager).abs().max() < 1e-5 and (c - eager).abs().max() < 1e-5 and (b - eager_math).abs().max() < 1e-5
