@@ -203,7 +203,8 @@ def skeleton():
     """Modules built inside get meta tensors and skip their initialisation, for a loader that then assigns
     the real weights (load_strict(..., assign=True)). Skipping matters beyond the wasted work: the first
     random init on a meta tensor imports PyTorch's Python meta kernels (sympy, dynamo, ...: ~150 MB of
-    memory for good), which a model that only runs eagerly never needs."""
+    memory for good), which a model that only runs eagerly never needs. (torch.nn.init is patched for the
+    duration, process-wide, as transformers' no_init_weights does: build models in one thread at a time.)"""
     init = torch.nn.init
     names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
     saved = {n: getattr(init, n) for n in names}
