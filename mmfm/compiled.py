@@ -17,7 +17,10 @@ that is done training, and compile again after changing it.
 Dynamo does not guard on the attention-kernel choice (`sdpa_kernel`), only on autocast: a graph traced
 under one `Precision.context()` would keep that kernel when later called under another. So a Compiled
 keeps one graph per attention-kernel setting (each behind a function of its own: dynamo caches graphs per
-code object), and the same wrapper can be timed, or run, under "bf16" and "bf16-math" alike.
+code object), and the same wrapper can be timed, or run, under "bf16" and "bf16-math" alike. This holds for
+a function dynamo traces whole (an encoder); past a graph break dynamo compiles the inner frame on its own
+code, cached once for every setting, so for such a function (a training step) compile after the precision
+is chosen, as the Trainer does, and keep it.
 
 A compiler failure (a graph the backend cannot lower, a missing C++ toolchain) is not the user's problem:
 the wrapper warns once and runs the function eagerly from then on. Errors of the wrapped code itself
