@@ -17,6 +17,7 @@ from mmfm.errors import InvalidPrompt
 from mmfm.text.pointing import parse_video_points
 from mmfm.train.molmo2 import PRESETS, CausalVisionData, build_world_molmo2, prepare, train_world_molmo2
 from mmfm.vision.video import write_video
+from mmfm.weights import path as weights_path
 from mmfm.world.video import clip
 from tests.test_reliability import refused
 
@@ -77,6 +78,12 @@ def test_two_steps_train_save_and_load_back(run, tmp_path):
     b = data.batch(5)
     with torch.no_grad():
         assert torch.equal(model(**b).loss, again(**b).loss)
+    # the frozen tower was saved as it came from the world CLIP, BatchNorm's running statistics included
+    clip = mmfm.load(weights_path("clip-world-tiny"))
+    want = {k[len("visual.") :]: v for k, v in clip.state_dict().items() if k.startswith("visual.")}
+    got = model.vision.vit.state_dict()
+    assert any("running_mean" in k for k in got)
+    assert all(torch.equal(v, want[k].to(v.dtype)) for k, v in got.items())
 
 
 def test_evaluation_and_cli_on_a_video_file(run, tmp_path):
@@ -131,3 +138,5 @@ def test_prepare_trains_the_adapter_and_lora_only():
     prepare(model, PRESETS["world-video"]["lora"])
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert names and all(n.startswith("adapter.") or n.endswith(("lora_a", "lora_b")) for n in names)
+    model.train()
+    assert model.adapter.training and not model.vision.training  # the frozen tower's BatchNorm does not drift

@@ -36,7 +36,7 @@ from mmfm.lm.model import load_lm, smollm2_path
 from mmfm.lm.tokenizer import LMTokenizer
 from mmfm.models.clip import CLIPVisionConfig
 from mmfm.nn.attention import causal_mask, combine_masks
-from mmfm.nn.blocks import Transformer
+from mmfm.nn.blocks import Transformer, frozen_to_eval
 from mmfm.nn.connectors import PatchPooler
 from mmfm.nn.decoder import DecoderConfig, DecoderLM, DecoderOutput
 from mmfm.nn.generate import generate as run
@@ -218,6 +218,11 @@ class Molmo2(nn.Module):
         if c.lora:
             apply_lora(self.lm, c.lora["targets"], r=c.lora["r"], alpha=c.lora["alpha"])
         self.tokenizer = None  # set by loaders that have one
+
+    def train(self, mode: bool = True) -> Molmo2:
+        super().train(mode)
+        frozen_to_eval(self.vision)  # a frozen tower's BatchNorm (the world CLIP's conv stem) must not drift
+        return self
 
     @staticmethod
     def make_adapter(c: Molmo2Config) -> PatchPooler:
