@@ -173,6 +173,15 @@ def test_a_frozen_tower_does_not_drift_and_can_be_swapped(tmp_path):
     loss.backward()
     after = model.vision.state_dict()
     assert all(torch.equal(after[k], v) for k, v in tower.items())  # BatchNorm's running statistics included
+    # Molmo's recipe: stage 2 may train the tower too; then it learns and its BatchNorm trains with it
+    prepare_stage(model, 2, None, train_vision=True)
+    model.train()
+    assert model.vision.training and all(p.requires_grad for p in model.vision.parameters())
+    model(ids, pixels, labels=labels).loss.backward()
+    used = model.vision.transformer.blocks[:-1]  # layers -2 and -4 of 4: the last block does not run
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in used.parameters())
+    prepare_stage(model, 2, None)
+    assert not any(p.requires_grad for p in model.vision.parameters())
     # a tower of another shape is refused
     other = copy.deepcopy(clip.config)
     other.vision.layers = 2

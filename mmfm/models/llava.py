@@ -173,13 +173,15 @@ class Llava(nn.Module):
         frozen_to_eval(self.vision)  # a frozen tower's BatchNorm must not drift
         return self
 
-    def freeze(self, stage: int) -> None:
+    def freeze(self, stage: int, vision: bool = False) -> None:
         """Stage 1: only the projector learns. Stage 2: the projector and the LM (its LoRA adapters
-        when it has them, all of it otherwise). The vision tower never learns (LLaVA keeps it frozen)."""
+        when it has them, all of it otherwise). The vision tower stays frozen (LLaVA) unless `vision`
+        (Molmo trains every weight, the ViT included)."""
         if stage not in (1, 2):
             raise ConfigError(f"LLaVA trains in stage 1 or 2, not {stage}")
         self.requires_grad_(False)
         self.projector.requires_grad_(True)
+        self.vision.requires_grad_(vision)
         if stage == 2:
             adapters = [m for m in self.lm.modules() if isinstance(m, LoRALinear)]
             if adapters:

@@ -83,12 +83,12 @@ def build_world_llava(vision_dir=None, lm=None, seed: int = 0, lm_dtype: str = "
     return model
 
 
-def prepare_stage(model: Llava, stage: int, lora: dict | None) -> int:
-    """Freeze for the stage, add LoRA adapters in stage 2, keep trainable weights in fp32.
-    Returns the number of trainable parameters."""
+def prepare_stage(model: Llava, stage: int, lora: dict | None, train_vision: bool = False) -> int:
+    """Freeze for the stage (the tower too unless `train_vision`), add LoRA adapters in stage 2, keep
+    trainable weights in fp32. Returns the number of trainable parameters."""
     if stage == 2 and lora and not model.config.lora:
         model.add_lora(lora["r"], lora["alpha"], lora["targets"])
-    model.freeze(stage)
+    model.freeze(stage, vision=train_vision)
     n = 0
     for p in model.parameters():
         if p.requires_grad:
@@ -128,13 +128,15 @@ def set_pool_size(model: Llava, pool: int) -> None:
 
 def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/llava", init=None, vision=None,
                       resume: bool = False, progress: bool = True, evaluate: bool = True, eval_n: int = 100,
-                      qa_weights=None, kind_weights=None, pool_size: int | None = None, **overrides) -> dict:
+                      qa_weights=None, kind_weights=None, pool_size: int | None = None, train_vision: bool = False,
+                      **overrides) -> dict:
     """Stage 1 builds the model (vision tower from `vision`, default the shipped world CLIP) and writes
     out/stage1; stage 2 starts from `init` (default out/stage1/model), with its tower replaced by
     `vision`'s when given, and writes out/stage2. `qa_weights` ("shape=3,color=2" or a dict) weighs
     the question types of stage 2's single-question conversations, `kind_weights` ("point=0.4,count=0.3")
     the kinds of conversation (mmfm.data.llava_world.KINDS); `pool_size` sets the Molmo connector's
-    pooling (1: 64 tokens per image, 2: 16), also on a `--from` model. Each stage writes model/,
+    pooling (1: 64 tokens per image, 2: 16), also on a `--from` model; `train_vision` trains the vision
+    tower with the rest, as Molmo does (LLaVA keeps it frozen). Each stage writes model/,
     metrics.jsonl, curves.png and report.json."""
     if stage not in (1, 2):
         raise ConfigError(f"--stage must be 1 or 2, got {stage}")
@@ -159,7 +161,7 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
             swap_tower(model, vision)
     if pool_size is not None:
         set_pool_size(model, pool_size)
-    trainable = prepare_stage(model, stage, p.get("lora"))
+    trainable = prepare_stage(model, stage, p.get("lora"), train_vision)
     enc = model.conversation()
     data = WorldInstructions(enc, stage, tcfg.batch_size, model.config.image_mean, model.config.image_std,
                              World(seed=tcfg.seed), seed=tcfg.seed, qa_weights=qa_weights, kind_p=kind_p)
@@ -167,6 +169,7 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     trainer.train(resume=resume)
     report = {"preset": preset_name, "stage": stage, "trainable_parameters": trainable, "qa_weights": qa_weights,
               "kind_weights": dict(zip(KINDS, kind_p)), "tokens_per_image": model.tokens_per_image,
+              "train_vision": train_vision,
               "vision": str(vision) if vision else None,
               "train_seconds": round(time.perf_counter() - t0, 1), "skipped_conversations": data.skipped,
               "train_config": {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "seed")}}
