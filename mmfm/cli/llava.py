@@ -114,8 +114,8 @@ def train_llava(
     ),
     pool_size: int = options.bounded(None, "--pool-size", lo=1, hi=64, help="Molmo connector: p x p patches per "
                                      "image token (2: 16 tokens per world image; 1: 64), also on a --from model."),
-    train_vision: bool = typer.Option(False, "--train-vision", help="Stage 2 on the world: train the vision tower "
-                                      "too, as Molmo does (LLaVA keeps it frozen)."),
+    train_vision: bool = typer.Option(False, "--train-vision", help="On the world (ignored with --data): train the "
+                                      "vision tower too, as Molmo does (LLaVA keeps it frozen)."),
     data: Path = typer.Option(None, "--data", help="Your LLaVA JSON / JSONL (image + conversations) instead of "
                               "the world; --from defaults to the shipped world LLaVA."),
     images: Path = options.IMAGES,
