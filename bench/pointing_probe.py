@@ -9,8 +9,15 @@ Linear probes (ridge) on the tokens the LM sees, 80 % of the objects to fit, 20 
    index in the grid (chance 1/16 or 1/64), at each hidden state of the tower and after the connector:
    the LM can only write coordinates if the image tokens carry their position (RoPE gives it the
    distance to each token, not the place in the image).
+3. Does a token know what is in its cell? Linear classifiers from the token holding an object's point to
+   the object's color and shape, next to the same from a random token of the scene (what is global).
+4. Does the LM know where one object is? Teacher-forced, on single-object point queries of new scenes:
+   how often the LM's most likely first digit of x and of y (the tens of a percent, the digit that
+   says where; the rest is within a token's cell) is right, and its mean log-probability, next to
+   always guessing the most common digit. Cheap (a forward pass per item), so it tracks training
+   long before pointing F1 moves.
 
-    python bench/pointing_probe.py [--model DIR] [--scenes 3000]
+    python bench/pointing_probe.py [--model DIR] [--scenes 3000] [--digits 300]
 """
 
 from __future__ import annotations
@@ -62,6 +69,88 @@ def own_index(feats: torch.Tensor) -> float:
     return float((ridge(x, np.eye(t)[idx], k).argmax(1) == idx[k:]).mean())
 
 
+def what_inside(feats: torch.Tensor, samples, size: int = 64, seed: int = 0) -> dict:
+    """Color and shape accuracy of linear classifiers from the token of an object's cell, and from a random
+    token of the same scene, with the most common class for reference."""
+    from mmfm.world.annotate import interior_points
+
+    g = int(round(feats.shape[1] ** 0.5))
+    cell = size / g
+    rng = np.random.default_rng(seed)
+    own, other, labels = [], [], {"color": [], "shape": []}
+    for n, s in enumerate(samples):
+        for i, (px, py) in enumerate(interior_points(s.rendered)):
+            if np.isnan(px):
+                continue
+            o = s.rendered.scene.objects[i]
+            gx, gy = min(int(px // cell), g - 1), min(int(py // cell), g - 1)
+            own.append(feats[n, gy * g + gx].numpy())
+            other.append(feats[n, int(rng.integers(g * g))].numpy())
+            labels["color"].append(o.color)
+            labels["shape"].append(o.shape)
+    k = int(0.8 * len(own))
+    out = {}
+    for what, names in labels.items():
+        classes = sorted(set(names))
+        y = np.array([classes.index(v) for v in names])
+        out[what] = {"majority": float(np.bincount(y).max() / len(y))}
+        for where, x in (("own cell", np.array(own)), ("random cell", np.array(other))):
+            out[what][where] = float((ridge(x, np.eye(len(classes))[y], k, 10.0).argmax(1) == y[k:]).mean())
+    return out
+
+
+def first_digits(model, n: int = 300, seed: int = 0, batch: int = 16) -> dict:
+    """Teacher-forced first digit of x and y of single-object point answers on new (test) scenes."""
+    from mmfm.data.llava_world import point_question, world_pixels
+    from mmfm.world import World
+
+    model.eval()
+    enc, tok, world = model.conversation(), model.tokenizer, World(seed=seed)
+    items, i = [], 200_000
+    while len(items) < n:
+        s = world.sample("test", i)
+        i += 1
+        one = [pq for pq in s.ann.points if len(pq.points) == 1]
+        if one:
+            items.append((s, one[0]))
+    right = {"x": [], "y": []}
+    logp = {"x": [], "y": []}
+    truth = {"x": [], "y": []}
+    for j in range(0, n, batch):
+        chunk = items[j : j + batch]
+        exs = [enc.example([{"role": "user", "content": f"{enc.image_token}\n{point_question(pq.query)}"},
+                            {"role": "assistant", "content": pq.answer}], "chat", 256) for _, pq in chunk]
+        width = max(len(e.input_ids) for e in exs)
+        ids = torch.zeros(len(exs), width, dtype=torch.long)
+        mask = torch.zeros(len(exs), width, dtype=torch.long)
+        for r, e in enumerate(exs):
+            ids[r, : len(e.input_ids)] = torch.tensor(e.input_ids)
+            mask[r, : len(e.input_ids)] = 1
+        pixels = world_pixels([s.rendered.image for s, _ in chunk], model.config.image_mean, model.config.image_std)
+        with torch.no_grad():
+            logits = model(ids, pixels, attention_mask=mask).logits.float()
+        shift = logits.shape[1] - width  # the image placeholder became tokens_per_image positions
+        for r, ((_, pq), e) in enumerate(zip(chunk, exs)):
+            first = next(t for t, lab in enumerate(e.labels) if lab != -100)
+            for axis in ("x", "y"):
+                at = pq.answer.index(f' {axis}="') + 4  # the character of the first digit
+                t, text = first, ""
+                while len(text) <= at:  # the answer's token that holds that character
+                    text += tok.decode([e.input_ids[t]])
+                    t += 1
+                t -= 1
+                lp = torch.log_softmax(logits[r, t - 1 + shift], -1)
+                right[axis].append(int(lp.argmax()) == e.input_ids[t])
+                logp[axis].append(float(lp[e.input_ids[t]]))
+                truth[axis].append(e.input_ids[t])
+    out = {"n": n}
+    for axis in ("x", "y"):
+        _, counts = np.unique(truth[axis], return_counts=True)
+        out[axis] = {"right": float(np.mean(right[axis])), "log_prob": float(np.mean(logp[axis])),
+                     "most_common_digit": float(counts.max() / len(truth[axis]))}
+    return out
+
+
 def main() -> None:
     import mmfm
     from mmfm.data.llava_world import world_pixels
@@ -71,6 +160,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="A world LLaVA folder (default: the shipped one).")
     ap.add_argument("--scenes", type=int, default=3000)
+    ap.add_argument("--digits", type=int, default=300, help="single-object point queries for probe 4 (0: skip)")
     args = ap.parse_args()
     model = mmfm.load(args.model or weights_path("llava-world-tiny")).eval()
     world = World(seed=0)
@@ -93,7 +183,17 @@ def main() -> None:
             print(f"connector, {r['tokens']} tokens: own index {own_index(feats[:400]):.3f}; "
                   f"{r['objects']} objects: cell centre in the mask {r['cell centre in mask']:.3f}, "
                   f"linear offset in the mask {r['linear offset in mask']:.3f}")
+            for what, d in what_inside(feats, samples).items():
+                print(f"connector, {r['tokens']} tokens: the object's {what} from its own cell's token "
+                      f"{d['own cell']:.3f}, from a random token {d['random cell']:.3f} "
+                      f"(most common {d['majority']:.3f})")
         model.projector.pool = pool
+    if args.digits:
+        d = first_digits(model, args.digits)
+        for axis in ("x", "y"):
+            a = d[axis]
+            print(f"LM, {d['n']} single-object point queries: first digit of {axis} right {a['right']:.3f} "
+                  f"(always the most common digit: {a['most_common_digit']:.3f}), log-prob {a['log_prob']:.3f}")
 
 
 if __name__ == "__main__":
