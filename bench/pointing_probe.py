@@ -35,21 +35,26 @@ def ridge(x: np.ndarray, y: np.ndarray, k: int, lam: float = 1.0) -> np.ndarray:
     return xa[k:] @ w
 
 
-def where_inside(feats: torch.Tensor, samples, size: int = 64) -> dict:
+def object_cells(samples, g: int, size: int = 64):
+    """(scene, object, x, y, cell column, cell row) of every visible object's point on a g x g token grid."""
     from mmfm.world.annotate import interior_points
 
+    cell = size / g
+    for n, s in enumerate(samples):
+        for i, (px, py) in enumerate(interior_points(s.rendered)):
+            if not np.isnan(px):
+                yield n, i, px, py, min(int(px // cell), g - 1), min(int(py // cell), g - 1)
+
+
+def where_inside(feats: torch.Tensor, samples, size: int = 64) -> dict:
     g = int(round(feats.shape[1] ** 0.5))
     cell = size / g
     x, off, corner, who = [], [], [], []
-    for n, s in enumerate(samples):
-        for i, (px, py) in enumerate(interior_points(s.rendered)):
-            if np.isnan(px):
-                continue
-            gx, gy = min(int(px // cell), g - 1), min(int(py // cell), g - 1)
-            x.append(feats[n, gy * g + gx].numpy())
-            off.append((px - gx * cell, py - gy * cell))
-            corner.append((gx * cell, gy * cell))
-            who.append((n, i))
+    for n, i, px, py, gx, gy in object_cells(samples, g, size):
+        x.append(feats[n, gy * g + gx].numpy())
+        off.append((px - gx * cell, py - gy * cell))
+        corner.append((gx * cell, gy * cell))
+        who.append((n, i))
     x, off, corner = np.array(x), np.array(off), np.array(corner)
     k = int(0.8 * len(x))
 
@@ -72,22 +77,15 @@ def own_index(feats: torch.Tensor) -> float:
 def what_inside(feats: torch.Tensor, samples, size: int = 64, seed: int = 0) -> dict:
     """Color and shape accuracy of linear classifiers from the token of an object's cell, and from a random
     token of the same scene, with the most common class for reference."""
-    from mmfm.world.annotate import interior_points
-
     g = int(round(feats.shape[1] ** 0.5))
-    cell = size / g
     rng = np.random.default_rng(seed)
     own, other, labels = [], [], {"color": [], "shape": []}
-    for n, s in enumerate(samples):
-        for i, (px, py) in enumerate(interior_points(s.rendered)):
-            if np.isnan(px):
-                continue
-            o = s.rendered.scene.objects[i]
-            gx, gy = min(int(px // cell), g - 1), min(int(py // cell), g - 1)
-            own.append(feats[n, gy * g + gx].numpy())
-            other.append(feats[n, int(rng.integers(g * g))].numpy())
-            labels["color"].append(o.color)
-            labels["shape"].append(o.shape)
+    for n, i, _, _, gx, gy in object_cells(samples, g, size):
+        o = samples[n].rendered.scene.objects[i]
+        own.append(feats[n, gy * g + gx].numpy())
+        other.append(feats[n, int(rng.integers(g * g))].numpy())
+        labels["color"].append(o.color)
+        labels["shape"].append(o.shape)
     k = int(0.8 * len(own))
     out = {}
     for what, names in labels.items():
@@ -101,6 +99,7 @@ def what_inside(feats: torch.Tensor, samples, size: int = 64, seed: int = 0) -> 
 
 def first_digits(model, n: int = 300, seed: int = 0, batch: int = 16) -> dict:
     """Teacher-forced first digit of x and y of single-object point answers on new (test) scenes."""
+    from mmfm.data.instructions import collate
     from mmfm.data.llava_world import point_question, world_pixels
     from mmfm.world import World
 
@@ -120,16 +119,11 @@ def first_digits(model, n: int = 300, seed: int = 0, batch: int = 16) -> dict:
         chunk = items[j : j + batch]
         exs = [enc.example([{"role": "user", "content": f"{enc.image_token}\n{point_question(pq.query)}"},
                             {"role": "assistant", "content": pq.answer}], "chat", 256) for _, pq in chunk]
-        width = max(len(e.input_ids) for e in exs)
-        ids = torch.zeros(len(exs), width, dtype=torch.long)
-        mask = torch.zeros(len(exs), width, dtype=torch.long)
-        for r, e in enumerate(exs):
-            ids[r, : len(e.input_ids)] = torch.tensor(e.input_ids)
-            mask[r, : len(e.input_ids)] = 1
         pixels = world_pixels([s.rendered.image for s, _ in chunk], model.config.image_mean, model.config.image_std)
+        batch_ids = collate([e.input_ids for e in exs], [e.labels for e in exs], pixels)  # right-padded: causal
         with torch.no_grad():
-            logits = model(ids, pixels, attention_mask=mask).logits.float()
-        shift = logits.shape[1] - width  # the image placeholder became tokens_per_image positions
+            logits = model(batch_ids["input_ids"], pixels).logits.float()
+        shift = logits.shape[1] - batch_ids["input_ids"].shape[1]  # the placeholder became tokens_per_image
         for r, ((_, pq), e) in enumerate(zip(chunk, exs)):
             first = next(t for t, lab in enumerate(e.labels) if lab != -100)
             for axis in ("x", "y"):

@@ -56,7 +56,8 @@ def molmo_pointing(ctx: Context) -> Result:
            "training the tower too, giving the tokens their coordinates, or training the whole LM for 600 "
            "steps reached at most 0.34 on test scenes (session 30). The LM reads a token's place from its "
            "position in the sequence: trained on pointing it learns y (rows of consecutive tokens) and, "
-           "with the tokens given column by column, x, never both; 1,200 such steps gave 0.41 (session 31)."))
+           "with the tokens given column by column, x, the other axis staying at chance; 1,200 such steps "
+           "gave 0.41 (session 31)."))
     head = f"pointing F1 {ev['pointing']['f1']:.2f}; 4+ objects: " + (", ".join(
         f"{k} {v[0]:.2f}" for k, v in many.items()) or "none among these scenes")
     return Result(rows, bool(holds), why, fig, headline=head)
