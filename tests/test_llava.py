@@ -181,6 +181,23 @@ def test_molmo_connector_pools_2x2_with_the_mean_as_query():
     assert conn(torch.randn(1, 9, 12), (3, 3)).shape == (1, 4, 16)  # odd grid: padded as Molmo
 
 
+def test_molmo_layout_frames_each_row_with_a_column_token():
+    from mmfm.nn.connectors import MolmoConnector
+
+    torch.manual_seed(0)
+    plain = MolmoConnector(in_dim=12, width=8, out_dim=16, heads=2).eval()
+    framed = MolmoConnector(in_dim=12, width=8, out_dim=16, heads=2, layout=True).eval()
+    framed.load_state_dict({**plain.state_dict(), "layout": framed.layout.detach()})
+    x = torch.randn(3, 48, 12)  # a 6x8 grid -> 3 rows of 4 tokens
+    y, rows = plain(x, (6, 8)), framed(x, (6, 8))
+    assert framed.tokens(6, 8) == rows.shape[1] == 1 + 3 * (4 + 1) + 1 and plain.tokens(6, 8) == y.shape[1] == 12
+    start, col, end = framed.layout
+    assert torch.equal(rows[:, 0], start.expand(3, -1)) and torch.equal(rows[:, -1], end.expand(3, -1))
+    body = rows[:, 1:-1].reshape(3, 3, 5, 16)  # (B, row, 4 tokens + the column token, C)
+    assert torch.equal(body[:, :, 4], col.expand(3, 3, -1))
+    assert torch.equal(body[:, :, :4].reshape(3, 12, 16), y)  # the image tokens themselves are unchanged
+
+
 # ------------------------------------------------------------------------------------------ labels
 @pytest.fixture(scope="module")
 def smol():

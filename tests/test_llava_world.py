@@ -139,6 +139,44 @@ def test_pool_size_turns_16_tokens_into_64_and_is_saved(tmp_path):
         set_pool_size(mlp, 1)
 
 
+def test_image_layout_and_whole_lm_training_are_saved(tmp_path):
+    import torch
+
+    import mmfm
+    from mmfm.errors import ConfigError
+    from mmfm.lm.model import default
+    from mmfm.models.llava import Llava, LlavaConfig
+    from mmfm.nn.decoder import DecoderConfig
+    from mmfm.train.llava import add_image_layout, prepare_stage
+
+    vision = mmfm.load(weights_path("clip-world-tiny")).config.vision
+    lm = DecoderConfig(vocab_size=300, dim=32, layers=1, heads=4, hidden=64)
+    torch.manual_seed(0)
+    model = Llava(LlavaConfig(vision=vision, lm=lm, image_token_id=299, projector="molmo", vision_layers=(-2,),
+                              lora=dict(r=2, alpha=4, targets=["attn.qkv"])))
+    model.tokenizer = default().tokenizer
+    pixels = torch.randn(2, 3, 64, 64)
+    add_image_layout(model)
+    newline = model.tokenizer.encode("\n")[-1]
+    assert torch.equal(model.projector.layout[1], model.lm.embed.weight[newline])  # the column token starts as "\n"
+    feats = model.eval().encode_images(pixels)
+    assert model.tokens_per_image == feats.shape[1] == 4 * (4 + 1) + 2  # 4 rows of 4 tokens, framed
+    ids, n = model.conversation().prompt("<image>\nWhere is the star?", "chat")
+    assert n == 1 and list(ids).count(299) == model.tokens_per_image
+    model.config.base_lm = "smollm2"  # as a world model: the LM would be left out of the folder
+    assert prepare_stage(model, 2, None, train_lm=True) > 0
+    assert model.config.lora is None and model.config.base_lm == "" and model.lm.embed.weight.requires_grad
+    with torch.no_grad():
+        model.lm.embed.weight.add_(1.0)  # as if trained: the folder must hold the LM now
+    model.save_pretrained(tmp_path / "m")
+    again = mmfm.load(tmp_path / "m").eval()
+    assert again.config.image_layout and torch.equal(again.lm.embed.weight, model.lm.embed.weight)
+    with torch.no_grad():
+        assert torch.allclose(again.encode_images(pixels), model.encode_images(pixels), atol=1e-6)
+    with pytest.raises(ConfigError, match="molmo"):
+        LlavaConfig(vision=vision, lm=lm, projector="mlp2x_gelu", image_layout=True).validate()
+
+
 def test_a_frozen_tower_does_not_drift_and_can_be_swapped(tmp_path):
     import torch
 
@@ -228,6 +266,17 @@ def test_train_ask_point_eval_end_to_end(tmp_path):
     assert all(0 <= h <= 1 for h in ev["test"]["vqa_ci95"].values())
     assert "+-" in r.stdout  # the printed report gives each accuracy its interval
     assert (tmp_path / "ev" / "points.png").is_file()
+    # Molmo's recipe on top: its image layout tokens, the whole LM trained and saved with the model
+    r = _mmfm("train", "llava", "--stage", "2", "--steps", "1", "--batch-size", "1", "--out", tmp_path / "molmo",
+              "--no-eval", "--from", model, "--image-layout", "--train-lm")
+    assert r.returncode == 0, r.stderr[-2000:]
+    molmo = tmp_path / "molmo" / "stage2" / "model"
+    report = json.loads((tmp_path / "molmo" / "stage2" / "report.json").read_text())
+    assert report["image_layout"] and report["train_lm"] and report["tokens_per_image"] == 16 + 4 + 2
+    cfg = json.loads((molmo / "config.json").read_text())
+    assert cfg["base_lm"] == "" and cfg["lora"] is None and (molmo / "model.safetensors").stat().st_size > 400e6
+    r = _mmfm("ask", img, "How many circles are there?", "--model", molmo, "--max-tokens", "4", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_cli_bad_input_is_one_clear_line(tmp_path):

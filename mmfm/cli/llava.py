@@ -116,6 +116,10 @@ def train_llava(
                                      "image token (2: 16 tokens per world image; 1: 64), also on a --from model."),
     train_vision: bool = typer.Option(False, "--train-vision", help="On the world (ignored with --data): train the "
                                       "vision tower too, as Molmo does (LLaVA keeps it frozen)."),
+    image_layout: bool = typer.Option(False, "--image-layout", help="On the world: Molmo's start / column / end "
+                                      "tokens around the image tokens (molmo connector), also on a --from model."),
+    train_lm: bool = typer.Option(False, "--train-lm", help="On the world, stage 2: train the whole LM (as Molmo) "
+                                  "instead of LoRA adapters; the model folder then holds the LM (~540 MB fp32)."),
     data: Path = typer.Option(None, "--data", help="Your LLaVA JSON / JSONL (image + conversations) instead of "
                               "the world; --from defaults to the shipped world LLaVA."),
     images: Path = options.IMAGES,
@@ -160,6 +164,8 @@ def train_llava(
         kind_weights=kind_weights,
         pool_size=pool_size,
         train_vision=train_vision,
+        image_layout=image_layout,
+        train_lm=train_lm,
         precision=prec, compile=compile_step or None,
         steps=steps,
         batch_size=batch_size,
@@ -178,6 +184,10 @@ def eval_llava(
     seed: int = typer.Option(
         0, help="World seed: which new scenes are drawn (the accuracy moves by a few points between seeds at n=200)."
     ),
+    image_layout: bool = typer.Option(False, "--image-layout", help="On the world: Molmo's start / column / end "
+                                      "tokens around the image tokens (molmo connector), also on a --from model."),
+    train_lm: bool = typer.Option(False, "--train-lm", help="On the world, stage 2: train the whole LM (as Molmo) "
+                                  "instead of LoRA adapters; the model folder then holds the LM (~540 MB fp32)."),
     data: Path = typer.Option(None, "--data", help="Your LLaVA JSON: each record's last answer is generated and "
                               "compared with the reference (--n records at most)."),
     images: Path = options.IMAGES,

@@ -8,8 +8,10 @@ embedding space, stand in for the image placeholder tokens of the prompt.
         written into the placeholder positions, in order -> DecoderLM -> logits
 
 Projectors: "linear", "mlp2x_gelu" (any mlpNx_gelu), "molmo" (two layers concatenated, 2x2 attention
-pooling with the mean as query, SwiGLU). The placeholder id may lie outside the LM's vocabulary (we
-never embed it), so a pretrained LM is used as it is, without resizing its embeddings.
+pooling with the mean as query, SwiGLU; with image_layout, Molmo's start / column / end tokens frame the
+image tokens, so the placeholder run of an image includes them). The placeholder id may lie outside
+the LM's vocabulary (we never embed it), so a pretrained LM is used as it is, without resizing its
+embeddings.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class LlavaConfig(Config):
     pool_heads: int = 4  # molmo connector
     pool_hidden: int | None = None  # molmo connector's SwiGLU width (None: 4 x ViT width)
     pool_size: int = 2  # molmo connector: p x p patches per image token (1: every patch is a token)
+    image_layout: bool = False  # molmo connector: Molmo's start / column / end tokens around the image tokens
     vision_norm_eps: float = 1e-5
     image_token: str = "<image>"
     image_token_id: int = 49152  # SmolLM2 has 49152 tokens: one past its vocabulary
@@ -68,6 +71,8 @@ class LlavaConfig(Config):
         kind, _ = projector_kind(self.projector)
         if kind == "molmo" and self.vision_features != "patch":
             raise ConfigError("the molmo connector pools a 2-D patch grid: use vision_features='patch'")
+        if self.image_layout and kind != "molmo":
+            raise ConfigError("image_layout (Molmo's start / column / end tokens) needs projector='molmo'")
 
 
 class Llava(nn.Module):
@@ -92,7 +97,7 @@ class Llava(nn.Module):
         in_dim = c.vision.width * len(c.vision_layers)
         if kind == "molmo":
             return MolmoConnector(in_dim, c.vision.width, c.lm.dim, heads=c.pool_heads, hidden=c.pool_hidden,
-                                  pool=c.pool_size)
+                                  pool=c.pool_size, layout=c.image_layout)
         return MLPProjector(in_dim, c.lm.dim, depth, act=c.projector_act, bias=c.projector_bias)
 
     # ------------------------------------------------------------------------------------- images

@@ -53,9 +53,16 @@ class MLPProjector(nn.Module):
 
 class MolmoConnector(nn.Module):
     """(B, gh * gw, in_dim) patch features on a gh x gw grid -> (B, ceil(gh/2) * ceil(gw/2), out_dim).
-    An odd grid is padded with zeros at the bottom / right, as Molmo does."""
+    An odd grid is padded with zeros at the bottom / right, as Molmo does.
 
-    def __init__(self, in_dim: int, width: int, out_dim: int, heads: int = 4, hidden: int | None = None, pool: int = 2):
+    With `layout`, the tokens come framed as Molmo's processor frames them: a start token, a column token
+    after each row, an end token -> (B, 1 + h * (w + 1) + 1, out_dim) for the h x w pooled grid. The LM
+    reads a token's place from its position in the sequence; in row order that tells it the row, and the
+    column token gives it the column too (its distance from the last row end). The three embeddings are
+    learned (Molmo's are rows of its extended vocabulary)."""
+
+    def __init__(self, in_dim: int, width: int, out_dim: int, heads: int = 4, hidden: int | None = None, pool: int = 2,
+                 layout: bool = False):
         super().__init__()
         if width % heads:
             raise ConfigError(f"Molmo pooling width {width} is not divisible by {heads} heads")
@@ -65,9 +72,12 @@ class MolmoConnector(nn.Module):
         self.v = nn.Linear(in_dim, width)
         self.out = nn.Linear(width, width)
         self.mlp = SwiGLU(width, hidden or 4 * width, out_dim=out_dim)
+        # start, column, end: initialised small here; mmfm.train.llava.add_image_layout starts them from the LM's
+        self.layout = nn.Parameter(torch.randn(3, out_dim) * 0.02) if layout else None
 
     def tokens(self, gh: int, gw: int) -> int:
-        return -(-gh // self.pool) * -(-gw // self.pool)
+        h, w = -(-gh // self.pool), -(-gw // self.pool)
+        return h * w + (h + 2 if self.layout is not None else 0)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         b, n, c = x.shape
@@ -84,7 +94,12 @@ class MolmoConnector(nn.Module):
         split = lambda t: t.view(t.shape[0], t.shape[1], self.heads, self.head_dim).transpose(1, 2)  # noqa: E731
         y = F.scaled_dot_product_attention(split(self.q(query)), split(self.k(groups)), split(self.v(groups)))
         y = self.out(y.transpose(1, 2).reshape(b * gh2 * gw2, 1, -1))
-        return self.mlp(y.view(b, gh2 * gw2, -1))
+        y = self.mlp(y.view(b, gh2 * gw2, -1))
+        if self.layout is None:
+            return y
+        start, col, end = self.layout.to(y.dtype)[:, None, None, :].expand(3, b, 1, y.shape[-1])
+        rows = torch.cat([y.view(b, gh2, gw2, -1), col[:, None].expand(b, gh2, 1, -1)], 2).flatten(1, 2)
+        return torch.cat([start, rows, end], 1)
 
 
 class PatchPooler(nn.Module):

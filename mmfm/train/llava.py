@@ -30,6 +30,7 @@ from mmfm.lm.model import load_lm, smollm2_path
 from mmfm.models.clip import CLIP
 from mmfm.models.llava import Llava, LlavaConfig
 from mmfm.nn.connectors import MolmoConnector
+from mmfm.nn.lora import merge_lora
 from mmfm.train.trainer import FrozenLMTrainModule, TrainConfig, Trainer, lm_dtype
 from mmfm.weights import path as weights_path
 from mmfm.world import World
@@ -83,12 +84,19 @@ def build_world_llava(vision_dir=None, lm=None, seed: int = 0, lm_dtype: str = "
     return model
 
 
-def prepare_stage(model: Llava, stage: int, lora: dict | None, train_vision: bool = False) -> int:
-    """Freeze for the stage (the tower too unless `train_vision`), add LoRA adapters in stage 2, keep
-    trainable weights in fp32. Returns the number of trainable parameters."""
-    if stage == 2 and lora and not model.config.lora:
+def prepare_stage(model: Llava, stage: int, lora: dict | None, train_vision: bool = False,
+                  train_lm: bool = False) -> int:
+    """Freeze for the stage (the tower too unless `train_vision`), add LoRA adapters in stage 2 (or, with
+    `train_lm`, fold any adapters in and train the whole LM, as Molmo does), keep trainable weights in
+    fp32. Returns the number of trainable parameters."""
+    if stage == 2 and train_lm and model.config.lora:
+        merge_lora(model.lm)
+        model.config.lora = None
+    if stage == 2 and lora and not train_lm and not model.config.lora:
         model.add_lora(lora["r"], lora["alpha"], lora["targets"])
     model.freeze(stage, vision=train_vision)
+    if stage == 2 and not model.config.lora:
+        model.config.base_lm = ""  # the whole LM learns: its weights are the model's own now, saved with it
     n = 0
     for p in model.parameters():
         if p.requires_grad:
@@ -126,17 +134,39 @@ def set_pool_size(model: Llava, pool: int) -> None:
     model.projector.pool = model.config.pool_size = pool
 
 
+def add_image_layout(model: Llava) -> None:
+    """Give a Molmo connector Molmo's image layout: a start token, a column token after each row of image
+    tokens, an end token (new learned embeddings; a model trained without them learns to read them in the
+    next stage). The column token starts as the LM's newline, a row break it already knows; start and end
+    as random vectors of the LM's embedding scale."""
+    if not isinstance(model.projector, MolmoConnector):
+        raise ConfigError("--image-layout applies to the molmo connector only (preset world-tiny)")
+    if model.projector.layout is not None:
+        return
+    if model.tokenizer is None:
+        raise ConfigError("--image-layout starts its column token from the LM's newline: the model has no tokenizer")
+    table = model.lm.embed.weight
+    newline = model.tokenizer.encode("\n")[-1]
+    g = torch.Generator().manual_seed(0)
+    start_end = torch.randn(2, table.shape[1], generator=g) * table.float().std()
+    init = torch.stack([start_end[0], table[newline].float(), start_end[1]])
+    model.projector.layout = torch.nn.Parameter(init.to(next(model.projector.parameters()).dtype))
+    model.config.image_layout = True
+
+
 def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/llava", init=None, vision=None,
                       resume: bool = False, progress: bool = True, evaluate: bool = True, eval_n: int = 100,
                       qa_weights=None, kind_weights=None, pool_size: int | None = None, train_vision: bool = False,
-                      **overrides) -> dict:
+                      image_layout: bool = False, train_lm: bool = False, **overrides) -> dict:
     """Stage 1 builds the model (vision tower from `vision`, default the shipped world CLIP) and writes
     out/stage1; stage 2 starts from `init` (default out/stage1/model), with its tower replaced by
     `vision`'s when given, and writes out/stage2. `qa_weights` ("shape=3,color=2" or a dict) weighs
     the question types of stage 2's single-question conversations, `kind_weights` ("point=0.4,count=0.3")
     the kinds of conversation (mmfm.data.llava_world.KINDS); `pool_size` sets the Molmo connector's
     pooling (1: 64 tokens per image, 2: 16), also on a `--from` model; `train_vision` trains the vision
-    tower with the rest, as Molmo does (LLaVA keeps it frozen). Each stage writes model/,
+    tower with the rest, as Molmo does (LLaVA keeps it frozen); `image_layout` adds Molmo's start / column /
+    end tokens around the image tokens (also on a `--from` model); `train_lm` trains the whole LM in stage 2
+    instead of LoRA adapters (as Molmo; the model folder then holds the LM). Each stage writes model/,
     metrics.jsonl, curves.png and report.json."""
     if stage not in (1, 2):
         raise ConfigError(f"--stage must be 1 or 2, got {stage}")
@@ -161,7 +191,9 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
             swap_tower(model, vision)
     if pool_size is not None:
         set_pool_size(model, pool_size)
-    trainable = prepare_stage(model, stage, p.get("lora"), train_vision)
+    if image_layout:
+        add_image_layout(model)
+    trainable = prepare_stage(model, stage, p.get("lora"), train_vision, train_lm)
     enc = model.conversation()
     data = WorldInstructions(enc, stage, tcfg.batch_size, model.config.image_mean, model.config.image_std,
                              World(seed=tcfg.seed), seed=tcfg.seed, qa_weights=qa_weights, kind_p=kind_p)
@@ -169,7 +201,7 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     trainer.train(resume=resume)
     report = {"preset": preset_name, "stage": stage, "trainable_parameters": trainable, "qa_weights": qa_weights,
               "kind_weights": dict(zip(KINDS, kind_p)), "tokens_per_image": model.tokens_per_image,
-              "train_vision": train_vision,
+              "train_vision": train_vision, "train_lm": train_lm, "image_layout": model.config.image_layout,
               "vision": str(vision) if vision else None,
               "train_seconds": round(time.perf_counter() - t0, 1), "skipped_conversations": data.skipped,
               "train_config": {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "seed")}}
@@ -181,5 +213,5 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     return report
 
 
-__all__ = ["train_world_llava", "build_world_llava", "swap_tower", "set_pool_size", "prepare_stage", "PRESETS",
-           "LORA_TARGETS"]
+__all__ = ["train_world_llava", "build_world_llava", "swap_tower", "set_pool_size", "add_image_layout",
+           "prepare_stage", "PRESETS", "LORA_TARGETS"]
