@@ -145,6 +145,15 @@ def first_digits(model, n: int = 300, seed: int = 0, batch: int = 16) -> dict:
     return out
 
 
+def grid_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
+    """The connector's image tokens (N, h * w, C) in row order, without Molmo's layout tokens if it has them."""
+    feats = model.encode_images(pixels)
+    if getattr(model.projector, "layout", None) is None:
+        return feats
+    h = -(-model.grid // model.projector.pool)
+    return feats[:, 1:-1].reshape(len(feats), h, h + 1, -1)[:, :, :h].flatten(1, 2)
+
+
 def main() -> None:
     import mmfm
     from mmfm.data.llava_world import world_pixels
@@ -172,7 +181,7 @@ def main() -> None:
                   f"{own_index(s[:, v.num_prefix_tokens:]):.3f}")
         for p in (2, 1):
             model.projector.pool = p
-            feats = torch.cat([model.encode_images(pixels[j : j + 200]) for j in range(0, len(pixels), 200)])
+            feats = torch.cat([grid_tokens(model, pixels[j : j + 200]) for j in range(0, len(pixels), 200)])
             r = where_inside(feats, samples)
             print(f"connector, {r['tokens']} tokens: own index {own_index(feats[:400]):.3f}; "
                   f"{r['objects']} objects: cell centre in the mask {r['cell centre in mask']:.3f}, "

@@ -161,6 +161,32 @@ def test_lora_starts_as_the_base_and_merges_exactly():
     assert (lm(ids).logits - adapted).abs().max() < 1e-5
 
 
+def test_a_fully_tuned_lm_goes_back_to_lora_adapters_by_svd():
+    from mmfm.nn.decoder import DecoderConfig, DecoderLM
+    from mmfm.nn.lora import LoRALinear, extract_lora
+
+    torch.manual_seed(0)
+    lm = DecoderLM(DecoderConfig(vocab_size=50, dim=32, layers=2, heads=4, hidden=64)).eval()
+    base = {k: v.clone() for k, v in lm.state_dict().items()}
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():  # "training": a rank-3 change of every qkv, a full-rank change of every down
+        for blk in lm.transformer.blocks:
+            blk.attn.qkv.weight.add_(torch.randn(blk.attn.qkv.weight.shape[0], 3) @ torch.randn(3, 32) * 0.1)
+            blk.mlp.down.weight.add_(torch.randn_like(blk.mlp.down.weight) * 0.1)
+        tuned = lm(ids).logits
+    errors = extract_lora(lm, base, ["attn.qkv"], r=4)
+    assert set(errors) == {"transformer.blocks.0.attn.qkv", "transformer.blocks.1.attn.qkv"}
+    assert max(errors.values()) < 1e-5  # rank 3 <= 4: nothing lost
+    qkv = lm.transformer.blocks[0].attn.qkv
+    assert isinstance(qkv, LoRALinear) and torch.equal(qkv.weight, base["transformer.blocks.0.attn.qkv.weight"])
+    with torch.no_grad():
+        assert (lm(ids).logits - tuned).abs().max() < 1e-4
+    cut = extract_lora(lm, base, ["mlp.down"], r=4)  # full-rank changes: rank 4 keeps part of them
+    assert all(0.1 < e < 1 for e in cut.values())
+    with torch.no_grad():
+        assert (lm(ids).logits - tuned).abs().max() > 1e-3
+
+
 def test_molmo_connector_pools_2x2_with_the_mean_as_query():
     from mmfm.nn.connectors import MolmoConnector
 

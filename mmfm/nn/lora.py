@@ -90,8 +90,39 @@ def merge_lora(model: nn.Module) -> int:
     return n
 
 
+@torch.no_grad()
+def extract_lora(model: nn.Module, base: dict[str, torch.Tensor], targets: Sequence[str], r: int = 64,
+                 alpha: float | None = None) -> dict[str, float]:
+    """The inverse of fine-tuning every weight, approximately (as mergekit's extract-lora): each nn.Linear
+    named by `targets` goes back to its base weight, base[name + ".weight"], plus a rank-r adapter holding
+    the best rank-r approximation of what training changed (truncated SVD). Returns, per layer, the
+    relative Frobenius error of that approximation (0: the change had rank <= r)."""
+    alpha = float(alpha if alpha is not None else r)
+    errors = {}
+    for name, mod in list(model.named_modules()):
+        if type(mod) is not nn.Linear or not any(name == t or name.endswith("." + t) for t in targets):
+            continue
+        tuned = mod.weight.detach().float()
+        delta = tuned - base[name + ".weight"].float()
+        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        k = min(r, len(s))
+        root = s[:k].sqrt()
+        mod.weight.copy_(base[name + ".weight"].to(mod.weight.dtype))
+        new = LoRALinear.wrap(mod, r, alpha)
+        new.lora_a.zero_()
+        new.lora_b.zero_()
+        new.lora_a[:k] = root[:, None] * vh[:k]
+        new.lora_b[:, :k] = u[:, :k] * root / new.scaling
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        errors[name] = float(s[k:].norm() / s.norm().clamp_min(1e-12))
+    if not errors:
+        raise ConfigError(f"LoRA targets {list(targets)} match no Linear layer of {type(model).__name__}")
+    return errors
+
+
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k.endswith((".lora_a", ".lora_b"))}
 
 
-__all__ = ["LoRALinear", "apply_lora", "merge_lora", "lora_state_dict"]
+__all__ = ["LoRALinear", "apply_lora", "merge_lora", "extract_lora", "lora_state_dict"]
