@@ -184,10 +184,6 @@ def eval_llava(
     seed: int = typer.Option(
         0, help="World seed: which new scenes are drawn (the accuracy moves by a few points between seeds at n=200)."
     ),
-    image_layout: bool = typer.Option(False, "--image-layout", help="On the world: Molmo's start / column / end "
-                                      "tokens around the image tokens (molmo connector), also on a --from model."),
-    train_lm: bool = typer.Option(False, "--train-lm", help="On the world, stage 2: train the whole LM (as Molmo) "
-                                  "instead of LoRA adapters; the model folder then holds the LM (~540 MB fp32)."),
     data: Path = typer.Option(None, "--data", help="Your LLaVA JSON: each record's last answer is generated and "
                               "compared with the reference (--n records at most)."),
     images: Path = options.IMAGES,
