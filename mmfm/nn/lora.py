@@ -58,15 +58,22 @@ class LoRALinear(nn.Linear):
         return f"{super().extra_repr()}, r={self.r}, alpha={self.alpha}"
 
 
+def _named(name: str, targets: Sequence[str]) -> bool:
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
 def apply_lora(model: nn.Module, targets: Sequence[str], r: int = 16, alpha: float = 32.0) -> list[str]:
     """Replace every nn.Linear whose name ends with one of `targets` (e.g. "attn.qkv", "mlp.w2") by a
     LoRALinear sharing its weight. Returns the names replaced; none found is a ConfigError."""
     done = []
     for name, mod in list(model.named_modules()):
-        if type(mod) is nn.Linear and any(name == t or name.endswith("." + t) for t in targets):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, LoRALinear.wrap(mod, r, alpha))
+        if type(mod) is nn.Linear and _named(name, targets):
+            _replace(model, name, LoRALinear.wrap(mod, r, alpha))
             done.append(name)
     if not done:
         raise ConfigError(f"LoRA targets {list(targets)} match no Linear layer of {type(model).__name__}")
@@ -84,8 +91,7 @@ def merge_lora(model: nn.Module) -> int:
                 lin.weight.copy_(mod.merged_weight())
                 if mod.bias is not None:
                     lin.bias.copy_(mod.bias)
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, lin)
+            _replace(model, name, lin)
             n += 1
     return n
 
@@ -100,7 +106,7 @@ def extract_lora(model: nn.Module, base: dict[str, torch.Tensor], targets: Seque
     alpha = float(alpha if alpha is not None else r)
     errors = {}
     for name, mod in list(model.named_modules()):
-        if type(mod) is not nn.Linear or not any(name == t or name.endswith("." + t) for t in targets):
+        if type(mod) is not nn.Linear or not _named(name, targets):
             continue
         tuned = mod.weight.detach().float()
         delta = tuned - base[name + ".weight"].float()
@@ -113,8 +119,7 @@ def extract_lora(model: nn.Module, base: dict[str, torch.Tensor], targets: Seque
         new.lora_b.zero_()
         new.lora_a[:k] = root[:, None] * vh[:k]
         new.lora_b[:, :k] = u[:, :k] * root / new.scaling
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        _replace(model, name, new)
         errors[name] = float(s[k:].norm() / s.norm().clamp_min(1e-12))
     if not errors:
         raise ConfigError(f"LoRA targets {list(targets)} match no Linear layer of {type(model).__name__}")
