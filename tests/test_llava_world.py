@@ -177,6 +177,49 @@ def test_image_layout_and_whole_lm_training_are_saved(tmp_path):
         LlavaConfig(vision=vision, lm=lm, projector="mlp2x_gelu", image_layout=True).validate()
 
 
+def test_a_whole_lm_fine_tune_goes_back_to_adapters():
+    import torch
+
+    import mmfm
+    from mmfm.errors import ConfigError
+    from mmfm.lm.frozen_base import to_adapters
+    from mmfm.models.llava import Llava, LlavaConfig
+    from mmfm.nn.decoder import DecoderConfig
+    from mmfm.nn.lora import LoRALinear
+    from mmfm.train.llava import LORA_TARGETS
+
+    vision = mmfm.load(weights_path("clip-world-tiny")).config.vision
+    lm = DecoderConfig(vocab_size=300, dim=32, layers=2, heads=4, hidden=64)
+    torch.manual_seed(0)
+    model = Llava(LlavaConfig(vision=vision, lm=lm, image_token_id=299, projector="molmo", vision_layers=(-2,)))
+    base = {k: v.clone() for k, v in model.lm.state_dict().items()}
+    with torch.no_grad():  # "training": a rank-2 change to every targeted Linear, and to two other weights
+        for name, mod in model.lm.named_modules():
+            if type(mod) is torch.nn.Linear and name.endswith(LORA_TARGETS):
+                mod.weight.add_(0.1 * torch.randn(mod.out_features, 2) @ torch.randn(2, mod.in_features))
+        model.lm.embed.weight.mul_(1.1)
+        model.lm.transformer.blocks[1].norm1.weight.add_(0.5)
+    ids = torch.randint(0, 299, (2, 7))
+    expected = Llava(model.config)  # the tuned targets with the embeddings and norm back at the base
+    expected.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        expected.lm.embed.weight.copy_(base["embed.weight"])
+        expected.lm.transformer.blocks[1].norm1.weight.copy_(base["transformer.blocks.1.norm1.weight"])
+    lost = to_adapters(model, r=2, targets=LORA_TARGETS, base=base)
+    assert model.config.base_lm == "smollm2" and model.config.lora == {"r": 2, "alpha": 4.0,
+                                                                        "targets": list(LORA_TARGETS)}
+    assert len(lost["adapter_rel_error"]) == 2 * 4 and max(lost["adapter_rel_error"].values()) < 1e-4
+    dropped = lost["dropped_rel_change"]
+    assert list(dropped)[:2] == ["transformer.blocks.1.norm1.weight", "embed.weight"]
+    assert abs(dropped["embed.weight"] - 0.1) < 1e-5 and max(list(dropped.values())[2:]) == 0
+    assert sum(isinstance(m, LoRALinear) for m in model.lm.modules()) == 8
+    with torch.no_grad():
+        assert torch.allclose(model.lm(ids).logits, expected.lm(ids).logits, atol=1e-5)
+        assert torch.equal(model.lm.embed.weight, base["embed.weight"])
+    with pytest.raises(ConfigError, match="already"):
+        to_adapters(model, r=2, targets=LORA_TARGETS, base=base)
+
+
 def test_a_frozen_tower_does_not_drift_and_can_be_swapped(tmp_path):
     import torch
 
@@ -277,6 +320,18 @@ def test_train_ask_point_eval_end_to_end(tmp_path):
     assert cfg["base_lm"] == "" and cfg["lora"] is None and (molmo / "model.safetensors").stat().st_size > 400e6
     r = _mmfm("ask", img, "How many circles are there?", "--model", molmo, "--max-tokens", "4", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
+    # and back to a folder of adapters over the package's SmolLM2
+    r = _mmfm("lora", "extract", molmo, "--rank", "4", "--dtype", "bfloat16", "--out", tmp_path / "adapters")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.splitlines()[-1])
+    assert summary["adapters"] == 30 * 4 and 0 <= summary["adapter_rel_error_max"] <= 1
+    cfg = json.loads((tmp_path / "adapters" / "config.json").read_text())
+    assert cfg["base_lm"] == "smollm2" and cfg["lora"]["r"] == 4 and cfg["image_layout"]
+    assert (tmp_path / "adapters" / "model.safetensors").stat().st_size < 30e6
+    r = _mmfm("point", img, "the circles", "--model", tmp_path / "adapters", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _mmfm("lora", "extract", tmp_path / "adapters", "--out", tmp_path / "again")
+    assert r.returncode == 2 and "already" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_bad_input_is_one_clear_line(tmp_path):

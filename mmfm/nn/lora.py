@@ -58,8 +58,14 @@ class LoRALinear(nn.Linear):
         return f"{super().extra_repr()}, r={self.r}, alpha={self.alpha}"
 
 
-def _named(name: str, targets: Sequence[str]) -> bool:
-    return any(name == t or name.endswith("." + t) for t in targets)
+def targeted(model: nn.Module, targets: Sequence[str]) -> list[tuple[str, nn.Linear]]:
+    """The plain nn.Linear layers whose names end with one of `targets` (e.g. "attn.qkv", "mlp.w2"), by
+    name; none is a ConfigError."""
+    found = [(name, mod) for name, mod in model.named_modules() if type(mod) is nn.Linear
+             and any(name == t or name.endswith("." + t) for t in targets)]
+    if not found:
+        raise ConfigError(f"LoRA targets {list(targets)} match no Linear layer of {type(model).__name__}")
+    return found
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -70,14 +76,10 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 def apply_lora(model: nn.Module, targets: Sequence[str], r: int = 16, alpha: float = 32.0) -> list[str]:
     """Replace every nn.Linear whose name ends with one of `targets` (e.g. "attn.qkv", "mlp.w2") by a
     LoRALinear sharing its weight. Returns the names replaced; none found is a ConfigError."""
-    done = []
-    for name, mod in list(model.named_modules()):
-        if type(mod) is nn.Linear and _named(name, targets):
-            _replace(model, name, LoRALinear.wrap(mod, r, alpha))
-            done.append(name)
-    if not done:
-        raise ConfigError(f"LoRA targets {list(targets)} match no Linear layer of {type(model).__name__}")
-    return done
+    done = targeted(model, targets)
+    for name, mod in done:
+        _replace(model, name, LoRALinear.wrap(mod, r, alpha))
+    return [name for name, _ in done]
 
 
 def merge_lora(model: nn.Module) -> int:
@@ -105,9 +107,7 @@ def extract_lora(model: nn.Module, base: dict[str, torch.Tensor], targets: Seque
     relative Frobenius error of that approximation (0: the change had rank <= r)."""
     alpha = float(alpha if alpha is not None else r)
     errors = {}
-    for name, mod in list(model.named_modules()):
-        if type(mod) is not nn.Linear or not _named(name, targets):
-            continue
+    for name, mod in targeted(model, targets):
         tuned = mod.weight.detach().float()
         delta = tuned - base[name + ".weight"].float()
         u, s, vh = torch.linalg.svd(delta, full_matrices=False)
@@ -121,8 +121,6 @@ def extract_lora(model: nn.Module, base: dict[str, torch.Tensor], targets: Seque
         new.lora_b[:, :k] = u[:, :k] * root / new.scaling
         _replace(model, name, new)
         errors[name] = float(s[k:].norm() / s.norm().clamp_min(1e-12))
-    if not errors:
-        raise ConfigError(f"LoRA targets {list(targets)} match no Linear layer of {type(model).__name__}")
     return errors
 
 
@@ -130,4 +128,4 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k.endswith((".lora_a", ".lora_b"))}
 
 
-__all__ = ["LoRALinear", "apply_lora", "merge_lora", "extract_lora", "lora_state_dict"]
+__all__ = ["LoRALinear", "targeted", "apply_lora", "merge_lora", "extract_lora", "lora_state_dict"]
