@@ -328,7 +328,7 @@ def test_train_ask_point_eval_end_to_end(tmp_path):
     cfg = json.loads((tmp_path / "adapters" / "config.json").read_text())
     assert cfg["base_lm"] == "smollm2" and cfg["lora"]["r"] == 4 and cfg["image_layout"]
     assert (tmp_path / "adapters" / "model.safetensors").stat().st_size < 30e6
-    r = _mmfm("point", img, "the circles", "--model", tmp_path / "adapters", "--json")
+    r = _mmfm("point", img, "the circles", "--model", tmp_path / "adapters", "-o", tmp_path / "p2.png", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     r = _mmfm("lora", "extract", tmp_path / "adapters", "--out", tmp_path / "again")
     assert r.returncode == 2 and "already" in r.stderr and "Traceback" not in r.stderr

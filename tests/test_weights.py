@@ -62,6 +62,16 @@ def test_shipped_world_llava_answers_new_scenes():
     assert acc["existence"] >= 0.75 and acc["color"] >= 0.6 and acc["shape"] >= 0.5, (acc, answers[:8])
 
 
+def test_shipped_world_molmo_is_the_llava_with_molmo_layout_and_adapters():
+    """How well it points is measured by the course's Molmo claim (test_course_report_llm_claims)."""
+    from mmfm.models.llava import Llava
+
+    llava, molmo = mmfm.load(path("llava-world-tiny")), mmfm.load(path("molmo-world-tiny"))
+    assert isinstance(molmo, Llava) and molmo.config.base_lm == "smollm2" and molmo.config.image_layout
+    assert molmo.config.lora["r"] == 32 and molmo.tokens_per_image == llava.tokens_per_image + 4 + 2
+    assert molmo.config.vision == llava.config.vision
+
+
 def test_segment_takes_a_shipped_sam_by_name(tmp_path):
     import subprocess
     import sys

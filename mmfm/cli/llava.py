@@ -12,14 +12,14 @@ from mmfm.errors import InvalidPrompt
 from mmfm.vision.transforms import crop_window  # noqa: F401 - kept importable from here
 
 
-def _load_llava(model: Path | None, dtype: str = "float32"):
+def _load_llava(model: Path | None, dtype: str = "float32", shipped: str = "llava-world-tiny"):
     from mmfm.cli import load_model
     from mmfm.models.llava import Llava
 
-    if model is None:  # the shipped world LLaVA (SmolLM2 + LoRA adapters, trained on the Shapes world)
+    if model is None:  # a shipped world model (SmolLM2 + LoRA adapters, trained on the Shapes world)
         from mmfm.weights import path
 
-        model = path("llava-world-tiny")
+        model = path(shipped)
     return load_model(model, Llava, "ask / point", "answers", dtype=dtype)
 
 
@@ -50,7 +50,7 @@ def point(
     image: Path = typer.Argument(..., help="Image file."),
     query: str = typer.Argument(..., help="What to point at, e.g. 'the blue squares'."),
     model: Path = typer.Option(
-        None, "--model", help="A LLaVA / Molmo-style folder trained to point; default: the shipped world LLaVA."
+        None, "--model", help="A LLaVA / Molmo-style folder trained to point; default: the shipped world Molmo."
     ),
     out: Path = typer.Option(Path("points.png"), "-o", "--out", help="PNG with the points drawn."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -63,7 +63,7 @@ def point(
     if not query.strip():
         raise InvalidPrompt("the query is empty; say what to point at")
     pic = load_image(image)
-    m = _load_llava(model)
+    m = _load_llava(model, shipped="molmo-world-tiny")
     q = query.strip()
     q = q[4:] if q.lower().startswith("the ") else q
     answer = m.ask(pic, f"Point to the {q}.", max_new_tokens=200)

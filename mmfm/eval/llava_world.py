@@ -69,7 +69,7 @@ def evaluate_llava_world(model, n: int = 100, seed: int = 0, out=None, splits=("
     examples = []
     for split in splits:
         by_kind, points, counts = _items(world, split, n)
-        total = sum(len(v) for v in by_kind.values()) + len(points) + len(counts)
+        total = sum(len(v) for v in by_kind.values()) + len(points) + 2 * len(counts)
         bar = tqdm(total=total, desc=f"eval LLaVA ({split})", disable=not progress, dynamic_ncols=True)
         vqa, ci95 = {}, {}
         for kind in QA_KINDS:
@@ -81,19 +81,7 @@ def evaluate_llava_world(model, n: int = 100, seed: int = 0, out=None, splits=("
             # the size of the moves seen between world seeds, so a goal is judged on n >= 500
             ci95[kind] = float(1.96 * acc.std() / np.sqrt(len(acc)))
         vqa["overall"] = float(np.mean([vqa[k] for k in QA_KINDS]))
-        # counting: the same scenes and subjects, asked directly and asked to point first
-        subjects, truths, gts = [], [], []
-        for r, q in counts:
-            c, s, k = count_fact(q)
-            subjects.append(count_subject(c, s))
-            truths.append(k)
-            gts.append((r, c, s))
-        direct = _answers(model, [r.image for r, _ in counts], [direct_count_question(s) for s in subjects], batch, 8)
-        pointed = _answers(model, [r.image for r, _ in counts], [pointing_count_question(s) for s in subjects],
-                           batch, 160, bar)
-        counting = {"direct": _count_scores(direct, truths), "pointing": _count_scores(pointed, truths)}
-        cp = [_point_f1(a, r, c, s) for a, (r, c, s) in zip(pointed, gts)]
-        counting["pointing"]["points_f1"] = float(np.mean([x["f1"] for x in cp]))
+        counting = _counting(model, counts, batch, bar)
         # pointing alone
         pts_ans = _answers(model, [r.image for r, _ in points], [point_question(pq.query) for _, pq in points],
                            batch, 160, bar)
@@ -114,6 +102,40 @@ def evaluate_llava_world(model, n: int = 100, seed: int = 0, out=None, splits=("
         (out / "eval.json").write_text(json.dumps(report, indent=2))
         _sheet(examples[:8]).save(out / "points.png")
     return report
+
+
+def _counting(model, counts, batch: int, bar=None) -> dict:
+    """The same scenes and subjects asked directly ("How many ...?") and asked to point first."""
+    subjects, truths, gts = [], [], []
+    for r, q in counts:
+        c, s, k = count_fact(q)
+        subjects.append(count_subject(c, s))
+        truths.append(k)
+        gts.append((r, c, s))
+    images = [r.image for r, _ in counts]
+    direct = _answers(model, images, [direct_count_question(s) for s in subjects], batch, 8, bar)
+    pointed = _answers(model, images, [pointing_count_question(s) for s in subjects], batch, 160, bar)
+    counting = {"direct": _count_scores(direct, truths), "pointing": _count_scores(pointed, truths)}
+    cp = [_point_f1(a, r, c, s) for a, (r, c, s) in zip(pointed, gts)]
+    counting["pointing"]["points_f1"] = float(np.mean([x["f1"] for x in cp]))
+    return counting
+
+
+def evaluate_counting(model, n: int = 100, seed: int = 0, split: str = "test", min_count: int = 1,
+                      batch: int = 16, offset: int = 100_000, progress: bool = True) -> dict:
+    """Counting alone on n count questions of new scenes whose answer is at least `min_count` (4: the
+    crowded scenes where Molmo's point-then-count should pay), direct vs by pointing, as in
+    evaluate_llava_world's "counting"."""
+    from tqdm.auto import tqdm
+
+    world, counts, i = World(seed=seed), [], offset
+    while len(counts) < n and i < offset + 200 * n:
+        counts += [(sc.rendered, q) for sc in [world.sample(split, i)] for q in sc.ann.qa
+                   if q.kind == "count" and count_fact(q)[2] >= min_count][: n - len(counts)]
+        i += 1
+    with tqdm(total=2 * len(counts), desc=f"counting ({split}, >= {min_count})", disable=not progress,
+              dynamic_ncols=True) as bar:
+        return {"n": len(counts), "min_count": min_count, **_counting(model, counts, batch, bar)}
 
 
 def _score_points(answer: str, r, masks) -> dict:
@@ -183,4 +205,4 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["evaluate_llava_world", "format_report"]
+__all__ = ["evaluate_llava_world", "evaluate_counting", "format_report"]

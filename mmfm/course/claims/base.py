@@ -79,7 +79,8 @@ class Context:
             from mmfm.weights import path
 
             model = mmfm.load(path(name))
-            self.cache[name] = model.float().eval() if name != "llava-world-tiny" else model.eval()
+            lm_based = name in ("llava-world-tiny", "molmo-world-tiny")  # the LM stays in its own dtype
+            self.cache[name] = model.eval() if lm_based else model.float().eval()
         return self.cache[name]
 
     def clip(self):
@@ -93,6 +94,11 @@ class Context:
 
     def llava(self):
         return self._shipped("llava-world-tiny")
+
+    def molmo(self):
+        """The shipped world Molmo: the world LLaVA with Molmo's image layout and its whole LM trained to
+        point, kept as rank-32 adapters."""
+        return self._shipped("molmo-world-tiny")
 
     def llm(self):
         if "llm" not in self.cache:
@@ -117,6 +123,19 @@ class Context:
             self.cache["llava_eval"] = evaluate_llava_world(self.llava(), n=self.n(*LLAVA_N), seed=self.seed,
                                                             splits=("test",), progress=self.progress)
         return self.cache["llava_eval"]["test"]
+
+    def molmo_eval(self) -> dict:
+        """The world Molmo on new scenes (pointing F1 and the rest of evaluate_llava_world), plus counting
+        on as many crowded scenes (4 or more of the subject)."""
+        if "molmo_eval" not in self.cache:
+            from mmfm.eval.llava_world import evaluate_counting, evaluate_llava_world
+
+            n = self.n(*LLAVA_N)
+            ev = evaluate_llava_world(self.molmo(), n=n, seed=self.seed, splits=("test",), progress=self.progress)
+            ev["test"]["crowded"] = evaluate_counting(self.molmo(), n=n, seed=self.seed, min_count=4,
+                                                      progress=self.progress)
+            self.cache["molmo_eval"] = ev["test"]
+        return self.cache["molmo_eval"]
 
 
 @dataclass(frozen=True)
