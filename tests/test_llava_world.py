@@ -334,6 +334,18 @@ def test_train_ask_point_eval_end_to_end(tmp_path):
     assert r.returncode == 2 and "already" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_evaluation_without_grounding_and_on_crowded_scenes():
+    import mmfm
+    from mmfm.eval.llava_world import evaluate_counting, evaluate_llava_world, format_report
+
+    model = mmfm.load(weights_path("llava-world-tiny"))
+    ev = evaluate_llava_world(model, n=3, splits=("test",), progress=False, grounding=False)
+    assert set(ev["test"]) == {"vqa", "vqa_ci95"} and "VQA" in format_report(ev) and "pointing" not in format_report(ev)
+    crowd = evaluate_counting(model, n=3, min_count=4, progress=False)
+    assert crowd["n"] == 3 and set(crowd["direct"]["by_true_count"]) == {"4+"}
+    assert 0 <= crowd["pointing"]["points_f1"] <= 1
+
+
 def test_cli_bad_input_is_one_clear_line(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")

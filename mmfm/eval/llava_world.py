@@ -61,7 +61,9 @@ def _items(world: World, split: str, n: int, offset: int = 100_000):
 
 
 def evaluate_llava_world(model, n: int = 100, seed: int = 0, out=None, splits=("test", "heldout"),
-                         batch: int = 16, progress: bool = True) -> dict:
+                         batch: int = 16, progress: bool = True, grounding: bool = True) -> dict:
+    """grounding=False: the VQA accuracies only, without counting and pointing (their answers run to 160
+    tokens: most of the time)."""
     from tqdm.auto import tqdm
 
     world = World(seed=seed)
@@ -69,6 +71,8 @@ def evaluate_llava_world(model, n: int = 100, seed: int = 0, out=None, splits=("
     examples = []
     for split in splits:
         by_kind, points, counts = _items(world, split, n)
+        if not grounding:
+            points, counts = [], []
         total = sum(len(v) for v in by_kind.values()) + len(points) + 2 * len(counts)
         bar = tqdm(total=total, desc=f"eval LLaVA ({split})", disable=not progress, dynamic_ncols=True)
         vqa, ci95 = {}, {}
@@ -81,27 +85,34 @@ def evaluate_llava_world(model, n: int = 100, seed: int = 0, out=None, splits=("
             # the size of the moves seen between world seeds, so a goal is judged on n >= 500
             ci95[kind] = float(1.96 * acc.std() / np.sqrt(len(acc)))
         vqa["overall"] = float(np.mean([vqa[k] for k in QA_KINDS]))
-        counting = _counting(model, counts, batch, bar)
-        # pointing alone
-        pts_ans = _answers(model, [r.image for r, _ in points], [point_question(pq.query) for _, pq in points],
-                           batch, 160, bar)
-        scores = []
-        for a, (r, pq) in zip(pts_ans, points):
-            allp = interior_points(r)
-            want = {tuple(p) for p in pq.points}
-            idx = [i for i in range(len(allp)) if tuple(allp[i]) in want]
-            scores.append(_score_points(a, r, r.masks[idx] if idx else np.zeros((0,) + r.masks.shape[1:], bool)))
-        pointing = {m: float(np.mean([s[m] for s in scores])) for m in ("precision", "recall", "f1")}
-        pointing["unparsable"] = int(sum(s.get("unparsable", 0) for s in scores))
+        report[split] = {"vqa": vqa, "vqa_ci95": ci95}
+        if grounding:
+            report[split]["counting"] = _counting(model, counts, batch, bar)
+            report[split]["pointing"], answers = _pointing(model, points, batch, bar)
+            examples += [(r, point_question(pq.query), a) for (r, pq), a in list(zip(points, answers))[:8]]
         bar.close()
-        report[split] = {"vqa": vqa, "vqa_ci95": ci95, "counting": counting, "pointing": pointing}
-        examples += [(r, q, a) for (r, pq), a in list(zip(points, pts_ans))[:8] for q in [point_question(pq.query)]]
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval.json").write_text(json.dumps(report, indent=2))
-        _sheet(examples[:8]).save(out / "points.png")
+        if examples:
+            _sheet(examples[:8]).save(out / "points.png")
     return report
+
+
+def _pointing(model, points, batch: int, bar=None) -> tuple[dict, list[str]]:
+    """Point at every X: precision / recall / F1 of the points against the objects' masks, and the answers."""
+    answers = _answers(model, [r.image for r, _ in points], [point_question(pq.query) for _, pq in points],
+                       batch, 160, bar)
+    scores = []
+    for a, (r, pq) in zip(answers, points):
+        allp = interior_points(r)
+        want = {tuple(p) for p in pq.points}
+        idx = [i for i in range(len(allp)) if tuple(allp[i]) in want]
+        scores.append(_score_points(a, r, r.masks[idx] if idx else np.zeros((0,) + r.masks.shape[1:], bool)))
+    pointing = {m: float(np.mean([s[m] for s in scores])) for m in ("precision", "recall", "f1")}
+    pointing["unparsable"] = int(sum(s.get("unparsable", 0) for s in scores))
+    return pointing, answers
 
 
 def _counting(model, counts, batch: int, bar=None) -> dict:
@@ -130,9 +141,10 @@ def evaluate_counting(model, n: int = 100, seed: int = 0, split: str = "test", m
 
     world, counts, i = World(seed=seed), [], offset
     while len(counts) < n and i < offset + 200 * n:
-        counts += [(sc.rendered, q) for sc in [world.sample(split, i)] for q in sc.ann.qa
-                   if q.kind == "count" and count_fact(q)[2] >= min_count][: n - len(counts)]
+        s = world.sample(split, i)
         i += 1
+        counts += [(s.rendered, q) for q in s.ann.qa if q.kind == "count" and count_fact(q)[2] >= min_count]
+    counts = counts[:n]
     with tqdm(total=2 * len(counts), desc=f"counting ({split}, >= {min_count})", disable=not progress,
               dynamic_ncols=True) as bar:
         return {"n": len(counts), "min_count": min_count, **_counting(model, counts, batch, bar)}
@@ -196,6 +208,8 @@ def format_report(report: dict) -> str:
         ci = r.get("vqa_ci95", {})
         lines.append(f"{split}: VQA " + " ".join(f"{k} {v[k]:.3f}" + (f"+-{ci[k]:.3f}" if k in ci else "")
                                                  for k in (*QA_KINDS, "overall")))
+        if "counting" not in r:  # grounding=False
+            continue
         for mode in ("direct", "pointing"):
             c = r["counting"][mode]
             by = " ".join(f"n={k}:{d['exact']:.2f}" for k, d in c["by_true_count"].items())

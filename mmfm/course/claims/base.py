@@ -121,7 +121,8 @@ class Context:
             from mmfm.eval.llava_world import evaluate_llava_world
 
             self.cache["llava_eval"] = evaluate_llava_world(self.llava(), n=self.n(*LLAVA_N), seed=self.seed,
-                                                            splits=("test",), progress=self.progress)
+                                                            splits=("test",), progress=self.progress,
+                                                            grounding=False)  # the VQA claim's answers only
         return self.cache["llava_eval"]["test"]
 
     def molmo_eval(self) -> dict:
