@@ -82,8 +82,6 @@ def load_learned(folder, model_cls, config_cls, what: str, dtype="float32", base
     return model
 
 
-
-
 @torch.no_grad()
 def to_adapters(model, r: int, targets, alpha: float | None = None, base: dict | None = None) -> dict:
     """A model whose whole LM was trained (Molmo's recipe; config.base_lm "") back to a folder-sized one:

@@ -79,8 +79,8 @@ class Context:
             from mmfm.weights import path
 
             model = mmfm.load(path(name))
-            lm_based = name in ("llava-world-tiny", "molmo-world-tiny")  # the LM stays in its own dtype
-            self.cache[name] = model.eval() if lm_based else model.float().eval()
+            # a model built on a language model keeps the dtype it loaded in; the small towers run in fp32
+            self.cache[name] = model.eval() if hasattr(model, "lm") else model.float().eval()
         return self.cache[name]
 
     def clip(self):
