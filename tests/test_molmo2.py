@@ -193,6 +193,27 @@ def test_mismatched_placeholders_and_bad_inputs_are_typed_errors(pair, tmp_path)
         mmfm.load(tmp_path / "bad")
 
 
+def test_column_tokens_in_frames_are_an_mmfm_option_transformers_cannot_load(tmp_path):
+    model = tiny_model()
+    plain = video_case(model)[0]
+    model.config.frame_col_tokens = True
+    ids, patches, pooling = video_case(model)
+    c = model.config
+    cols = int((ids == c.image_col_id).sum())
+    # one column token closes each row of every frame's patches; the patches keep their slots
+    assert cols > 0 and ids.shape[1] == plain.shape[1] + cols
+    assert int((ids == c.image_patch_id).sum()) == int((plain == c.image_patch_id).sum()) == pooling.shape[0]
+    row = model.frame_tokens(2, 3)
+    assert row == [c.frame_start_id] + ([c.image_patch_id] * 3 + [c.image_col_id]) * 2 + [c.frame_end_id]
+    with pytest.raises(CheckpointError, match="column tokens"):
+        mmfm.save(model, tmp_path / "hf", format="hf")
+    mmfm.save(model, tmp_path / "own")
+    again = mmfm.load(tmp_path / "own")
+    assert again.config.frame_col_tokens
+    with torch.no_grad():
+        assert torch.equal(again(ids, patches, pooling).logits, model(ids, patches, pooling).logits)
+
+
 # ----------------------------------------------------------------------------------------- packing
 def tiny_model(seed=0) -> Molmo2:
     from mmfm.models.molmo2 import Molmo2Config

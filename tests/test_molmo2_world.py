@@ -15,7 +15,8 @@ from mmfm.cli.main import app
 from mmfm.data.molmo2_world import WorldVideoData, answer_text
 from mmfm.errors import InvalidPrompt
 from mmfm.text.pointing import parse_video_points
-from mmfm.train.molmo2 import PRESETS, CausalVisionData, build_world_molmo2, prepare, train_world_molmo2
+from mmfm.train.molmo2 import LM_LR_SCALE, PRESETS, CausalVisionData, build_world_molmo2, prepare, train_world_molmo2
+from mmfm.train.trainer import param_groups
 from mmfm.vision.video import write_video
 from mmfm.weights import path as weights_path
 from mmfm.world.video import clip
@@ -140,3 +141,44 @@ def test_prepare_trains_the_adapter_and_lora_only():
     assert names and all(n.startswith("adapter.") or n.endswith(("lora_a", "lora_b")) for n in names)
     model.train()
     assert model.adapter.training and not model.vision.training  # the frozen tower's BatchNorm does not drift
+
+
+def test_the_whole_lm_learns_with_column_tokens_in_frames(tmp_path, capsys):
+    model = build_world_molmo2(lm_dtype="float32", frame_col_tokens=True, **PRESETS["world-video"]["model"])
+    c = model.config
+    newline = model.tokenizer.encode("\n")[-1]
+    assert torch.equal(model.lm.embed.weight[c.image_col_id], model.lm.embed.weight[newline])  # a row break
+    prepare(model, None, LM_LR_SCALE)  # no LoRA: every LM weight learns, at a fraction of the adapter's lr
+    assert c.lora is None and c.base_lm == ""
+    assert all(p.requires_grad and p.dtype == torch.float32 and p.lr_scale == LM_LR_SCALE
+               for p in model.lm.parameters())
+    assert not any(p.requires_grad for p in model.vision.parameters())
+    lrs = sorted(g.get("lr", 1e-3) for g in param_groups(model, 0.0, 1e-3) if g["params"])
+    assert lrs[0] == pytest.approx(1e-3 * LM_LR_SCALE) and lrs[-1] == 1e-3
+
+    report = train_world_molmo2(out=tmp_path, steps=1, batch_size=1, progress=False, evaluate=False, seed=0,
+                                train_lm=True, frame_layout=True, tasks=("track",))
+    assert report["trainable_parameters"] > 100e6 and report["tasks"] == ["track"]
+    back = mmfm.load(tmp_path / "model")  # the LM's own weights are in the folder now
+    assert back.config.frame_col_tokens and back.config.lora is None
+    data = WorldVideoData(back, back.tokenizer, tasks=("track",), **DATA)
+    ex, clip_, tasks = data.example(0)
+    rows = back.config.vision.image_size // back.config.vision.patch_size // back.config.adapter.video_pool[0]
+    assert ex.context.count(back.config.image_col_id) == len(clip_.frames) * rows
+    assert {t["task"] for t in tasks} == {"track"}
+    b = data.batch(0)
+    with torch.no_grad():
+        assert torch.isfinite(back(**b).loss)
+    refused(capsys, "train", "molmo2", "--tasks", "point,jump", "--out", tmp_path / "x", match="task kinds")
+    # back to a folder of adapters over the package's SmolLM2 (as the shipped world models are)
+    r = CliRunner().invoke(app, ["lora", "extract", str(tmp_path / "model"), "--rank", "4", "--out",
+                                 str(tmp_path / "adapters")])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["adapters"] == 4 * back.config.lm.layers
+    small = mmfm.load(tmp_path / "adapters")
+    assert small.config.base_lm == "smollm2" and small.config.lora["r"] == 4 and small.config.frame_col_tokens
+    assert (tmp_path / "adapters" / "model.safetensors").stat().st_size < 40e6
+    v = back.config.lm.vocab_size
+    assert torch.equal(small.lm.embed.weight[v:], back.lm.embed.weight[v:])  # the vision ids' rows as trained
+    with torch.no_grad():
+        assert torch.isfinite(small(**b).loss)

@@ -75,7 +75,8 @@ lora_app = typer.Typer(help="LoRA adapters of a model's language model.", no_arg
 
 @lora_app.command(name="extract")
 def lora_extract(
-    model: str = typer.Argument(..., help="A LLaVA folder whose whole LM was trained (--train-lm, --lora-rank 0)."),
+    model: str = typer.Argument(..., help="A LLaVA or Molmo2 folder whose whole LM was trained (--train-lm, "
+                                "--lora-rank 0)."),
     out: Path = typer.Option(..., "--out", help="Folder for the model with adapters (no LM weights)."),
     rank: int = options.bounded(32, "--rank", lo=1, hi=4096, help="LoRA rank of every adapter."),
     dtype: str = typer.Option("float32", "--dtype", help="Adapters stored in float32 or bfloat16 (half the "
@@ -94,15 +95,17 @@ def lora_extract(
     from mmfm.errors import ConfigError
     from mmfm.lm.frozen_base import to_adapters
     from mmfm.models.llava import Llava
+    from mmfm.models.molmo2 import Molmo2
     from mmfm.train.llava import LORA_TARGETS
+    from mmfm.train.molmo2 import LORA_TARGETS as MOLMO2_TARGETS
 
     if dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"--dtype {dtype!r}: float32 or bfloat16")
     output_file(out / "config.json")
     m = mmfm.load(model)
-    if not isinstance(m, Llava):
-        raise ConfigError(f"{model}: a {type(m).__name__}; adapters are extracted from a LLaVA")
-    lost = to_adapters(m, rank, LORA_TARGETS)
+    if not isinstance(m, (Llava, Molmo2)):
+        raise ConfigError(f"{model}: a {type(m).__name__}; adapters are extracted from a LLaVA or a Molmo2")
+    lost = to_adapters(m, rank, LORA_TARGETS if isinstance(m, Llava) else MOLMO2_TARGETS)
     for name, p in m.named_parameters():
         if name.endswith((".lora_a", ".lora_b")):
             p.data = p.data.to(getattr(torch, dtype))

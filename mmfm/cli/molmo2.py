@@ -184,6 +184,12 @@ def train_molmo2(
     weighting: bool = typer.Option(True, "--token-weighting/--no-token-weighting", help="Molmo2's token weighting."),
     bidirectional: bool = typer.Option(True, "--bidirectional/--causal-vision",
                                        help="Vision tokens attend to each other both ways (Molmo2) or causally."),
+    train_lm: bool = typer.Option(False, "--train-lm", help="On world videos: train every LM weight (as Molmo2 "
+                                  "does) instead of LoRA adapters."),
+    frame_layout: bool = typer.Option(False, "--frame-layout", help="On world videos: a column token after each "
+                                      "row of a frame's patches (mmfm's option; transformers cannot load it)."),
+    tasks: str = typer.Option(None, "--tasks", help="On world videos: train on these task kinds only, e.g. "
+                              "point,track,count (the evaluation asks every kind)."),
     precision: str = options.PRECISION,
     bf16: bool = options.BF16,
     compile_step: bool = options.COMPILE,
@@ -223,13 +229,26 @@ def train_molmo2(
     from mmfm.train.molmo2 import train_world_molmo2
 
     report = train_world_molmo2(preset, out, resume=resume, evaluate=evaluate, eval_n=eval_n, packed=packed,
-                                weighting=weighting, bidirectional=bidirectional, precision=prec,
+                                weighting=weighting, bidirectional=bidirectional, train_lm=train_lm,
+                                frame_layout=frame_layout, tasks=_task_kinds(tasks), precision=prec,
                                 compile=compile_step or None, steps=steps,
                                 batch_size=batch_size, lr=lr, seed=seed)
     for split in ("test", "heldout"):
         if split in report:
             typer.echo(f"{split}: {format_scores(report[split])}")
     typer.echo(f"model: {out / 'model'}   curves: {out / 'curves.png'}")
+
+
+def _task_kinds(text: str | None) -> tuple[str, ...] | None:
+    from mmfm.world.video import TASK_KINDS
+
+    if text is None:
+        return None
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in TASK_KINDS]
+    if not kinds or unknown:
+        raise ConfigError(f"--tasks {text!r}: the world's video task kinds are {', '.join(TASK_KINDS)}")
+    return kinds
 
 
 def format_scores(r: dict) -> str:

@@ -52,6 +52,24 @@ def _installed_smollm2(config, dtype, what: str):
     return base
 
 
+def smollm2_state(model) -> dict[str, torch.Tensor]:
+    """The installed SmolLM2's LM weights in fp32, in the shapes of `model.lm`: embedding rows past its
+    vocabulary (Molmo2's vision ids, input only) stay the model's own and an untied head is SmolLM2's
+    (tied) embedding; every other LM setting must be the one the model was trained on."""
+    c = model.config.lm
+    base = load_lm(smollm2_path(), dtype=torch.float32)
+    own = {"extra": {}, "extra_vocab": c.extra_vocab, "tie_embeddings": c.tie_embeddings}
+    if base.config.to_dict() | own != c.to_dict() | own:
+        raise CheckpointError("the installed SmolLM2 does not have the LM config this model was trained on")
+    sd = dict(base.model.state_dict())
+    embed = sd["embed.weight"]
+    if c.extra_vocab:
+        sd["embed.weight"] = torch.cat([embed, model.lm.embed.weight[c.vocab_size:].detach().float()])
+    if not c.tie_embeddings:
+        sd["lm_head.weight"] = embed
+    return sd
+
+
 def load_learned(folder, model_cls, config_cls, what: str, dtype="float32", base_tokenizer=None):
     """The inverse of save_learned: config, weights, the base LM from its package when base_lm is set,
     the tokenizer of the folder (else the base LM's, passed through `base_tokenizer(tok, config)`)."""
@@ -88,14 +106,15 @@ def to_adapters(model, r: int, targets, alpha: float | None = None, base: dict |
     rank-r LoRA adapters over the installed SmolLM2 (`base`: another LM's state dict). Each targeted Linear
     keeps the best rank-r approximation of its change (extract_lora); every other LM weight (embeddings,
     norms) goes back to the base, as a folder with base_lm set stores adapters only. Returns what is lost:
-    each adapter's relative error and each untargeted weight's relative change, largest first."""
+    each adapter's relative error and each untargeted weight's relative change, largest first. Molmo2's
+    extra embedding rows (its vision ids) are the model's own and stay as trained."""
     if model.config.base_lm:
         raise ConfigError(f"the model's LM is already the {model.config.base_lm!r} package's (plus adapters)")
     if model.config.lora:  # adapters trained on a model-owned LM: fold them in first
         merge_lora(model.lm)
         model.config.lora = None
     if base is None:
-        base = _installed_smollm2(model.config, torch.float32, "to_adapters").model.state_dict()
+        base = smollm2_state(model)
     lm = model.lm.float()
     adapted = {name + ".weight" for name, _ in targeted(lm, targets)}
     dropped = {}
@@ -113,4 +132,4 @@ def to_adapters(model, r: int, targets, alpha: float | None = None, base: dict |
             "dropped_rel_change": dict(sorted(dropped.items(), key=lambda kv: -kv[1]))}
 
 
-__all__ = ["tower_state", "save_learned", "load_learned", "to_adapters"]
+__all__ = ["tower_state", "save_learned", "load_learned", "to_adapters", "smollm2_state"]

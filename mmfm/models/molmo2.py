@@ -115,6 +115,9 @@ class Molmo2Config(Config):
     overlap_margins: tuple[int, int] = (4, 4)
     image_col_tokens: bool = True  # a column token ends each row of an image's patches (not a video frame's)
     frame_tokens: bool = True  # frames between <frame_start> / <frame_end> (False: <im_start> / <im_end>)
+    # mmfm's option, not Molmo2's: a column token after each row of a frame's patches too, so that the LM can
+    # read a patch's column as its distance from the last row's end (transformers cannot express it).
+    frame_col_tokens: bool = False
     max_frames: int = 64
     max_fps: float = 2.0
     bidirectional_vision: bool = True  # False: vision tokens attend causally (the ablation), in training and after
@@ -306,7 +309,8 @@ class Molmo2(nn.Module):
         """The ids of one video frame (its timestamp text goes before it)."""
         c = self.config
         start, end = (c.frame_start_id, c.frame_end_id) if c.frame_tokens else (c.image_start_id, c.image_end_id)
-        return [start] + [c.image_patch_id] * (rows * cols) + [end]
+        col = [c.image_col_id] if c.frame_col_tokens else []
+        return [start] + ([c.image_patch_id] * cols + col) * rows + [end]
 
     # Molmo2's chat layout: the images or the video first, then the turns (ChatML, as Qwen3 and SmolLM2).
     USER, ASSISTANT, END = "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>"

@@ -279,18 +279,8 @@ def finetune_molmo2(data, init, out="runs/molmo2-finetune", images=None, lora_ra
     evaluate = answers_evaluator(val_data, val_images, max_bad, val_n, read_media_instructions,
                                  lambda m, recs, rep: molmo2_files(m, recs, rep, max_frames=max_frames), out)
     before = score_before(evaluate, model, out, resume)
-    if model.config.lora or not lora_rank:
-        model.requires_grad_(False)
-        model.adapter.requires_grad_(True)
-        for name, p in model.lm.named_parameters():
-            p.requires_grad_(not model.config.lora or "lora_" in name)
-        trainable = 0
-        for p in model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
-                trainable += p.numel()
-    else:
-        trainable = prepare(model, dict(r=lora_rank, alpha=2 * lora_rank, targets=list(LORA_TARGETS)))
+    lora = dict(r=lora_rank, alpha=2 * lora_rank, targets=list(LORA_TARGETS)) if lora_rank else None
+    trainable = prepare(model, lora)
     batches = FileMolmo2Data(model, records, report, tcfg.batch_size, max_len, max_frames, weighting, packed,
                              seed=tcfg.seed)
     res = _run(Molmo2TrainModule(model), tcfg, lambda s, m, r, w: batches.batch(s, m, r, w, tcfg.accum), out,

@@ -1,6 +1,7 @@
 """Training Molmo2 on world videos with SmolLM2-135M-Instruct as the LM and the shipped world CLIP's
 tower as the frozen vision encoder: the adapter and LoRA adapters on every linear layer of the LM
-learn; batches are message trees packed into rows (mmfm.data.molmo2), with token weighting.
+learn (or, with `train_lm`, every LM weight, as Molmo2 trains it); batches are message trees packed into
+rows (mmfm.data.molmo2), with token weighting.
 
 Ablations the recipe exposes: `packed=False` (one padded row per question), `weighting=False`,
 `bidirectional=False` (vision tokens attend causally, as an LLM's text does).
@@ -29,6 +30,7 @@ from mmfm.train.trainer import FrozenLMPrecision, TrainConfig, Trainer, lm_dtype
 from mmfm.weights import path as weights_path
 
 LORA_TARGETS = ("attn.qkv", "attn.out", "mlp.gate_up", "mlp.down")
+LM_LR_SCALE = 1 / 6  # the whole LM learns at a sixth of the adapter's lr (Molmo2 gives its connector the larger)
 EXTRA = 10  # Molmo2's vision ids, past SmolLM2's vocabulary in Molmo2's order (im_start ... <|video|>)
 
 PRESETS = {
@@ -76,6 +78,8 @@ def build_world_molmo2(vision_dir=None, lm=None, seed: int = 0, lm_dtype: str = 
     with torch.device("cpu"):
         fresh = Molmo2.make_adapter(config)
     sd.update({"adapter." + k: t for k, t in fresh.state_dict().items()})
+    if config.frame_col_tokens:  # the column token starts as the LM's newline, a row break it already knows
+        sd["lm.embed.weight"][config.image_col_id] = embed[lm.tokenizer.encode("\n")[-1]]
     load_strict(model, sd, "world Molmo2", assign=True)
     after_meta_load(model)
     model.vision.float()
@@ -84,17 +88,25 @@ def build_world_molmo2(vision_dir=None, lm=None, seed: int = 0, lm_dtype: str = 
     return model
 
 
-def prepare(model: Molmo2, lora: dict) -> int:
-    """Freeze the tower and the LM, add LoRA adapters; the adapter and LoRA learn, in fp32."""
+def prepare(model: Molmo2, lora: dict | None, lm_lr_scale: float = 1.0) -> int:
+    """Freeze the tower; the adapter learns, and LoRA adapters on the LM (`lora`: added unless the model
+    has its own) or, with `lora=None` and no adapters, the whole LM (at `lm_lr_scale` of the lr).
+    Trainable weights in fp32; returns their number."""
     model.requires_grad_(False)
-    apply_lora(model.lm, lora["targets"], r=lora["r"], alpha=lora["alpha"])
-    model.config.lora = {"r": lora["r"], "alpha": lora["alpha"], "targets": list(lora["targets"])}
+    if lora and not model.config.lora:
+        apply_lora(model.lm, lora["targets"], r=lora["r"], alpha=lora["alpha"])
+        model.config.lora = {"r": lora["r"], "alpha": lora["alpha"], "targets": list(lora["targets"])}
     model.adapter.requires_grad_(True)
-    n = 0
+    if not model.config.lora:
+        model.lm.requires_grad_(True)
+        for p in model.lm.parameters():
+            p.lr_scale = lm_lr_scale
+        model.config.base_lm = ""  # the whole LM learns: its weights are the model's own, saved with it
     for m in model.lm.modules():
         if isinstance(m, LoRALinear):
             m.lora_a.requires_grad_(True)
             m.lora_b.requires_grad_(True)
+    n = 0
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
@@ -132,27 +144,34 @@ class CausalVisionData:
 
 def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resume: bool = False,
                        progress: bool = True, evaluate: bool = True, eval_n: int = 50, packed: bool = True,
-                       weighting: bool = True, bidirectional: bool = True, **overrides) -> dict:
+                       weighting: bool = True, bidirectional: bool = True, train_lm: bool = False,
+                       frame_layout: bool = False, tasks: tuple[str, ...] | None = None, **overrides) -> dict:
+    """`train_lm`: every LM weight learns (at LM_LR_SCALE of the lr) instead of LoRA adapters;
+    `frame_layout`: a column token after each row of a frame's patches (Molmo2Config.frame_col_tokens);
+    `tasks`: train on these task kinds only (mmfm.world.video.video_tasks; the evaluation asks every kind)."""
     p = preset(preset_name)
     tcfg = TrainConfig(**p["train"]).update(**overrides)
     tcfg.progress = progress
     out = Path(out)
     t0 = time.perf_counter()
-    model = build_world_molmo2(seed=tcfg.seed, lm_dtype=lm_dtype(tcfg.precision), **p["model"])
-    trainable = prepare(model, p["lora"])
+    model = build_world_molmo2(seed=tcfg.seed, lm_dtype=lm_dtype(tcfg.precision), frame_col_tokens=frame_layout,
+                               **p["model"])
+    trainable = prepare(model, None if train_lm else p["lora"], LM_LR_SCALE)
     model.config.bidirectional_vision = bidirectional  # the model is asked as it was trained
     data = WorldVideoData(model, model.tokenizer, seed=tcfg.seed, batch_size=tcfg.batch_size, packed=packed,
-                          weighting=weighting, **p["data"])
+                          weighting=weighting, tasks=tasks, **p["data"])
     source = data if bidirectional else CausalVisionData(data)
     trainer = Trainer(Molmo2TrainModule(model), tcfg, lambda s, m, r, w: source.batch(s, m, r, w, tcfg.accum), out)
     trainer.train(resume=resume)
     report = {"preset": preset_name, "trainable_parameters": trainable, "packed": packed, "weighting": weighting,
-              "bidirectional": bidirectional, "train_seconds": round(time.perf_counter() - t0, 1),
+              "bidirectional": bidirectional, "train_lm": train_lm, "frame_layout": frame_layout,
+              "tasks": list(tasks) if tasks else None, "train_seconds": round(time.perf_counter() - t0, 1),
               "train_config": {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "seed")}}
     if trainer.rank == 0:
         model.save_pretrained(out / "model")
         if evaluate:
-            report.update(evaluate_molmo2_world(model.eval(), data, n=eval_n, out=out, progress=progress))
+            every = WorldVideoData(model, model.tokenizer, seed=tcfg.seed, **p["data"])  # every task kind
+            report.update(evaluate_molmo2_world(model.eval(), every, n=eval_n, out=out, progress=progress))
         (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report
 

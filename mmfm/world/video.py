@@ -179,6 +179,9 @@ def _where(x: float, y: float, size: int) -> str:
     return " ".join(p for p in (row, col) if p) or "center"
 
 
+TASK_KINDS = ("count", "point", "first_move", "touch", "leaves_color", "end_position", "track")
+
+
 def video_tasks(c: Clip) -> list[dict]:
     """Question, answer, kind and the ground truth behind it, for every task the clip supports."""
     names, shapes = c.names, [m.obj.shape for m in c.movers]
@@ -232,4 +235,4 @@ def record(c: Clip) -> dict:
     }
 
 
-__all__ = ["Mover", "Clip", "clip", "video_tasks", "record", "events", "VIDEO_SPLITS"]
+__all__ = ["Mover", "Clip", "clip", "video_tasks", "TASK_KINDS", "record", "events", "VIDEO_SPLITS"]
