@@ -90,7 +90,7 @@ def server(photos):
 
 @pytest.fixture(scope="module")
 def llava():
-    return lib.load(shipped("llava-world-tiny"))
+    return lib.load(shipped("molmo-world-tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +115,12 @@ def test_openai_client_chat_with_images_and_embeddings(server, photos, llava, cl
     assert expected
     raw = base64.b64encode(img.read_bytes()).decode()
     for url in (data_url(img), raw, img.resolve().as_uri()):  # data URL, bare base64, an allowed file URL
-        res = client.chat.completions.create(model="llava-world-tiny", max_tokens=16, temperature=0, messages=[
+        res = client.chat.completions.create(model="molmo-world-tiny", max_tokens=16, temperature=0, messages=[
             {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},  # LLaVA's order
                                          {"type": "text", "text": question}]}])
         assert res.choices[0].message.content == expected, url[:40]
         assert res.usage.prompt_tokens > 0 and res.usage.completion_tokens > 0
-    stream = client.chat.completions.create(model="llava-world-tiny", max_tokens=16, temperature=0, stream=True,
+    stream = client.chat.completions.create(model="molmo-world-tiny", max_tokens=16, temperature=0, stream=True,
                                             messages=[{"role": "user", "content": [
                                                 {"type": "image_url", "image_url": {"url": data_url(img)}},
                                                 {"type": "text", "text": question}]}])
@@ -134,7 +134,7 @@ def test_openai_client_chat_with_images_and_embeddings(server, photos, llava, cl
                                           messages=[{"role": "user", "content": "What is the capital of France?"}])
     assert "Paris" in text.choices[0].message.content
     ids = {m.id for m in client.models.list().data}
-    assert {"SmolLM2-135M-Instruct", "llava-world-tiny", "clip-world-tiny", "sam-world-tiny"} <= ids, ids
+    assert {"SmolLM2-135M-Instruct", "molmo-world-tiny", "clip-world-tiny", "sam-world-tiny"} <= ids, ids
     # CLIP embeddings of a text and an image, as the client decodes them (base64 by default)
     emb = client.embeddings.create(model="clip-world-tiny", input=["a photo of a red circle", data_url(img)])
     with torch.no_grad():

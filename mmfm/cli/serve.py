@@ -20,7 +20,7 @@ def _pick(value: str | None, shipped: str | None) -> str | None:
 
 def serve(
     llava: str = typer.Option(None, "--llava", help="A LLaVA folder for images in chat, ask and point (default: the "
-                              "shipped world LLaVA; none: off)."),
+                              "shipped world Molmo, a LLaVA that also points; none: off)."),
     clip: str = typer.Option(None, "--clip", help="A CLIP for embeddings, search and classify (default: the shipped "
                              "world CLIP; none: off)."),
     sam: str = typer.Option(None, "--sam", help="A SAM (mmfm / transformers folder or official .pth) for "
@@ -55,7 +55,7 @@ def serve(
     if allow_files is not None and not allow_files.is_dir():
         raise ConfigError(f"--allow-files {allow_files}: not a folder")
     names, models = {}, {}
-    llava_name = _pick(llava, "llava-world-tiny")
+    llava_name = _pick(llava, "molmo-world-tiny")
     if llava_name:
         from mmfm.models.llava import Llava
 
