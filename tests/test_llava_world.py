@@ -301,9 +301,11 @@ def test_train_ask_point_eval_end_to_end(tmp_path):
     r = _mmfm("point", img, "the circles", "--model", model, "-o", tmp_path / "p.png", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "p.png").is_file()
-    r = _mmfm("eval", "llava", "--model", model, "--n", "2", "--seed", "3", "--out", tmp_path / "ev")
+    r = _mmfm("eval", "llava", "--model", model, "--n", "2", "--seed", "3", "--out", tmp_path / "ev", "--crowded", "4")
     assert r.returncode == 0, r.stderr[-2000:]
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert ev["test"]["crowded"]["n"] == 2 and set(ev["heldout"]["crowded"]["direct"]["by_true_count"]) == {"4+"}
+    assert "crowded (4+" in r.stdout
     assert set(ev["test"]["vqa"]) == {"count", "color", "shape", "existence", "relation", "overall"}
     assert set(ev["test"]["vqa_ci95"]) == set(ev["test"]["vqa"]) - {"overall"}
     assert all(0 <= h <= 1 for h in ev["test"]["vqa_ci95"].values())

@@ -188,6 +188,8 @@ def eval_llava(
                               "compared with the reference (--n records at most)."),
     images: Path = options.IMAGES,
     max_bad: float = options.MAX_BAD,
+    crowded: int = options.bounded(0, "--crowded", lo=0, hi=20, help="Also count on --n scenes with at least this "
+                                   "many of the subject (4: where pointing first should pay); 0: off."),
 ) -> None:
     """VQA by question type, counting direct vs by pointing, and pointing F1 on new world scenes; with
     --data, exact match and answer loss on your LLaVA JSON."""
@@ -211,6 +213,6 @@ def eval_llava(
         typer.echo(f"wrote {path}")
         return
     m = _load_llava(model)
-    report = evaluate_llava_world(m, n=n, seed=seed, out=out or model)
+    report = evaluate_llava_world(m, n=n, seed=seed, out=out or model, crowded=crowded)
     typer.echo(format_report(report))
     typer.echo(f"wrote {(out or model) / 'eval.json'}")

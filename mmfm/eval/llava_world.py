@@ -61,9 +61,10 @@ def _items(world: World, split: str, n: int, offset: int = 100_000):
 
 
 def evaluate_llava_world(model, n: int = 100, seed: int = 0, out=None, splits=("test", "heldout"),
-                         batch: int = 16, progress: bool = True, grounding: bool = True) -> dict:
+                         batch: int = 16, progress: bool = True, grounding: bool = True, crowded: int = 0) -> dict:
     """grounding=False: the VQA accuracies only, without counting and pointing (their answers run to 160
-    tokens: most of the time)."""
+    tokens: most of the time). crowded=k: also count on n scenes with at least k of the subject
+    (evaluate_counting), where few of the n random ones have many."""
     from tqdm.auto import tqdm
 
     world = World(seed=seed)
@@ -91,6 +92,8 @@ def evaluate_llava_world(model, n: int = 100, seed: int = 0, out=None, splits=("
             report[split]["pointing"], answers = _pointing(model, points, batch, bar)
             examples += [(r, point_question(pq.query), a) for (r, pq), a in list(zip(points, answers))[:8]]
         bar.close()
+        if crowded:
+            report[split]["crowded"] = evaluate_counting(model, n, seed, split, crowded, batch, progress=progress)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -216,6 +219,10 @@ def format_report(report: dict) -> str:
             lines.append(f"  count {mode:8s} exact {c['exact']:.3f} within-1 {c['within_1']:.3f} ({by})")
         p = r["pointing"]
         lines.append(f"  pointing P {p['precision']:.3f} R {p['recall']:.3f} F1 {p['f1']:.3f}")
+        if "crowded" in r:
+            c = r["crowded"]
+            lines.append(f"  crowded ({c['min_count']}+ of the subject, n={c['n']}): exact direct "
+                         f"{c['direct']['exact']:.3f}, by pointing {c['pointing']['exact']:.3f}")
     return "\n".join(lines)
 
 
