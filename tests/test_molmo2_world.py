@@ -143,7 +143,13 @@ def test_prepare_trains_the_adapter_and_lora_only():
     assert model.adapter.training and not model.vision.training  # the frozen tower's BatchNorm does not drift
 
 
-def test_the_whole_lm_learns_with_column_tokens_in_frames(tmp_path, capsys):
+def test_world_training_options_are_checked_before_any_work(tmp_path, capsys):
+    refused(capsys, "train", "molmo2", "--tasks", "point,jump", "--out", tmp_path / "x", match="task kinds")
+    refused(capsys, "train", "molmo2", "--save-every", "0", "--out", tmp_path / "x", match="--save-every")
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_whole_lm_learns_with_column_tokens_in_frames(tmp_path):
     model = build_world_molmo2(lm_dtype="float32", frame_col_tokens=True, **PRESETS["world-video"]["model"])
     c = model.config
     newline = model.tokenizer.encode("\n")[-1]
@@ -169,7 +175,6 @@ def test_the_whole_lm_learns_with_column_tokens_in_frames(tmp_path, capsys):
     b = data.batch(0)
     with torch.no_grad():
         assert torch.isfinite(back(**b).loss)
-    refused(capsys, "train", "molmo2", "--tasks", "point,jump", "--out", tmp_path / "x", match="task kinds")
     # back to a folder of adapters over the package's SmolLM2 (as the shipped world models are)
     r = CliRunner().invoke(app, ["lora", "extract", str(tmp_path / "model"), "--rank", "4", "--out",
                                  str(tmp_path / "adapters")])

@@ -177,6 +177,7 @@ def train_molmo2(
     lr: float = options.LR,
     seed: int = options.SEED,
     resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint.pt."),
+    save_every: int = options.SAVE_EVERY,
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on test and held-out clips after."),
     eval_n: int = options.bounded(50, "--eval-n", lo=1, hi=10**5, help="Clips per split for the evaluation."),
     packed: bool = typer.Option(True, "--packed/--padded", help="Message trees packed into rows, or one padded "
@@ -222,8 +223,8 @@ def train_molmo2(
         report = finetune_molmo2(data, init, out, images, lora_rank, val_data, val_images, max_len, max_frames,
                                  packed, weighting, epochs=epochs, max_bad=max_bad, val_n=val_n, resume=resume,
                                  steps=steps, batch_size=batch_size, lr=lr, seed=seed, precision=prec,
-                                 compile=compile_step or None, warmup=warmup,
-                                 accum=accum)
+                                 compile=compile_step or None, warmup=warmup, accum=accum,
+                                 save_every=save_every)
         print_finetune(report, out)
         return
     from mmfm.train.molmo2 import train_world_molmo2
@@ -231,8 +232,8 @@ def train_molmo2(
     report = train_world_molmo2(preset, out, resume=resume, evaluate=evaluate, eval_n=eval_n, packed=packed,
                                 weighting=weighting, bidirectional=bidirectional, train_lm=train_lm,
                                 frame_layout=frame_layout, tasks=_task_kinds(tasks), precision=prec,
-                                compile=compile_step or None, steps=steps,
-                                batch_size=batch_size, lr=lr, seed=seed)
+                                compile=compile_step or None, steps=steps, batch_size=batch_size, lr=lr,
+                                seed=seed, save_every=save_every)
     for split in ("test", "heldout"):
         if split in report:
             typer.echo(f"{split}: {format_scores(report[split])}")
