@@ -146,6 +146,12 @@ def test_prepare_trains_the_adapter_and_lora_only():
 def test_world_training_options_are_checked_before_any_work(tmp_path, capsys):
     refused(capsys, "train", "molmo2", "--tasks", "point,jump", "--out", tmp_path / "x", match="task kinds")
     refused(capsys, "train", "molmo2", "--save-every", "0", "--out", tmp_path / "x", match="--save-every")
+    data = tmp_path / "data.json"  # never read: the option checks come first
+    refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--train-lm", "--tasks", "count",
+            "--out", tmp_path / "x", match="--train-lm, --tasks: world-video options")
+    refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--frame-layout",
+            "--out", tmp_path / "x", match="--frame-layout")
+    refused(capsys, "train", "molmo2", "--from", tmp_path, "--out", tmp_path / "x", match="--from is for")
     assert not (tmp_path / "x").exists()
 
 

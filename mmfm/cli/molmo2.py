@@ -214,6 +214,13 @@ def train_molmo2(
     """Train Molmo2 on world videos with SmolLM2-135M-Instruct and the world CLIP tower, or fine-tune one
     on your videos and image sets (--data --from)."""
     prec = options.precision_of(precision, bf16)
+    world_only = [o for o, on in (("--train-lm", train_lm), ("--frame-layout", frame_layout),
+                                  ("--tasks", tasks is not None)) if on]
+    if data is not None and world_only:  # said rather than ignored: --data has its own switches
+        raise ConfigError(f"{', '.join(world_only)}: world-video options; with --data the whole LM "
+                          "is --lora-rank 0 and the layout is the --from model's")
+    if data is None and init is not None:
+        raise ConfigError("--from is for fine-tuning on --data; the world preset starts from SmolLM2")
     if data is not None:
         from mmfm.cli.files import print_finetune
         from mmfm.train.files import finetune_molmo2
