@@ -13,9 +13,17 @@ from typer.testing import CliRunner
 import mmfm
 from mmfm.cli.main import app
 from mmfm.data.molmo2_world import WorldVideoData, answer_text
-from mmfm.errors import InvalidPrompt
+from mmfm.errors import ConfigError, InvalidPrompt
 from mmfm.text.pointing import parse_video_points
-from mmfm.train.molmo2 import LM_LR_SCALE, PRESETS, CausalVisionData, build_world_molmo2, prepare, train_world_molmo2
+from mmfm.train.molmo2 import (
+    LM_LR_SCALE,
+    PRESETS,
+    CausalVisionData,
+    build_from_molmo,
+    build_world_molmo2,
+    prepare,
+    train_world_molmo2,
+)
 from mmfm.train.trainer import param_groups
 from mmfm.vision.video import write_video
 from mmfm.weights import path as weights_path
@@ -151,8 +159,33 @@ def test_world_training_options_are_checked_before_any_work(tmp_path, capsys):
             "--out", tmp_path / "x", match="--train-lm, --tasks: world-video options")
     refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--frame-layout",
             "--out", tmp_path / "x", match="--frame-layout")
-    refused(capsys, "train", "molmo2", "--from", tmp_path, "--out", tmp_path / "x", match="--from is for")
+    refused(capsys, "train", "molmo2", "--from", "llava-world-tiny", "--out", tmp_path / "x",
+            match="Molmo's connector and image layout")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_molmo2_starts_where_the_image_molmo_stands():
+    """build_from_molmo: each frame of a clip reaches the LM as the same vectors the shipped image Molmo
+    (molmo-world-tiny) gives that frame as an image, layout tokens included, and the LM is its LM."""
+    model = build_from_molmo("molmo-world-tiny", lm_dtype="float32", frame_col_tokens=True).eval()
+    llava = mmfm.load(weights_path("molmo-world-tiny")).eval()
+    c = clip(0, "train", 0, **{k: DATA[k] for k in ("frames", "size", "fps")})
+    frames = torch.from_numpy(c.frames).permute(0, 3, 1, 2).contiguous()
+    ids, patches, pooling = model.video_context(frames, [c.time(t) for t in range(len(c.frames))])
+    mean, std = (torch.tensor(v)[:, None, None] for v in (llava.config.image_mean, llava.config.image_std))
+    ids = torch.tensor(ids)[None]
+    with torch.no_grad():
+        want = llava.encode_images((frames.float() / 255 - mean) / std)  # (F, 22, d): start, rows + column, end
+        got = model.embed(ids, model.encode(patches, pooling))[0]
+        starts = (ids[0] == model.config.frame_start_id).nonzero()[:, 0]
+        assert len(starts) == len(c.frames)
+        for f, s in enumerate(starts.tolist()):
+            torch.testing.assert_close(got[s:s + want.shape[1]], want[f], atol=1e-4, rtol=0)
+        x = torch.randint(0, 1000, (1, 12))
+        torch.testing.assert_close(model.lm(x).logits[..., :1000], llava.lm(x).logits[..., :1000], atol=1e-4, rtol=0)
+    assert model.config.base_lm == "" and model.config.adapter.feature_layers == (2, 0)
+    with pytest.raises(ConfigError, match="Molmo's connector and image layout"):
+        build_from_molmo("llava-world-tiny")  # Molmo's connector without the layout
 
 
 def test_the_whole_lm_learns_with_column_tokens_in_frames(tmp_path):

@@ -197,7 +197,10 @@ def train_molmo2(
     data: Path = typer.Option(None, "--data", help="Your LLaVA-style JSON of videos ('video') or images ('image', "
                               "one or a list), every human / gpt pair a branch of the record's message tree."),
     images: Path = options.IMAGES,
-    init: Path = typer.Option(None, "--from", help="With --data: the Molmo2 to fine-tune (mmfm or transformers)."),
+    init: str = typer.Option(None, "--from", help="With --data: the Molmo2 to fine-tune (mmfm or transformers). "
+                             "On world videos: an mmfm LLaVA with Molmo's connector and layout to start from, e.g. "
+                             "molmo-world-tiny (its tower, connector and pointing LM; default: SmolLM2 and a new "
+                             "adapter)."),
     val_data: Path = options.VAL_DATA,
     val_images: Path = options.VAL_IMAGES,
     val_n: int = options.bounded(None, "--val-n", lo=1, hi=10**6, help="Evaluate at most N records of --val-data."),
@@ -219,8 +222,6 @@ def train_molmo2(
     if data is not None and world_only:  # said rather than ignored: --data has its own switches
         raise ConfigError(f"{', '.join(world_only)}: world-video options; with --data the whole LM "
                           "is --lora-rank 0 and the layout is the --from model's")
-    if data is None and init is not None:
-        raise ConfigError("--from is for fine-tuning on --data; the world preset starts from SmolLM2")
     if data is not None:
         from mmfm.cli.files import print_finetune
         from mmfm.train.files import finetune_molmo2
@@ -240,7 +241,7 @@ def train_molmo2(
                                 weighting=weighting, bidirectional=bidirectional, train_lm=train_lm,
                                 frame_layout=frame_layout, tasks=_task_kinds(tasks), precision=prec,
                                 compile=compile_step or None, steps=steps, batch_size=batch_size, lr=lr,
-                                seed=seed, save_every=save_every)
+                                seed=seed, save_every=save_every, start=init)
     for split in ("test", "heldout"):
         if split in report:
             typer.echo(f"{split}: {format_scores(report[split])}")

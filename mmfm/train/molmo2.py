@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,10 +23,11 @@ from mmfm.data.molmo2_world import WorldVideoData
 from mmfm.errors import ConfigError
 from mmfm.eval.molmo2_world import evaluate_molmo2_world
 from mmfm.lm.frozen_base import after_meta_load, tower_state
-from mmfm.lm.model import load_lm, smollm2_path
+from mmfm.lm.model import LanguageModel, as_dtype, load_lm, smollm2_path
 from mmfm.models.clip import CLIP
+from mmfm.models.llava import Llava
 from mmfm.models.molmo2 import Molmo2, Molmo2Config
-from mmfm.nn.lora import LoRALinear, apply_lora
+from mmfm.nn.lora import LoRALinear, apply_lora, merge_lora
 from mmfm.train.trainer import FrozenLMPrecision, TrainConfig, Trainer, lm_dtype
 from mmfm.weights import path as weights_path
 
@@ -50,11 +52,13 @@ def preset(name: str) -> dict:
     return PRESETS[name]
 
 
-def build_world_molmo2(vision_dir=None, lm=None, seed: int = 0, lm_dtype: str = "bfloat16", **model_kwargs) -> Molmo2:
-    """A new Molmo2: a CLIP's vision tower (default: the shipped world CLIP), SmolLM2 (frozen) with ten
-    input-only embeddings for the vision tokens, and a freshly initialised adapter."""
-    clip = mmfm.load(vision_dir or weights_path("clip-world-tiny"))
-    if not isinstance(clip, CLIP):
+def build_world_molmo2(vision_dir=None, lm=None, seed: int = 0, lm_dtype: str = "bfloat16", tower=None,
+                       **model_kwargs) -> Molmo2:
+    """A new Molmo2: a CLIP's vision tower (default: the shipped world CLIP; `tower`: a model with
+    `.vision` and `.config.vision / image_mean / image_std` instead), SmolLM2 (frozen) with ten input-only
+    embeddings for the vision tokens, and a freshly initialised adapter."""
+    clip = tower or mmfm.load(vision_dir or weights_path("clip-world-tiny"))
+    if tower is None and not isinstance(clip, CLIP):
         raise ConfigError(f"{vision_dir}: the vision tower must come from a CLIP checkpoint")
     lm = lm or load_lm(smollm2_path(), dtype=lm_dtype)
     v = lm.config.vocab_size
@@ -66,7 +70,10 @@ def build_world_molmo2(vision_dir=None, lm=None, seed: int = 0, lm_dtype: str = 
                           base_lm="smollm2", **ids, **model_kwargs)
     with torch.device("meta"):
         model = Molmo2(config)
-    sd = {"vision.vit." + k[len("vision."):]: t for k, t in tower_state(clip, model.vision.vit).items()}
+    if tower is None:
+        sd = {"vision.vit." + k[len("vision."):]: t for k, t in tower_state(clip, model.vision.vit).items()}
+    else:
+        sd = {"vision.vit." + k: t for k, t in tower.vision.state_dict().items()}
     base = lm.model.state_dict()
     g = torch.Generator().manual_seed(seed)
     embed = base["embed.weight"]
@@ -85,6 +92,49 @@ def build_world_molmo2(vision_dir=None, lm=None, seed: int = 0, lm_dtype: str = 
     model.vision.float()
     model.adapter.float()
     model.tokenizer = lm.tokenizer
+    return model
+
+
+def build_from_molmo(source=None, seed: int = 0, lm_dtype: str = "bfloat16", frame_col_tokens: bool = True,
+                     **_preset) -> Molmo2:
+    """A world Molmo2 that starts where an mmfm LLaVA with Molmo's connector and image layout stands
+    (default: the shipped molmo-world-tiny, which points in images): its tower; its connector as the
+    adapter (the same attention pooling by the window's mean and SwiGLU, so a frame's tokens are the
+    image's tokens); its LM, adapters merged; its layout's start / column / end vectors as the frame start,
+    column and end embeddings, and a zero <im_patch> embedding (Molmo2 adds features to it, LLaVA does
+    not). The preset's own adapter settings (`_preset`) give way to the LLaVA's."""
+    source = source or "molmo-world-tiny"
+    llava = mmfm.load(source)
+    c = llava.config
+    if not isinstance(llava, Llava) or c.projector != "molmo" or not c.image_layout:
+        raise ConfigError(f"{source}: a Molmo2 starts from an mmfm LLaVA with Molmo's connector and image layout "
+                          "(molmo-world-tiny or one `mmfm train llava --image-layout` wrote)")
+    n = c.vision.layers
+    layers = tuple((i if i >= 0 else n + 1 + i) - 1 for i in c.vision_layers)  # LLaVA's 0 is the embedding
+    if min(layers) < 0:
+        raise ConfigError(f"{source}: Molmo2 pools block outputs; vision_layers {c.vision_layers} reads the embedding")
+    merge_lora(llava.lm)
+    pool, width = c.pool_size, c.vision.width
+    adapter = dict(feature_layers=layers, width=width, heads=c.pool_heads, head_dim=width // c.pool_heads,
+                   hidden=c.pool_hidden or 4 * width, image_pool=(pool, pool), video_pool=(pool, pool),
+                   attn_bias=True, mlp_bias=False, act="silu")
+    lm = LanguageModel(llava.lm.to(as_dtype(lm_dtype)), llava.tokenizer)
+    model = build_world_molmo2(lm=lm, seed=seed, lm_dtype=lm_dtype, tower=llava, frame_col_tokens=frame_col_tokens,
+                               adapter=adapter)
+    p, a, mc = llava.projector, model.adapter, model.config
+    with torch.no_grad():
+        a.attn.q.load_state_dict(p.q.state_dict())
+        a.attn.kv.weight.copy_(torch.cat([p.k.weight, p.v.weight]))  # Attention's kv: keys first
+        a.attn.kv.bias.copy_(torch.cat([p.k.bias, p.v.bias]))
+        a.attn.out.load_state_dict(p.out.state_dict())
+        a.mlp.load_state_dict(p.mlp.state_dict())
+        embed = model.lm.embed.weight
+        for i, tok in enumerate((mc.frame_start_id, mc.image_col_id, mc.frame_end_id)):
+            if tok == mc.image_col_id and not frame_col_tokens:
+                continue
+            embed[tok] = p.layout[i].to(embed.dtype)
+        embed[mc.image_patch_id] = 0
+    mc.base_lm = ""  # the merged LM is the model's own: saved with it, whatever trains
     return model
 
 
@@ -145,17 +195,20 @@ class CausalVisionData:
 def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resume: bool = False,
                        progress: bool = True, evaluate: bool = True, eval_n: int = 50, packed: bool = True,
                        weighting: bool = True, bidirectional: bool = True, train_lm: bool = False,
-                       frame_layout: bool = False, tasks: tuple[str, ...] | None = None, **overrides) -> dict:
+                       frame_layout: bool = False, tasks: tuple[str, ...] | None = None, start=None,
+                       **overrides) -> dict:
     """`train_lm`: every LM weight learns (at LM_LR_SCALE of the lr) instead of LoRA adapters;
     `frame_layout`: a column token after each row of a frame's patches (Molmo2Config.frame_col_tokens);
-    `tasks`: train on these task kinds only (mmfm.world.video.video_tasks; the evaluation asks every kind)."""
+    `tasks`: train on these task kinds only (mmfm.world.video.video_tasks; the evaluation asks every kind);
+    `start`: an mmfm LLaVA with Molmo's connector to start from (build_from_molmo), "molmo-world-tiny"
+    for the shipped one."""
     p = preset(preset_name)
     tcfg = TrainConfig(**p["train"]).update(**overrides)
     tcfg.progress = progress
     out = Path(out)
     t0 = time.perf_counter()
-    model = build_world_molmo2(seed=tcfg.seed, lm_dtype=lm_dtype(tcfg.precision), frame_col_tokens=frame_layout,
-                               **p["model"])
+    build = build_world_molmo2 if start is None else partial(build_from_molmo, start)
+    model = build(seed=tcfg.seed, lm_dtype=lm_dtype(tcfg.precision), frame_col_tokens=frame_layout, **p["model"])
     trainable = prepare(model, None if train_lm else p["lora"], LM_LR_SCALE)
     model.config.bidirectional_vision = bidirectional  # the model is asked as it was trained
     data = WorldVideoData(model, model.tokenizer, seed=tcfg.seed, batch_size=tcfg.batch_size, packed=packed,
@@ -165,7 +218,8 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
     trainer.train(resume=resume)
     report = {"preset": preset_name, "trainable_parameters": trainable, "packed": packed, "weighting": weighting,
               "bidirectional": bidirectional, "train_lm": train_lm, "frame_layout": frame_layout,
-              "tasks": list(tasks) if tasks else None, "train_seconds": round(time.perf_counter() - t0, 1),
+              "tasks": list(tasks) if tasks else None, "start": None if start is None else str(start),
+              "train_seconds": round(time.perf_counter() - t0, 1),
               "train_config": {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "seed")}}
     if trainer.rank == 0:
         model.save_pretrained(out / "model")
@@ -176,4 +230,4 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
     return report
 
 
-__all__ = ["train_world_molmo2", "build_world_molmo2", "prepare", "PRESETS"]
+__all__ = ["train_world_molmo2", "build_world_molmo2", "build_from_molmo", "prepare", "PRESETS"]
