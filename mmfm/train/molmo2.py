@@ -129,10 +129,9 @@ def build_from_molmo(source=None, seed: int = 0, lm_dtype: str = "bfloat16", fra
         a.attn.out.load_state_dict(p.out.state_dict())
         a.mlp.load_state_dict(p.mlp.state_dict())
         embed = model.lm.embed.weight
-        for i, tok in enumerate((mc.frame_start_id, mc.image_col_id, mc.frame_end_id)):
-            if tok == mc.image_col_id and not frame_col_tokens:
-                continue
-            embed[tok] = p.layout[i].to(embed.dtype)
+        layout = {mc.frame_start_id: 0, mc.frame_end_id: 2} | ({mc.image_col_id: 1} if frame_col_tokens else {})
+        for tok, row in layout.items():
+            embed[tok] = p.layout[row].to(embed.dtype)
         embed[mc.image_patch_id] = 0
     mc.base_lm = ""  # the merged LM is the model's own: saved with it, whatever trains
     return model
