@@ -19,6 +19,7 @@ from mmfm.train.molmo2 import (
     LM_LR_SCALE,
     PRESETS,
     CausalVisionData,
+    build_from,
     build_from_molmo,
     build_world_molmo2,
     prepare,
@@ -186,6 +187,38 @@ def test_a_molmo2_starts_where_the_image_molmo_stands():
     assert model.config.base_lm == "" and model.config.adapter.feature_layers == (2, 0)
     with pytest.raises(ConfigError, match="Molmo's connector and image layout"):
         build_from_molmo("llava-world-tiny")  # Molmo's connector without the layout
+
+
+def test_a_world_run_goes_on_from_a_saved_molmo2(run, tmp_path):
+    """--from a Molmo2: a second stage starts from the model as it was saved (same loss), refuses a layout
+    or an attention it was not trained with, keeps its LoRA, or merges it with --train-lm."""
+    from mmfm.nn.lora import LoRALinear
+
+    out, _ = run
+    saved = mmfm.load(out / "model")
+    saved.lm.float()
+    b = WorldVideoData(saved, saved.tokenizer, **DATA).batch(3)
+    go_on = build_from(out / "model", lm_dtype="float32", frame_col_tokens=False, bidirectional=True)
+    merged = build_from(out / "model", lm_dtype="float32", frame_col_tokens=False, train_lm=True)
+    assert go_on.config.lora == saved.config.lora and any(isinstance(m, LoRALinear) for m in go_on.lm.modules())
+    assert merged.config.lora is None and not any(isinstance(m, LoRALinear) for m in merged.lm.modules())
+    with torch.no_grad():
+        want = saved(**b).loss
+        torch.testing.assert_close(go_on(**b).loss, want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(merged(**b).loss, want, atol=1e-4, rtol=0)
+    with pytest.raises(ConfigError, match="leave out --frame-layout"):
+        build_from(out / "model", frame_col_tokens=True)
+    with pytest.raises(ConfigError, match="attend both ways; leave out --causal-vision"):
+        build_from(out / "model", frame_col_tokens=False, bidirectional=False)
+
+    report = train_world_molmo2(out=tmp_path, steps=1, batch_size=1, progress=False, evaluate=False, seed=0,
+                                start=out / "model")
+    assert report["start"] == str(out / "model")
+    after = mmfm.load(tmp_path / "model")
+    assert after.config.lora == saved.config.lora  # its own adapters went on learning
+    a, s = after.state_dict(), saved.state_dict()
+    lora_keys = [k for k in s if "lora_" in k]
+    assert lora_keys and any(not torch.equal(a[k].float(), s[k].float()) for k in lora_keys)
 
 
 def test_the_whole_lm_learns_with_column_tokens_in_frames(tmp_path):

@@ -198,9 +198,9 @@ def train_molmo2(
                               "one or a list), every human / gpt pair a branch of the record's message tree."),
     images: Path = options.IMAGES,
     init: str = typer.Option(None, "--from", help="With --data: the Molmo2 to fine-tune (mmfm or transformers). "
-                             "On world videos: an mmfm LLaVA with Molmo's connector and layout to start from, e.g. "
-                             "molmo-world-tiny (its tower, connector and pointing LM; default: SmolLM2 and a new "
-                             "adapter)."),
+                             "On world videos: a Molmo2 to train further (a second stage), or an mmfm LLaVA with "
+                             "Molmo's connector and layout to start from, e.g. molmo-world-tiny (its tower, "
+                             "connector and pointing LM; default: SmolLM2 and a new adapter)."),
     val_data: Path = options.VAL_DATA,
     val_images: Path = options.VAL_IMAGES,
     val_n: int = options.bounded(None, "--val-n", lo=1, hi=10**6, help="Evaluate at most N records of --val-data."),

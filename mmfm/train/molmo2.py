@@ -95,6 +95,15 @@ def build_world_molmo2(vision_dir=None, lm=None, seed: int = 0, lm_dtype: str = 
     return model
 
 
+def _molmo_llava(model, source):
+    c = getattr(model, "config", None)
+    if not isinstance(model, Llava) or c.projector != "molmo" or not c.image_layout:
+        raise ConfigError(f"{source}: a world Molmo2 starts from a Molmo2, or from an mmfm LLaVA with Molmo's "
+                          "connector and image layout (molmo-world-tiny or one `mmfm train llava --image-layout` "
+                          "wrote)")
+    return model
+
+
 def build_from_molmo(source=None, seed: int = 0, lm_dtype: str = "bfloat16", frame_col_tokens: bool = True,
                      **_preset) -> Molmo2:
     """A world Molmo2 that starts where an mmfm LLaVA with Molmo's connector and image layout stands
@@ -104,11 +113,8 @@ def build_from_molmo(source=None, seed: int = 0, lm_dtype: str = "bfloat16", fra
     column and end embeddings, and a zero <im_patch> embedding (Molmo2 adds features to it, LLaVA does
     not). The preset's own adapter settings (`_preset`) give way to the LLaVA's."""
     source = source or "molmo-world-tiny"
-    llava = mmfm.load(source)
+    llava = _molmo_llava(mmfm.load(source) if not isinstance(source, nn.Module) else source, source)
     c = llava.config
-    if not isinstance(llava, Llava) or c.projector != "molmo" or not c.image_layout:
-        raise ConfigError(f"{source}: a Molmo2 starts from an mmfm LLaVA with Molmo's connector and image layout "
-                          "(molmo-world-tiny or one `mmfm train llava --image-layout` wrote)")
     n = c.vision.layers
     layers = tuple((i if i >= 0 else n + 1 + i) - 1 for i in c.vision_layers)  # LLaVA's 0 is the embedding
     if min(layers) < 0:
@@ -134,6 +140,31 @@ def build_from_molmo(source=None, seed: int = 0, lm_dtype: str = "bfloat16", fra
             embed[tok] = p.layout[row].to(embed.dtype)
         embed[mc.image_patch_id] = 0
     mc.base_lm = ""  # the merged LM is the model's own: saved with it, whatever trains
+    return model
+
+
+def build_from(source=None, seed: int = 0, lm_dtype: str = "bfloat16", frame_col_tokens: bool = True,
+               train_lm: bool = False, bidirectional: bool | None = None, **_preset) -> Molmo2:
+    """Where a world run starts from `source`: a Molmo2 (mmfm or transformers folder) goes on as it
+    stands (a second stage of training; with `train_lm` its LoRA adapters are merged so that every LM
+    weight learns); an mmfm LLaVA with Molmo's connector and layout goes through build_from_molmo."""
+    model = mmfm.load(source or "molmo-world-tiny")
+    if not isinstance(model, Molmo2):
+        return build_from_molmo(_molmo_llava(model, source), seed, lm_dtype, frame_col_tokens)
+    c = model.config
+    if c.frame_col_tokens != frame_col_tokens:
+        raise ConfigError(f"{source}: this Molmo2 was trained {'with' if c.frame_col_tokens else 'without'} column "
+                          f"tokens in frames; {'give' if c.frame_col_tokens else 'leave out'} --frame-layout")
+    if bidirectional is not None and c.bidirectional_vision != bidirectional:
+        how, switch = ("both ways", "leave out") if c.bidirectional_vision else ("causally", "give")
+        raise ConfigError(f"{source}: this Molmo2's vision tokens attend {how}; {switch} --causal-vision to go on "
+                          "as it was trained")
+    if model.tokenizer is None:
+        raise ConfigError(f"{source}: the Molmo2 has no tokenizer (tokenizer.json in its folder)")
+    if train_lm and c.lora:
+        merge_lora(model.lm)
+        c.lora = None
+    model.lm.to(as_dtype(lm_dtype))  # the frozen part in the run's precision; prepare makes learners fp32
     return model
 
 
@@ -199,14 +230,15 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
     """`train_lm`: every LM weight learns (at LM_LR_SCALE of the lr) instead of LoRA adapters;
     `frame_layout`: a column token after each row of a frame's patches (Molmo2Config.frame_col_tokens);
     `tasks`: train on these task kinds only (mmfm.world.video.video_tasks; the evaluation asks every kind);
-    `start`: an mmfm LLaVA with Molmo's connector to start from (build_from_molmo), "molmo-world-tiny"
-    for the shipped one."""
+    `start`: a Molmo2 to train further, or an mmfm LLaVA with Molmo's connector to start from
+    (build_from_molmo; "molmo-world-tiny" for the shipped one)."""
     p = preset(preset_name)
     tcfg = TrainConfig(**p["train"]).update(**overrides)
     tcfg.progress = progress
     out = Path(out)
     t0 = time.perf_counter()
-    build = build_world_molmo2 if start is None else partial(build_from_molmo, start)
+    build = (build_world_molmo2 if start is None
+             else partial(build_from, start, train_lm=train_lm, bidirectional=bidirectional))
     model = build(seed=tcfg.seed, lm_dtype=lm_dtype(tcfg.precision), frame_col_tokens=frame_layout, **p["model"])
     trainable = prepare(model, None if train_lm else p["lora"], LM_LR_SCALE)
     model.config.bidirectional_vision = bidirectional  # the model is asked as it was trained
@@ -229,4 +261,4 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
     return report
 
 
-__all__ = ["train_world_molmo2", "build_world_molmo2", "build_from_molmo", "prepare", "PRESETS"]
+__all__ = ["train_world_molmo2", "build_world_molmo2", "build_from", "build_from_molmo", "prepare", "PRESETS"]
