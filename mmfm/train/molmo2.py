@@ -96,8 +96,7 @@ def build_world_molmo2(vision_dir=None, lm=None, seed: int = 0, lm_dtype: str = 
 
 
 def _molmo_llava(model, source):
-    c = getattr(model, "config", None)
-    if not isinstance(model, Llava) or c.projector != "molmo" or not c.image_layout:
+    if not (isinstance(model, Llava) and model.config.projector == "molmo" and model.config.image_layout):
         raise ConfigError(f"{source}: a world Molmo2 starts from a Molmo2, or from an mmfm LLaVA with Molmo's "
                           "connector and image layout (molmo-world-tiny or one `mmfm train llava --image-layout` "
                           "wrote)")
