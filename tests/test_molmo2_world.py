@@ -19,6 +19,7 @@ from mmfm.train.molmo2 import (
     LM_LR_SCALE,
     PRESETS,
     CausalVisionData,
+    add_frame_rows,
     build_from,
     build_from_molmo,
     build_world_molmo2,
@@ -160,6 +161,8 @@ def test_world_training_options_are_checked_before_any_work(tmp_path, capsys):
             "--out", tmp_path / "x", match="--train-lm, --tasks: world-video options")
     refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--frame-layout",
             "--out", tmp_path / "x", match="--frame-layout")
+    refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--frame-rows",
+            "--out", tmp_path / "x", match="--frame-rows: world-video options")
     refused(capsys, "train", "molmo2", "--from", "llava-world-tiny", "--out", tmp_path / "x",
             match="Molmo's connector and image layout")
     assert not (tmp_path / "x").exists()
@@ -259,3 +262,49 @@ def test_the_whole_lm_learns_with_column_tokens_in_frames(tmp_path):
     assert torch.equal(small.lm.embed.weight[v:], back.lm.embed.weight[v:])  # the vision ids' rows as trained
     with torch.no_grad():
         assert torch.isfinite(small(**b).loss)
+
+
+def test_a_column_token_per_row_of_a_frame(run, tmp_path):
+    """--frame-rows: each row of a frame ends with its own column token (new input-only rows that start
+    near the column token), so a patch's row can be read from the layout wherever the frame sits."""
+    from mmfm.models.molmo2 import Molmo2Config
+
+    model = build_world_molmo2(lm_dtype="float32", frame_col_tokens=True, **PRESETS["world-video"]["model"])
+    c = model.config
+    before = model.lm.embed.weight.detach().clone()
+    add_frame_rows(model, seed=0)
+    rows = c.vision.image_size // c.vision.patch_size // c.adapter.video_pool[0]
+    n = before.shape[0]
+    assert c.frame_row_ids == tuple(range(n, n + rows)) and c.lm.extra_vocab == 10 + rows
+    w = model.lm.embed.weight.detach()
+    assert w.shape[0] == n + rows and torch.equal(w[:n], before)
+    col = before[c.image_col_id]
+    steps = w[n:] - col
+    torch.testing.assert_close(steps.norm(dim=1), torch.full((rows,), 0.5) * col.norm(), rtol=1e-4, atol=0)
+    assert len({tuple(r.tolist()) for r in w[n:]}) == rows  # the rows start apart
+    ex, clip_, _ = WorldVideoData(model, model.tokenizer, **DATA).example(0)
+    frame = model.frame_tokens(rows, 3)
+    assert [t for t in frame if t != c.image_patch_id] == [c.frame_start_id, *c.frame_row_ids, c.frame_end_id]
+    assert model.frame_tokens(rows + 1, 1)[-2] == c.frame_row_ids[-1]  # rows past them: the last one
+    assert ex.context.count(c.image_col_id) == 0
+    assert all(ex.context.count(i) == len(clip_.frames) for i in c.frame_row_ids)
+    assert bool(model.is_vision(torch.tensor(c.frame_row_ids)).all())
+    with pytest.raises(ConfigError, match="need frame_col_tokens"):
+        Molmo2Config.from_dict({**c.to_dict(), "frame_col_tokens": False})
+    out, _ = run  # a run without column tokens in frames has no column to give a row
+    with pytest.raises(ConfigError, match="--frame-layout"):
+        build_from(out / "model", frame_col_tokens=False, frame_rows=True)
+
+    report = train_world_molmo2(out=tmp_path, steps=1, batch_size=1, progress=False, evaluate=False, seed=0,
+                                frame_layout=True, frame_rows=True, tasks=("point",))
+    assert report["frame_rows"]
+    back = mmfm.load(tmp_path / "model")  # LoRA over the package's SmolLM2: the new rows are kept with it
+    assert back.config.frame_row_ids == c.frame_row_ids and back.config.base_lm == "smollm2"
+    torch.testing.assert_close(back.lm.embed.weight[n:].float(), w[n:], rtol=1e-2, atol=1e-3)  # frozen under LoRA
+    b = WorldVideoData(back, back.tokenizer, tasks=("point",), **DATA).batch(0)
+    with torch.no_grad():
+        assert torch.isfinite(back(**b).loss)
+    with pytest.raises(ConfigError, match="give --frame-rows"):
+        build_from(tmp_path / "model", frame_col_tokens=True)
+    again = build_from(tmp_path / "model", lm_dtype="float32", frame_col_tokens=True, frame_rows=True)
+    assert again.config.frame_row_ids == c.frame_row_ids and again.lm.embed.num_embeddings == n + rows

@@ -118,6 +118,11 @@ class Molmo2Config(Config):
     # mmfm's option, not Molmo2's: a column token after each row of a frame's patches too, so that the LM can
     # read a patch's column as its distance from the last row's end (transformers cannot express it).
     frame_col_tokens: bool = False
+    # mmfm's option too: a distinct column token for each row of a frame (the one after row r is
+    # frame_row_ids[r], the last one for any row past them) instead of image_col_id. A row's distance from
+    # the start of the sequence says which row it is only where the image sits at a fixed place; a frame
+    # sits anywhere, so the row is written into the layout, as the last column token a patch has seen.
+    frame_row_ids: tuple[int, ...] = ()
     max_frames: int = 64
     max_fps: float = 2.0
     bidirectional_vision: bool = True  # False: vision tokens attend causally (the ablation), in training and after
@@ -141,12 +146,16 @@ class Molmo2Config(Config):
                      "frame_start_id", "frame_end_id"):
             if not 0 <= getattr(self, name) < top:
                 raise ConfigError(f"Molmo2Config.{name} = {getattr(self, name)} lies outside the LM's {top} embeddings")
+        if any(not 0 <= i < top for i in self.frame_row_ids):
+            raise ConfigError(f"Molmo2Config.frame_row_ids {self.frame_row_ids} lie outside the LM's {top} embeddings")
+        if self.frame_row_ids and not self.frame_col_tokens:
+            raise ConfigError("Molmo2Config.frame_row_ids are column tokens of frames: they need frame_col_tokens")
 
     @property
     def vision_token_ids(self) -> tuple[int, ...]:
         """Every id that belongs to an image or a frame: these attend to each other both ways."""
         return (self.image_start_id, self.image_end_id, self.image_patch_id, self.image_col_id,
-                self.low_res_start_id, self.image_low_id, self.frame_start_id, self.frame_end_id)
+                self.low_res_start_id, self.image_low_id, self.frame_start_id, self.frame_end_id, *self.frame_row_ids)
 
 
 class ClipTower(nn.Module):
@@ -309,8 +318,11 @@ class Molmo2(nn.Module):
         """The ids of one video frame (its timestamp text goes before it)."""
         c = self.config
         start, end = (c.frame_start_id, c.frame_end_id) if c.frame_tokens else (c.image_start_id, c.image_end_id)
-        col = [c.image_col_id] if c.frame_col_tokens else []
-        return [start] + ([c.image_patch_id] * cols + col) * rows + [end]
+        if not c.frame_col_tokens:
+            return [start] + [c.image_patch_id] * cols * rows + [end]
+        ids = c.frame_row_ids or (c.image_col_id,)
+        body = [t for r in range(rows) for t in [c.image_patch_id] * cols + [ids[min(r, len(ids) - 1)]]]
+        return [start] + body + [end]
 
     # Molmo2's chat layout: the images or the video first, then the turns (ChatML, as Qwen3 and SmolLM2).
     USER, ASSISTANT, END = "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>"

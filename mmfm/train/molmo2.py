@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -95,6 +94,31 @@ def build_world_molmo2(vision_dir=None, lm=None, seed: int = 0, lm_dtype: str = 
     return model
 
 
+def add_frame_rows(model: Molmo2, seed: int = 0) -> Molmo2:
+    """Give each row of a frame its own column token (Molmo2Config.frame_row_ids): one new input-only
+    embedding per row, each the model's column token plus its own random direction of half that
+    token's norm, so the rows start apart and the LM keeps reading a column token where it did."""
+    c = model.config
+    if not c.frame_col_tokens:
+        raise ConfigError("a column token per row of a frame needs column tokens in frames (--frame-layout)")
+    if c.frame_row_ids:
+        return model
+    rows = -(-(c.vision.image_size // c.vision.patch_size) // c.adapter.video_pool[0])
+    old = model.lm.embed.weight.detach()
+    col = old[c.image_col_id].float()
+    g = torch.Generator().manual_seed(seed + 1)
+    step = torch.randn(rows, old.shape[1], generator=g)
+    step = step / step.norm(dim=1, keepdim=True) * 0.5 * col.norm()
+    embed = nn.Embedding(old.shape[0] + rows, old.shape[1], dtype=old.dtype)
+    with torch.no_grad():
+        embed.weight.copy_(torch.cat([old, (col + step).to(old.dtype)]))
+    embed.weight.requires_grad_(model.lm.embed.weight.requires_grad)
+    model.lm.embed = embed
+    c.frame_row_ids = tuple(range(old.shape[0], old.shape[0] + rows))
+    c.lm.extra_vocab += rows
+    return model
+
+
 def _molmo_llava(model, source):
     if not (isinstance(model, Llava) and model.config.projector == "molmo" and model.config.image_layout):
         raise ConfigError(f"{source}: a world Molmo2 starts from a Molmo2, or from an mmfm LLaVA with Molmo's "
@@ -143,17 +167,22 @@ def build_from_molmo(source=None, seed: int = 0, lm_dtype: str = "bfloat16", fra
 
 
 def build_from(source=None, seed: int = 0, lm_dtype: str = "bfloat16", frame_col_tokens: bool = True,
-               train_lm: bool = False, bidirectional: bool | None = None, **_preset) -> Molmo2:
+               train_lm: bool = False, bidirectional: bool | None = None, frame_rows: bool = False,
+               **_preset) -> Molmo2:
     """Where a world run starts from `source`: a Molmo2 (mmfm or transformers folder) goes on as it
     stands (a second stage of training; with `train_lm` its LoRA adapters are merged so that every LM
-    weight learns); an mmfm LLaVA with Molmo's connector and layout goes through build_from_molmo."""
+    weight learns; with `frame_rows` it gains a column token per row if it has none); an mmfm LLaVA with
+    Molmo's connector and layout goes through build_from_molmo."""
     model = mmfm.load(source or "molmo-world-tiny")
     if not isinstance(model, Molmo2):
-        return build_from_molmo(_molmo_llava(model, source), seed, lm_dtype, frame_col_tokens)
+        model = build_from_molmo(_molmo_llava(model, source), seed, lm_dtype, frame_col_tokens)
+        return add_frame_rows(model, seed) if frame_rows else model
     c = model.config
     if c.frame_col_tokens != frame_col_tokens:
         raise ConfigError(f"{source}: this Molmo2 was trained {'with' if c.frame_col_tokens else 'without'} column "
                           f"tokens in frames; {'give' if c.frame_col_tokens else 'leave out'} --frame-layout")
+    if c.frame_row_ids and not frame_rows:
+        raise ConfigError(f"{source}: this Molmo2 has a column token per row of a frame; give --frame-rows")
     if bidirectional is not None and c.bidirectional_vision != bidirectional:
         how, switch = ("both ways", "leave out") if c.bidirectional_vision else ("causally", "give")
         raise ConfigError(f"{source}: this Molmo2's vision tokens attend {how}; {switch} --causal-vision to go on "
@@ -163,6 +192,8 @@ def build_from(source=None, seed: int = 0, lm_dtype: str = "bfloat16", frame_col
     if train_lm and c.lora:
         merge_lora(model.lm)
         c.lora = None
+    if frame_rows:
+        add_frame_rows(model, seed)
     model.lm.to(as_dtype(lm_dtype))  # the frozen part in the run's precision; prepare makes learners fp32
     return model
 
@@ -225,9 +256,10 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
                        progress: bool = True, evaluate: bool = True, eval_n: int = 50, packed: bool = True,
                        weighting: bool = True, bidirectional: bool = True, train_lm: bool = False,
                        frame_layout: bool = False, tasks: tuple[str, ...] | None = None, start=None,
-                       **overrides) -> dict:
+                       frame_rows: bool = False, **overrides) -> dict:
     """`train_lm`: every LM weight learns (at LM_LR_SCALE of the lr) instead of LoRA adapters;
     `frame_layout`: a column token after each row of a frame's patches (Molmo2Config.frame_col_tokens);
+    `frame_rows`: with it, a distinct column token for each row (Molmo2Config.frame_row_ids, add_frame_rows);
     `tasks`: train on these task kinds only (mmfm.world.video.video_tasks; the evaluation asks every kind);
     `start`: a Molmo2 to train further, or an mmfm LLaVA with Molmo's connector to start from
     (build_from_molmo; "molmo-world-tiny" for the shipped one)."""
@@ -236,9 +268,13 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
     tcfg.progress = progress
     out = Path(out)
     t0 = time.perf_counter()
-    build = (build_world_molmo2 if start is None
-             else partial(build_from, start, train_lm=train_lm, bidirectional=bidirectional))
-    model = build(seed=tcfg.seed, lm_dtype=lm_dtype(tcfg.precision), frame_col_tokens=frame_layout, **p["model"])
+    if start is None:
+        model = build_world_molmo2(seed=tcfg.seed, lm_dtype=lm_dtype(tcfg.precision), frame_col_tokens=frame_layout,
+                                   **p["model"])
+        model = add_frame_rows(model, tcfg.seed) if frame_rows else model
+    else:
+        model = build_from(start, seed=tcfg.seed, lm_dtype=lm_dtype(tcfg.precision), frame_col_tokens=frame_layout,
+                           train_lm=train_lm, bidirectional=bidirectional, frame_rows=frame_rows, **p["model"])
     trainable = prepare(model, None if train_lm else p["lora"], LM_LR_SCALE)
     model.config.bidirectional_vision = bidirectional  # the model is asked as it was trained
     data = WorldVideoData(model, model.tokenizer, seed=tcfg.seed, batch_size=tcfg.batch_size, packed=packed,
@@ -248,6 +284,7 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
     trainer.train(resume=resume)
     report = {"preset": preset_name, "trainable_parameters": trainable, "packed": packed, "weighting": weighting,
               "bidirectional": bidirectional, "train_lm": train_lm, "frame_layout": frame_layout,
+              "frame_rows": frame_rows,
               "tasks": list(tasks) if tasks else None, "start": None if start is None else str(start),
               "train_seconds": round(time.perf_counter() - t0, 1),
               "train_config": {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "seed")}}
@@ -260,4 +297,5 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
     return report
 
 
-__all__ = ["train_world_molmo2", "build_world_molmo2", "build_from", "build_from_molmo", "prepare", "PRESETS"]
+__all__ = ["train_world_molmo2", "build_world_molmo2", "build_from", "build_from_molmo", "add_frame_rows", "prepare",
+           "PRESETS"]
