@@ -16,8 +16,11 @@ Linear probes (ridge) on the tokens the LM sees, 80 % of the objects to fit, 20 
    says where; the rest is within a token's cell) is right, and its mean log-probability, next to
    always guessing the most common digit. Cheap (a forward pass per item), so it tracks training
    long before pointing F1 moves.
+5. Does the LM read a token's place from the sequence? Probe 4 again with a few timestamps ("0.0 0.5 ...",
+   as a video writes them) put before the image in the user's turn: the image's tokens move along the
+   sequence, nothing else changes.
 
-    python bench/pointing_probe.py [--model DIR] [--scenes 3000] [--digits 300]
+    python bench/pointing_probe.py [--model DIR] [--scenes 3000] [--digits 300] [--filler 0,4,16,40]
 """
 
 from __future__ import annotations
@@ -97,8 +100,9 @@ def what_inside(feats: torch.Tensor, samples, size: int = 64, seed: int = 0) -> 
     return out
 
 
-def first_digits(model, n: int = 300, seed: int = 0, batch: int = 16) -> dict:
-    """Teacher-forced first digit of x and y of single-object point answers on new (test) scenes."""
+def first_digits(model, n: int = 300, seed: int = 0, batch: int = 16, filler: int = 0) -> dict:
+    """Teacher-forced first digit of x and y of single-object point answers on new (test) scenes;
+    `filler`: that many timestamps written before the image (probe 5)."""
     from mmfm.data.instructions import collate
     from mmfm.data.llava_world import point_question, world_pixels
     from mmfm.world import World
@@ -112,13 +116,14 @@ def first_digits(model, n: int = 300, seed: int = 0, batch: int = 16) -> dict:
         one = [pq for pq in s.ann.points if len(pq.points) == 1]
         if one:
             items.append((s, one[0]))
+    pre = " ".join(f"{0.5 * k:.1f}" for k in range(filler)) + "\n" if filler else ""
     right = {"x": [], "y": []}
     logp = {"x": [], "y": []}
     truth = {"x": [], "y": []}
     for j in range(0, n, batch):
         chunk = items[j : j + batch]
-        exs = [enc.example([{"role": "user", "content": f"{enc.image_token}\n{point_question(pq.query)}"},
-                            {"role": "assistant", "content": pq.answer}], "chat", 256) for _, pq in chunk]
+        exs = [enc.example([{"role": "user", "content": f"{pre}{enc.image_token}\n{point_question(pq.query)}"},
+                            {"role": "assistant", "content": pq.answer}], "chat", 512) for _, pq in chunk]
         pixels = world_pixels([s.rendered.image for s, _ in chunk], model.config.image_mean, model.config.image_std)
         batch_ids = collate([e.input_ids for e in exs], [e.labels for e in exs], pixels)  # right-padded: causal
         with torch.no_grad():
@@ -137,7 +142,7 @@ def first_digits(model, n: int = 300, seed: int = 0, batch: int = 16) -> dict:
                 right[axis].append(int(lp.argmax()) == e.input_ids[t])
                 logp[axis].append(float(lp[e.input_ids[t]]))
                 truth[axis].append(e.input_ids[t])
-    out = {"n": n}
+    out = {"n": n, "filler_tokens": len(tok.encode_plain(pre)) if pre else 0}
     for axis in ("x", "y"):
         _, counts = np.unique(truth[axis], return_counts=True)
         out[axis] = {"right": float(np.mean(right[axis])), "log_prob": float(np.mean(logp[axis])),
@@ -164,8 +169,16 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="A world LLaVA folder (default: the shipped one).")
     ap.add_argument("--scenes", type=int, default=3000)
     ap.add_argument("--digits", type=int, default=300, help="single-object point queries for probe 4 (0: skip)")
+    ap.add_argument("--filler", default="", help="probe 5: timestamps before the image, e.g. 0,4,16,40")
     args = ap.parse_args()
     model = mmfm.load(args.model or weights_path("llava-world-tiny")).eval()
+    for k in (int(v) for v in args.filler.split(",") if v):
+        d = first_digits(model, args.digits or 160, filler=k)
+        print(f"LM, {k} timestamps ({d['filler_tokens']} tokens) before the image: first digit of x right "
+              f"{d['x']['right']:.3f}, of y {d['y']['right']:.3f} (most common digit: "
+              f"{d['x']['most_common_digit']:.3f} / {d['y']['most_common_digit']:.3f})", flush=True)
+    if args.filler:
+        return
     world = World(seed=0)
     samples = [world.sample("train", i) for i in range(args.scenes)]
     pixels = world_pixels([s.rendered.image for s in samples], model.config.image_mean, model.config.image_std)
