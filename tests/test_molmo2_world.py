@@ -163,6 +163,8 @@ def test_world_training_options_are_checked_before_any_work(tmp_path, capsys):
             "--out", tmp_path / "x", match="--frame-layout")
     refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--frame-rows",
             "--out", tmp_path / "x", match="--frame-rows: world-video options")
+    refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--stills", "4",
+            "--out", tmp_path / "x", match="--stills: world-video options")
     refused(capsys, "train", "molmo2", "--from", "llava-world-tiny", "--out", tmp_path / "x",
             match="Molmo's connector and image layout")
     assert not (tmp_path / "x").exists()
@@ -262,6 +264,34 @@ def test_the_whole_lm_learns_with_column_tokens_in_frames(tmp_path):
     assert torch.equal(small.lm.embed.weight[v:], back.lm.embed.weight[v:])  # the vision ids' rows as trained
     with torch.no_grad():
         assert torch.isfinite(small(**b).loss)
+
+
+def test_stills_are_one_frame_videos_whose_points_are_the_scene():
+    """--stills: world scenes as one-frame videos at 0.0 s, each point question answered in the video
+    markup with the scene's points, added to every batch beside the clips."""
+    from mmfm.data.molmo2 import IGNORE
+
+    model = build_world_molmo2(lm_dtype="float32", **PRESETS["world-video"]["model"])
+    tok, c = model.tokenizer, model.config
+    data = WorldVideoData(model, tok, stills=3, **DATA)
+    ex, queries = data.still(5)
+    scene = data.world.sample("train", 5)
+    frame = torch.from_numpy(scene.rendered.image).permute(2, 0, 1)[None]
+    ids, patches, _ = model.video_context(frame, [0.0])
+    assert ex.context == ids and torch.equal(ex.patches, patches) and ex.context.count(c.frame_start_id) == 1
+    assert queries and len(ex.qas) == len(queries) and {qa.kind for qa in ex.qas} == {"pointing"}
+    for qa, q in zip(ex.qas, queries):
+        assert tok.decode(qa.question).count(f"Point to the {q.query}.") == 1
+        text = tok.decode(qa.answer)
+        got = parse_video_points(text, 0.0, DATA["size"], DATA["size"]) if q.points else []
+        assert (text.startswith("There are none")) == (not q.points)
+        assert len(got) == len(q.points) and all(t == 0.0 for t, *_ in got)
+        assert max((abs(g[2] - x) + abs(g[3] - y) for g, (x, y) in zip(got, sorted(q.points))), default=0) < 0.2
+    plain = WorldVideoData(model, tok, **DATA).batch(0)
+    b = data.batch(0)
+    extra = sum(len(data.still(i)[0].qas[k].answer) for i in range(3) for k in range(len(data.still(i)[0].qas)))
+    assert int((b["labels"] != IGNORE).sum()) == int((plain["labels"] != IGNORE).sum()) + extra
+    assert data.batch(0)["input_ids"].equal(b["input_ids"]) and not data.batch(1)["input_ids"].equal(b["input_ids"])
 
 
 def test_a_column_token_per_row_of_a_frame(run, tmp_path):

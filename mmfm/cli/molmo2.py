@@ -191,6 +191,8 @@ def train_molmo2(
                                       "row of a frame's patches (mmfm's option; transformers cannot load it)."),
     frame_rows: bool = typer.Option(False, "--frame-rows", help="On world videos, with --frame-layout: a different "
                                     "column token after each row, so a patch's row is read from the layout."),
+    stills: int = options.bounded(0, "--stills", lo=0, hi=4096, help="On world videos: that many world scenes per "
+                                  "batch as one-frame videos with point questions (images beside the videos)."),
     tasks: str = typer.Option(None, "--tasks", help="On world videos: train on these task kinds only, e.g. "
                               "point,track,count (the evaluation asks every kind)."),
     precision: str = options.PRECISION,
@@ -220,7 +222,8 @@ def train_molmo2(
     on your videos and image sets (--data --from)."""
     prec = options.precision_of(precision, bf16)
     world_only = [o for o, on in (("--train-lm", train_lm), ("--frame-layout", frame_layout),
-                                  ("--frame-rows", frame_rows), ("--tasks", tasks is not None)) if on]
+                                  ("--frame-rows", frame_rows), ("--stills", stills > 0),
+                                  ("--tasks", tasks is not None)) if on]
     if data is not None and world_only:  # said rather than ignored: --data has its own switches
         raise ConfigError(f"{', '.join(world_only)}: world-video options; with --data the whole LM "
                           "is --lora-rank 0 and the layout is the --from model's")
@@ -242,7 +245,7 @@ def train_molmo2(
     report = train_world_molmo2(preset, out, resume=resume, evaluate=evaluate, eval_n=eval_n, packed=packed,
                                 weighting=weighting, bidirectional=bidirectional, train_lm=train_lm,
                                 frame_layout=frame_layout, frame_rows=frame_rows, tasks=_task_kinds(tasks),
-                                precision=prec,
+                                stills=stills, precision=prec,
                                 compile=compile_step or None, steps=steps, batch_size=batch_size, lr=lr,
                                 seed=seed, save_every=save_every, start=init)
     for split in ("test", "heldout"):

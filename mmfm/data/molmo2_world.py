@@ -9,6 +9,11 @@ Layout, as Molmo2's chat template puts it (vision first, then the turns):
 Answers: counts as number words, "the <name>", colours, places, "yes" / "no"; pointing and tracking
 in Molmo2's spatio-temporal markup (mmfm.text.pointing.format_video_points). Each batch is a pure
 function of (seed, step), so a resumed run sees the batches it would have seen.
+
+Stills (`stills` per batch, off by default): world scenes (mmfm.world.World, the train split) as
+one-frame videos with the image Molmo's point questions ("Point to the red circles.") answered in the
+same video markup at 0.0 s. Molmo2 trains on images and videos together; here a still is exactly a
+clip's first frame, where the video tasks point most, at a fraction of a clip's tokens.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 
 from mmfm.data.molmo2 import QA, Batch, Example, pack, unpacked
 from mmfm.text.pointing import format_video_points
+from mmfm.world import World
 from mmfm.world.video import Clip, clip, video_tasks
 from mmfm.world.vocab import PLURAL
 
@@ -40,11 +46,12 @@ class WorldVideoData:
 
     def __init__(self, model, tokenizer, seed: int = 0, split: str = "train", frames: int = 8, size: int = 64,
                  fps: float = 2.0, batch_size: int = 8, max_len: int = 2048, weighting: bool = True,
-                 packed: bool = True, tasks: tuple[str, ...] | None = None, max_qas: int = 0):
+                 packed: bool = True, tasks: tuple[str, ...] | None = None, max_qas: int = 0, stills: int = 0):
         self.model, self.tok = model, tokenizer
         self.seed, self.split, self.frames, self.size, self.fps = seed, split, frames, size, fps
         self.batch_size, self.max_len, self.weighting, self.packed = batch_size, max_len, weighting, packed
-        self.tasks, self.max_qas = tasks, max_qas
+        self.tasks, self.max_qas, self.stills = tasks, max_qas, stills
+        self.world = World(seed=seed, size=size)
         self._end = tokenizer.encode(model.END, add_special_tokens=False)
 
     def clip(self, index: int) -> Clip:
@@ -66,6 +73,20 @@ class WorldVideoData:
                   TASK_KINDS.get(t["task"], "qa")) for t in tasks]
         return Example(ids, qas, patches, pooling), c, tasks
 
+    def still(self, index: int) -> tuple[Example, list]:
+        """A world scene (train split) as a one-frame video at 0.0 s, a branch for each of its point
+        questions, answered in the video markup; -> (example, the scene's point queries)."""
+        s = self.world.sample("train", index)
+        frame = torch.from_numpy(s.rendered.image).permute(2, 0, 1)[None].contiguous()
+        ids, patches, pooling = self.model.video_context(frame, [0.0])
+        queries = s.ann.points
+        qas = [QA(self.question_ids(f"Point to the {q.query}."),
+                  self.tok.encode_plain(format_video_points([(0.0, k, x, y) for k, (x, y) in
+                                                             enumerate(sorted(q.points), 1)], self.size, self.size,
+                                                            q.query) or "There are none.") + self._end,
+                  "pointing") for q in queries]
+        return Example(ids, qas, patches, pooling), queries
+
     def batch(self, step: int, micro: int = 0, rank: int = 0, world_size: int = 1, accum: int = 1) -> dict:
         per = max(1, self.batch_size // (world_size * accum))
         start = ((step * accum + micro) * world_size + rank) * per
@@ -76,6 +97,10 @@ class WorldVideoData:
                 keep = np.random.default_rng([self.seed, 25, step, i]).permutation(len(ex.qas))[: self.max_qas]
                 ex = Example(ex.context, [ex.qas[k] for k in sorted(keep)], ex.patches, ex.pooling)
             examples.append(ex)
+        if self.stills:
+            per_still = max(1, self.stills // (world_size * accum))
+            first = ((step * accum + micro) * world_size + rank) * per_still
+            examples += [self.still(i)[0] for i in range(first, first + per_still)]
         return self.collate(examples).model_inputs()
 
     def collate(self, examples: list[Example]) -> Batch:
