@@ -19,8 +19,13 @@ Linear probes (ridge) on the tokens the LM sees, 80 % of the objects to fit, 20 
 5. Does the LM read a token's place from the sequence? Probe 4 again with a few timestamps ("0.0 0.5 ...",
    as a video writes them) put before the image in the user's turn: the image's tokens move along the
    sequence, nothing else changes.
+6. Does a video Molmo2 start from what the image Molmo reads? Probe 4 on the Molmo2 that
+   mmfm.train.molmo2.build_from_molmo makes of the model (untrained; vision tokens causal), each scene a
+   one-frame video: A the LLaVA's own sequence with the frame's tokens in the image's place (equal to the
+   LLaVA's), B A with the frame's timestamp, C Molmo2's layout (the frame first, then the user's turn,
+   no system prompt) with Molmo's answer, D C answered in Molmo2's video markup (t k x y on 0-1000).
 
-    python bench/pointing_probe.py [--model DIR] [--scenes 3000] [--digits 300] [--filler 0,4,16,40]
+    python bench/pointing_probe.py [--model DIR] [--scenes 3000] [--digits 300] [--filler 0,4,16,40] [--layouts]
 """
 
 from __future__ import annotations
@@ -105,17 +110,10 @@ def first_digits(model, n: int = 300, seed: int = 0, batch: int = 16, filler: in
     `filler`: that many timestamps written before the image (probe 5)."""
     from mmfm.data.instructions import collate
     from mmfm.data.llava_world import point_question, world_pixels
-    from mmfm.world import World
 
     model.eval()
-    enc, tok, world = model.conversation(), model.tokenizer, World(seed=seed)
-    items, i = [], 200_000
-    while len(items) < n:
-        s = world.sample("test", i)
-        i += 1
-        one = [pq for pq in s.ann.points if len(pq.points) == 1]
-        if one:
-            items.append((s, one[0]))
+    enc, tok = model.conversation(), model.tokenizer
+    items = _single_object_queries(n, seed)
     pre = " ".join(f"{0.5 * k:.1f}" for k in range(filler)) + "\n" if filler else ""
     right = {"x": [], "y": []}
     logp = {"x": [], "y": []}
@@ -150,6 +148,83 @@ def first_digits(model, n: int = 300, seed: int = 0, batch: int = 16, filler: in
     return out
 
 
+def _single_object_queries(n: int, seed: int = 0) -> list:
+    from mmfm.world import World
+
+    world, items, i = World(seed=seed), [], 200_000
+    while len(items) < n:
+        s = world.sample("test", i)
+        i += 1
+        one = [pq for pq in s.ann.points if len(pq.points) == 1]
+        if one:
+            items.append((s, one[0]))
+    return items
+
+
+def layouts(llava, n: int = 160, seed: int = 0) -> dict:
+    """Probe 6: {variant: {"x": right, "y": right, "guess_x", "guess_y"}} for the layouts A-D above."""
+    from mmfm.data.llava_world import point_question
+    from mmfm.text.pointing import format_video_points
+    from mmfm.train.molmo2 import build_from_molmo
+
+    enc, tok, ph = llava.conversation(), llava.tokenizer, llava.config.image_token_id
+    m2 = build_from_molmo(llava, lm_dtype="float32")  # merges the LLaVA's LoRA into its LM: use a copy
+    m2.config.bidirectional_vision = False  # a frame's block read as the image model read its images
+    m2.eval()
+    end = tok.encode(m2.END, add_special_tokens=False)
+
+    def token_at(ids, first, answer, at):  # the answer's token that holds character `at`
+        t, text = first, ""
+        while len(text) <= at:
+            text += tok.decode([ids[t]])
+            t += 1
+        return t - 1
+
+    def digit_at(answer, axis, video):
+        if not video:
+            return answer.index(f' {axis}="') + 4
+        start = answer.index('coords="') + len('coords="')
+        t, k, x = answer[start:].split(" ")[:3]  # "0.0 1 xxx yyy"
+        at = start + len(t) + 1 + len(k) + 1
+        return at if axis == "x" else at + len(x) + 1
+
+    right = {v: {"x": [], "y": []} for v in "ABCD"}
+    truth = {v: {"x": [], "y": []} for v in "ABCD"}
+    for s, pq in _single_object_queries(n, seed):
+        ex = enc.example([{"role": "user", "content": f"{enc.image_token}\n{point_question(pq.query)}"},
+                          {"role": "assistant", "content": pq.answer}], "chat", 512)
+        ids = list(ex.input_ids)
+        k, nph = ids.index(ph), ids.count(ph)  # the encoder writes the image's run of placeholders
+        frame = torch.from_numpy(s.rendered.image).permute(2, 0, 1)[None].contiguous()
+        vids, patches, pooling = m2.video_context(frame, [0.0])
+        cut = vids.index(m2.config.frame_start_id)
+        stamp, ftoks = vids[:cut], vids[cut:]
+        assert len(ftoks) == nph, "the frame's tokens must take the image's place one for one"
+        first = next(t for t, lab in enumerate(ex.labels) if lab >= 0)
+        q = m2.turn_ids(point_question(pq.query))
+        (x, y), = pq.points
+        video = format_video_points([(0.0, 1, x, y)], s.rendered.size, s.rendered.size, pq.query)
+        seqs = {"A": (ids[:k] + ftoks + ids[k + nph:], first, pq.answer, False),
+                "B": (ids[:k] + stamp + ftoks + ids[k + nph:], first + len(stamp), pq.answer, False),
+                "C": (vids + q + tok.encode_plain(pq.answer) + end, len(vids) + len(q), pq.answer, False),
+                "D": (vids + q + tok.encode_plain(video) + end, len(vids) + len(q), video, True)}
+        with torch.no_grad():
+            feats = m2.encode(patches, pooling)
+            for v, (seq, at, answer, is_video) in seqs.items():
+                logits = m2(torch.tensor([seq]), image_features=feats).logits.float()[0]
+                for axis in ("x", "y"):
+                    t = token_at(seq, at, answer, digit_at(answer, axis, is_video))
+                    right[v][axis].append(int(logits[t - 1].argmax()) == seq[t])
+                    truth[v][axis].append(seq[t])
+    out = {}
+    for v in "ABCD":
+        out[v] = {axis: float(np.mean(right[v][axis])) for axis in ("x", "y")}
+        for axis in ("x", "y"):
+            _, counts = np.unique(truth[v][axis], return_counts=True)
+            out[v][f"guess_{axis}"] = float(counts.max() / len(truth[v][axis]))
+    return out
+
+
 def grid_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
     """The connector's image tokens (N, h * w, C) in row order, without Molmo's layout tokens if it has them."""
     feats = model.encode_images(pixels)
@@ -170,8 +245,17 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=3000)
     ap.add_argument("--digits", type=int, default=300, help="single-object point queries for probe 4 (0: skip)")
     ap.add_argument("--filler", default="", help="probe 5: timestamps before the image, e.g. 0,4,16,40")
+    ap.add_argument("--layouts", action="store_true", help="probe 6: the image as a one-frame video in a Molmo2 "
+                    "made from the model (molmo-world-tiny)")
     args = ap.parse_args()
     model = mmfm.load(args.model or weights_path("llava-world-tiny")).eval()
+    if args.layouts:
+        names = {"A": "LLaVA's sequence, frame tokens", "B": "A + timestamp", "C": "Molmo2's layout",
+                 "D": "C, video markup"}
+        for v, d in layouts(mmfm.load(args.model or weights_path("llava-world-tiny")), args.digits or 160).items():
+            print(f"{v} ({names[v]}): first digit of x right {d['x']:.3f}, of y {d['y']:.3f} (most common digit: "
+                  f"{d['guess_x']:.3f} / {d['guess_y']:.3f})", flush=True)
+        return
     for k in (int(v) for v in args.filler.split(",") if v):
         d = first_digits(model, args.digits or 160, filler=k)
         print(f"LM, {k} timestamps ({d['filler_tokens']} tokens) before the image: first digit of x right "
