@@ -24,8 +24,13 @@ Linear probes (ridge) on the tokens the LM sees, 80 % of the objects to fit, 20 
    one-frame video: A the LLaVA's own sequence with the frame's tokens in the image's place (equal to the
    LLaVA's), B A with the frame's timestamp, C Molmo2's layout (the frame first, then the user's turn,
    no system prompt) with Molmo's answer, D C answered in Molmo2's video markup (t k x y on 0-1000).
+7. What does a trained world Molmo2 read? (`--molmo2 DIR`) Probe 6's D on the model itself, and the
+   first digits of every point of its `point` answers on test clips, teacher-forced, split by the point's
+   time: at 0.0 s (objects there from the first frame, anywhere in it) or later (objects that enter, which
+   the world makes come in from the left or right border).
 
     python bench/pointing_probe.py [--model DIR] [--scenes 3000] [--digits 300] [--filler 0,4,16,40] [--layouts]
+    python bench/pointing_probe.py --molmo2 DIR [--digits 160] [--clips 40]
 """
 
 from __future__ import annotations
@@ -225,6 +230,83 @@ def layouts(llava, n: int = 160, seed: int = 0) -> dict:
     return out
 
 
+class _Digits:
+    """Teacher-forced first digits of the coordinates in Molmo2's video markup, by group."""
+
+    def __init__(self, tok):
+        self.tok, self.right, self.truth = tok, {}, {}
+
+    def positions(self, answer: str) -> list[tuple[float, int, int]]:
+        """(time, character of x's first digit, of y's) for every point of the markup."""
+        import re
+
+        out = []
+        for tag in re.finditer(r'coords="([^"]*)"', answer):
+            at = tag.start(1)
+            for group in tag.group(1).split("; "):
+                nums, pos, k = group.split(" "), [], at
+                for v in nums:
+                    pos.append(k)
+                    k += len(v) + 1
+                out += [(float(nums[0]), pos[j + 1], pos[j + 2]) for j in range(1, len(nums) - 2, 3)]
+                at += len(group) + 2
+        return out
+
+    def score(self, logits: torch.Tensor, seq: list[int], first: int, answer: str, group) -> None:
+        """logits (T, V) of seq, whose answer (text `answer`) starts at seq[first]."""
+        ends, text = [], ""
+        for t in range(first, len(seq)):  # the character offset where each answer token ends
+            text += self.tok.decode([seq[t]])
+            ends.append(len(text))
+        for time, cx, cy in self.positions(answer):
+            g = group(time)
+            for axis, c in (("x", cx), ("y", cy)):
+                t = first + next(j for j, e in enumerate(ends) if e > c)
+                self.right.setdefault((g, axis), []).append(int(logits[t - 1].argmax()) == seq[t])
+                self.truth.setdefault((g, axis), []).append(seq[t])
+
+    def table(self) -> dict:
+        out = {}
+        for (g, axis), r in sorted(self.right.items()):
+            _, counts = np.unique(self.truth[(g, axis)], return_counts=True)
+            out.setdefault(g, {})[axis] = (float(np.mean(r)), float(counts.max() / len(r)), len(r))
+        return out
+
+
+def molmo2_digits(m2, n_scenes: int = 160, n_clips: int = 40, seed: int = 0) -> dict:
+    """Probe 7 on a world Molmo2: {group: {axis: (right, most common digit's share, points)}}."""
+    from mmfm.data.llava_world import point_question
+    from mmfm.data.molmo2_world import WorldVideoData, answer_text
+    from mmfm.text.pointing import format_video_points
+    from mmfm.train.molmo2 import PRESETS
+
+    tok = m2.tokenizer
+    end = tok.encode(m2.END, add_special_tokens=False)
+    d = _Digits(tok)
+    m2.eval()
+    with torch.no_grad():
+        for s, pq in _single_object_queries(n_scenes, seed):
+            frame = torch.from_numpy(s.rendered.image).permute(2, 0, 1)[None].contiguous()
+            ids, patches, pooling = m2.video_context(frame, [0.0])
+            q = m2.turn_ids(point_question(pq.query))
+            answer = format_video_points([(0.0, 1, *pq.points[0])], s.rendered.size, s.rendered.size, pq.query)
+            seq = ids + q + tok.encode_plain(answer) + end
+            d.score(m2(torch.tensor([seq]), patches, pooling).logits.float()[0], seq, len(ids) + len(q), answer,
+                    lambda t: "stills (one-frame videos of test scenes)")
+        data = WorldVideoData(m2, tok, seed=seed, split="test", **PRESETS["world-video"]["data"])
+        for i in range(n_clips):
+            ex, c, tasks = data.example(i)
+            feats = m2.encode(ex.patches, ex.pooling)
+            for qa, task in zip(ex.qas, tasks):
+                if task["task"] != "point" or not task["points"]:
+                    continue
+                seq = ex.context + qa.question + qa.answer
+                logits = m2(torch.tensor([seq]), image_features=feats).logits.float()[0]
+                d.score(logits, seq, len(ex.context) + len(qa.question), answer_text(task, c),
+                        lambda t: "clips, points at 0.0 s" if t == 0.0 else "clips, points later")
+    return d.table()
+
+
 def grid_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
     """The connector's image tokens (N, h * w, C) in row order, without Molmo's layout tokens if it has them."""
     feats = model.encode_images(pixels)
@@ -247,7 +329,14 @@ def main() -> None:
     ap.add_argument("--filler", default="", help="probe 5: timestamps before the image, e.g. 0,4,16,40")
     ap.add_argument("--layouts", action="store_true", help="probe 6: the image as a one-frame video in a Molmo2 "
                     "made from the model (molmo-world-tiny)")
+    ap.add_argument("--molmo2", default=None, help="probe 7 on this world Molmo2 folder")
+    ap.add_argument("--clips", type=int, default=40, help="test clips for probe 7")
     args = ap.parse_args()
+    if args.molmo2:
+        for group, axes in molmo2_digits(mmfm.load(args.molmo2), args.digits or 160, args.clips).items():
+            print(group + ": " + ", ".join(f"first digit of {a} right {r:.3f} ({n} points; most common digit {g:.3f})"
+                                           for a, (r, g, n) in axes.items()), flush=True)
+        return
     model = mmfm.load(args.model or weights_path("llava-world-tiny")).eval()
     if args.layouts:
         names = {"A": "LLaVA's sequence, frame tokens", "B": "A + timestamp", "C": "Molmo2's layout",
