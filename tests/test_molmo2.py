@@ -161,7 +161,8 @@ def test_video_preprocessing_and_frame_sampling_match_transformers():
     assert grid.tolist() == want["video_grids"][0].tolist()
     from transformers.video_utils import VideoMetadata
 
-    for total, fps in [(300, 30.0), (10, 2.0), (7, 25.0), (1000, 24.0), (5, None)]:
+    for total, fps in [(300, 30.0), (10, 2.0), (7, 25.0), (1000, 24.0), (5, None), (12, 6.0), (1, 30.0), (126, 2.0),
+                       (127, 2.0), (128, 2.0), (945, 30.0), (946, 30.0), (3, 0.5)]:
         meta = VideoMetadata(total_num_frames=total, fps=fps)
         assert crops.sample_frame_indices(total, fps) == Molmo2VideoProcessor().sample_frames(meta).tolist()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -135,16 +136,16 @@ def offset_pooling(pooling: list[torch.Tensor], patches: list[torch.Tensor]) -> 
 
 
 def sample_frame_indices(total: int, fps: float | None, max_frames: int = 64, max_fps: float = 2.0) -> list[int]:
-    """Which of `total` frames Molmo2's video processor keeps: at most `max_frames`, no denser than
-    `max_fps`, evenly spread from the first frame (fps None: taken as max_fps)."""
+    """Which of `total` frames Molmo2's video processor keeps (transformers 5.25's rule; fps None: taken
+    as max_fps). A video longer than `max_frames` at `max_fps`: `max_frames` spread evenly from the first
+    frame to the last; a shorter one: every fps / max_fps-th frame from the first, and the last."""
     if total < 1:
         raise InvalidImage("the video has no frames")
     fps = max_fps if fps is None else fps
-    target = max_frames
-    if fps > max_fps:
-        target = min(target, int(total / fps * max_fps))
-    target = max(min(target, total), 1)
-    return torch.arange(0, total, total / target).int().tolist()
+    if total / fps > (max_frames - 1) / max_fps:
+        return np.linspace(0, total - 1, min(max_frames, total)).astype(int).tolist()
+    keep = np.append(np.arange(0, total - 1, fps / max_fps), total - 1)
+    return np.unique(keep.round().astype(int)).tolist()  # a slow video repeats no frame
 
 
 __all__ = ["MOLMO2_MEAN", "MOLMO2_STD", "image_inputs", "video_inputs", "offset_pooling", "pooling_windows",
