@@ -135,12 +135,7 @@ def first_digits(model, n: int = 300, seed: int = 0, batch: int = 16, filler: in
         for r, ((_, pq), e) in enumerate(zip(chunk, exs)):
             first = next(t for t, lab in enumerate(e.labels) if lab != -100)
             for axis in ("x", "y"):
-                at = pq.answer.index(f' {axis}="') + 4  # the character of the first digit
-                t, text = first, ""
-                while len(text) <= at:  # the answer's token that holds that character
-                    text += tok.decode([e.input_ids[t]])
-                    t += 1
-                t -= 1
+                t = _token_at(tok, e.input_ids, first, pq.answer.index(f' {axis}="') + 4)  # x's / y's first digit
                 lp = torch.log_softmax(logits[r, t - 1 + shift], -1)
                 right[axis].append(int(lp.argmax()) == e.input_ids[t])
                 logp[axis].append(float(lp[e.input_ids[t]]))
@@ -151,6 +146,15 @@ def first_digits(model, n: int = 300, seed: int = 0, batch: int = 16, filler: in
         out[axis] = {"right": float(np.mean(right[axis])), "log_prob": float(np.mean(logp[axis])),
                      "most_common_digit": float(counts.max() / len(truth[axis]))}
     return out
+
+
+def _token_at(tok, ids, first: int, at: int) -> int:
+    """The index in `ids` of the token that holds character `at` of the text that starts at ids[first]."""
+    t, text = first, ""
+    while len(text) <= at:
+        text += tok.decode([ids[t]])
+        t += 1
+    return t - 1
 
 
 def _single_object_queries(n: int, seed: int = 0) -> list:
@@ -173,17 +177,10 @@ def layouts(llava, n: int = 160, seed: int = 0) -> dict:
     from mmfm.train.molmo2 import build_from_molmo
 
     enc, tok, ph = llava.conversation(), llava.tokenizer, llava.config.image_token_id
-    m2 = build_from_molmo(llava, lm_dtype="float32")  # merges the LLaVA's LoRA into its LM: use a copy
+    m2 = build_from_molmo(llava, lm_dtype="float32")  # merges the LLaVA's LoRA into its LM, which is not used after
     m2.config.bidirectional_vision = False  # a frame's block read as the image model read its images
     m2.eval()
     end = tok.encode(m2.END, add_special_tokens=False)
-
-    def token_at(ids, first, answer, at):  # the answer's token that holds character `at`
-        t, text = first, ""
-        while len(text) <= at:
-            text += tok.decode([ids[t]])
-            t += 1
-        return t - 1
 
     def digit_at(answer, axis, video):
         if not video:
@@ -218,7 +215,7 @@ def layouts(llava, n: int = 160, seed: int = 0) -> dict:
             for v, (seq, at, answer, is_video) in seqs.items():
                 logits = m2(torch.tensor([seq]), image_features=feats).logits.float()[0]
                 for axis in ("x", "y"):
-                    t = token_at(seq, at, answer, digit_at(answer, axis, is_video))
+                    t = _token_at(tok, seq, at, digit_at(answer, axis, is_video))
                     right[v][axis].append(int(logits[t - 1].argmax()) == seq[t])
                     truth[v][axis].append(seq[t])
     out = {}
@@ -341,7 +338,7 @@ def main() -> None:
     if args.layouts:
         names = {"A": "LLaVA's sequence, frame tokens", "B": "A + timestamp", "C": "Molmo2's layout",
                  "D": "C, video markup"}
-        for v, d in layouts(mmfm.load(args.model or weights_path("llava-world-tiny")), args.digits or 160).items():
+        for v, d in layouts(model, args.digits or 160).items():
             print(f"{v} ({names[v]}): first digit of x right {d['x']:.3f}, of y {d['y']:.3f} (most common digit: "
                   f"{d['guess_x']:.3f} / {d['guess_y']:.3f})", flush=True)
         return

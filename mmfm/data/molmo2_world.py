@@ -30,11 +30,15 @@ from mmfm.world.vocab import PLURAL
 TASK_KINDS = {"point": "pointing", "track": "pointing"}
 
 
+def point_answer(points, size: int, label: str) -> str:
+    """(time, x, y) pixel points, numbered in order -> Molmo2's video markup, or "There are none."."""
+    return format_video_points([(t, k, x, y) for k, (t, x, y) in enumerate(points, 1)], size, size,
+                               label) or "There are none."
+
+
 def answer_text(task: dict, c: Clip) -> str:
     if task["task"] == "point":
-        pts = sorted(task["points"])
-        return format_video_points([(t, k, x, y) for k, (t, _, x, y) in enumerate(pts, 1)], c.size, c.size,
-                                   PLURAL[task["shape"]]) or "There are none."
+        return point_answer([(t, x, y) for t, _, x, y in sorted(task["points"])], c.size, PLURAL[task["shape"]])
     if task["task"] == "track":
         return format_video_points([(t, 1, x, y) for t, _, x, y in task["points"]], c.size, c.size,
                                    task["question"][len("Track the "):-1])
@@ -81,10 +85,8 @@ class WorldVideoData:
         ids, patches, pooling = self.model.video_context(frame, [0.0])
         queries = s.ann.points
         qas = [QA(self.question_ids(f"Point to the {q.query}."),
-                  self.tok.encode_plain(format_video_points([(0.0, k, x, y) for k, (x, y) in
-                                                             enumerate(sorted(q.points), 1)], self.size, self.size,
-                                                            q.query) or "There are none.") + self._end,
-                  "pointing") for q in queries]
+                  self.tok.encode_plain(point_answer([(0.0, x, y) for x, y in sorted(q.points)], self.size, q.query))
+                  + self._end, "pointing") for q in queries]
         return Example(ids, qas, patches, pooling), queries
 
     def batch(self, step: int, micro: int = 0, rank: int = 0, world_size: int = 1, accum: int = 1) -> dict:
@@ -110,4 +112,4 @@ class WorldVideoData:
         return unpacked(examples, vis, weighting=self.weighting)
 
 
-__all__ = ["WorldVideoData", "answer_text"]
+__all__ = ["WorldVideoData", "answer_text", "point_answer"]
