@@ -156,6 +156,7 @@ def test_prepare_trains_the_adapter_and_lora_only():
 def test_world_training_options_are_checked_before_any_work(tmp_path, capsys):
     refused(capsys, "train", "molmo2", "--tasks", "point,jump", "--out", tmp_path / "x", match="task kinds")
     refused(capsys, "train", "molmo2", "--save-every", "0", "--out", tmp_path / "x", match="--save-every")
+    refused(capsys, "train", "molmo2", "--tasks", "none", "--out", tmp_path / "x", match="give --stills N")
     data = tmp_path / "data.json"  # never read: the option checks come first
     refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--train-lm", "--tasks", "count",
             "--out", tmp_path / "x", match="--train-lm, --tasks: world-video options")
@@ -292,6 +293,10 @@ def test_stills_are_one_frame_videos_whose_points_are_the_scene():
     extra = sum(len(data.still(i)[0].qas[k].answer) for i in range(3) for k in range(len(data.still(i)[0].qas)))
     assert int((b["labels"] != IGNORE).sum()) == int((plain["labels"] != IGNORE).sum()) + extra
     assert data.batch(0)["input_ids"].equal(b["input_ids"]) and not data.batch(1)["input_ids"].equal(b["input_ids"])
+    only = WorldVideoData(model, tok, stills=3, tasks=(), **DATA).batch(0)  # --tasks none: the stills alone
+    assert int((only["labels"] != IGNORE).sum()) == extra and only["patches"].shape[0] == 3
+    with pytest.raises(ConfigError, match="empty"):
+        WorldVideoData(model, tok, tasks=(), **DATA)
 
 
 def test_a_column_token_per_row_of_a_frame(run, tmp_path):

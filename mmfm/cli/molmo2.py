@@ -194,7 +194,8 @@ def train_molmo2(
     stills: int = options.bounded(0, "--stills", lo=0, hi=4096, help="On world videos: that many world scenes per "
                                   "batch as one-frame videos with point questions (images beside the videos)."),
     tasks: str = typer.Option(None, "--tasks", help="On world videos: train on these task kinds only, e.g. "
-                              "point,track,count (the evaluation asks every kind)."),
+                              "point,track,count (the evaluation asks every kind); none: no clips, the "
+                              "--stills alone."),
     precision: str = options.PRECISION,
     bf16: bool = options.BF16,
     compile_step: bool = options.COMPILE,
@@ -242,9 +243,12 @@ def train_molmo2(
         return
     from mmfm.train.molmo2 import train_world_molmo2
 
+    kinds = _task_kinds(tasks)
+    if kinds == () and not stills:
+        raise ConfigError("--tasks none trains on stills alone: give --stills N")
     report = train_world_molmo2(preset, out, resume=resume, evaluate=evaluate, eval_n=eval_n, packed=packed,
                                 weighting=weighting, bidirectional=bidirectional, train_lm=train_lm,
-                                frame_layout=frame_layout, frame_rows=frame_rows, tasks=_task_kinds(tasks),
+                                frame_layout=frame_layout, frame_rows=frame_rows, tasks=kinds,
                                 stills=stills, precision=prec,
                                 compile=compile_step or None, steps=steps, batch_size=batch_size, lr=lr,
                                 seed=seed, save_every=save_every, start=init)
@@ -259,10 +263,13 @@ def _task_kinds(text: str | None) -> tuple[str, ...] | None:
 
     if text is None:
         return None
+    if text.strip() == "none":
+        return ()  # stills only: the caller checks that --stills gives some
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
     unknown = [k for k in kinds if k not in TASK_KINDS]
     if not kinds or unknown:
-        raise ConfigError(f"--tasks {text!r}: the world's video task kinds are {', '.join(TASK_KINDS)}")
+        raise ConfigError(f"--tasks {text!r}: the world's video task kinds are {', '.join(TASK_KINDS)} "
+                          "(or none: stills only)")
     return kinds
 
 

@@ -13,7 +13,8 @@ function of (seed, step), so a resumed run sees the batches it would have seen.
 Stills (`stills` per batch, off by default): world scenes (mmfm.world.World, the train split) as
 one-frame videos with the image Molmo's point questions ("Point to the red circles.") answered in the
 same video markup at 0.0 s. Molmo2 trains on images and videos together; here a still is exactly a
-clip's first frame, where the video tasks point most, at a fraction of a clip's tokens.
+clip's first frame, where the video tasks point most, at a fraction of a clip's tokens. With `tasks=()`
+a batch holds the stills alone (a first stage that teaches the place in Molmo2's layout).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from mmfm.data.molmo2 import QA, Batch, Example, pack, unpacked
+from mmfm.errors import ConfigError
 from mmfm.text.pointing import format_video_points
 from mmfm.world import World
 from mmfm.world.video import Clip, clip, video_tasks
@@ -51,6 +53,8 @@ class WorldVideoData:
     def __init__(self, model, tokenizer, seed: int = 0, split: str = "train", frames: int = 8, size: int = 64,
                  fps: float = 2.0, batch_size: int = 8, max_len: int = 2048, weighting: bool = True,
                  packed: bool = True, tasks: tuple[str, ...] | None = None, max_qas: int = 0, stills: int = 0):
+        if tasks == () and not stills:
+            raise ConfigError("no clip tasks and no stills: the batches would be empty (give stills)")
         self.model, self.tok = model, tokenizer
         self.seed, self.split, self.frames, self.size, self.fps = seed, split, frames, size, fps
         self.batch_size, self.max_len, self.weighting, self.packed = batch_size, max_len, weighting, packed
@@ -93,7 +97,7 @@ class WorldVideoData:
         per = max(1, self.batch_size // (world_size * accum))
         start = ((step * accum + micro) * world_size + rank) * per
         examples = []
-        for i in range(start, start + per):
+        for i in range(start, start + per) if self.tasks != () else ():  # tasks=(): stills only
             ex = self.example(i)[0]
             if self.max_qas and len(ex.qas) > self.max_qas:  # a seeded subset: batches stay a function of the step
                 keep = np.random.default_rng([self.seed, 25, step, i]).permutation(len(ex.qas))[: self.max_qas]

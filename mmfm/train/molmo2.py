@@ -260,7 +260,8 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
     """`train_lm`: every LM weight learns (at LM_LR_SCALE of the lr) instead of LoRA adapters;
     `frame_layout`: a column token after each row of a frame's patches (Molmo2Config.frame_col_tokens);
     `frame_rows`: with it, a distinct column token for each row (Molmo2Config.frame_row_ids, add_frame_rows);
-    `tasks`: train on these task kinds only (mmfm.world.video.video_tasks; the evaluation asks every kind);
+    `tasks`: train on these task kinds only (mmfm.world.video.video_tasks; the evaluation asks every kind;
+    `()`: no clips, the stills alone);
     `stills`: that many world scenes per batch as one-frame videos with point questions (WorldVideoData.still);
     `start`: a Molmo2 to train further, or an mmfm LLaVA with Molmo's connector to start from
     (build_from_molmo; "molmo-world-tiny" for the shipped one)."""
@@ -286,7 +287,7 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
     report = {"preset": preset_name, "trainable_parameters": trainable, "packed": packed, "weighting": weighting,
               "bidirectional": bidirectional, "train_lm": train_lm, "frame_layout": frame_layout,
               "frame_rows": frame_rows, "stills": stills,
-              "tasks": list(tasks) if tasks else None, "start": None if start is None else str(start),
+              "tasks": None if tasks is None else list(tasks), "start": None if start is None else str(start),
               "train_seconds": round(time.perf_counter() - t0, 1),
               "train_config": {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "seed")}}
     if trainer.rank == 0:
