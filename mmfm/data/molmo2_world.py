@@ -94,10 +94,10 @@ class WorldVideoData:
         return Example(ids, qas, patches, pooling), queries
 
     def batch(self, step: int, micro: int = 0, rank: int = 0, world_size: int = 1, accum: int = 1) -> dict:
-        per = max(1, self.batch_size // (world_size * accum))
+        per = max(1, self.batch_size // (world_size * accum)) if self.tasks != () else 0  # (): stills only
         start = ((step * accum + micro) * world_size + rank) * per
         examples = []
-        for i in range(start, start + per) if self.tasks != () else ():  # tasks=(): stills only
+        for i in range(start, start + per):
             ex = self.example(i)[0]
             if self.max_qas and len(ex.qas) > self.max_qas:  # a seeded subset: batches stay a function of the step
                 keep = np.random.default_rng([self.seed, 25, step, i]).permutation(len(ex.qas))[: self.max_qas]
