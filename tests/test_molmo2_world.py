@@ -46,6 +46,7 @@ def test_world_examples_are_message_trees_whose_answers_are_the_ground_truth():
     model = build_world_molmo2(lm_dtype="float32", **PRESETS["world-video"]["model"])
     data = WorldVideoData(model, model.tokenizer, **DATA)
     ex, c, tasks = data.example(3)
+    assert "point_at" in {t["task"] for t in tasks}
     grid = model.config.vision.image_size // model.config.vision.patch_size // model.config.adapter.video_pool[0]
     assert ex.context.count(model.config.image_patch_id) == len(c.frames) * grid * grid
     assert ex.context.count(model.config.frame_start_id) == len(c.frames)
@@ -53,7 +54,7 @@ def test_world_examples_are_message_trees_whose_answers_are_the_ground_truth():
     for qa, task in zip(ex.qas, tasks):
         text = model.tokenizer.decode(qa.answer)
         assert text == answer_text(task, c)
-        if task["task"] in ("point", "track") and task["points"]:
+        if task["task"] in ("point", "track", "point_at") and task["points"]:
             got = parse_video_points(text, 10.0, c.size, c.size)
             assert len(got) == len(task["points"])
             assert max(abs(g[2] - t[2]) + abs(g[3] - t[3]) for g, t in zip(sorted(got), sorted(
@@ -104,7 +105,8 @@ def test_evaluation_and_cli_on_a_video_file(run, tmp_path):
     model = mmfm.load(out / "model")
     data = WorldVideoData(model, model.tokenizer, **DATA)
     rep = evaluate_molmo2_world(model, data, n=1, splits=("heldout",), progress=False, max_new_tokens=6)
-    assert set(rep["heldout"]) == {"qa", "counting", "pointing", "tracking"}
+    assert set(rep["heldout"]) == {"qa", "counting", "pointing", "tracking", "point_at"}
+    assert rep["heldout"]["point_at"]["n"] > 0 and 0.0 <= rep["heldout"]["point_at"]["in_mask"] <= 1.0
     assert 0.0 <= rep["heldout"]["counting"]["exact"] <= 1.0
 
     c = clip(0, "test", 0)

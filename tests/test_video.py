@@ -52,6 +52,13 @@ def test_events_and_tasks_follow_the_motion():
                     assert sorted(k for _, k, _, _ in task["points"]) == want
             if task["task"] == "track":
                 assert len(task["points"]) == int(c.visible[:, task["object"]].sum())
+            if task["task"] == "point_at":  # on the object, at the visible frame farthest from its first place
+                (t, j, x, y), = task["points"]
+                k, seen = task["frame"], np.nonzero(c.visible[:, j])[0]
+                assert j == task["object"] and t == c.time(k) and c.masks[k, j, int(y), int(x)]
+                moved = np.hypot(*(c.points[seen, j] - c.points[seen[0], j]).T)
+                assert moved.max() == np.hypot(*(c.points[k, j] - c.points[seen[0], j]))
+                assert task["question"] == f"Point to the {c.names[j]} at {t} s."
     assert {"appears", "leaves", "starts moving", "touches", "overtakes"} <= kinds
 
 
@@ -130,7 +137,7 @@ def test_world_video_command_writes_clips_and_ground_truth(tmp_path):
 
 
 def test_video_scores_reward_the_truth_and_punish_mistakes():
-    from mmfm.eval.video import count_scores, st_point_scores, track_scores
+    from mmfm.eval.video import count_scores, point_at_score, st_point_scores, track_scores
 
     c = next(c for c in (clip(3, "test", i) for i in range(50))
              if len({m.obj.shape for m in c.movers}) < len(c.movers) or len(c.movers) >= 3)
@@ -148,5 +155,18 @@ def test_video_scores_reward_the_truth_and_punish_mistakes():
         assert s["in_mask"] == 1.0 and s["switches"] == 0
         assert track_scores(pts[: len(pts) // 2], c, task["object"])["in_mask"] <= 0.5 + 1e-9
         assert track_scores([(t, 0, 0) for t, _, _ in pts], c, task["object"])["in_mask"] < 1.0
+    for task in (t for t in tasks if t["task"] == "point_at"):
+        (t, j, x, y), = task["points"]
+        assert point_at_score([(t, x, y)], c, j, task["frame"]) == 1.0
+        assert point_at_score([], c, j, task["frame"]) == 0.0 == point_at_score([(t, -1, y)], c, j, task["frame"])
+    stale = 0  # the first frame's place written again is wrong once the object has left it
+    for c in (clip(3, "test", i) for i in range(6)):
+        for task in (t for t in video_tasks(c) if t["task"] == "point_at"):
+            j, k = task["object"], task["frame"]
+            x0, y0 = c.points[np.nonzero(c.visible[:, j])[0][0], j]
+            if not c.masks[k, j, int(y0), int(x0)]:
+                stale += 1
+                assert point_at_score([(task["points"][0][0], x0, y0)], c, j, k) == 0.0
+    assert stale >= 3
     s = count_scores([3, 2, None, 5], [3, 3, 1, 5])
     assert s["exact"] == 0.5 and s["within_one"] == 0.75 and s["exact_ci95"] > 0

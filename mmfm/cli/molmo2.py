@@ -278,8 +278,10 @@ def format_scores(r: dict) -> str:
     qa = ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in r["qa"].items() if v["accuracy"] is not None)
     f1 = "n/a" if p["f1"] is None else f"{p['f1']:.2f} +- {p['ci95']:.2f}"
     tm = "n/a" if t["in_mask"] is None else f"{t['in_mask']:.2f} +- {t['ci95']:.2f}"
+    pa = r["point_at"]
+    at = "n/a" if pa["in_mask"] is None else f"{pa['in_mask']:.2f} +- {pa['ci95']:.2f}"
     return (f"counting exact {c['exact']:.2f} +- {c['exact_ci95']:.2f} (within one {c['within_one']:.2f}); "
-            f"pointing F1 {f1}; tracking in-mask {tm}; {qa}")
+            f"pointing F1 {f1}; tracking in-mask {tm}; pointing at a time in-mask {at}; {qa}")
 
 
 def eval_molmo2(

@@ -29,7 +29,7 @@ from mmfm.world import World
 from mmfm.world.video import Clip, clip, video_tasks
 from mmfm.world.vocab import PLURAL
 
-TASK_KINDS = {"point": "pointing", "track": "pointing"}
+TASK_KINDS = {"point": "pointing", "track": "pointing", "point_at": "pointing"}
 
 
 def point_answer(points, size: int, label: str) -> str:
@@ -41,6 +41,8 @@ def point_answer(points, size: int, label: str) -> str:
 def answer_text(task: dict, c: Clip) -> str:
     if task["task"] == "point":
         return point_answer([(t, x, y) for t, _, x, y in sorted(task["points"])], c.size, PLURAL[task["shape"]])
+    if task["task"] == "point_at":
+        return point_answer([(t, x, y) for t, _, x, y in task["points"]], c.size, task["name"])
     if task["task"] == "track":
         return format_video_points([(t, 1, x, y) for t, _, x, y in task["points"]], c.size, c.size,
                                    task["question"][len("Track the "):-1])

@@ -1,6 +1,7 @@
 """Molmo2 on world videos: every task of a clip asked as its own turn after the clip's frames, the
 answers parsed and scored (mmfm.eval.video): QA accuracy by type, counting exact / within one,
-spatio-temporal pointing P/R/F1, tracking in-mask fraction and identity switches, with 95% intervals."""
+spatio-temporal pointing P/R/F1, tracking in-mask fraction and identity switches, pointing at one object at a
+given time (in its mask at that frame), with 95% intervals."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from mmfm.errors import InvalidText
-from mmfm.eval.video import count_scores, interval, st_point_scores, track_scores
+from mmfm.eval.video import count_scores, interval, point_at_score, st_point_scores, track_scores
 from mmfm.eval.vqa import normalize_answer, parse_count
 from mmfm.text.pointing import parse_video_points
 
@@ -56,7 +57,7 @@ def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), 
         data_split = data.split
         data.split = split
         acc: dict[str, list] = {k: [] for k in QA_TYPES}
-        counts, truths, f1s, in_mask, switches = [], [], [], [], []
+        counts, truths, f1s, in_mask, switches, at = [], [], [], [], [], []
         for i in tqdm(range(n), desc=f"eval Molmo2 ({split})", disable=not progress, dynamic_ncols=True):
             ex, c, tasks = data.example(i)
             answers = ask_clip(model, data, ex.context, ex.patches, ex.pooling, [t["question"] for t in tasks],
@@ -69,6 +70,8 @@ def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), 
                     truths.append(t["count"])
                 elif t["task"] == "point":
                     f1s.append(st_point_scores(_points(a, c), c, t["shape"])["f1"])
+                elif t["task"] == "point_at":
+                    at.append(point_at_score(_points(a, c), c, t["object"], t["frame"]))
                 elif t["task"] == "track":
                     s = track_scores(_points(a, c), c, t["object"])
                     in_mask.append(s["in_mask"])
@@ -84,6 +87,7 @@ def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), 
             "pointing": {"f1": float(np.mean(f1s)) if f1s else None, "ci95": interval(f1s), "n": len(f1s)},
             "tracking": {"in_mask": float(np.mean(in_mask)) if in_mask else None, "ci95": interval(in_mask),
                          "switches_per_track": float(np.mean(switches)) if switches else None, "n": len(in_mask)},
+            "point_at": {"in_mask": float(np.mean(at)) if at else None, "ci95": interval(at), "n": len(at)},
         }
     report["samples"] = samples
     if out is not None:

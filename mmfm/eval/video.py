@@ -6,6 +6,7 @@
   matched one to one (maximum matching: Hungarian with 0/1 costs), then precision, recall, F1;
 - tracking: over the frames where the object is visible, the fraction whose predicted point falls in
   its mask, and identity switches: how often the point moves from one object's mask to another's.
+- pointing at a time: whether the point falls in the object's mask at the frame asked for.
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ def st_point_scores(points, clip, shape: str, tolerance: float = 0.5) -> dict:
     return {"tp": tp, "precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if tp else 0.0}
 
 
+def point_at_score(points, clip, obj: int, frame: int) -> float:
+    """points: [(t, x, y)] answered to "point to obj at the time of `frame`" -> 1.0 when the first point is
+    in obj's mask at that frame (the time the answer writes is not what is asked), else 0.0."""
+    if not points:
+        return 0.0
+    x, y = int(points[0][1]), int(points[0][2])
+    return float(0 <= x < clip.size and 0 <= y < clip.size and bool(clip.masks[frame, obj, y, x]))
+
+
 def track_scores(points, clip, obj: int) -> dict:
     """points: [(t, x, y)] predicted while tracking object `obj` -> in_mask (fraction of the frames
     where obj is visible whose point is in its mask; a frame without a point is a miss) and switches."""
@@ -79,4 +89,4 @@ def track_scores(points, clip, obj: int) -> dict:
     return {"frames": len(frames), "in_mask": float(np.mean(hits)) if hits else 0.0, "switches": switches}
 
 
-__all__ = ["count_scores", "st_point_scores", "track_scores", "interval"]
+__all__ = ["count_scores", "st_point_scores", "track_scores", "point_at_score", "interval"]

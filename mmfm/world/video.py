@@ -8,7 +8,8 @@ frame or leave it. Depth order is fixed (later objects are drawn on top), so occ
 
 Tasks made from the ground truth (`video_tasks`): counting distinct objects over the whole clip, which
 moved first, the colour of the one that leaves, where an object ends, whether two ever touch, pointing
-at every X when it appears, and tracking one object (a point on every frame where it is visible).
+at every X when it appears, tracking one object (a point on every frame where it is visible), and pointing
+at one object at a given time (the frame where it is farthest from where it was first seen).
 Held-out: the `heldout` split puts a held-out colour x shape composition in every clip.
 """
 
@@ -179,7 +180,7 @@ def _where(x: float, y: float, size: int) -> str:
     return " ".join(p for p in (row, col) if p) or "center"
 
 
-TASK_KINDS = ("count", "point", "first_move", "touch", "leaves_color", "end_position", "track")
+TASK_KINDS = ("count", "point", "first_move", "touch", "leaves_color", "end_position", "track", "point_at")
 
 
 def video_tasks(c: Clip) -> list[dict]:
@@ -218,6 +219,12 @@ def video_tasks(c: Clip) -> list[dict]:
                           "answer": _where(x, y, c.size)})
         track = [(c.time(t), i, *_xy(c.points[t, i])) for t in range(len(c.frames)) if c.visible[t, i]]
         tasks.append({"task": "track", "question": f"Track the {names[i]}.", "object": i, "points": track})
+        # the object at one given time: the visible frame farthest from where it was first seen, so that
+        # writing the first frame's place again (what a track can get away with) is wrong
+        seen_at = np.nonzero(c.visible[:, i])[0]
+        k = int(seen_at[np.argmax(np.hypot(*(c.points[seen_at, i] - c.points[seen_at[0], i]).T))])
+        tasks.append({"task": "point_at", "question": f"Point to the {names[i]} at {c.time(k)} s.", "object": i,
+                      "name": names[i], "frame": k, "points": [(c.time(k), i, *_xy(c.points[k, i]))]})
     return tasks
 
 
