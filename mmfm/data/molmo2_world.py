@@ -44,8 +44,7 @@ def answer_text(task: dict, c: Clip) -> str:
     if task["task"] == "point_at":
         return point_answer([(t, x, y) for t, _, x, y in task["points"]], c.size, task["name"])
     if task["task"] == "track":
-        return format_video_points([(t, 1, x, y) for t, _, x, y in task["points"]], c.size, c.size,
-                                   task["question"][len("Track the "):-1])
+        return format_video_points([(t, 1, x, y) for t, _, x, y in task["points"]], c.size, c.size, task["name"])
     return task["answer"]
 
 

@@ -218,7 +218,8 @@ def video_tasks(c: Clip) -> list[dict]:
             tasks.append({"task": "end_position", "question": f"Where is the {names[i]} at the end?",
                           "answer": _where(x, y, c.size)})
         track = [(c.time(t), i, *_xy(c.points[t, i])) for t in range(len(c.frames)) if c.visible[t, i]]
-        tasks.append({"task": "track", "question": f"Track the {names[i]}.", "object": i, "points": track})
+        tasks.append({"task": "track", "question": f"Track the {names[i]}.", "object": i, "name": names[i],
+                      "points": track})
         # the object at one given time: the visible frame farthest from where it was first seen, so that
         # writing the first frame's place again (what a track can get away with) is wrong
         seen_at = np.nonzero(c.visible[:, i])[0]
