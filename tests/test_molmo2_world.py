@@ -158,7 +158,7 @@ def test_prepare_trains_the_adapter_and_lora_only():
 def test_world_training_options_are_checked_before_any_work(tmp_path, capsys):
     refused(capsys, "train", "molmo2", "--tasks", "point,jump", "--out", tmp_path / "x", match="task kinds")
     refused(capsys, "train", "molmo2", "--save-every", "0", "--out", tmp_path / "x", match="--save-every")
-    refused(capsys, "train", "molmo2", "--tasks", "none", "--out", tmp_path / "x", match="give --stills N")
+    refused(capsys, "train", "molmo2", "--tasks", "none", "--out", tmp_path / "x", match="give --stills N or --sets N")
     data = tmp_path / "data.json"  # never read: the option checks come first
     refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--train-lm", "--tasks", "count",
             "--out", tmp_path / "x", match="--train-lm, --tasks: world-video options")
@@ -168,6 +168,8 @@ def test_world_training_options_are_checked_before_any_work(tmp_path, capsys):
             "--out", tmp_path / "x", match="--frame-rows: world-video options")
     refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--stills", "4",
             "--out", tmp_path / "x", match="--stills: world-video options")
+    refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--sets", "2",
+            "--out", tmp_path / "x", match="--sets: world-video options")
     refused(capsys, "train", "molmo2", "--from", "llava-world-tiny", "--out", tmp_path / "x",
             match="Molmo's connector and image layout")
     assert not (tmp_path / "x").exists()
@@ -345,3 +347,44 @@ def test_a_column_token_per_row_of_a_frame(run, tmp_path):
         build_from(tmp_path / "model", frame_col_tokens=True)
     again = build_from(tmp_path / "model", lm_dtype="float32", frame_col_tokens=True, frame_rows=True)
     assert again.config.frame_row_ids == c.frame_row_ids and again.lm.embed.num_embeddings == n + rows
+
+
+def test_image_sets_as_images_and_as_slideshows(run):
+    """--sets: world image sets in batches beside the clips, as several images ("Image 1" ...) and as a
+    slideshow video, each task a branch answered with the ground truth; and their evaluation."""
+    from mmfm.data.molmo2 import IGNORE
+    from mmfm.data.molmo2_world import SET_IMAGES, set_answer_text
+    from mmfm.eval.molmo2_world import evaluate_sets
+    from mmfm.world.image_sets import set_tasks
+
+    out, _ = run
+    model = mmfm.load(out / "model")
+    tok, c = model.tokenizer, model.config
+    data = WorldVideoData(model, tok, sets=2, **DATA)
+    for layout, starts in (("images", c.low_res_start_id), ("video", c.frame_start_id)):
+        ex, s, tasks = data.set_example(1, layout)
+        assert len(s.scenes) == (DATA["frames"] if layout == "video" else SET_IMAGES)
+        assert ex.context.count(starts) == len(s.scenes) and ex.patches.shape[0] >= len(s.scenes)
+        assert ("Image 2" in tok.decode(ex.context)) == (layout == "images")
+        assert tasks == set_tasks(s, layout) and len(ex.qas) == len(tasks)
+        for qa, t in zip(ex.qas, tasks):
+            assert tok.decode(qa.question).count(t["question"]) == 1
+            assert tok.decode(qa.answer) == set_answer_text(t, s, layout) and qa.answer[-len(data._end):] == data._end
+    plain = data.batch(0)
+    assert plain["input_ids"].equal(data.batch(0)["input_ids"])
+    # the sets are what a batch adds: set 0 as images, set 1 as a slideshow, their branches at most max_qas
+    clips = WorldVideoData(model, tok, **DATA).batch(0)
+    added = int((plain["labels"] != IGNORE).sum()) - int((clips["labels"] != IGNORE).sum())
+    assert added > 0 and plain["patches"].shape[0] > clips["patches"].shape[0]
+    only = WorldVideoData(model, tok, sets=2, tasks=(), **DATA).batch(0)
+    assert int((only["labels"] != IGNORE).sum()) == added
+    with pytest.raises(ConfigError, match="layouts"):
+        WorldVideoData(model, tok, sets=2, set_layouts=("grid",), **DATA)
+    rep = evaluate_sets(model, data, n=1, progress=False, max_new_tokens=4)
+    s0 = data.set_example(0, "images")[1]
+    assert rep["pointing_in_image_f1"]["n"] == sum(t["task"] == "point_in" for t in set_tasks(s0, "images")) > 0
+    assert rep["slideshow_at_a_time_f1"]["n"] > 0 and rep["sets"] == 1
+    from mmfm.cli.molmo2 import _set_scores
+
+    assert _set_scores({"image_sets": rep}).startswith("; image sets (1): pointing in image k F1")
+    assert all(0.0 <= rep[k]["mean"] <= 1.0 for k in rep if k != "sets" and rep[k]["n"])

@@ -170,3 +170,51 @@ def test_video_scores_reward_the_truth_and_punish_mistakes():
     assert stale >= 3
     s = count_scores([3, 2, None, 5], [3, 3, 1, 5])
     assert s["exact"] == 0.5 and s["within_one"] == 0.75 and s["exact_ci95"] > 0
+
+
+def test_image_sets_ground_truth_answers_and_scores():
+    """World image sets: deterministic; every pointing task's points on its objects in the right scene;
+    the answers in both layouts parse back to the truth (F1 1) and score 0 on the wrong image; 'most'
+    and 'how many in all' agree with counting the scenes' objects."""
+    from mmfm.data.molmo2_world import set_answer_text
+    from mmfm.eval.molmo2_world import _set_points
+    from mmfm.eval.video import set_point_scores
+    from mmfm.world.facts import select
+    from mmfm.world.image_sets import image_set, set_tasks
+
+    a, b = image_set(0, "test", 2), image_set(0, "test", 2)
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(a.scenes, b.scenes))
+    assert not np.array_equal(a.scenes[0].image, image_set(0, "test", 3).scenes[0].image)
+    with pytest.raises(ConfigError, match="layout"):
+        set_tasks(a, "grid")
+    wrong_image = most = 0
+    for i in range(4):
+        s = image_set(0, "heldout", i, n=4)
+        assert all(any((o.color, o.shape) in HELD_OUT_PAIRS for o in r.scene.objects) for r in s.scenes)
+        for layout in ("images", "video"):
+            tasks = set_tasks(s, layout)
+            kinds = {t["task"] for t in tasks}
+            assert kinds == {"point_in"} if layout == "video" else kinds >= {"point_in", "point_every", "count_all"}
+            for t in tasks:
+                if "points" not in t:
+                    continue
+                for k, obj, x, y in t["points"]:
+                    assert s.scenes[k].masks[obj, int(y), int(x)]
+                text = set_answer_text(t, s, layout)
+                got = _set_points(text, s, layout)
+                assert set_point_scores(got, s, t["points"])["f1"] == 1.0
+                assert t["question"].endswith(f"in image {t['image'] + 1}." if layout == "images" and
+                                              t["task"] == "point_in" else ".")
+                if t["task"] == "point_in":
+                    if layout == "video":
+                        assert f"at {s.time(t['image'])} s" in t["question"]
+                    shifted = [((k + 1) % len(s.scenes), x, y) for k, x, y in got]
+                    wrong_image += set_point_scores(shifted, s, t["points"])["f1"] == 0.0
+        for t in set_tasks(s, "images"):
+            counts = [len(select(r, shape=t.get("shape"))) for r in s.scenes]
+            if t["task"] == "count_all":
+                assert t["count"] == sum(counts)
+            if t["task"] == "most":
+                most += 1
+                assert t["answer"] == f"image {counts.index(max(counts)) + 1}" and counts.count(max(counts)) == 1
+    assert wrong_image >= 12 and most >= 1

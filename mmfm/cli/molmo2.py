@@ -193,6 +193,11 @@ def train_molmo2(
                                     "column token after each row, so a patch's row is read from the layout."),
     stills: int = options.bounded(0, "--stills", lo=0, hi=4096, help="On world videos: that many world scenes per "
                                   "batch as one-frame videos with point questions (images beside the videos)."),
+    sets: int = options.bounded(0, "--sets", lo=0, hi=4096, help="On world videos: that many image sets per batch "
+                                "(a few scenes as several images, or as a slideshow video), with multi-image "
+                                "pointing and QA and pointing at a time; the evaluation asks --eval-sets of them."),
+    eval_sets: int = options.bounded(0, "--eval-sets", lo=0, hi=10**5, help="Image sets per split for the "
+                                     "evaluation (0: none)."),
     tasks: str = typer.Option(None, "--tasks", help="On world videos: train on these task kinds only, e.g. "
                               "point,track,count (the evaluation asks every kind); none: no clips, the "
                               "--stills alone."),
@@ -223,7 +228,8 @@ def train_molmo2(
     on your videos and image sets (--data --from)."""
     prec = options.precision_of(precision, bf16)
     world_only = [o for o, on in (("--train-lm", train_lm), ("--frame-layout", frame_layout),
-                                  ("--frame-rows", frame_rows), ("--stills", stills > 0),
+                                  ("--frame-rows", frame_rows), ("--stills", stills > 0), ("--sets", sets > 0),
+                                  ("--eval-sets", eval_sets > 0),
                                   ("--tasks", tasks is not None)) if on]
     if data is not None and world_only:  # said rather than ignored: --data has its own switches
         raise ConfigError(f"{', '.join(world_only)}: world-video options; with --data the whole LM "
@@ -244,12 +250,12 @@ def train_molmo2(
     from mmfm.train.molmo2 import train_world_molmo2
 
     kinds = _task_kinds(tasks)
-    if kinds == () and not stills:
-        raise ConfigError("--tasks none trains on stills alone: give --stills N")
+    if kinds == () and not stills and not sets:
+        raise ConfigError("--tasks none trains on stills or image sets alone: give --stills N or --sets N")
     report = train_world_molmo2(preset, out, resume=resume, evaluate=evaluate, eval_n=eval_n, packed=packed,
                                 weighting=weighting, bidirectional=bidirectional, train_lm=train_lm,
                                 frame_layout=frame_layout, frame_rows=frame_rows, tasks=kinds,
-                                stills=stills, precision=prec,
+                                stills=stills, sets=sets, eval_sets=eval_sets, precision=prec,
                                 compile=compile_step or None, steps=steps, batch_size=batch_size, lr=lr,
                                 seed=seed, save_every=save_every, start=init)
     for split in ("test", "heldout"):
@@ -264,7 +270,7 @@ def _task_kinds(text: str | None) -> tuple[str, ...] | None:
     if text is None:
         return None
     if text.strip() == "none":
-        return ()  # stills only: the caller checks that --stills gives some
+        return ()  # no clips: the caller checks that --stills or --sets gives some
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
     unknown = [k for k in kinds if k not in TASK_KINDS]
     if not kinds or unknown:
@@ -281,12 +287,25 @@ def format_scores(r: dict) -> str:
     pa = r["point_at"]
     at = "n/a" if pa["in_mask"] is None else f"{pa['in_mask']:.2f} +- {pa['ci95']:.2f}"
     return (f"counting exact {c['exact']:.2f} +- {c['exact_ci95']:.2f} (within one {c['within_one']:.2f}); "
-            f"pointing F1 {f1}; tracking in-mask {tm}; pointing at a time in-mask {at}; {qa}")
+            f"pointing F1 {f1}; tracking in-mask {tm}; pointing at a time in-mask {at}; {qa}" + _set_scores(r))
+
+
+def _set_scores(r: dict) -> str:
+    if "image_sets" not in r:
+        return ""
+    s = r["image_sets"]
+    parts = [f"{name} {s[k]['mean']:.2f} +- {s[k]['ci95']:.2f}" for name, k in (
+        ("pointing in image k F1", "pointing_in_image_f1"), ("pointing in all images F1", "pointing_every_f1"),
+        ("slideshow at a time F1", "slideshow_at_a_time_f1"), ("most", "most_accuracy"),
+        ("count in all", "count_all_exact")) if s[k]["mean"] is not None]
+    return f"; image sets ({s['sets']}): " + ", ".join(parts)
 
 
 def eval_molmo2(
     model: Path = typer.Option(..., "--model", help="A Molmo2 folder trained on world videos."),
     n: int = options.bounded(50, "--n", lo=1, hi=10**5, help="Clips per split."),
+    sets: int = options.bounded(0, "--sets", lo=0, hi=10**5, help="World image sets per split: multi-image "
+                                "pointing and QA, and pointing at a time in a slideshow of scenes."),
     seed: int = options.SEED,
     out: Path = typer.Option(None, "--out", help="Folder for eval.json."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -317,7 +336,7 @@ def eval_molmo2(
         typer.echo(f"wrote {path}")
         return
     data = WorldVideoData(m, m._tok(), seed=seed or 0, size=m.config.vision.image_size)
-    report = evaluate_molmo2_world(m, data, n=n, out=out)
+    report = evaluate_molmo2_world(m, data, n=n, out=out, sets=sets)
     if as_json:
         typer.echo(json.dumps(report, default=str))
     else:

@@ -15,6 +15,11 @@ one-frame videos with the image Molmo's point questions ("Point to the red circl
 same video markup at 0.0 s. Molmo2 trains on images and videos together; here a still is exactly a
 clip's first frame, where the video tasks point most, at a fraction of a clip's tokens. With `tasks=()`
 a batch holds the stills alone (a first stage that teaches the place in Molmo2's layout).
+
+Image sets (`sets` per batch, off by default): a few world scenes asked about together
+(mmfm.world.image_sets), in turn as several images (multi-image pointing and QA, points in Molmo2's
+multi-image markup) and as a slideshow video of `frames` scenes ("Point to the red circles at 1.5 s.":
+each frame a different scene, so only reading the frame that time names is right).
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ import torch
 
 from mmfm.data.molmo2 import QA, Batch, Example, pack, unpacked
 from mmfm.errors import ConfigError
-from mmfm.text.pointing import format_video_points
+from mmfm.text.pointing import format_points_v2, format_video_points
 from mmfm.world import World
+from mmfm.world.image_sets import LAYOUTS, ImageSet, image_set, set_tasks
 from mmfm.world.video import Clip, clip, video_tasks
 from mmfm.world.vocab import PLURAL
 
-TASK_KINDS = {"point": "pointing", "track": "pointing", "point_at": "pointing"}
+TASK_KINDS = {"point": "pointing", "track": "pointing", "point_at": "pointing", "point_in": "pointing",
+              "point_every": "pointing"}
+SET_IMAGES = 4  # scenes in an image set shown as images (a slideshow has as many as a clip has frames)
 
 
 def point_answer(points, size: int, label: str) -> str:
@@ -48,18 +56,36 @@ def answer_text(task: dict, c: Clip) -> str:
     return task["answer"]
 
 
+def set_answer_text(task: dict, s: ImageSet, layout: str) -> str:
+    """An image-set task's answer: points in the multi-image markup ("images") or the video markup at the
+    scene's time ("video"); the other kinds in words."""
+    if "points" not in task:
+        return task["answer"]
+    if layout == "video":
+        return point_answer(sorted((s.time(k), x, y) for k, _, x, y in task["points"]), s.size, task["label"])
+    by_image: dict[int, list] = {}
+    for k, _, x, y in task["points"]:
+        by_image.setdefault(k + 1, []).append((x, y))
+    sizes = {k: (s.size, s.size) for k in by_image}
+    return format_points_v2(by_image, sizes, task["label"]) or "There are none."
+
+
 class WorldVideoData:
     """Examples and batches of world-video tasks for a Molmo2 `model` with its LM `tokenizer`."""
 
     def __init__(self, model, tokenizer, seed: int = 0, split: str = "train", frames: int = 8, size: int = 64,
                  fps: float = 2.0, batch_size: int = 8, max_len: int = 2048, weighting: bool = True,
-                 packed: bool = True, tasks: tuple[str, ...] | None = None, max_qas: int = 0, stills: int = 0):
-        if tasks == () and not stills:
-            raise ConfigError("no clip tasks and no stills: the batches would be empty (give stills)")
+                 packed: bool = True, tasks: tuple[str, ...] | None = None, max_qas: int = 0, stills: int = 0,
+                 sets: int = 0, set_layouts: tuple[str, ...] = LAYOUTS):
+        if tasks == () and not stills and not sets:
+            raise ConfigError("no clip tasks, stills or image sets: the batches would be empty")
+        if not set_layouts or any(v not in LAYOUTS for v in set_layouts):
+            raise ConfigError(f"image-set layouts must be some of {', '.join(LAYOUTS)}, got {set_layouts!r}")
         self.model, self.tok = model, tokenizer
         self.seed, self.split, self.frames, self.size, self.fps = seed, split, frames, size, fps
         self.batch_size, self.max_len, self.weighting, self.packed = batch_size, max_len, weighting, packed
         self.tasks, self.max_qas, self.stills = tasks, max_qas, stills
+        self.sets, self.set_layouts = sets, tuple(set_layouts)
         self.world = World(seed=seed, size=size)
         self._end = tokenizer.encode(model.END, add_special_tokens=False)
 
@@ -94,21 +120,48 @@ class WorldVideoData:
                   + self._end, "pointing") for q in queries]
         return Example(ids, qas, patches, pooling), queries
 
+    def image_set(self, index: int, layout: str) -> ImageSet:
+        n = self.frames if layout == "video" else SET_IMAGES
+        return image_set(self.seed, self.split, index, n=n, size=self.size, fps=self.fps, world=self.world)
+
+    def set_context(self, s: ImageSet, layout: str) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        images = [torch.from_numpy(r.image).permute(2, 0, 1).contiguous() for r in s.scenes]
+        if layout == "video":
+            return self.model.video_context(torch.stack(images), [s.time(k) for k in range(len(images))])
+        return self.model.images_context(images)
+
+    def set_example(self, index: int, layout: str) -> tuple[Example, ImageSet, list[dict]]:
+        """Image set `index` of the split in `layout` ("images" or "video"), a branch per task."""
+        s = self.image_set(index, layout)
+        ids, patches, pooling = self.set_context(s, layout)
+        tasks = set_tasks(s, layout)
+        qas = [QA(self.question_ids(t["question"]), self.tok.encode_plain(set_answer_text(t, s, layout)) + self._end,
+                  TASK_KINDS.get(t["task"], "qa")) for t in tasks]
+        return Example(ids, qas, patches, pooling), s, tasks
+
     def batch(self, step: int, micro: int = 0, rank: int = 0, world_size: int = 1, accum: int = 1) -> dict:
         per = max(1, self.batch_size // (world_size * accum)) if self.tasks != () else 0  # (): stills only
         start = ((step * accum + micro) * world_size + rank) * per
         examples = []
         for i in range(start, start + per):
-            ex = self.example(i)[0]
-            if self.max_qas and len(ex.qas) > self.max_qas:  # a seeded subset: batches stay a function of the step
-                keep = np.random.default_rng([self.seed, 25, step, i]).permutation(len(ex.qas))[: self.max_qas]
-                ex = Example(ex.context, [ex.qas[k] for k in sorted(keep)], ex.patches, ex.pooling)
-            examples.append(ex)
+            examples.append(self._subset(self.example(i)[0], step, i))
         if self.stills:
             per_still = max(1, self.stills // (world_size * accum))
             first = ((step * accum + micro) * world_size + rank) * per_still
             examples += [self.still(i)[0] for i in range(first, first + per_still)]
+        if self.sets:  # the layouts take turns, set by set
+            per_set = max(1, self.sets // (world_size * accum))
+            first = ((step * accum + micro) * world_size + rank) * per_set
+            examples += [self._subset(self.set_example(i, self.set_layouts[i % len(self.set_layouts)])[0], step, i, 1)
+                         for i in range(first, first + per_set)]
         return self.collate(examples).model_inputs()
+
+    def _subset(self, ex: Example, step: int, i: int, stream: int = 0) -> Example:
+        """At most max_qas of the example's branches, a seeded choice: batches stay a function of the step."""
+        if not self.max_qas or len(ex.qas) <= self.max_qas:
+            return ex
+        keep = np.random.default_rng([self.seed, 25, step, i] + [stream] * bool(stream)).permutation(len(ex.qas))
+        return Example(ex.context, [ex.qas[k] for k in sorted(keep[: self.max_qas])], ex.patches, ex.pooling)
 
     def collate(self, examples: list[Example]) -> Batch:
         vis = self.model.config.vision_token_ids
@@ -117,4 +170,4 @@ class WorldVideoData:
         return unpacked(examples, vis, weighting=self.weighting)
 
 
-__all__ = ["WorldVideoData", "answer_text", "point_answer"]
+__all__ = ["WorldVideoData", "answer_text", "point_answer", "set_answer_text", "SET_IMAGES"]

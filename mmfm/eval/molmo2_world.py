@@ -1,7 +1,8 @@
 """Molmo2 on world videos: every task of a clip asked as its own turn after the clip's frames, the
 answers parsed and scored (mmfm.eval.video): QA accuracy by type, counting exact / within one,
 spatio-temporal pointing P/R/F1, tracking in-mask fraction and identity switches, pointing at one object at a
-given time (in its mask at that frame), with 95% intervals."""
+given time (in its mask at that frame), with 95% intervals; and on image sets (mmfm.world.image_sets)
+multi-image pointing and QA, and pointing at a time in a slideshow of scenes."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import numpy as np
 import torch
 
 from mmfm.errors import InvalidText
-from mmfm.eval.video import count_scores, interval, point_at_score, st_point_scores, track_scores
+from mmfm.eval.video import count_scores, interval, point_at_score, set_point_scores, st_point_scores, track_scores
 from mmfm.eval.vqa import normalize_answer, parse_count
-from mmfm.text.pointing import parse_video_points
+from mmfm.text.pointing import parse_points_v2, parse_video_points
+from mmfm.world.image_sets import LAYOUTS
 
 QA_TYPES = ("first_move", "touch", "leaves_color", "end_position")
 
@@ -44,10 +46,52 @@ def _points(text: str, c) -> list[tuple[float, float, float]]:
         return []  # malformed markup scores as no points
 
 
+def _set_points(text: str, s, layout: str) -> list[tuple[int, float, float]]:
+    """An answer on an image set -> [(image k 0-based, x, y)]: the image index of the multi-image markup,
+    or in a slideshow the frame the time names."""
+    try:
+        if layout == "video":
+            return [(int(round(t * s.fps)), x, y)
+                    for t, _, x, y in parse_video_points(text, (len(s.scenes) - 1) / s.fps, s.size, s.size)]
+        return [(img - 1, x, y) for img, x, y in parse_points_v2(text, {k + 1: (s.size, s.size)
+                                                                       for k in range(len(s.scenes))})]
+    except InvalidText:
+        return []
+
+
+def _mean(v: list) -> dict:
+    return {"mean": float(np.mean(v)) if v else None, "ci95": interval(v), "n": len(v)}
+
+
+def evaluate_sets(model, data, n: int, progress: bool = True, max_new_tokens: int = 96) -> dict:
+    """n image sets of data.split, each asked in both layouts: multi-image pointing F1 (at an X in image k;
+    at every X in all the images), slideshow pointing F1 at a given time, "which image has the most X"
+    accuracy, "how many X in all the images" exact."""
+    from tqdm.auto import tqdm
+
+    scores: dict[str, list] = {"point_in": [], "point_every": [], "at_a_time": [], "most": [], "count_all": []}
+    for i in tqdm(range(n), desc=f"eval Molmo2 image sets ({data.split})", disable=not progress, dynamic_ncols=True):
+        for layout in LAYOUTS:
+            ex, s, tasks = data.set_example(i, layout)
+            answers = ask_clip(model, data, ex.context, ex.patches, ex.pooling, [t["question"] for t in tasks],
+                                max_new_tokens)
+            for t, a in zip(tasks, answers):
+                if "points" in t:
+                    key = "at_a_time" if layout == "video" else t["task"]
+                    scores[key].append(set_point_scores(_set_points(a, s, layout), s, t["points"])["f1"])
+                elif t["task"] == "most":
+                    scores["most"].append(float(normalize_answer(a) == normalize_answer(t["answer"])))
+                else:
+                    scores["count_all"].append(float(parse_count(a) == t["count"]))
+    return {"sets": n, "pointing_in_image_f1": _mean(scores["point_in"]),
+            "pointing_every_f1": _mean(scores["point_every"]), "slideshow_at_a_time_f1": _mean(scores["at_a_time"]),
+            "most_accuracy": _mean(scores["most"]), "count_all_exact": _mean(scores["count_all"])}
+
+
 def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), out=None, progress: bool = True,
-                          examples: int = 8, max_new_tokens: int = 160) -> dict:
-    """`data`: a WorldVideoData (its tokenizer and layout); n clips per split. max_new_tokens must hold
-    a whole track (8 frames: about 130 tokens)."""
+                          examples: int = 8, max_new_tokens: int = 160, sets: int = 0) -> dict:
+    """`data`: a WorldVideoData (its tokenizer and layout); n clips per split, and `sets` image sets
+    (evaluate_sets). max_new_tokens must hold a whole track (8 frames: about 130 tokens)."""
     from tqdm.auto import tqdm
 
     report: dict = {"clips_per_split": n}
@@ -89,6 +133,10 @@ def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), 
                          "switches_per_track": float(np.mean(switches)) if switches else None, "n": len(in_mask)},
             "point_at": {"in_mask": float(np.mean(at)) if at else None, "ci95": interval(at), "n": len(at)},
         }
+        if sets:
+            data.split = split
+            report[split]["image_sets"] = evaluate_sets(model, data, sets, progress, min(96, max_new_tokens))
+            data.split = data_split
     report["samples"] = samples
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -96,4 +144,4 @@ def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), 
     return report
 
 
-__all__ = ["evaluate_molmo2_world", "ask_clip", "QA_TYPES"]
+__all__ = ["evaluate_molmo2_world", "evaluate_sets", "ask_clip", "QA_TYPES"]

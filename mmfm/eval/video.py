@@ -6,7 +6,9 @@
   matched one to one (maximum matching: Hungarian with 0/1 costs), then precision, recall, F1;
 - tracking: over the frames where the object is visible, the fraction whose predicted point falls in
   its mask, and identity switches: how often the point moves from one object's mask to another's.
-- pointing at a time: whether the point falls in the object's mask at the frame asked for.
+- pointing at a time: whether the point falls in the object's mask at the frame asked for;
+- pointing on an image set: a predicted (image, x, y) is a hit on an object of that image when it falls in
+  its mask; matched one to one as above, then P/R/F1.
 """
 
 from __future__ import annotations
@@ -89,4 +91,25 @@ def track_scores(points, clip, obj: int) -> dict:
     return {"frames": len(frames), "in_mask": float(np.mean(hits)) if hits else 0.0, "switches": switches}
 
 
-__all__ = ["count_scores", "st_point_scores", "track_scores", "point_at_score", "interval"]
+def set_point_scores(points, image_set, truth) -> dict:
+    """points: [(image k 0-based, x, y)] predicted on an image set (mmfm.world.image_sets); truth: the
+    task's [(k, object, x, y)]. A point is a hit on a true object when it is on the same image and in that
+    object's visible mask; hits are matched one to one, then precision, recall, F1."""
+    if not points and not truth:
+        return {"tp": 0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
+    ok = np.zeros((len(points), len(truth)), dtype=bool)
+    size = image_set.size
+    for p, (k, x, y) in enumerate(points):
+        xi, yi = int(x), int(y)
+        if not (0 <= k < len(image_set.scenes) and 0 <= xi < size and 0 <= yi < size):
+            continue
+        masks = image_set.scenes[k].masks
+        for g, (k0, obj, _, _) in enumerate(truth):
+            ok[p, g] = k == k0 and bool(masks[obj, yi, xi])
+    tp = max_matching(ok) if points and truth else 0
+    prec = tp / len(points) if points else 0.0
+    rec = tp / len(truth) if truth else 0.0
+    return {"tp": tp, "precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if tp else 0.0}
+
+
+__all__ = ["count_scores", "st_point_scores", "track_scores", "point_at_score", "set_point_scores", "interval"]
