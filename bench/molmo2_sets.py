@@ -1,0 +1,94 @@
+"""A world Molmo2 on world image sets, and whether it reads the frame a time names.
+
+- `--model DIR`: the image-set scores (mmfm.eval.molmo2_world.evaluate_sets) on n sets per split, then the
+  slideshow questions again with F1 by the frame asked for, and the same answers scored as if they were
+  about the same kind of object on another frame (high when the model reads the wrong frame);
+- `--answers JSONL` (what bench/molmo2_answers.py wrote): for each point-at-a-time answer on a clip, whether
+  its point is nearer the object's place at the frame asked for or where the object was first seen.
+
+    python bench/molmo2_sets.py --model DIR [--n 10]
+    python bench/molmo2_sets.py --answers answers.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+
+def sets(model_dir: str, n: int) -> None:
+    from mmfm.cli.molmo2 import _load_molmo2
+    from mmfm.data.molmo2_world import WorldVideoData
+    from mmfm.eval.molmo2_world import _set_points, ask_clip, evaluate_sets
+    from mmfm.eval.video import set_point_scores
+    from mmfm.world.facts import select
+
+    torch.manual_seed(0)
+    m = _load_molmo2(model_dir).eval()
+    data = WorldVideoData(m, m._tok(), seed=0, size=m.config.vision.image_size)
+    t0 = time.time()
+    for split in ("test", "heldout"):
+        data.split = split
+        print(split, json.dumps(evaluate_sets(m, data, n, progress=False)), flush=True)
+        by_frame, elsewhere = defaultdict(list), []
+        for i in range(n):
+            ex, s, tasks = data.set_example(i, "video")
+            answers = ask_clip(m, data, ex.context, ex.patches, ex.pooling, [t["question"] for t in tasks], 96)
+            for t, a in zip(tasks, answers):
+                k, pts = t["image"], _set_points(a, s, "video")
+                by_frame[k].append(set_point_scores(pts, s, t["points"])["f1"])
+                o = s.scenes[k].scene.objects[t["points"][0][1]]
+                best = 0.0  # the same points on another frame's objects of the asked colour and shape
+                for j, r in enumerate(s.scenes):
+                    truth = [(j, q, 0.0, 0.0) for q in select(r, o.color, o.shape)] if j != k else []
+                    if truth:
+                        best = max(best, set_point_scores([(j, x, y) for _, x, y in pts], s, truth)["f1"])
+                elsewhere.append(best)
+        print(f"  slideshow F1 by the frame asked for: "
+              f"{ {k: round(float(np.mean(v)), 2) for k, v in sorted(by_frame.items())} }; the same answers as "
+              f"if about another frame's objects of that kind (best frame): {np.mean(elsewhere):.2f}", flush=True)
+    print(f"{time.time() - t0:.0f} s")
+
+
+def first_or_asked(path: str) -> None:
+    from mmfm.world.video import clip
+
+    rows = [json.loads(x) for x in open(path)]
+    for split in ("test", "heldout"):
+        d_first, d_asked = [], []
+        for r in rows:
+            if r["task"] != "point_at" or r["split"] != split or not r["points"]:
+                continue
+            c = clip(0, split, r["clip"])
+            j, k = r["object"], r["frame"]
+            first = np.nonzero(c.visible[:, j])[0][0]
+            p = np.array([r["points"][0]["x"], r["points"][0]["y"]])
+            d_first.append(float(np.hypot(*(p - c.points[first, j]))))
+            d_asked.append(float(np.hypot(*(p - c.points[k, j]))))
+        nearer = sum(a <= f for a, f in zip(d_asked, d_first))
+        print(f"{split}: {len(d_asked)} point-at-a-time answers, {nearer} nearer the asked frame's place than the "
+              f"first-seen one; median px to the asked place {np.median(d_asked):.1f}, to the first-seen "
+              f"{np.median(d_first):.1f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", help="a world Molmo2 folder (what `mmfm train molmo2` wrote)")
+    ap.add_argument("--n", type=int, default=10, help="image sets per split")
+    ap.add_argument("--answers", help="a JSONL bench/molmo2_answers.py wrote")
+    a = ap.parse_args()
+    if a.answers:
+        first_or_asked(a.answers)
+    if a.model:
+        sets(a.model, a.n)
+    if not (a.answers or a.model):
+        ap.error("give --model or --answers")
+
+
+if __name__ == "__main__":
+    main()
