@@ -1,8 +1,10 @@
 """A world Molmo2 on world image sets, and whether it reads the frame a time names.
 
 - `--model DIR`: the image-set scores (mmfm.eval.molmo2_world.evaluate_sets) on n sets per split, then the
-  slideshow questions again with F1 by the frame asked for, and the same answers scored as if they were
-  about the same kind of object on another frame (high when the model reads the wrong frame);
+  slideshow questions again ("video": different scenes; "moved": one scene re-placed) with F1 by the frame
+  asked for; for "video" the same answers scored as if about the same kind of object on another frame, for
+  "moved" how often an answer about a later frame lands on the object's place in frame 0 (reading the
+  object's first sighting, not the frame the time names);
 - `--answers JSONL` (what bench/molmo2_answers.py wrote): for each point-at-a-time answer on a clip, whether
   its point is nearer the object's place at the frame asked for or where the object was first seen.
 
@@ -35,23 +37,32 @@ def sets(model_dir: str, n: int) -> None:
     for split in ("test", "heldout"):
         data.split = split
         print(split, json.dumps(evaluate_sets(m, data, n, progress=False)), flush=True)
-        by_frame, elsewhere = defaultdict(list), []
-        for i in range(n):
-            ex, s, tasks = data.set_example(i, "video")
-            answers = ask_clip(m, data, ex.context, ex.patches, ex.pooling, [t["question"] for t in tasks], 96)
-            for t, a in zip(tasks, answers):
-                k, pts = t["image"], _set_points(a, s, "video")
-                by_frame[k].append(set_point_scores(pts, s, t["points"])["f1"])
-                o = s.scenes[k].scene.objects[t["points"][0][1]]
-                best = 0.0  # the same points on another frame's objects of the asked colour and shape
-                for j, r in enumerate(s.scenes):
-                    truth = [(j, q, 0.0, 0.0) for q in select(r, o.color, o.shape)] if j != k else []
-                    if truth:
-                        best = max(best, set_point_scores([(j, x, y) for _, x, y in pts], s, truth)["f1"])
-                elsewhere.append(best)
-        print(f"  slideshow F1 by the frame asked for: "
-              f"{ {k: round(float(np.mean(v)), 2) for k, v in sorted(by_frame.items())} }; the same answers as "
-              f"if about another frame's objects of that kind (best frame): {np.mean(elsewhere):.2f}", flush=True)
+        for layout in ("video", "moved"):
+            by_frame, elsewhere = defaultdict(list), []
+            for i in range(n):
+                ex, s, tasks = data.set_example(i, layout)
+                answers = ask_clip(m, data, ex.context, ex.patches, ex.pooling, [t["question"] for t in tasks], 96)
+                for t, a in zip(tasks, answers):
+                    k, pts = t["image"], _set_points(a, s, layout)
+                    by_frame[k].append(set_point_scores(pts, s, t["points"])["f1"])
+                    obj = t["points"][0][1]
+                    if layout == "moved":
+                        if k:  # the same points against the object's place in frame 0
+                            on_first = set_point_scores([(0, x, y) for _, x, y in pts], s, [(0, obj, 0.0, 0.0)])
+                            elsewhere.append(on_first["f1"] > 0)
+                        continue
+                    o = s.scenes[k].scene.objects[obj]
+                    best = 0.0  # the same points on another frame's objects of the asked colour and shape
+                    for j, r in enumerate(s.scenes):
+                        truth = [(j, q, 0.0, 0.0) for q in select(r, o.color, o.shape)] if j != k else []
+                        if truth:
+                            best = max(best, set_point_scores([(j, x, y) for _, x, y in pts], s, truth)["f1"])
+                    elsewhere.append(best)
+            what = ("later frames' answers on the object's frame-0 place" if layout == "moved" else
+                    "the same answers as if about another frame's objects of that kind (best frame)")
+            print(f"  {layout}: F1 by the frame asked for "
+                  f"{ {k: round(float(np.mean(v)), 2) for k, v in sorted(by_frame.items())} }; {what}: "
+                  f"{np.mean(elsewhere):.2f}", flush=True)
     print(f"{time.time() - t0:.0f} s")
 
 

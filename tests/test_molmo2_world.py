@@ -170,6 +170,8 @@ def test_world_training_options_are_checked_before_any_work(tmp_path, capsys):
             "--out", tmp_path / "x", match="--stills: world-video options")
     refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--sets", "2",
             "--out", tmp_path / "x", match="--sets: world-video options")
+    refused(capsys, "train", "molmo2", "--sets", "2", "--set-layouts", "images,grid", "--out", tmp_path / "x",
+            match="--set-layouts")
     refused(capsys, "train", "molmo2", "--from", "llava-world-tiny", "--out", tmp_path / "x",
             match="Molmo's connector and image layout")
     assert not (tmp_path / "x").exists()
@@ -383,7 +385,11 @@ def test_image_sets_as_images_and_as_slideshows(run):
     rep = evaluate_sets(model, data, n=1, progress=False, max_new_tokens=4)
     s0 = data.set_example(0, "images")[1]
     assert rep["pointing_in_image_f1"]["n"] == sum(t["task"] == "point_in" for t in set_tasks(s0, "images")) > 0
-    assert rep["slideshow_at_a_time_f1"]["n"] > 0 and rep["sets"] == 1
+    assert rep["slideshow_at_a_time_f1"]["n"] > 0 and rep["moved_at_a_time_f1"]["n"] > 0 and rep["sets"] == 1
+    moved = WorldVideoData(model, tok, sets=1, tasks=(), set_layouts=("moved",), **DATA)
+    ex, s, _ = moved.set_example(0, "moved")
+    assert ex.context.count(c.frame_start_id) == DATA["frames"] == len(s.scenes)
+    assert moved.batch(0)["patches"].shape[0] == ex.patches.shape[0]
     from mmfm.cli.molmo2 import _set_scores
 
     assert _set_scores({"image_sets": rep}).startswith("; image sets (1): pointing in image k F1")

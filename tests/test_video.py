@@ -218,3 +218,29 @@ def test_image_sets_ground_truth_answers_and_scores():
                 most += 1
                 assert t["answer"] == f"image {counts.index(max(counts)) + 1}" and counts.count(max(counts)) == 1
     assert wrong_image >= 12 and most >= 1
+
+
+def test_moved_sets_are_one_scene_re_placed_frame_by_frame():
+    """The 'moved' layout: the same objects in every frame, each frame at new places; the question names a
+    time, its answer parses back to the truth, and the same points read on another frame miss."""
+    from mmfm.data.molmo2_world import set_answer_text
+    from mmfm.eval.molmo2_world import _set_points
+    from mmfm.eval.video import set_point_scores
+    from mmfm.world.image_sets import moved_set, set_tasks
+
+    s = moved_set(0, "test", 1, n=8)
+    assert np.array_equal(s.scenes[3].image, moved_set(0, "test", 1, n=8).scenes[3].image)
+    first = s.scenes[0].scene.objects
+    for r in s.scenes[1:]:
+        assert [(o.color, o.shape, o.size) for o in r.scene.objects] == [(o.color, o.shape, o.size) for o in first]
+        assert any((o.x, o.y) != (p.x, p.y) for o, p in zip(r.scene.objects, first))
+    tasks = set_tasks(s, "moved")
+    assert len(tasks) == 8 and {t["task"] for t in tasks} == {"point_in"}
+    misses = 0
+    for t in tasks:
+        assert t["question"].endswith(f"at {s.time(t['image'])} s.")
+        got = _set_points(set_answer_text(t, s, "moved"), s, "moved")
+        assert set_point_scores(got, s, t["points"])["f1"] == 1.0
+        other = (t["image"] + 1) % 8  # the same points written for another frame's time
+        misses += set_point_scores([(other, x, y) for _, x, y in got], s, t["points"])["f1"] == 0.0
+    assert misses == 8

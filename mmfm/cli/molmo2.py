@@ -196,6 +196,9 @@ def train_molmo2(
     sets: int = options.bounded(0, "--sets", lo=0, hi=4096, help="On world videos: that many image sets per batch "
                                 "(a few scenes as several images, or as a slideshow video), with multi-image "
                                 "pointing and QA and pointing at a time; the evaluation asks --eval-sets of them."),
+    set_layouts: str = typer.Option("images,video", "--set-layouts", help="With --sets: the layouts they take in "
+                                    "turn, of images, video (a slideshow of scenes), moved (one scene re-placed in "
+                                    "every frame)."),
     eval_sets: int = options.bounded(0, "--eval-sets", lo=0, hi=10**5, help="Image sets per split for the "
                                      "evaluation (0: none)."),
     tasks: str = typer.Option(None, "--tasks", help="On world videos: train on these task kinds only, e.g. "
@@ -250,12 +253,17 @@ def train_molmo2(
     from mmfm.train.molmo2 import train_world_molmo2
 
     kinds = _task_kinds(tasks)
+    layouts = tuple(v.strip() for v in set_layouts.split(",") if v.strip())
+    from mmfm.world.image_sets import LAYOUTS
+
+    if not layouts or any(v not in LAYOUTS for v in layouts):
+        raise ConfigError(f"--set-layouts {set_layouts!r}: the layouts are {', '.join(LAYOUTS)}")
     if kinds == () and not stills and not sets:
         raise ConfigError("--tasks none trains on stills or image sets alone: give --stills N or --sets N")
     report = train_world_molmo2(preset, out, resume=resume, evaluate=evaluate, eval_n=eval_n, packed=packed,
                                 weighting=weighting, bidirectional=bidirectional, train_lm=train_lm,
                                 frame_layout=frame_layout, frame_rows=frame_rows, tasks=kinds,
-                                stills=stills, sets=sets, eval_sets=eval_sets, precision=prec,
+                                stills=stills, sets=sets, eval_sets=eval_sets, set_layouts=layouts, precision=prec,
                                 compile=compile_step or None, steps=steps, batch_size=batch_size, lr=lr,
                                 seed=seed, save_every=save_every, start=init)
     for split in ("test", "heldout"):
@@ -296,7 +304,8 @@ def _set_scores(r: dict) -> str:
     s = r["image_sets"]
     parts = [f"{name} {s[k]['mean']:.2f} +- {s[k]['ci95']:.2f}" for name, k in (
         ("pointing in image k F1", "pointing_in_image_f1"), ("pointing in all images F1", "pointing_every_f1"),
-        ("slideshow at a time F1", "slideshow_at_a_time_f1"), ("most", "most_accuracy"),
+        ("slideshow at a time F1", "slideshow_at_a_time_f1"),
+        ("one scene re-placed, at a time F1", "moved_at_a_time_f1"), ("most", "most_accuracy"),
         ("count in all", "count_all_exact")) if s[k]["mean"] is not None]
     return f"; image sets ({s['sets']}): " + ", ".join(parts)
 

@@ -19,7 +19,8 @@ a batch holds the stills alone (a first stage that teaches the place in Molmo2's
 Image sets (`sets` per batch, off by default): a few world scenes asked about together
 (mmfm.world.image_sets), in turn as several images (multi-image pointing and QA, points in Molmo2's
 multi-image markup) and as a slideshow video of `frames` scenes ("Point to the red circles at 1.5 s.":
-each frame a different scene, so only reading the frame that time names is right).
+each frame a different scene, so only reading the frame that time names is right); `set_layouts` may add
+"moved" (one scene, its objects re-placed in every frame).
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from mmfm.data.molmo2 import QA, Batch, Example, pack, unpacked
 from mmfm.errors import ConfigError
 from mmfm.text.pointing import format_points_v2, format_video_points
 from mmfm.world import World
-from mmfm.world.image_sets import LAYOUTS, ImageSet, image_set, set_tasks
+from mmfm.world.image_sets import LAYOUTS, ImageSet, image_set, moved_set, set_tasks
 from mmfm.world.video import Clip, clip, video_tasks
 from mmfm.world.vocab import PLURAL
 
 TASK_KINDS = {"point": "pointing", "track": "pointing", "point_at": "pointing", "point_in": "pointing",
               "point_every": "pointing"}
 SET_IMAGES = 4  # scenes in an image set shown as images (a slideshow has as many as a clip has frames)
+SET_LAYOUTS = ("images", "video")  # what --sets trains on unless told (mmfm.world.image_sets.LAYOUTS)
 
 
 def point_answer(points, size: int, label: str) -> str:
@@ -61,7 +63,7 @@ def set_answer_text(task: dict, s: ImageSet, layout: str) -> str:
     scene's time ("video"); the other kinds in words."""
     if "points" not in task:
         return task["answer"]
-    if layout == "video":
+    if layout != "images":  # a slideshow: the video markup at the scene's time
         return point_answer(sorted((s.time(k), x, y) for k, _, x, y in task["points"]), s.size, task["label"])
     by_image: dict[int, list] = {}
     for k, _, x, y in task["points"]:
@@ -76,7 +78,7 @@ class WorldVideoData:
     def __init__(self, model, tokenizer, seed: int = 0, split: str = "train", frames: int = 8, size: int = 64,
                  fps: float = 2.0, batch_size: int = 8, max_len: int = 2048, weighting: bool = True,
                  packed: bool = True, tasks: tuple[str, ...] | None = None, max_qas: int = 0, stills: int = 0,
-                 sets: int = 0, set_layouts: tuple[str, ...] = LAYOUTS):
+                 sets: int = 0, set_layouts: tuple[str, ...] = SET_LAYOUTS):
         if tasks == () and not stills and not sets:
             raise ConfigError("no clip tasks, stills or image sets: the batches would be empty")
         if not set_layouts or any(v not in LAYOUTS for v in set_layouts):
@@ -121,17 +123,20 @@ class WorldVideoData:
         return Example(ids, qas, patches, pooling), queries
 
     def image_set(self, index: int, layout: str) -> ImageSet:
+        if layout == "moved":
+            return moved_set(self.seed, self.split, index, n=self.frames, size=self.size, fps=self.fps,
+                             world=self.world)
         n = self.frames if layout == "video" else SET_IMAGES
         return image_set(self.seed, self.split, index, n=n, size=self.size, fps=self.fps, world=self.world)
 
     def set_context(self, s: ImageSet, layout: str) -> tuple[list[int], torch.Tensor, torch.Tensor]:
         images = [torch.from_numpy(r.image).permute(2, 0, 1).contiguous() for r in s.scenes]
-        if layout == "video":
+        if layout != "images":
             return self.model.video_context(torch.stack(images), [s.time(k) for k in range(len(images))])
         return self.model.images_context(images)
 
     def set_example(self, index: int, layout: str) -> tuple[Example, ImageSet, list[dict]]:
-        """Image set `index` of the split in `layout` ("images" or "video"), a branch per task."""
+        """Image set `index` of the split in `layout` (mmfm.world.image_sets.LAYOUTS), a branch per task."""
         s = self.image_set(index, layout)
         ids, patches, pooling = self.set_context(s, layout)
         tasks = set_tasks(s, layout)
@@ -170,4 +175,4 @@ class WorldVideoData:
         return unpacked(examples, vis, weighting=self.weighting)
 
 
-__all__ = ["WorldVideoData", "answer_text", "point_answer", "set_answer_text", "SET_IMAGES"]
+__all__ = ["WorldVideoData", "answer_text", "point_answer", "set_answer_text", "SET_IMAGES", "SET_LAYOUTS"]

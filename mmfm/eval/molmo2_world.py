@@ -50,7 +50,7 @@ def _set_points(text: str, s, layout: str) -> list[tuple[int, float, float]]:
     """An answer on an image set -> [(image k 0-based, x, y)]: the image index of the multi-image markup,
     or in a slideshow the frame the time names."""
     try:
-        if layout == "video":
+        if layout != "images":
             return [(int(round(t * s.fps)), x, y)
                     for t, _, x, y in parse_video_points(text, (len(s.scenes) - 1) / s.fps, s.size, s.size)]
         return [(img - 1, x, y) for img, x, y in parse_points_v2(text, {k + 1: (s.size, s.size)
@@ -64,12 +64,12 @@ def _mean(v: list) -> dict:
 
 
 def evaluate_sets(model, data, n: int, progress: bool = True, max_new_tokens: int = 96) -> dict:
-    """n image sets of data.split, each asked in both layouts: multi-image pointing F1 (at an X in image k;
-    at every X in all the images), slideshow pointing F1 at a given time, "which image has the most X"
-    accuracy, "how many X in all the images" exact."""
+    """n image sets of data.split, each asked in every layout: multi-image pointing F1 (at an X in image k;
+    at every X in all the images), slideshow pointing F1 at a given time (different scenes; one scene
+    re-placed: "moved"), "which image has the most X" accuracy, "how many X in all the images" exact."""
     from tqdm.auto import tqdm
 
-    scores: dict[str, list] = {"point_in": [], "point_every": [], "at_a_time": [], "most": [], "count_all": []}
+    scores: dict[str, list] = {"point_in": [], "point_every": [], "video": [], "moved": [], "most": [], "count_all": []}
     for i in tqdm(range(n), desc=f"eval Molmo2 image sets ({data.split})", disable=not progress, dynamic_ncols=True):
         for layout in LAYOUTS:
             ex, s, tasks = data.set_example(i, layout)
@@ -77,14 +77,15 @@ def evaluate_sets(model, data, n: int, progress: bool = True, max_new_tokens: in
                                 max_new_tokens)
             for t, a in zip(tasks, answers):
                 if "points" in t:
-                    key = "at_a_time" if layout == "video" else t["task"]
+                    key = t["task"] if layout == "images" else layout
                     scores[key].append(set_point_scores(_set_points(a, s, layout), s, t["points"])["f1"])
                 elif t["task"] == "most":
                     scores["most"].append(float(normalize_answer(a) == normalize_answer(t["answer"])))
                 else:
                     scores["count_all"].append(float(parse_count(a) == t["count"]))
     return {"sets": n, "pointing_in_image_f1": _mean(scores["point_in"]),
-            "pointing_every_f1": _mean(scores["point_every"]), "slideshow_at_a_time_f1": _mean(scores["at_a_time"]),
+            "pointing_every_f1": _mean(scores["point_every"]), "slideshow_at_a_time_f1": _mean(scores["video"]),
+            "moved_at_a_time_f1": _mean(scores["moved"]),
             "most_accuracy": _mean(scores["most"]), "count_all_exact": _mean(scores["count_all"])}
 
 

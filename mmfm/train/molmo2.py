@@ -18,7 +18,7 @@ from torch import nn
 
 import mmfm
 from mmfm.checkpoint import load_strict
-from mmfm.data.molmo2_world import WorldVideoData
+from mmfm.data.molmo2_world import SET_LAYOUTS, WorldVideoData
 from mmfm.errors import ConfigError
 from mmfm.eval.molmo2_world import evaluate_molmo2_world
 from mmfm.lm.frozen_base import after_meta_load, tower_state
@@ -257,14 +257,14 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
                        weighting: bool = True, bidirectional: bool = True, train_lm: bool = False,
                        frame_layout: bool = False, tasks: tuple[str, ...] | None = None, start=None,
                        frame_rows: bool = False, stills: int = 0, sets: int = 0, eval_sets: int = 0,
-                       **overrides) -> dict:
+                       set_layouts: tuple[str, ...] = SET_LAYOUTS, **overrides) -> dict:
     """`train_lm`: every LM weight learns (at LM_LR_SCALE of the lr) instead of LoRA adapters;
     `frame_layout`: a column token after each row of a frame's patches (Molmo2Config.frame_col_tokens);
     `frame_rows`: with it, a distinct column token for each row (Molmo2Config.frame_row_ids, add_frame_rows);
     `tasks`: train on these task kinds only (mmfm.world.video.video_tasks; the evaluation asks every kind;
     `()`: no clips, the stills alone);
     `stills`: that many world scenes per batch as one-frame videos with point questions (WorldVideoData.still);
-    `sets`: that many world image sets per batch, as images and as slideshows in turn (WorldVideoData.set_example);
+    `sets`: that many world image sets per batch, in `set_layouts` in turn (WorldVideoData.set_example);
     `eval_sets`: image sets per split in the evaluation;
     `start`: a Molmo2 to train further, or an mmfm LLaVA with Molmo's connector to start from
     (build_from_molmo; "molmo-world-tiny" for the shipped one)."""
@@ -283,13 +283,14 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
     trainable = prepare(model, None if train_lm else p["lora"], LM_LR_SCALE)
     model.config.bidirectional_vision = bidirectional  # the model is asked as it was trained
     data = WorldVideoData(model, model.tokenizer, seed=tcfg.seed, batch_size=tcfg.batch_size, packed=packed,
-                          weighting=weighting, tasks=tasks, stills=stills, sets=sets, **p["data"])
+                          weighting=weighting, tasks=tasks, stills=stills, sets=sets,
+                          set_layouts=set_layouts, **p["data"])
     source = data if bidirectional else CausalVisionData(data)
     trainer = Trainer(Molmo2TrainModule(model), tcfg, lambda s, m, r, w: source.batch(s, m, r, w, tcfg.accum), out)
     trainer.train(resume=resume)
     report = {"preset": preset_name, "trainable_parameters": trainable, "packed": packed, "weighting": weighting,
               "bidirectional": bidirectional, "train_lm": train_lm, "frame_layout": frame_layout,
-              "frame_rows": frame_rows, "stills": stills, "sets": sets,
+              "frame_rows": frame_rows, "stills": stills, "sets": sets, "set_layouts": list(set_layouts),
               "tasks": None if tasks is None else list(tasks), "start": None if start is None else str(start),
               "train_seconds": round(time.perf_counter() - t0, 1),
               "train_config": {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "seed")}}

@@ -8,24 +8,27 @@ Two layouts of the same set, as Molmo2 takes them:
 - "video": the scenes as the frames of a video, one every 1/fps seconds (a slideshow). Task: pointing
   at an X at a given time. Unlike a clip, whose frames differ little, each frame here is a different
   scene, so writing any other frame's place is wrong: it teaches reading the frame the time names.
+- "moved" (`moved_set`): one scene shown frame after frame, its objects at new places in every frame
+  after the first. The same tasks as "video", but the object asked about is in every frame, each time
+  elsewhere: what a clip asks of a time, without the motion that makes neighbouring frames alike.
 
 `image_set(seed, split, index)` is a pure function of its arguments.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from mmfm.errors import ConfigError
 from mmfm.world.annotate import interior_points
 from mmfm.world.facts import select
-from mmfm.world.scene import Rendered
+from mmfm.world.scene import Rendered, Scene, render
 from mmfm.world.vocab import NUMBER_WORDS, PLURAL, plural
 from mmfm.world.world import World
 
-LAYOUTS = ("images", "video")
+LAYOUTS = ("images", "video", "moved")
 SET_TASK_KINDS = ("point_in", "point_every", "most", "count_all")
 OFFSET = 1_000_000  # set scenes come from this far into a split, apart from the scenes used one at a time
 
@@ -56,6 +59,23 @@ def image_set(seed: int, split: str, index: int, n: int = 4, size: int = 64, fps
     return ImageSet([world.sample(split, first + k).rendered for k in range(n)], split, index, fps)
 
 
+def moved_set(seed: int, split: str, index: int, n: int = 8, size: int = 64, fps: float = 2.0,
+              world: World | None = None) -> ImageSet:
+    """World scene OFFSET + index of `split` shown `n` times: the same objects (colours, shapes, sizes,
+    depth order) and background, every object at a new place in each frame after the first."""
+    if n < 1:
+        raise ConfigError(f"a moved set needs at least one frame, got {n}")
+    world = world or World(seed=seed, size=size)
+    scene = world.scene(split, OFFSET + index)
+    rng = world.rng(split, OFFSET + index, 2)
+    frames = [scene]
+    for _ in range(1, n):
+        objects = tuple(replace(o, x=float(rng.uniform(o.r, 1 - o.r)), y=float(rng.uniform(o.r, 1 - o.r)))
+                        for o in scene.objects)
+        frames.append(Scene(objects, scene.background, scene.seed, scene.tags))
+    return ImageSet([render(f, size) for f in frames], split, index, fps)
+
+
 def _number(k: int) -> str:
     return NUMBER_WORDS[k] if k < len(NUMBER_WORDS) else str(k)
 
@@ -74,10 +94,10 @@ def set_tasks(s: ImageSet, layout: str = "images") -> list[dict]:
         o = r.scene.objects[vis[0]]
         idx = select(r, o.color, o.shape)
         label = f"{o.color} {plural(o.shape, len(idx))}"
-        where = f"in image {k + 1}" if layout == "images" else f"at {s.time(k)} s"
+        where = f"in image {k + 1}" if layout == "images" else f"at {s.time(k)} s"  # video, moved: a time
         tasks.append({"task": "point_in", "question": f"Point to the {label} {where}.", "image": k, "label": label,
                       "points": [(k, i, *map(float, pts[k][i])) for i in idx]})
-    if layout == "video":
+    if layout != "images":
         return tasks
     shapes = []  # the kinds asked about in the first two images: a few questions per set, not one per shape
     for t in tasks:
@@ -98,4 +118,4 @@ def set_tasks(s: ImageSet, layout: str = "images") -> list[dict]:
     return tasks
 
 
-__all__ = ["ImageSet", "image_set", "set_tasks", "LAYOUTS", "SET_TASK_KINDS", "OFFSET"]
+__all__ = ["ImageSet", "image_set", "moved_set", "set_tasks", "LAYOUTS", "SET_TASK_KINDS", "OFFSET"]
