@@ -124,7 +124,6 @@ def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), 
                 if len(samples) < examples:
                     samples.append({"split": split, "clip": i, "question": t["question"], "answer": a,
                                     "truth": t.get("answer") or t.get("points")})
-        data.split = data_split
         report[split] = {
             "qa": {k: {"accuracy": float(np.mean(v)) if v else None, "ci95": interval(v), "n": len(v)}
                    for k, v in acc.items()},
@@ -135,9 +134,8 @@ def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), 
             "point_at": {"in_mask": float(np.mean(at)) if at else None, "ci95": interval(at), "n": len(at)},
         }
         if sets:
-            data.split = split
             report[split]["image_sets"] = evaluate_sets(model, data, sets, progress, min(96, max_new_tokens))
-            data.split = data_split
+        data.split = data_split
     report["samples"] = samples
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)

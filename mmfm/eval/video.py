@@ -38,6 +38,16 @@ def _frame(t: float, fps: float, frames: int) -> int:
     return min(frames - 1, max(0, int(round(t * fps))))
 
 
+def matched_scores(ok: np.ndarray) -> dict:
+    """ok (points, truths) bool: which predicted point may count for which true object -> one-to-one
+    matches (maximum matching), precision, recall, F1."""
+    n_points, n_truth = ok.shape
+    tp = max_matching(ok) if n_points and n_truth else 0
+    prec = tp / n_points if n_points else 0.0
+    rec = tp / n_truth if n_truth else 0.0
+    return {"tp": tp, "precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if tp else 0.0}
+
+
 def st_point_scores(points, clip, shape: str, tolerance: float = 0.5) -> dict:
     """points: [(t, x, y)] predicted for "every <shape> when it appears" on `clip` -> tp, P, R, F1."""
     truth = [(e["object"], e["time"]) for e in clip.events
@@ -52,10 +62,7 @@ def st_point_scores(points, clip, shape: str, tolerance: float = 0.5) -> dict:
         inside = 0 <= xi < clip.size and 0 <= yi < clip.size
         for g, (obj, t0) in enumerate(truth):
             ok[p, g] = inside and abs(t - t0) <= tolerance + 1e-9 and bool(clip.masks[fr, obj, yi, xi])
-    tp = max_matching(ok) if points and truth else 0
-    prec = tp / len(points) if points else 0.0
-    rec = tp / len(truth) if truth else 0.0
-    return {"tp": tp, "precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if tp else 0.0}
+    return matched_scores(ok)
 
 
 def point_at_score(points, clip, obj: int, frame: int) -> float:
@@ -106,10 +113,8 @@ def set_point_scores(points, image_set, truth) -> dict:
         masks = image_set.scenes[k].masks
         for g, (k0, obj, _, _) in enumerate(truth):
             ok[p, g] = k == k0 and bool(masks[obj, yi, xi])
-    tp = max_matching(ok) if points and truth else 0
-    prec = tp / len(points) if points else 0.0
-    rec = tp / len(truth) if truth else 0.0
-    return {"tp": tp, "precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if tp else 0.0}
+    return matched_scores(ok)
 
 
-__all__ = ["count_scores", "st_point_scores", "track_scores", "point_at_score", "set_point_scores", "interval"]
+__all__ = ["count_scores", "matched_scores", "st_point_scores", "track_scores", "point_at_score", "set_point_scores",
+           "interval"]

@@ -29,7 +29,6 @@ from mmfm.world.vocab import NUMBER_WORDS, PLURAL, plural
 from mmfm.world.world import World
 
 LAYOUTS = ("images", "video", "moved")
-SET_TASK_KINDS = ("point_in", "point_every", "most", "count_all")
 OFFSET = 1_000_000  # set scenes come from this far into a split, apart from the scenes used one at a time
 
 
@@ -118,4 +117,4 @@ def set_tasks(s: ImageSet, layout: str = "images") -> list[dict]:
     return tasks
 
 
-__all__ = ["ImageSet", "image_set", "moved_set", "set_tasks", "LAYOUTS", "SET_TASK_KINDS", "OFFSET"]
+__all__ = ["ImageSet", "image_set", "moved_set", "set_tasks", "LAYOUTS", "OFFSET"]
