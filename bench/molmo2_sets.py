@@ -38,11 +38,15 @@ def sets(model_dir: str, n: int) -> None:
         data.split = split
         print(split, json.dumps(evaluate_sets(m, data, n, progress=False)), flush=True)
         for layout in ("video", "moved"):
-            by_frame, elsewhere = defaultdict(list), []
+            by_frame, elsewhere, still = defaultdict(list), [], []
             for i in range(n):
                 ex, s, tasks = data.set_example(i, layout)
-                answers = ask_clip(m, data, ex.context, ex.patches, ex.pooling, [t["question"] for t in tasks], 96)
+                answers = ask_clip(m, data, ex.context, ex.patches, ex.pooling, [t["question"] for t in tasks], 160)
                 for t, a in zip(tasks, answers):
+                    if t["task"] == "track":  # a moved set's track: does it move at all?
+                        pts = _set_points(a, s, layout)
+                        still.append(len(pts) > 1 and len({(round(x), round(y)) for _, x, y in pts}) == 1)
+                        continue
                     k, pts = t["image"], _set_points(a, s, layout)
                     by_frame[k].append(set_point_scores(pts, s, t["points"])["f1"])
                     obj = t["points"][0][1]
@@ -62,7 +66,8 @@ def sets(model_dir: str, n: int) -> None:
                     "the same answers as if about another frame's objects of that kind (best frame)")
             print(f"  {layout}: F1 by the frame asked for "
                   f"{ {k: round(float(np.mean(v)), 2) for k, v in sorted(by_frame.items())} }; {what}: "
-                  f"{np.mean(elsewhere):.2f}", flush=True)
+                  f"{np.mean(elsewhere):.2f}" + (f"; tracks at one place: {sum(still)} of {len(still)}"
+                                                  if still else ""), flush=True)
     print(f"{time.time() - t0:.0f} s")
 
 

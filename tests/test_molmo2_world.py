@@ -386,6 +386,8 @@ def test_image_sets_as_images_and_as_slideshows(run):
     s0 = data.set_example(0, "images")[1]
     assert rep["pointing_in_image_f1"]["n"] == sum(t["task"] == "point_in" for t in set_tasks(s0, "images")) > 0
     assert rep["slideshow_at_a_time_f1"]["n"] > 0 and rep["moved_at_a_time_f1"]["n"] > 0 and rep["sets"] == 1
+    m0 = data.set_example(0, "moved")[2]
+    assert rep["moved_track_in_mask"]["n"] == sum(t["task"] == "track" for t in m0) == 1
     moved = WorldVideoData(model, tok, sets=1, tasks=(), set_layouts=("moved",), **DATA)
     ex, s, _ = moved.set_example(0, "moved")
     assert ex.context.count(c.frame_start_id) == DATA["frames"] == len(s.scenes)

@@ -235,6 +235,7 @@ def test_moved_sets_are_one_scene_re_placed_frame_by_frame():
         assert [(o.color, o.shape, o.size) for o in r.scene.objects] == [(o.color, o.shape, o.size) for o in first]
         assert any((o.x, o.y) != (p.x, p.y) for o, p in zip(r.scene.objects, first))
     tasks = set_tasks(s, "moved")
+    assert tasks.pop()["task"] == "track"
     assert len(tasks) == 8 and {t["task"] for t in tasks} == {"point_in"}
     misses = 0
     for t in tasks:
@@ -244,3 +245,29 @@ def test_moved_sets_are_one_scene_re_placed_frame_by_frame():
         other = (t["image"] + 1) % 8  # the same points written for another frame's time
         misses += set_point_scores([(other, x, y) for _, x, y in got], s, t["points"])["f1"] == 0.0
     assert misses == 8
+
+
+def test_moved_set_track_follows_the_object_and_a_still_track_scores_low():
+    """Tracking on a moved set: the first frame's object, a point on each frame where it is visible, in
+    the clips' track markup; the answer parses back to in-mask 1, while repeating the first frame's place
+    on every frame (what a still track does) hits only where the object happens to stay."""
+    from mmfm.data.molmo2_world import set_answer_text
+    from mmfm.eval.molmo2_world import _set_points
+    from mmfm.eval.video import set_track_score
+    from mmfm.world.image_sets import moved_set, set_tasks
+
+    s = moved_set(0, "test", 1, n=8)
+    t = set_tasks(s, "moved")[-1]
+    assert t["task"] == "track" and t["question"] == f"Track the {t['label']}."
+    obj = t["object"]
+    assert [k for k, *_ in t["points"]] == [k for k, r in enumerate(s.scenes) if r.masks[obj].any()]
+    assert all(p[1] == obj for p in t["points"])
+    text = set_answer_text(t, s, "moved")
+    got = _set_points(text, s, "moved")
+    assert [k for k, _, _ in got] == [k for k, *_ in t["points"]]
+    assert set_track_score(got, s, t["points"]) == 1.0
+    k0, _, x0, y0 = t["points"][0]
+    still = [(k, x0, y0) for k, *_ in t["points"]]
+    assert set_track_score(still, s, t["points"]) <= 0.5
+    assert set_track_score([], s, t["points"]) == 0.0
+    assert set_track_score(got[:1], s, t["points"]) == 1 / len(t["points"])

@@ -305,8 +305,9 @@ def _set_scores(r: dict) -> str:
     parts = [f"{name} {s[k]['mean']:.2f} +- {s[k]['ci95']:.2f}" for name, k in (
         ("pointing in image k F1", "pointing_in_image_f1"), ("pointing in all images F1", "pointing_every_f1"),
         ("slideshow at a time F1", "slideshow_at_a_time_f1"),
-        ("one scene re-placed, at a time F1", "moved_at_a_time_f1"), ("most", "most_accuracy"),
-        ("count in all", "count_all_exact")) if s[k]["mean"] is not None]
+        ("one scene re-placed, at a time F1", "moved_at_a_time_f1"),
+        ("tracking on it in-mask", "moved_track_in_mask"), ("most", "most_accuracy"),
+        ("count in all", "count_all_exact")) if s.get(k, {}).get("mean") is not None]
     return f"; image sets ({s['sets']}): " + ", ".join(parts)
 
 

@@ -63,6 +63,9 @@ def set_answer_text(task: dict, s: ImageSet, layout: str) -> str:
     scene's time ("video"); the other kinds in words."""
     if "points" not in task:
         return task["answer"]
+    if task["task"] == "track":  # one object: the same index at every time, as a clip's track
+        return format_video_points([(s.time(k), 1, x, y) for k, _, x, y in task["points"]], s.size, s.size,
+                                   task["label"])
     if layout != "images":  # a slideshow: the video markup at the scene's time
         return point_answer(sorted((s.time(k), x, y) for k, _, x, y in task["points"]), s.size, task["label"])
     by_image: dict[int, list] = {}

@@ -13,7 +13,15 @@ import numpy as np
 import torch
 
 from mmfm.errors import InvalidText
-from mmfm.eval.video import count_scores, interval, point_at_score, set_point_scores, st_point_scores, track_scores
+from mmfm.eval.video import (
+    count_scores,
+    interval,
+    point_at_score,
+    set_point_scores,
+    set_track_score,
+    st_point_scores,
+    track_scores,
+)
 from mmfm.eval.vqa import normalize_answer, parse_count
 from mmfm.text.pointing import parse_points_v2, parse_video_points
 from mmfm.world.image_sets import LAYOUTS
@@ -63,20 +71,24 @@ def _mean(v: list) -> dict:
     return {"mean": float(np.mean(v)) if v else None, "ci95": interval(v), "n": len(v)}
 
 
-def evaluate_sets(model, data, n: int, progress: bool = True, max_new_tokens: int = 96) -> dict:
+def evaluate_sets(model, data, n: int, progress: bool = True, max_new_tokens: int = 160) -> dict:
     """n image sets of data.split, each asked in every layout: multi-image pointing F1 (at an X in image k;
     at every X in all the images), slideshow pointing F1 at a given time (different scenes; one scene
-    re-placed: "moved"), "which image has the most X" accuracy, "how many X in all the images" exact."""
+    re-placed: "moved"), tracking on the moved scene (frames whose point is in the mask), "which image has
+    the most X" accuracy, "how many X in all the images" exact. max_new_tokens holds a whole track."""
     from tqdm.auto import tqdm
 
-    scores: dict[str, list] = {"point_in": [], "point_every": [], "video": [], "moved": [], "most": [], "count_all": []}
+    scores: dict[str, list] = {"point_in": [], "point_every": [], "video": [], "moved": [], "track": [], "most": [],
+                               "count_all": []}
     for i in tqdm(range(n), desc=f"eval Molmo2 image sets ({data.split})", disable=not progress, dynamic_ncols=True):
         for layout in LAYOUTS:
             ex, s, tasks = data.set_example(i, layout)
             answers = ask_clip(model, data, ex.context, ex.patches, ex.pooling, [t["question"] for t in tasks],
                                 max_new_tokens)
             for t, a in zip(tasks, answers):
-                if "points" in t:
+                if t["task"] == "track":
+                    scores["track"].append(set_track_score(_set_points(a, s, layout), s, t["points"]))
+                elif "points" in t:
                     key = t["task"] if layout == "images" else layout
                     scores[key].append(set_point_scores(_set_points(a, s, layout), s, t["points"])["f1"])
                 elif t["task"] == "most":
@@ -85,7 +97,7 @@ def evaluate_sets(model, data, n: int, progress: bool = True, max_new_tokens: in
                     scores["count_all"].append(float(parse_count(a) == t["count"]))
     return {"sets": n, "pointing_in_image_f1": _mean(scores["point_in"]),
             "pointing_every_f1": _mean(scores["point_every"]), "slideshow_at_a_time_f1": _mean(scores["video"]),
-            "moved_at_a_time_f1": _mean(scores["moved"]),
+            "moved_at_a_time_f1": _mean(scores["moved"]), "moved_track_in_mask": _mean(scores["track"]),
             "most_accuracy": _mean(scores["most"]), "count_all_exact": _mean(scores["count_all"])}
 
 

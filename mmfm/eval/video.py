@@ -116,5 +116,19 @@ def set_point_scores(points, image_set, truth) -> dict:
     return matched_scores(ok)
 
 
+def set_track_score(points, image_set, truth) -> float:
+    """points: [(frame k, x, y)] answered to "track the X" on a moved set; truth: the task's [(k, object,
+    x, y)] on the frames where it is visible -> the fraction of those frames whose point (the first one
+    written for the frame) is in the object's mask; a frame without a point is a miss."""
+    by_frame: dict[int, tuple[int, int]] = {}
+    for k, x, y in points:
+        by_frame.setdefault(k, (int(x), int(y)))
+    size, hits = image_set.size, []
+    for k, obj, _, _ in truth:
+        x, y = by_frame.get(k, (-1, -1))
+        hits.append(0 <= x < size and 0 <= y < size and bool(image_set.scenes[k].masks[obj, y, x]))
+    return float(np.mean(hits)) if hits else 0.0
+
+
 __all__ = ["count_scores", "matched_scores", "st_point_scores", "track_scores", "point_at_score", "set_point_scores",
-           "interval"]
+           "set_track_score", "interval"]

@@ -10,7 +10,8 @@ Two layouts of the same set, as Molmo2 takes them:
   scene, so writing any other frame's place is wrong: it teaches reading the frame the time names.
 - "moved" (`moved_set`): one scene shown frame after frame, its objects at new places in every frame
   after the first. The same tasks as "video", but the object asked about is in every frame, each time
-  elsewhere: what a clip asks of a time, without the motion that makes neighbouring frames alike.
+  elsewhere: what a clip asks of a time, without the motion that makes neighbouring frames alike; and
+  tracking the first frame's first object (a point on every frame, in the clips' track markup).
 
 `image_set(seed, split, index)` is a pure function of its arguments.
 """
@@ -96,6 +97,18 @@ def set_tasks(s: ImageSet, layout: str = "images") -> list[dict]:
         where = f"in image {k + 1}" if layout == "images" else f"at {s.time(k)} s"  # video, moved: a time
         tasks.append({"task": "point_in", "question": f"Point to the {label} {where}.", "image": k, "label": label,
                       "points": [(k, i, *map(float, pts[k][i])) for i in idx]})
+    first = s.scenes[0]
+    named = [i for i in select(first) if len(select(first, first.scene.objects[i].color,
+                                                     first.scene.objects[i].shape)) == 1]
+    if layout == "moved" and named:
+        # the first frame's first object its colour and shape name alone: a point on every frame where it
+        # is visible, each frame elsewhere, so a track that repeats one place scores about 1/n (a clip's
+        # track can stay near its object)
+        i, o = named[0], first.scene.objects[named[0]]
+        tasks.append({"task": "track", "question": f"Track the {o.color} {o.shape}.", "object": i,
+                      "label": f"{o.color} {o.shape}",
+                      "points": [(k, i, *map(float, pts[k][i])) for k in range(len(s.scenes))
+                                 if not np.isnan(pts[k][i, 0])]})
     if layout != "images":
         return tasks
     shapes = []  # the kinds asked about in the first two images: a few questions per set, not one per shape
