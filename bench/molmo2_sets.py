@@ -5,10 +5,13 @@
   asked for; for "video" the same answers scored as if about the same kind of object on another frame, for
   "moved" how often an answer about a later frame lands on the object's place in frame 0 (reading the
   object's first sighting, not the frame the time names);
+- `--tracks DIR`: only the moved sets' track question (a few minutes): in-mask with its interval, how many
+  tracks put every point at one place, and how often the first frame's point is in the mask;
 - `--answers JSONL` (what bench/molmo2_answers.py wrote): for each point-at-a-time answer on a clip, whether
   its point is nearer the object's place at the frame asked for or where the object was first seen.
 
     python bench/molmo2_sets.py --model DIR [--n 10]
+    python bench/molmo2_sets.py --tracks DIR [--n 10]
     python bench/molmo2_sets.py --answers answers.jsonl
 """
 
@@ -71,6 +74,32 @@ def sets(model_dir: str, n: int) -> None:
     print(f"{time.time() - t0:.0f} s")
 
 
+def tracks(model_dir: str, n: int) -> None:
+    from mmfm.cli.molmo2 import _load_molmo2
+    from mmfm.data.molmo2_world import WorldVideoData
+    from mmfm.eval.molmo2_world import _set_points, ask_clip
+    from mmfm.eval.video import interval, set_track_score
+
+    torch.manual_seed(0)
+    m = _load_molmo2(model_dir).eval()
+    data = WorldVideoData(m, m._tok(), seed=0, size=m.config.vision.image_size)
+    t0 = time.time()
+    for split in ("test", "heldout"):
+        data.split = split
+        scores, still, first = [], 0, []
+        for i in range(n):
+            ex, s, tasks = data.set_example(i, "moved")
+            for t in (t for t in tasks if t["task"] == "track"):
+                pts = _set_points(ask_clip(m, data, ex.context, ex.patches, ex.pooling, [t["question"]], 160)[0],
+                                  s, "moved")
+                scores.append(set_track_score(pts, s, t["points"]))
+                still += len(pts) > 1 and len({(round(x), round(y)) for _, x, y in pts}) == 1
+                first.append(set_track_score(pts[:1], s, t["points"][:1]) if pts else 0.0)
+        print(f"{split}: moved-set tracks in-mask {np.mean(scores):.2f} +- {interval(scores):.2f} (n {len(scores)}); "
+              f"{still} at one place; first frame's point in the mask {np.mean(first):.2f}", flush=True)
+    print(f"{time.time() - t0:.0f} s")
+
+
 def first_or_asked(path: str) -> None:
     from mmfm.world.video import clip
 
@@ -97,13 +126,16 @@ def main() -> None:
     ap.add_argument("--model", help="a world Molmo2 folder (what `mmfm train molmo2` wrote)")
     ap.add_argument("--n", type=int, default=10, help="image sets per split")
     ap.add_argument("--answers", help="a JSONL bench/molmo2_answers.py wrote")
+    ap.add_argument("--tracks", help="a world Molmo2 folder: only the moved sets' tracks")
     a = ap.parse_args()
     if a.answers:
         first_or_asked(a.answers)
     if a.model:
         sets(a.model, a.n)
-    if not (a.answers or a.model):
-        ap.error("give --model or --answers")
+    if a.tracks:
+        tracks(a.tracks, a.n)
+    if not (a.answers or a.model or a.tracks):
+        ap.error("give --model, --tracks or --answers")
 
 
 if __name__ == "__main__":

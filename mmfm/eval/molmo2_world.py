@@ -146,7 +146,7 @@ def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), 
             "point_at": {"in_mask": float(np.mean(at)) if at else None, "ci95": interval(at), "n": len(at)},
         }
         if sets:
-            report[split]["image_sets"] = evaluate_sets(model, data, sets, progress, min(96, max_new_tokens))
+            report[split]["image_sets"] = evaluate_sets(model, data, sets, progress, max_new_tokens)
         data.split = data_split
     report["samples"] = samples
     if out is not None:
