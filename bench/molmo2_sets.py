@@ -26,16 +26,21 @@ import numpy as np
 import torch
 
 
-def sets(model_dir: str, n: int) -> None:
+def _model_and_data(model_dir: str):
     from mmfm.cli.molmo2 import _load_molmo2
     from mmfm.data.molmo2_world import WorldVideoData
+
+    torch.manual_seed(0)
+    m = _load_molmo2(model_dir).eval()
+    return m, WorldVideoData(m, m._tok(), seed=0, size=m.config.vision.image_size)
+
+
+def sets(model_dir: str, n: int) -> None:
     from mmfm.eval.molmo2_world import _set_points, ask_clip, evaluate_sets
     from mmfm.eval.video import set_point_scores
     from mmfm.world.facts import select
 
-    torch.manual_seed(0)
-    m = _load_molmo2(model_dir).eval()
-    data = WorldVideoData(m, m._tok(), seed=0, size=m.config.vision.image_size)
+    m, data = _model_and_data(model_dir)
     t0 = time.time()
     for split in ("test", "heldout"):
         data.split = split
@@ -75,14 +80,10 @@ def sets(model_dir: str, n: int) -> None:
 
 
 def tracks(model_dir: str, n: int) -> None:
-    from mmfm.cli.molmo2 import _load_molmo2
-    from mmfm.data.molmo2_world import WorldVideoData
     from mmfm.eval.molmo2_world import _set_points, ask_clip
     from mmfm.eval.video import interval, set_track_score
 
-    torch.manual_seed(0)
-    m = _load_molmo2(model_dir).eval()
-    data = WorldVideoData(m, m._tok(), seed=0, size=m.config.vision.image_size)
+    m, data = _model_and_data(model_dir)
     t0 = time.time()
     for split in ("test", "heldout"):
         data.split = split
