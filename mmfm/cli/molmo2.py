@@ -254,10 +254,12 @@ def train_molmo2(
 
     kinds = _task_kinds(tasks)
     layouts = tuple(v.strip() for v in set_layouts.split(",") if v.strip())
-    from mmfm.world.image_sets import LAYOUTS
+    from mmfm.world.image_sets import check_layouts
 
-    if not layouts or any(v not in LAYOUTS for v in layouts):
-        raise ConfigError(f"--set-layouts {set_layouts!r}: the layouts are {', '.join(LAYOUTS)}")
+    try:
+        check_layouts(layouts)  # before the model loads
+    except ConfigError as e:
+        raise ConfigError(f"--set-layouts: {e}") from None
     if kinds == () and not stills and not sets:
         raise ConfigError("--tasks none trains on stills or image sets alone: give --stills N or --sets N")
     report = train_world_molmo2(preset, out, resume=resume, evaluate=evaluate, eval_n=eval_n, packed=packed,

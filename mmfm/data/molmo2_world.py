@@ -32,7 +32,7 @@ from mmfm.data.molmo2 import QA, Batch, Example, pack, unpacked
 from mmfm.errors import ConfigError
 from mmfm.text.pointing import format_points_v2, format_video_points
 from mmfm.world import World
-from mmfm.world.image_sets import LAYOUTS, ImageSet, image_set, moved_set, set_tasks
+from mmfm.world.image_sets import ImageSet, check_layouts, image_set, moved_set, set_tasks
 from mmfm.world.video import Clip, clip, video_tasks
 from mmfm.world.vocab import PLURAL
 
@@ -84,13 +84,11 @@ class WorldVideoData:
                  sets: int = 0, set_layouts: tuple[str, ...] = SET_LAYOUTS):
         if tasks == () and not stills and not sets:
             raise ConfigError("no clip tasks, stills or image sets: the batches would be empty")
-        if not set_layouts or any(v not in LAYOUTS for v in set_layouts):
-            raise ConfigError(f"image-set layouts must be some of {', '.join(LAYOUTS)}, got {set_layouts!r}")
         self.model, self.tok = model, tokenizer
         self.seed, self.split, self.frames, self.size, self.fps = seed, split, frames, size, fps
         self.batch_size, self.max_len, self.weighting, self.packed = batch_size, max_len, weighting, packed
         self.tasks, self.max_qas, self.stills = tasks, max_qas, stills
-        self.sets, self.set_layouts = sets, tuple(set_layouts)
+        self.sets, self.set_layouts = sets, check_layouts(set_layouts)
         self.world = World(seed=seed, size=size)
         self._end = tokenizer.encode(model.END, add_special_tokens=False)
 

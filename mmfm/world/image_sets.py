@@ -76,6 +76,14 @@ def moved_set(seed: int, split: str, index: int, n: int = 8, size: int = 64, fps
     return ImageSet([render(f, size) for f in frames], split, index, fps)
 
 
+def check_layouts(layouts) -> tuple[str, ...]:
+    """Some of LAYOUTS, at least one, else a ConfigError."""
+    layouts = tuple(layouts)
+    if not layouts or any(v not in LAYOUTS for v in layouts):
+        raise ConfigError(f"image-set layouts must be some of {', '.join(LAYOUTS)}, got {layouts!r}")
+    return layouts
+
+
 def _number(k: int) -> str:
     return NUMBER_WORDS[k] if k < len(NUMBER_WORDS) else str(k)
 
@@ -99,8 +107,8 @@ def set_tasks(s: ImageSet, layout: str = "images") -> list[dict]:
                       "points": [(k, i, *map(float, pts[k][i])) for i in idx]})
     first = s.scenes[0]
     named = [i for i in select(first) if len(select(first, first.scene.objects[i].color,
-                                                     first.scene.objects[i].shape)) == 1]
-    if layout == "moved" and named:
+                                                     first.scene.objects[i].shape)) == 1] if layout == "moved" else []
+    if named:
         # the first frame's first object its colour and shape name alone: a point on every frame where it
         # is visible, each frame elsewhere, so a track that repeats one place scores about 1/n (a clip's
         # track can stay near its object)
@@ -130,4 +138,4 @@ def set_tasks(s: ImageSet, layout: str = "images") -> list[dict]:
     return tasks
 
 
-__all__ = ["ImageSet", "image_set", "moved_set", "set_tasks", "LAYOUTS", "OFFSET"]
+__all__ = ["ImageSet", "image_set", "moved_set", "set_tasks", "check_layouts", "LAYOUTS", "OFFSET"]
