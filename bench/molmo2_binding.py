@@ -1,0 +1,101 @@
+"""Does a world Molmo2 bind a time to its frame? Moved sets (mmfm.world.image_sets.moved_set: one scene,
+its objects re-placed in every frame) with few frames, where "Point to the X at t s." has one right place
+per frame and the object's first sighting is the wrong answer for every later time.
+
+- `--probe DIR [--frames F] [--n N]`: for the moved sets' questions about a later frame, how often the
+  first point lands on the object at the frame asked for, on its place in frame 0, or elsewhere (a model
+  that picks a frame at random lands on the asked one about 1/F of the time); the first frame's questions'
+  in-mask; the track score (mmfm.eval.video.set_track_score).
+- `--train OUT --from DIR [--frames F] [--sets S] [--steps N]`: trains on moved sets of F frames alone
+  (the world-video preset with F frames; whole LM, the --from model's layout, causal vision, bf16), so a
+  curriculum can start where the binding is a choice between two frames; `--lr` the adapter's (the LM
+  learns at a sixth of it, as in `mmfm train molmo2 --train-lm`).
+
+    python bench/molmo2_binding.py --probe DIR --frames 2 --n 20
+    python bench/molmo2_binding.py --train OUT --from DIR --frames 2 --sets 16 --steps 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import numpy as np
+import torch
+
+
+def probe(model_dir: str, frames: int, n: int) -> None:
+    from mmfm.cli.molmo2 import _load_molmo2
+    from mmfm.data.molmo2_world import WorldVideoData
+    from mmfm.eval.molmo2_world import _set_points, ask_clip
+    from mmfm.eval.video import interval, set_point_scores, set_track_score
+
+    torch.manual_seed(0)
+    m = _load_molmo2(model_dir).eval()
+    data = WorldVideoData(m, m._tok(), seed=0, size=m.config.vision.image_size, frames=frames)
+    t0 = time.time()
+    for split in ("test", "heldout"):
+        data.split = split
+        asked, first, first_frame, track = [], [], [], []
+        for i in range(n):
+            ex, s, tasks = data.set_example(i, "moved")
+            answers = ask_clip(m, data, ex.context, ex.patches, ex.pooling, [t["question"] for t in tasks], 160)
+            for t, a in zip(tasks, answers):
+                pts = _set_points(a, s, "moved")
+                if t["task"] == "track":
+                    track.append(set_track_score(pts, s, t["points"]))
+                    continue
+                k = t["image"]
+                p = pts[:1]  # the first point: where the answer puts the (first) object asked about
+                objs = [(k, q, 0.0, 0.0) for _, q, _, _ in t["points"]]
+                if k == 0:
+                    first_frame.append(set_point_scores(p, s, objs)["f1"] > 0 if p else False)
+                    continue
+                on_asked = bool(p) and set_point_scores(p, s, objs)["f1"] > 0
+                on_first = bool(p) and set_point_scores([(0, x, y) for _, x, y in p], s,
+                                                        [(0, q, 0.0, 0.0) for _, q, _, _ in t["points"]])["f1"] > 0
+                asked.append(float(on_asked))
+                first.append(float(on_first and not on_asked))
+        print(f"{split} ({frames} frames, {n} sets): later-frame questions {len(asked)}: on the asked frame's object "
+              f"{np.mean(asked):.2f} +- {interval(asked):.2f}, on its frame-0 place {np.mean(first):.2f} "
+              f"(random frame ~{1 / frames:.2f}); frame-0 questions in-mask {np.mean(first_frame):.2f} "
+              f"(n {len(first_frame)}); tracks in-mask {np.mean(track):.2f} +- {interval(track):.2f} "
+              f"(n {len(track)})", flush=True)
+    print(f"{time.time() - t0:.0f} s")
+
+
+def train(out: str, start: str, frames: int, sets: int, steps: int, save_every: int, lr: float) -> None:
+    from mmfm.train import molmo2 as tm
+
+    name = f"binding-{frames}"
+    p = copy.deepcopy(tm.PRESETS["world-video"])
+    p["data"]["frames"] = frames
+    tm.PRESETS[name] = p  # this process only: the world-video preset with fewer frames
+    tm.train_world_molmo2(name, out, train_lm=True, frame_layout=True, bidirectional=False, tasks=(), sets=sets,
+                          set_layouts=("moved",), evaluate=False, start=start, steps=steps, precision="bf16",
+                          save_every=save_every, lr=lr)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--probe", help="a world Molmo2 folder (what `mmfm train molmo2` wrote)")
+    ap.add_argument("--train", help="a run folder: train on moved sets alone")
+    ap.add_argument("--from", dest="start", help="with --train: the world Molmo2 to train further")
+    ap.add_argument("--frames", type=int, default=2, help="frames per moved set")
+    ap.add_argument("--n", type=int, default=20, help="moved sets per split (--probe)")
+    ap.add_argument("--sets", type=int, default=16, help="moved sets per batch (--train)")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--save-every", type=int, default=20)
+    ap.add_argument("--lr", type=float, default=3e-4, help="the adapter's; the LM learns at a sixth of it")
+    a = ap.parse_args()
+    if a.train:
+        if not a.start:
+            ap.error("--train needs --from")
+        train(a.train, a.start, a.frames, a.sets, a.steps, a.save_every, a.lr)
+    if a.probe:
+        probe(a.probe, a.frames, a.n)
+
+
+if __name__ == "__main__":
+    main()
