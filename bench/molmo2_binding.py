@@ -22,18 +22,15 @@ import copy
 import time
 
 import numpy as np
-import torch
 
 
 def probe(model_dir: str, frames: int, n: int) -> None:
-    from mmfm.cli.molmo2 import _load_molmo2
-    from mmfm.data.molmo2_world import WorldVideoData
+    from molmo2_sets import _model_and_data  # bench/ is the script's folder
+
     from mmfm.eval.molmo2_world import _set_points, ask_clip
     from mmfm.eval.video import interval, set_point_scores, set_track_score
 
-    torch.manual_seed(0)
-    m = _load_molmo2(model_dir).eval()
-    data = WorldVideoData(m, m._tok(), seed=0, size=m.config.vision.image_size, frames=frames)
+    m, data = _model_and_data(model_dir, frames)
     t0 = time.time()
     for split in ("test", "heldout"):
         data.split = split
@@ -49,10 +46,10 @@ def probe(model_dir: str, frames: int, n: int) -> None:
                 k = t["image"]
                 p = pts[:1]  # the first point: where the answer puts the (first) object asked about
                 objs = [(k, q, 0.0, 0.0) for _, q, _, _ in t["points"]]
-                if k == 0:
-                    first_frame.append(set_point_scores(p, s, objs)["f1"] > 0 if p else False)
-                    continue
                 on_asked = bool(p) and set_point_scores(p, s, objs)["f1"] > 0
+                if k == 0:
+                    first_frame.append(on_asked)
+                    continue
                 on_first = bool(p) and set_point_scores([(0, x, y) for _, x, y in p], s,
                                                         [(0, q, 0.0, 0.0) for _, q, _, _ in t["points"]])["f1"] > 0
                 asked.append(float(on_asked))

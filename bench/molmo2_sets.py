@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 
-def _model_and_data(model_dir: str):
+def _model_and_data(model_dir: str, frames: int = 8):
     from mmfm.cli.molmo2 import _load_molmo2
     from mmfm.data.molmo2_world import WorldVideoData
 
     torch.manual_seed(0)
     m = _load_molmo2(model_dir).eval()
-    return m, WorldVideoData(m, m._tok(), seed=0, size=m.config.vision.image_size)
+    return m, WorldVideoData(m, m._tok(), seed=0, size=m.config.vision.image_size, frames=frames)
 
 
 def sets(model_dir: str, n: int) -> None:
