@@ -135,7 +135,7 @@ def test_bad_video_requests_are_one_line_errors(run, tmp_path, capsys):
     out, _ = run
     (tmp_path / "bad.mp4").write_bytes(b"not a video at all" * 50)
     refused(capsys, "ask", tmp_path / "bad.mp4", "How many?", "--model", out / "model", match="not a video")
-    refused(capsys, "ask", tmp_path / "bad.mp4", "How many?", match="--model")  # no Molmo2 shipped: say so
+    refused(capsys, "ask", tmp_path / "bad.mp4", "How many?", match="not a video")  # the shipped Molmo2 reads it
     refused(capsys, "ask", "only-a-question", match="then the question")
     refused(capsys, "track", tmp_path / "bad.mp4", " ", "--model", out / "model", match="empty")
     model = mmfm.load(out / "model")

@@ -414,7 +414,8 @@ class Molmo2(nn.Module):
     def save_pretrained(self, folder) -> Path:
         """mmfm's folder (config.json + model.safetensors); transformers' Molmo2 folder:
         `mmfm.save(model, folder, format="hf")`. With base_lm set, the LM's frozen weights are left out
-        (they come from their package): only its LoRA adapters and the extra embedding rows are kept."""
+        (they come from their package), and so is its tokenizer: only its LoRA adapters and the extra embedding
+        rows are kept."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         config = {"model_type": "mmfm-molmo2", **self.config.to_dict()}
@@ -425,7 +426,7 @@ class Molmo2(nn.Module):
             sd = {k: v for k, v in sd.items() if not k.startswith("lm.") or k.endswith((".lora_a", ".lora_b"))}
             sd["lm.embed_extra"] = extra
         save_safetensors(sd, folder / "model.safetensors")
-        if self.tokenizer is not None:
+        if self.tokenizer is not None and not self.config.base_lm:  # else the base LM's, read with it
             self.tokenizer.save_pretrained(folder)
         write_manifest(folder)
         return folder

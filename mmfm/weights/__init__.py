@@ -7,8 +7,8 @@ from pathlib import Path
 from mmfm.errors import CheckpointError
 
 ROOT = Path(__file__).parent
-NAMES = ("clip-world-tiny", "llava-world-tiny", "molmo-world-tiny", "sam-world-tiny", "sam-world-tiny-parts",
-         "simclr-world-tiny", "visprog-writer-world")
+NAMES = ("clip-world-tiny", "llava-world-tiny", "molmo-world-tiny", "molmo2-world-video", "sam-world-tiny",
+         "sam-world-tiny-parts", "simclr-world-tiny", "visprog-writer-world")
 
 
 def path(name: str) -> Path:
