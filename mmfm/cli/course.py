@@ -17,8 +17,8 @@ def report(
     seed: int = typer.Option(0, "--seed", help="Seed of the evaluation scenes (the models are the shipped ones)."),
     markdown: bool = typer.Option(False, "--markdown", help="Also print the table as Markdown (for bench/RESULTS.md)."),
     full: bool = typer.Option(False, "--full", help="Retrain the claims that rest on training runs (batch size, CoCa, "
-                              "Flamingo, NegCLIP) once per --seeds instead of showing recorded runs: hours on 2 "
-                              "cores; resumes from OUT/runs."),
+                              "Flamingo, NegCLIP, Molmo's recipe) once per --seeds instead of showing recorded "
+                              "runs: hours on 2 cores; resumes from OUT/runs."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="World seeds of the --full runs, comma-separated."),
     full_scale: float = typer.Option(1.0, "--full-scale", hidden=True,
                                      help="Shorten every --full run to this fraction (checks the wiring only)."),

@@ -11,7 +11,7 @@ from mmfm.course.stats import over_seeds, wilson
 from mmfm.vision.plot import line_plot
 
 
-def _row(name: str, records: list[dict], get, n: int | None) -> Row:
+def seed_row(name: str, records: list[dict], get, n: int | None) -> Row:
     """One seed: the value with its Wilson interval (a proportion on n items); several: mean [min, max]."""
     if len(records) == 1:
         v = get(records[0])
@@ -32,7 +32,7 @@ def batch_size(ctx: Context) -> Result:
     rows = []
     for i, b in enumerate(batches):
         for k, name in (("fine_grained", "fine-grained (112 classes)"), ("attribute_swap", "attribute swap")):
-            rows.append(_row(f"batch {b}: {name}", recs, lambda r, i=i, k=k: r["series"][k][i], n))
+            rows.append(seed_row(f"batch {b}: {name}", recs, lambda r, i=i, k=k: r["series"][k][i], n))
     series = {k.replace("_", " "): list(zip(batches, mean[k])) for k in keys}
     fig = ctx.figure("batch_size.png", line_plot(series, xlabel="batch size", ylabel="accuracy", markers=True,
                                                  log_x=True, title="world CLIP, same pairs seen at every batch size"))
@@ -48,7 +48,7 @@ def batch_size(ctx: Context) -> Result:
 def coca(ctx: Context) -> Result:
     recs, source = ctx.records("coca")
     n = RECORDED["coca"]["n"]
-    rows = [_row(k, recs, lambda r, k=k: r["rows"][k], n) for k in recs[0]["rows"]]
+    rows = [seed_row(k, recs, lambda r, k=k: r["rows"][k], n) for k in recs[0]["rows"]]
     v = {k: float(np.mean([r["rows"][k] for r in recs])) for k in recs[0]["rows"]}
     holds = v["CoCa zero-shot held-out"] >= v["same architecture, caption loss 0"] - 0.02
     why = ("Adding the captioning loss leaves zero-shot within a point of the same model trained without it, "
@@ -64,7 +64,7 @@ def flamingo(ctx: Context) -> Result:
     rows = []
     for task in ("new_names", "color", "count"):
         for i, k in enumerate(shots):
-            rows.append(_row(f"{task.replace('_', ' ')}, {k} shots", recs, lambda r, t=task, i=i: r[t][i], n))
+            rows.append(seed_row(f"{task.replace('_', ' ')}, {k} shots", recs, lambda r, t=task, i=i: r[t][i], n))
     mean = {t: [float(np.mean([r[t][i] for r in recs])) for i in range(len(shots))]
             for t in ("new_names", "color", "count")}
     fig = ctx.figure("flamingo.png", line_plot({t.replace("_", " "): list(zip(shots, mean[t])) for t in mean},
