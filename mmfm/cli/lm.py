@@ -93,7 +93,7 @@ def lora_extract(
     import mmfm
     from mmfm.cli import output_file
     from mmfm.errors import ConfigError
-    from mmfm.lm.frozen_base import to_adapters
+    from mmfm.lm.frozen_base import cast_adapters, to_adapters
     from mmfm.models.llava import Llava
     from mmfm.models.molmo2 import Molmo2
     from mmfm.train.llava import LORA_TARGETS
@@ -106,9 +106,7 @@ def lora_extract(
     if not isinstance(m, (Llava, Molmo2)):
         raise ConfigError(f"{model}: a {type(m).__name__}; adapters are extracted from a LLaVA or a Molmo2")
     lost = to_adapters(m, rank, LORA_TARGETS if isinstance(m, Llava) else MOLMO2_TARGETS)
-    for name, p in m.named_parameters():
-        if name.endswith((".lora_a", ".lora_b")):
-            p.data = p.data.to(getattr(torch, dtype))
+    cast_adapters(m, getattr(torch, dtype))
     m.save_pretrained(out)
     err, dropped = lost["adapter_rel_error"], lost["dropped_rel_change"]
     summary = {"out": str(out), "rank": rank, "dtype": dtype, "adapters": len(err),

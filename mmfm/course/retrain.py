@@ -108,7 +108,7 @@ def molmo(seed: int, out: Path, scale: float, progress: bool) -> dict:
 
     import mmfm
     from mmfm.eval.llava_world import evaluate_llava_world
-    from mmfm.lm.frozen_base import to_adapters
+    from mmfm.lm.frozen_base import cast_adapters, to_adapters
     from mmfm.train.llava import LORA_TARGETS, train_world_llava
     from mmfm.weights import path
 
@@ -126,9 +126,7 @@ def molmo(seed: int, out: Path, scale: float, progress: bool) -> dict:
     mixed = stage("mixed", pointing, 1000, "point=0.5,count=0.25,qa=0.35,multi=0.15,caption=0.05", 3e-5)
     model = mmfm.load(mixed)
     to_adapters(model, 32, LORA_TARGETS)
-    for name, p in model.named_parameters():
-        if name.endswith((".lora_a", ".lora_b")):
-            p.data = p.data.to(torch.bfloat16)
+    cast_adapters(model, torch.bfloat16)
     model.save_pretrained(out / "model")
     n = _n(100, scale, 2)
     ev = evaluate_llava_world(mmfm.load(out / "model").eval(), n=n, seed=seed, crowded=4, progress=progress)

@@ -131,4 +131,11 @@ def to_adapters(model, r: int, targets, alpha: float | None = None, base: dict |
             "dropped_rel_change": dict(sorted(dropped.items(), key=lambda kv: -kv[1]))}
 
 
-__all__ = ["tower_state", "save_learned", "load_learned", "to_adapters", "smollm2_state"]
+def cast_adapters(model, dtype) -> None:
+    """Store the LoRA adapters in `dtype` (bf16 halves a shipped folder; the model loads in any dtype)."""
+    for name, p in model.named_parameters():
+        if name.endswith((".lora_a", ".lora_b")):
+            p.data = p.data.to(dtype)
+
+
+__all__ = ["tower_state", "save_learned", "load_learned", "to_adapters", "cast_adapters", "smollm2_state"]
