@@ -32,11 +32,12 @@ def pointing_over_seeds(records: list[dict]) -> tuple[list[Row], bool, str]:
     """The bar over training runs of molmo-world-tiny's recipe, one record per seed (recorded.json's
     "molmo" shape): mean pointing F1 on new scenes >= 0.7 and, in the mean, point-then-count ahead of the
     direct answer on crowded scenes, over at least 3 seeds. Returns rows, whether it holds, and a sentence."""
-    f1 = [r["pointing_f1"] for r in records]
-    gap = [r["crowded_pointing"] - r["crowded_direct"] for r in records]
+    def crowded_gap(r: dict) -> float:
+        return r["crowded_pointing"] - r["crowded_direct"]
+
+    f1, gap = [r["pointing_f1"] for r in records], [crowded_gap(r) for r in records]
     rows = [seed_row("training runs: pointing F1 on new scenes", records, lambda r: r["pointing_f1"], records[0]["n"]),
-            seed_row("training runs: crowded scenes, point then count - direct", records,
-                     lambda r: r["crowded_pointing"] - r["crowded_direct"], None)]
+            seed_row("training runs: crowded scenes, point then count - direct", records, crowded_gap, None)]
     enough = len(records) >= 3
     holds = enough and over_seeds(f1)[0] >= 0.7 and over_seeds(gap)[0] > 0
     verdict = ("met in the mean of the seeds" if holds else
