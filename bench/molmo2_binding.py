@@ -9,10 +9,12 @@ per frame and the object's first sighting is the wrong answer for every later ti
 - `--train OUT --from DIR [--frames F] [--sets S] [--steps N]`: trains on moved sets of F frames alone
   (the world-video preset with F frames; whole LM, the --from model's layout, causal vision, bf16), so a
   curriculum can start where the binding is a choice between two frames; `--lr` the adapter's (the LM
-  learns at a sixth of it, as in `mmfm train molmo2 --train-lm`).
+  learns at a sixth of it, as in `mmfm train molmo2 --train-lm`); `--frame-index`: the patches of each frame
+  on their own token (mmfm.train.molmo2.add_frame_index; ids for the world clips' 8 frames, so that the
+  model can go on to clips; `--frame-index time`: their directions from the frames' timestamp tokens).
 
     python bench/molmo2_binding.py --probe DIR --frames 2 --n 20
-    python bench/molmo2_binding.py --train OUT --from DIR --frames 2 --sets 16 --steps 60
+    python bench/molmo2_binding.py --train OUT --from DIR --frames 2 --sets 16 --steps 60 [--frame-index]
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ def probe(model_dir: str, frames: int, n: int) -> None:
     t0 = time.time()
     for split in ("test", "heldout"):
         data.split = split
-        asked, first, first_frame, track = [], [], [], []
+        asked, first, first_frame, track, same = [], [], [], [], []
         for i in range(n):
             ex, s, tasks = data.set_example(i, "moved")
             answers = ask_clip(m, data, ex.context, ex.patches, ex.pooling, [t["question"] for t in tasks], 160)
+            places = {}  # frame -> the first point's place: does the place asked for follow the time?
             for t, a in zip(tasks, answers):
                 pts = _set_points(a, s, "moved")
                 if t["task"] == "track":
@@ -45,6 +48,7 @@ def probe(model_dir: str, frames: int, n: int) -> None:
                     continue
                 k = t["image"]
                 p = pts[:1]  # the first point: where the answer puts the (first) object asked about
+                places[k] = tuple(p[0][1:]) if p else None
                 objs = [(k, q, 0.0, 0.0) for _, q, _, _ in t["points"]]
                 on_asked = bool(p) and set_point_scores(p, s, objs)["f1"] > 0
                 if k == 0:
@@ -52,17 +56,21 @@ def probe(model_dir: str, frames: int, n: int) -> None:
                     continue
                 on_first = bool(p) and set_point_scores([(0, x, y) for _, x, y in p], s,
                                                         [(0, q, 0.0, 0.0) for _, q, _, _ in t["points"]])["f1"] > 0
+                if places.get(0) is not None and places[k] is not None:
+                    same.append(float(places[k] == places[0]))
                 asked.append(float(on_asked))
                 first.append(float(on_first and not on_asked))
         print(f"{split} ({frames} frames, {n} sets): later-frame questions {len(asked)}: on the asked frame's object "
               f"{np.mean(asked):.2f} +- {interval(asked):.2f}, on its frame-0 place {np.mean(first):.2f} "
               f"(random frame ~{1 / frames:.2f}); frame-0 questions in-mask {np.mean(first_frame):.2f} "
               f"(n {len(first_frame)}); tracks in-mask {np.mean(track):.2f} +- {interval(track):.2f} "
-              f"(n {len(track)})", flush=True)
+              f"(n {len(track)}); later-frame answers at the very place of the frame-0 answer "
+              f"{np.mean(same) if same else float('nan'):.2f} (n {len(same)})", flush=True)
     print(f"{time.time() - t0:.0f} s")
 
 
-def train(out: str, start: str, frames: int, sets: int, steps: int, save_every: int, lr: float) -> None:
+def train(out: str, start: str, frames: int, sets: int, steps: int, save_every: int, lr: float,
+          frame_index: str = "") -> None:
     from mmfm.train import molmo2 as tm
 
     name = f"binding-{frames}"
@@ -71,7 +79,9 @@ def train(out: str, start: str, frames: int, sets: int, steps: int, save_every: 
     tm.PRESETS[name] = p  # this process only: the world-video preset with fewer frames
     tm.train_world_molmo2(name, out, train_lm=True, frame_layout=True, bidirectional=False, tasks=(), sets=sets,
                           set_layouts=("moved",), evaluate=False, start=start, steps=steps, precision="bf16",
-                          save_every=save_every, lr=lr)
+                          save_every=save_every, lr=lr,
+                          frame_index=tm.PRESETS["world-video"]["data"]["frames"] if frame_index else 0,
+                          frame_index_init=frame_index or "random")
 
 
 def main() -> None:
@@ -85,11 +95,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--save-every", type=int, default=20)
     ap.add_argument("--lr", type=float, default=3e-4, help="the adapter's; the LM learns at a sixth of it")
+    ap.add_argument("--frame-index", nargs="?", const="random", default="", choices=["random", "time"],
+                    help="with --train: a patch token per frame, its direction random or the frame's time's tokens")
     a = ap.parse_args()
     if a.train:
         if not a.start:
             ap.error("--train needs --from")
-        train(a.train, a.start, a.frames, a.sets, a.steps, a.save_every, a.lr)
+        train(a.train, a.start, a.frames, a.sets, a.steps, a.save_every, a.lr, a.frame_index)
     if a.probe:
         probe(a.probe, a.frames, a.n)
 

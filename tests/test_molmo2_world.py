@@ -4,6 +4,7 @@ and the adapter kept) loading back to the same numbers, the evaluation, and the 
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -13,16 +14,18 @@ from typer.testing import CliRunner
 import mmfm
 from mmfm.cli.main import app
 from mmfm.data.molmo2_world import WorldVideoData, answer_text
-from mmfm.errors import ConfigError, InvalidPrompt
+from mmfm.errors import CheckpointError, ConfigError, InvalidPrompt
 from mmfm.text.pointing import parse_video_points
 from mmfm.train.molmo2 import (
     LM_LR_SCALE,
     PRESETS,
     CausalVisionData,
+    add_frame_index,
     add_frame_rows,
     build_from,
     build_from_molmo,
     build_world_molmo2,
+    frame_index_scale,
     prepare,
     train_world_molmo2,
 )
@@ -166,6 +169,8 @@ def test_world_training_options_are_checked_before_any_work(tmp_path, capsys):
             "--out", tmp_path / "x", match="--frame-layout")
     refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--frame-rows",
             "--out", tmp_path / "x", match="--frame-rows: world-video options")
+    refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--frame-index",
+            "--out", tmp_path / "x", match="--frame-index: world-video options")
     refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--stills", "4",
             "--out", tmp_path / "x", match="--stills: world-video options")
     refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--sets", "2",
@@ -349,6 +354,74 @@ def test_a_column_token_per_row_of_a_frame(run, tmp_path):
         build_from(tmp_path / "model", frame_col_tokens=True)
     again = build_from(tmp_path / "model", lm_dtype="float32", frame_col_tokens=True, frame_rows=True)
     assert again.config.frame_row_ids == c.frame_row_ids and again.lm.embed.num_embeddings == n + rows
+
+
+def test_a_patch_token_per_frame(tmp_path):
+    """--frame-index: the patches of frame k sit on their own token (new input-only rows, <im_patch> plus a
+    random direction), features are added to it as to <im_patch>, images keep <im_patch>, and the layout
+    travels with the saved model."""
+    from mmfm.interop.hf_molmo2 import save_hf_molmo2
+
+    model = build_world_molmo2(lm_dtype="float32", **PRESETS["world-video"]["model"])
+    c = model.config
+    before = model.lm.embed.weight.detach().clone()
+    data = WorldVideoData(model, model.tokenizer, **DATA)
+    scale = frame_index_scale(model, data)
+    ex0 = data.example(0)[0]
+    with torch.no_grad():
+        feats = model.encode(ex0.patches, ex0.pooling)
+    assert scale == pytest.approx(0.25 * float(feats.norm(dim=1).mean()), rel=1e-5) and scale > 0
+    frames = 3
+    timed = copy.deepcopy(model)  # directions from the frames' times: the centred sums of their tokens' vectors
+    add_frame_index(timed, frames, scale, times=[0.0, 0.5, 1.0])
+    sums = torch.stack([before[model.tokenizer.encode_plain(t)].sum(0) for t in ("0.0", "0.5", "1.0")])
+    want = sums - sums.mean(0)
+    got = timed.lm.embed.weight.detach()[before.shape[0]:] - before[c.image_patch_id]
+    torch.testing.assert_close(got, want / want.norm(dim=1, keepdim=True) * scale, rtol=1e-4, atol=1e-5)
+    for times in ([0.0, 0.0, 0.0], [0.0, 0.5]):
+        with pytest.raises(ConfigError, match="times"):
+            add_frame_index(copy.deepcopy(model), frames, scale, times=times)
+    del timed
+    add_frame_index(model, frames, scale, seed=0)
+    n = before.shape[0]
+    assert c.frame_index_ids == tuple(range(n, n + frames)) and c.lm.extra_vocab == 10 + frames
+    w = model.lm.embed.weight.detach()
+    assert torch.equal(w[:n], before)
+    steps = w[n:] - before[c.image_patch_id]
+    torch.testing.assert_close(steps.norm(dim=1), torch.full((frames,), scale), rtol=1e-4, atol=0)
+    cos = torch.nn.functional.cosine_similarity(steps[:, None], steps[None], dim=-1)
+    assert float((cos - torch.eye(frames)).abs().max()) < 0.3  # the frames start apart
+    assert model.frame_tokens(2, 2, 1) == [c.frame_start_id] + [c.frame_index_ids[1]] * 4 + [c.frame_end_id]
+    assert model.frame_tokens(2, 2, frames + 4)[1] == c.frame_index_ids[-1]  # frames past them: the last one
+    ex, clip_, _ = data.example(0)
+    per_frame = ex.pooling.shape[0] // len(clip_.frames)
+    assert ex.context.count(c.image_patch_id) == 0
+    for k, i in enumerate(c.frame_index_ids):
+        assert ex.context.count(i) == per_frame * (1 if k < frames - 1 else len(clip_.frames) - frames + 1)
+    assert bool(model.is_vision(torch.tensor(c.frame_index_ids)).all())
+    ids = torch.tensor([ex.context])
+    with torch.no_grad():
+        added = model.embed(ids, feats) - model.embed(ids, torch.zeros_like(feats))
+        assert torch.allclose(added[0][torch.isin(ids[0], torch.tensor(c.frame_index_ids))], feats, atol=1e-5)
+        assert torch.isfinite(model(ids, ex.patches, ex.pooling).logits).all()
+    img_ids, _, _ = model.images_context([torch.zeros(3, 64, 64, dtype=torch.uint8)])
+    assert img_ids.count(c.image_patch_id) > 0 and not set(img_ids) & set(c.frame_index_ids)
+    with pytest.raises(InvalidPrompt, match="placeholders"):
+        model.embed(ids, feats[:-1])
+    with pytest.raises(CheckpointError, match="mmfm only"):
+        save_hf_molmo2(model, tmp_path)
+
+    report = train_world_molmo2(out=tmp_path / "r", steps=1, batch_size=1, progress=False, evaluate=False, seed=0,
+                                frame_index=2, tasks=("point",))
+    assert report["frame_index"] == 2
+    back = mmfm.load(tmp_path / "r" / "model")  # LoRA over the package's SmolLM2: the new rows are kept with it
+    assert back.config.frame_index_ids == (n, n + 1) and back.lm.embed.num_embeddings == n + 2
+    b = WorldVideoData(back, back.tokenizer, tasks=("point",), **DATA).batch(0)
+    assert int(torch.isin(b["input_ids"], torch.tensor([n, n + 1])).sum()) > 0
+    with torch.no_grad():
+        assert torch.isfinite(back(**b).loss)
+    with pytest.raises(ConfigError, match="give --frame-index"):
+        build_from(tmp_path / "r" / "model", frame_col_tokens=False)
 
 
 def test_image_sets_as_images_and_as_slideshows(run):

@@ -191,6 +191,9 @@ def train_molmo2(
                                       "row of a frame's patches (mmfm's option; transformers cannot load it)."),
     frame_rows: bool = typer.Option(False, "--frame-rows", help="On world videos, with --frame-layout: a different "
                                     "column token after each row, so a patch's row is read from the layout."),
+    frame_index: bool = typer.Option(False, "--frame-index", help="On world videos: the patches of each frame on "
+                                     "their own token, so a frame's tokens say which frame they are (mmfm's "
+                                     "option; transformers cannot load it)."),
     stills: int = options.bounded(0, "--stills", lo=0, hi=4096, help="On world videos: that many world scenes per "
                                   "batch as one-frame videos with point questions (images beside the videos)."),
     sets: int = options.bounded(0, "--sets", lo=0, hi=4096, help="On world videos: that many image sets per batch "
@@ -231,8 +234,8 @@ def train_molmo2(
     on your videos and image sets (--data --from)."""
     prec = options.precision_of(precision, bf16)
     world_only = [o for o, on in (("--train-lm", train_lm), ("--frame-layout", frame_layout),
-                                  ("--frame-rows", frame_rows), ("--stills", stills > 0), ("--sets", sets > 0),
-                                  ("--eval-sets", eval_sets > 0),
+                                  ("--frame-rows", frame_rows), ("--frame-index", frame_index),
+                                  ("--stills", stills > 0), ("--sets", sets > 0), ("--eval-sets", eval_sets > 0),
                                   ("--tasks", tasks is not None)) if on]
     if data is not None and world_only:  # said rather than ignored: --data has its own switches
         raise ConfigError(f"{', '.join(world_only)}: world-video options; with --data the whole LM "
@@ -250,6 +253,7 @@ def train_molmo2(
                                  save_every=save_every)
         print_finetune(report, out)
         return
+    from mmfm.train.molmo2 import preset as preset_of
     from mmfm.train.molmo2 import train_world_molmo2
 
     kinds = _task_kinds(tasks)
@@ -265,6 +269,7 @@ def train_molmo2(
     report = train_world_molmo2(preset, out, resume=resume, evaluate=evaluate, eval_n=eval_n, packed=packed,
                                 weighting=weighting, bidirectional=bidirectional, train_lm=train_lm,
                                 frame_layout=frame_layout, frame_rows=frame_rows, tasks=kinds,
+                                frame_index=preset_of(preset)["data"]["frames"] if frame_index else 0,
                                 stills=stills, sets=sets, eval_sets=eval_sets, set_layouts=layouts, precision=prec,
                                 compile=compile_step or None, steps=steps, batch_size=batch_size, lr=lr,
                                 seed=seed, save_every=save_every, start=init)

@@ -241,6 +241,9 @@ def save_hf_molmo2(model: Molmo2, folder: Path) -> None:
     if c.frame_col_tokens:
         raise CheckpointError("transformers' Molmo2 has no column tokens in video frames (frame_col_tokens): "
                               "this model saves as mmfm only")
+    if c.frame_index_ids:
+        raise CheckpointError("transformers' Molmo2 has one patch token for every frame (frame_index_ids): "
+                              "this model saves as mmfm only")
     if c.lora:
         raise CheckpointError("merge the LoRA adapters first (mmfm.nn.lora.merge_lora); transformers has no LoRA")
     sd = {k: v.detach().float() for k, v in model.state_dict().items()}

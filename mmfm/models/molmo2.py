@@ -123,6 +123,10 @@ class Molmo2Config(Config):
     # the start of the sequence says which row it is only where the image sits at a fixed place; a frame
     # sits anywhere, so the row is written into the layout, as the last column token a patch has seen.
     frame_row_ids: tuple[int, ...] = ()
+    # mmfm's option too: the patches of frame k sit on frame_index_ids[k] (the last one for any frame past
+    # them) instead of <im_patch>, so each frame's tokens carry which frame they are from the first layer on;
+    # the timestamp text before a frame reaches its patches only through attention.
+    frame_index_ids: tuple[int, ...] = ()
     max_frames: int = 64
     max_fps: float = 2.0
     bidirectional_vision: bool = True  # False: vision tokens attend causally (the ablation), in training and after
@@ -148,6 +152,9 @@ class Molmo2Config(Config):
                 raise ConfigError(f"Molmo2Config.{name} = {getattr(self, name)} lies outside the LM's {top} embeddings")
         if any(not 0 <= i < top for i in self.frame_row_ids):
             raise ConfigError(f"Molmo2Config.frame_row_ids {self.frame_row_ids} lie outside the LM's {top} embeddings")
+        if any(not 0 <= i < top for i in self.frame_index_ids):
+            raise ConfigError(f"Molmo2Config.frame_index_ids {self.frame_index_ids} lie outside the LM's {top} "
+                              "embeddings")
         if self.frame_row_ids and not self.frame_col_tokens:
             raise ConfigError("Molmo2Config.frame_row_ids are column tokens of frames: they need frame_col_tokens")
 
@@ -155,7 +162,13 @@ class Molmo2Config(Config):
     def vision_token_ids(self) -> tuple[int, ...]:
         """Every id that belongs to an image or a frame: these attend to each other both ways."""
         return (self.image_start_id, self.image_end_id, self.image_patch_id, self.image_col_id,
-                self.low_res_start_id, self.image_low_id, self.frame_start_id, self.frame_end_id, *self.frame_row_ids)
+                self.low_res_start_id, self.image_low_id, self.frame_start_id, self.frame_end_id, *self.frame_row_ids,
+                *self.frame_index_ids)
+
+    @property
+    def patch_ids(self) -> tuple[int, ...]:
+        """The ids an image or frame feature is added to."""
+        return (self.image_patch_id, *self.frame_index_ids)
 
 
 class ClipTower(nn.Module):
@@ -271,7 +284,7 @@ class Molmo2(nn.Module):
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= top):
             raise InvalidPrompt(f"token ids must lie in 0..{top - 1}")
         x = self.lm.embed(input_ids)
-        slots = input_ids == self.config.image_patch_id
+        slots = torch.isin(input_ids, torch.tensor(self.config.patch_ids, device=input_ids.device))
         n_slots, n_feats = int(slots.sum()), 0 if image_features is None else image_features.shape[0]
         if n_slots != n_feats:
             raise InvalidPrompt(f"the prompt has {n_slots} image patch tokens but the images give {n_feats} features: "
@@ -314,14 +327,15 @@ class Molmo2(nn.Module):
         return ([c.low_res_start_id] + ([c.image_patch_id] * low_w + col) * low_h + [c.image_end_id]
                 + [c.image_start_id] + ([c.image_patch_id] * high_w + col) * high_h + [c.image_end_id])
 
-    def frame_tokens(self, rows: int, cols: int) -> list[int]:
-        """The ids of one video frame (its timestamp text goes before it)."""
+    def frame_tokens(self, rows: int, cols: int, index: int = 0) -> list[int]:
+        """The ids of frame `index` of a video (its timestamp text goes before it)."""
         c = self.config
         start, end = (c.frame_start_id, c.frame_end_id) if c.frame_tokens else (c.image_start_id, c.image_end_id)
+        patch = c.frame_index_ids[min(index, len(c.frame_index_ids) - 1)] if c.frame_index_ids else c.image_patch_id
         if not c.frame_col_tokens:
-            return [start] + [c.image_patch_id] * cols * rows + [end]
+            return [start] + [patch] * cols * rows + [end]
         ids = c.frame_row_ids or (c.image_col_id,)
-        body = [t for r in range(rows) for t in [c.image_patch_id] * cols + [ids[min(r, len(ids) - 1)]]]
+        body = [t for r in range(rows) for t in [patch] * cols + [ids[min(r, len(ids) - 1)]]]
         return [start] + body + [end]
 
     # Molmo2's chat layout: the images or the video first, then the turns (ChatML, as Qwen3 and SmolLM2).
@@ -344,8 +358,8 @@ class Molmo2(nn.Module):
                                               pool=c.adapter.video_pool, mean=c.image_mean, std=c.image_std)
         tok = self._tok()
         ids: list[int] = []
-        for t in timestamps:
-            ids += tok.encode_plain(f"{t:.1f} ") + self.frame_tokens(int(grid[1]), int(grid[2]))
+        for k, t in enumerate(timestamps):
+            ids += tok.encode_plain(f"{t:.1f} ") + self.frame_tokens(int(grid[1]), int(grid[2]), k)
         return ids, patches, pooling
 
     def images_context(self, images: list[torch.Tensor]) -> tuple[list[int], torch.Tensor, torch.Tensor]:

@@ -119,6 +119,49 @@ def add_frame_rows(model: Molmo2, seed: int = 0) -> Molmo2:
     return model
 
 
+def add_frame_index(model: Molmo2, frames: int, scale: float, seed: int = 0, times=None) -> Molmo2:
+    """Give the patches of each of `frames` frames their own token (Molmo2Config.frame_index_ids): one new
+    input-only embedding per frame, the model's <im_patch> embedding plus a direction of norm `scale` of its
+    own: random (nearly orthogonal in the LM's width), or with `times` (a time per frame) the sum of the
+    embeddings of the time's text tokens less their mean over the frames, so a frame's patches carry the
+    same token vectors as the time a question names. `scale` should be a fair part of a feature's norm
+    (frame_index_scale) for the LM to see it beside the feature it is added to. A model that has them keeps
+    them."""
+    c = model.config
+    if c.frame_index_ids:
+        return model
+    if frames < 1:
+        raise ConfigError(f"a patch token per frame needs at least one frame, not {frames}")
+    old = model.lm.embed.weight.detach()
+    if times is not None:
+        if len(times) != frames:
+            raise ConfigError(f"{len(times)} times for {frames} frames")
+        tok = model._tok()
+        step = torch.stack([old[tok.encode_plain(f"{t:.1f}")].float().sum(0) for t in times])
+        step = step - step.mean(0)
+        if frames == 1 or bool((step.norm(dim=1) == 0).any()):
+            raise ConfigError(f"the times {list(times)} do not tell the frames apart")
+    else:
+        g = torch.Generator().manual_seed(seed + 2)
+        step = torch.randn(frames, old.shape[1], generator=g)
+    step = step / step.norm(dim=1, keepdim=True) * scale
+    embed = nn.Embedding(old.shape[0] + frames, old.shape[1], dtype=old.dtype)
+    with torch.no_grad():
+        embed.weight.copy_(torch.cat([old, (old[c.image_patch_id].float() + step).to(old.dtype)]))
+    embed.weight.requires_grad_(model.lm.embed.weight.requires_grad)
+    model.lm.embed = embed
+    c.frame_index_ids = tuple(range(old.shape[0], old.shape[0] + frames))
+    c.lm.extra_vocab += frames
+    return model
+
+
+def frame_index_scale(model: Molmo2, data: WorldVideoData, part: float = 0.25) -> float:
+    """`part` of the mean norm of the pooled features of the data's first clip (what the LM reads a frame by)."""
+    ex = data.example(0)[0]
+    with torch.no_grad():
+        return part * float(model.encode(ex.patches, ex.pooling).float().norm(dim=1).mean())
+
+
 def _molmo_llava(model, source):
     if not (isinstance(model, Llava) and model.config.projector == "molmo" and model.config.image_layout):
         raise ConfigError(f"{source}: a world Molmo2 starts from a Molmo2, or from an mmfm LLaVA with Molmo's "
@@ -168,7 +211,7 @@ def build_from_molmo(source=None, seed: int = 0, lm_dtype: str = "bfloat16", fra
 
 def build_from(source=None, seed: int = 0, lm_dtype: str = "bfloat16", frame_col_tokens: bool = True,
                train_lm: bool = False, bidirectional: bool | None = None, frame_rows: bool = False,
-               **_preset) -> Molmo2:
+               frame_index: bool = False, **_preset) -> Molmo2:
     """Where a world run starts from `source`: a Molmo2 (mmfm or transformers folder) goes on as it
     stands (a second stage of training; with `train_lm` its LoRA adapters are merged so that every LM
     weight learns; with `frame_rows` it gains a column token per row if it has none); an mmfm LLaVA with
@@ -183,6 +226,8 @@ def build_from(source=None, seed: int = 0, lm_dtype: str = "bfloat16", frame_col
                           f"tokens in frames; {'give' if c.frame_col_tokens else 'leave out'} --frame-layout")
     if c.frame_row_ids and not frame_rows:
         raise ConfigError(f"{source}: this Molmo2 has a column token per row of a frame; give --frame-rows")
+    if c.frame_index_ids and not frame_index:
+        raise ConfigError(f"{source}: this Molmo2 has a patch token per frame; give --frame-index")
     if bidirectional is not None and c.bidirectional_vision != bidirectional:
         how, switch = ("both ways", "leave out") if c.bidirectional_vision else ("causally", "give")
         raise ConfigError(f"{source}: this Molmo2's vision tokens attend {how}; {switch} --causal-vision to go on "
@@ -256,11 +301,15 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
                        progress: bool = True, evaluate: bool = True, eval_n: int = 50, packed: bool = True,
                        weighting: bool = True, bidirectional: bool = True, train_lm: bool = False,
                        frame_layout: bool = False, tasks: tuple[str, ...] | None = None, start=None,
-                       frame_rows: bool = False, stills: int = 0, sets: int = 0, eval_sets: int = 0,
+                       frame_rows: bool = False, frame_index: int = 0, frame_index_init: str = "random",
+                       stills: int = 0, sets: int = 0,
+                       eval_sets: int = 0,
                        set_layouts: tuple[str, ...] = SET_LAYOUTS, **overrides) -> dict:
     """`train_lm`: every LM weight learns (at LM_LR_SCALE of the lr) instead of LoRA adapters;
     `frame_layout`: a column token after each row of a frame's patches (Molmo2Config.frame_col_tokens);
     `frame_rows`: with it, a distinct column token for each row (Molmo2Config.frame_row_ids, add_frame_rows);
+    `frame_index`: that many frames get their own patch token (Molmo2Config.frame_index_ids, add_frame_index;
+    0: none), their directions `frame_index_init` "random" or "time" (the frames' timestamp tokens);
     `tasks`: train on these task kinds only (mmfm.world.video.video_tasks; the evaluation asks every kind;
     `()`: no clips, the stills alone);
     `stills`: that many world scenes per batch as one-frame videos with point questions (WorldVideoData.still);
@@ -279,7 +328,12 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
         model = add_frame_rows(model, tcfg.seed) if frame_rows else model
     else:
         model = build_from(start, seed=tcfg.seed, lm_dtype=lm_dtype(tcfg.precision), frame_col_tokens=frame_layout,
-                           train_lm=train_lm, bidirectional=bidirectional, frame_rows=frame_rows, **p["model"])
+                           train_lm=train_lm, bidirectional=bidirectional, frame_rows=frame_rows,
+                           frame_index=frame_index > 0, **p["model"])
+    if frame_index and not model.config.frame_index_ids:
+        probe = WorldVideoData(model, model.tokenizer, seed=tcfg.seed, **p["data"])
+        times = [probe.clip(0).time(k) for k in range(frame_index)] if frame_index_init == "time" else None
+        add_frame_index(model, frame_index, frame_index_scale(model, probe), tcfg.seed, times)
     trainable = prepare(model, None if train_lm else p["lora"], LM_LR_SCALE)
     model.config.bidirectional_vision = bidirectional  # the model is asked as it was trained
     data = WorldVideoData(model, model.tokenizer, seed=tcfg.seed, batch_size=tcfg.batch_size, packed=packed,
@@ -290,7 +344,8 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
     trainer.train(resume=resume)
     report = {"preset": preset_name, "trainable_parameters": trainable, "packed": packed, "weighting": weighting,
               "bidirectional": bidirectional, "train_lm": train_lm, "frame_layout": frame_layout,
-              "frame_rows": frame_rows, "stills": stills, "sets": sets, "set_layouts": list(set_layouts),
+              "frame_rows": frame_rows, "frame_index": len(model.config.frame_index_ids), "stills": stills,
+              "sets": sets, "set_layouts": list(set_layouts),
               "tasks": None if tasks is None else list(tasks), "start": None if start is None else str(start),
               "train_seconds": round(time.perf_counter() - t0, 1),
               "train_config": {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "seed")}}
@@ -304,5 +359,5 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
     return report
 
 
-__all__ = ["train_world_molmo2", "build_world_molmo2", "build_from", "build_from_molmo", "add_frame_rows", "prepare",
-           "PRESETS"]
+__all__ = ["train_world_molmo2", "build_world_molmo2", "build_from", "build_from_molmo", "add_frame_rows",
+           "add_frame_index", "frame_index_scale", "prepare", "PRESETS"]
