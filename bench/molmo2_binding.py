@@ -11,7 +11,8 @@ per frame and the object's first sighting is the wrong answer for every later ti
   curriculum can start where the binding is a choice between two frames; `--lr` the adapter's (the LM
   learns at a sixth of it, as in `mmfm train molmo2 --train-lm`); `--frame-index`: the patches of each frame
   on their own token (mmfm.train.molmo2.add_frame_index; ids for the world clips' 8 frames, so that the
-  model can go on to clips; `--frame-index time`: their directions from the frames' timestamp tokens).
+  model can go on to clips; `--frame-index time`: their directions from the frames' timestamp tokens);
+  `--later-only`: no question about the first frame, so a model that reads frame 0 alone cannot score.
 
     python bench/molmo2_binding.py --probe DIR --frames 2 --n 20
     python bench/molmo2_binding.py --train OUT --from DIR --frames 2 --sets 16 --steps 60 [--frame-index]
@@ -70,8 +71,14 @@ def probe(model_dir: str, frames: int, n: int) -> None:
 
 
 def train(out: str, start: str, frames: int, sets: int, steps: int, save_every: int, lr: float,
-          frame_index: str = "") -> None:
+          frame_index: str = "", later_only: bool = False) -> None:
+    from mmfm.data import molmo2_world
     from mmfm.train import molmo2 as tm
+
+    if later_only:  # this process only: no question about frame 0, so no answer there scores
+        every = molmo2_world.set_tasks
+        molmo2_world.set_tasks = lambda s, layout: [t for t in every(s, layout)
+                                                    if t["task"] == "point_in" and t["image"] > 0]
 
     name = f"binding-{frames}"
     p = copy.deepcopy(tm.PRESETS["world-video"])
@@ -95,13 +102,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--save-every", type=int, default=20)
     ap.add_argument("--lr", type=float, default=3e-4, help="the adapter's; the LM learns at a sixth of it")
+    ap.add_argument("--later-only", action="store_true", help="with --train: only the questions about a later "
+                    "frame than the first (no frame-0 question, no track)")
     ap.add_argument("--frame-index", nargs="?", const="random", default="", choices=["random", "time"],
                     help="with --train: a patch token per frame, its direction random or the frame's time's tokens")
     a = ap.parse_args()
     if a.train:
         if not a.start:
             ap.error("--train needs --from")
-        train(a.train, a.start, a.frames, a.sets, a.steps, a.save_every, a.lr, a.frame_index)
+        train(a.train, a.start, a.frames, a.sets, a.steps, a.save_every, a.lr, a.frame_index, a.later_only)
     if a.probe:
         probe(a.probe, a.frames, a.n)
 
