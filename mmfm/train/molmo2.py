@@ -109,13 +109,7 @@ def add_frame_rows(model: Molmo2, seed: int = 0) -> Molmo2:
     g = torch.Generator().manual_seed(seed + 1)
     step = torch.randn(rows, old.shape[1], generator=g)
     step = step / step.norm(dim=1, keepdim=True) * 0.5 * col.norm()
-    embed = nn.Embedding(old.shape[0] + rows, old.shape[1], dtype=old.dtype)
-    with torch.no_grad():
-        embed.weight.copy_(torch.cat([old, (col + step).to(old.dtype)]))
-    embed.weight.requires_grad_(model.lm.embed.weight.requires_grad)
-    model.lm.embed = embed
-    c.frame_row_ids = tuple(range(old.shape[0], old.shape[0] + rows))
-    c.lm.extra_vocab += rows
+    c.frame_row_ids = _append_input_rows(model, col + step)
     return model
 
 
@@ -145,14 +139,21 @@ def add_frame_index(model: Molmo2, frames: int, scale: float, seed: int = 0, tim
         g = torch.Generator().manual_seed(seed + 2)
         step = torch.randn(frames, old.shape[1], generator=g)
     step = step / step.norm(dim=1, keepdim=True) * scale
-    embed = nn.Embedding(old.shape[0] + frames, old.shape[1], dtype=old.dtype)
+    c.frame_index_ids = _append_input_rows(model, old[c.image_patch_id].float() + step)
+    return model
+
+
+def _append_input_rows(model: Molmo2, rows: torch.Tensor) -> tuple:
+    """Append `rows` (n, width) to the LM's input embedding as extra-vocabulary tokens the prompt may hold
+    but the head never writes (the output head is left as it is), trainable as the table was; their ids."""
+    old = model.lm.embed.weight.detach()
+    embed = nn.Embedding(old.shape[0] + len(rows), old.shape[1], dtype=old.dtype)
     with torch.no_grad():
-        embed.weight.copy_(torch.cat([old, (old[c.image_patch_id].float() + step).to(old.dtype)]))
+        embed.weight.copy_(torch.cat([old, rows.to(old.dtype)]))
     embed.weight.requires_grad_(model.lm.embed.weight.requires_grad)
     model.lm.embed = embed
-    c.frame_index_ids = tuple(range(old.shape[0], old.shape[0] + frames))
-    c.lm.extra_vocab += frames
-    return model
+    model.config.lm.extra_vocab += len(rows)
+    return tuple(range(old.shape[0], old.shape[0] + len(rows)))
 
 
 def frame_index_scale(model: Molmo2, data: WorldVideoData, part: float = 0.25) -> float:
