@@ -5,7 +5,10 @@ per frame and the object's first sighting is the wrong answer for every later ti
 - `--probe DIR [--frames F] [--n N]`: for the moved sets' questions about a later frame, how often the
   first point lands on the object at the frame asked for, on its place in frame 0, or elsewhere (a model
   that picks a frame at random lands on the asked one about 1/F of the time); the first frame's questions'
-  in-mask; the track score (mmfm.eval.video.set_track_score).
+  in-mask; the track score (mmfm.eval.video.set_track_score); whether the time written is the one asked;
+  for the answers that miss both places: on another object (of the asked frame, of frame 0), their median
+  distance to the object at the asked time / at frame 0 / halfway, and how often x lies in one sighting's
+  box and y in the other's (coordinates read part from each frame).
 - `--train OUT --from DIR [--frames F] [--sets S] [--steps N]`: trains on moved sets of F frames alone
   (the world-video preset with F frames; whole LM, the --from model's layout, causal vision, bf16), so a
   curriculum can start where the binding is a choice between two frames; `--lr` the adapter's (the LM
@@ -38,6 +41,7 @@ def probe(model_dir: str, frames: int, n: int) -> None:
     for split in ("test", "heldout"):
         data.split = split
         asked, first, first_frame, track, same = [], [], [], [], []
+        time_ok, others, others0, dist, mixed = [], [], [], [], []
         for i in range(n):
             ex, s, tasks = data.set_example(i, "moved")
             answers = ask_clip(m, data, ex.context, ex.patches, ex.pooling, [t["question"] for t in tasks], 160)
@@ -61,12 +65,30 @@ def probe(model_dir: str, frames: int, n: int) -> None:
                     same.append(float(places[k] == places[0]))
                 asked.append(float(on_asked))
                 first.append(float(on_first and not on_asked))
+                time_ok.append(float(bool(p) and p[0][0] == k))
+                if p and not on_asked and not on_first:  # a miss: on which object, of which frame, if any?
+                    x, y = int(p[0][1]), int(p[0][2])
+                    inside = 0 <= x < s.size and 0 <= y < s.size
+                    others.append(inside and bool(s.scenes[k].masks[:, y, x].any()))
+                    others0.append(inside and bool(s.scenes[0].masks[:, y, x].any()))
+                    obj = t["points"][0][1]  # how far from the object at the asked time, at frame 0, between?
+                    c1, c0 = s.scenes[k].centroids[obj], s.scenes[0].centroids[obj]
+                    dist.append([float(np.hypot(x - c[0], y - c[1])) for c in (c1, c0, (c1 + c0) / 2)])
+                    b1, b0 = s.scenes[k].boxes[obj], s.scenes[0].boxes[obj]  # x from one sighting, y from the other?
+                    mixed.append(bool((b1[0] <= x <= b1[2] and b0[1] <= y <= b0[3])
+                                      or (b0[0] <= x <= b0[2] and b1[1] <= y <= b1[3])))
         print(f"{split} ({frames} frames, {n} sets): later-frame questions {len(asked)}: on the asked frame's object "
               f"{np.mean(asked):.2f} +- {interval(asked):.2f}, on its frame-0 place {np.mean(first):.2f} "
               f"(random frame ~{1 / frames:.2f}); frame-0 questions in-mask {np.mean(first_frame):.2f} "
               f"(n {len(first_frame)}); tracks in-mask {np.mean(track):.2f} +- {interval(track):.2f} "
               f"(n {len(track)}); later-frame answers at the very place of the frame-0 answer "
-              f"{np.mean(same) if same else float('nan'):.2f} (n {len(same)})", flush=True)
+              f"{np.mean(same) if same else float('nan'):.2f} (n {len(same)}); written at the asked time "
+              f"{np.mean(time_ok):.2f}; of the other answers (n {len(others)}) on some object of the asked frame "
+              f"{np.mean(others) if others else float('nan'):.2f}, of frame 0 "
+              f"{np.mean(others0) if others0 else float('nan'):.2f}; their median distance (px of {s.size}) to "
+              f"the object at the asked time / at frame 0 / halfway "
+              f"{'/'.join(f'{v:.0f}' for v in np.median(dist, axis=0)) if dist else 'nan'}, x of one sighting's "
+              f"box and y of the other's {np.mean(mixed) if mixed else float('nan'):.2f}", flush=True)
     print(f"{time.time() - t0:.0f} s")
 
 
