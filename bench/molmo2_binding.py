@@ -30,6 +30,11 @@ import time
 import numpy as np
 
 
+def _mean(values: list) -> float:
+    """The mean, or nan where a probe had nothing of that kind to count."""
+    return float(np.mean(values)) if values else float("nan")
+
+
 def probe(model_dir: str, frames: int, n: int) -> None:
     from molmo2_sets import _model_and_data  # bench/ is the script's folder
 
@@ -82,13 +87,13 @@ def probe(model_dir: str, frames: int, n: int) -> None:
               f"(random frame ~{1 / frames:.2f}); frame-0 questions in-mask {np.mean(first_frame):.2f} "
               f"(n {len(first_frame)}); tracks in-mask {np.mean(track):.2f} +- {interval(track):.2f} "
               f"(n {len(track)}); later-frame answers at the very place of the frame-0 answer "
-              f"{np.mean(same) if same else float('nan'):.2f} (n {len(same)}); written at the asked time "
+              f"{_mean(same):.2f} (n {len(same)}); written at the asked time "
               f"{np.mean(time_ok):.2f}; of the other answers (n {len(others)}) on some object of the asked frame "
-              f"{np.mean(others) if others else float('nan'):.2f}, of frame 0 "
-              f"{np.mean(others0) if others0 else float('nan'):.2f}; their median distance (px of {s.size}) to "
+              f"{_mean(others):.2f}, of frame 0 "
+              f"{_mean(others0):.2f}; their median distance (px of {s.size}) to "
               f"the object at the asked time / at frame 0 / halfway "
               f"{'/'.join(f'{v:.0f}' for v in np.median(dist, axis=0)) if dist else 'nan'}, x of one sighting's "
-              f"box and y of the other's {np.mean(mixed) if mixed else float('nan'):.2f}", flush=True)
+              f"box and y of the other's {_mean(mixed):.2f}", flush=True)
     print(f"{time.time() - t0:.0f} s")
 
 
