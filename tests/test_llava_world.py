@@ -96,18 +96,38 @@ def test_kind_weights_set_the_mix_of_conversations():
     assert enc.asked and all(q.startswith("<image>\nPoint to the") for q in enc.asked)
 
 
+def test_crowded_counts_ask_count_questions_on_crowded_scenes():
+    from mmfm.data.llava_world import CROWDED, WorldInstructions, kind_probabilities
+    from mmfm.errors import ConfigError
+    from mmfm.train.llava import train_world_llava
+
+    only_count = kind_probabilities("qa=0,multi=0,caption=0,point=0,count=1")
+    counts = {}
+    for crowded in (0.0, 1.0):
+        enc = _TinyEncoder()
+        data = WorldInstructions(enc, 2, 4, (0.5,) * 3, (0.5,) * 3, World(seed=0), kind_p=only_count, crowded=crowded)
+        for step in range(6):
+            data.batch(step)
+        counts[crowded] = [parse_count(m[1]["content"]) for m in enc.msgs]
+    assert len(counts[1.0]) == 24 and min(counts[1.0]) >= CROWDED
+    assert min(counts[0.0]) < CROWDED  # the natural mix is mostly sparse
+    with pytest.raises(ConfigError):
+        train_world_llava(2, crowded=1.5)
+
+
 class _TinyEncoder:
     """Stands in for the tokenizer: records each conversation's first question."""
 
     image_token = "<image>"
 
     def __init__(self):
-        self.asked = []
+        self.asked, self.msgs = [], []
 
     def example(self, msgs, template, max_len):
         from types import SimpleNamespace
 
         self.asked.append(msgs[0]["content"])
+        self.msgs.append(msgs)
         return SimpleNamespace(input_ids=[1, 2, 3], labels=[-100, 2, 3])
 
 

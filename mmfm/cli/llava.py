@@ -112,6 +112,8 @@ def train_llava(
         help="Stage 2: weights of the conversation kinds (qa, multi, caption, point, count; defaults "
          "0.35, 0.2, 0.05, 0.2, 0.2), e.g. point=0.4,count=0.3.",
     ),
+    crowded: float = typer.Option(0.0, "--crowded-counts", help="Stage 2 on the world: share (0-1) of the count "
+                                  "conversations asked about a scene with 4 or more of the counted thing."),
     pool_size: int = options.bounded(None, "--pool-size", lo=1, hi=64, help="Molmo connector: p x p patches per "
                                      "image token (2: 16 tokens per world image; 1: 64), also on a --from model."),
     train_vision: bool = typer.Option(False, "--train-vision", help="On the world (ignored with --data): train the "
@@ -166,6 +168,7 @@ def train_llava(
         train_vision=train_vision,
         image_layout=image_layout,
         train_lm=train_lm,
+        crowded=crowded,
         precision=prec, compile=compile_step or None,
         steps=steps,
         batch_size=batch_size,

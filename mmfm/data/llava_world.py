@@ -32,6 +32,7 @@ from mmfm.world.vocab import plural
 QA_KINDS = ("count", "color", "shape", "existence", "relation")
 KINDS = ("qa", "multi", "caption", "point", "count")
 WEIGHTS = (0.35, 0.20, 0.05, 0.20, 0.20)
+CROWDED = 4  # a count of 4 or more: the crowded scenes where Molmo's point-then-count should pay
 
 
 def count_subject(c: str | None, s: str | None) -> str:
@@ -113,6 +114,11 @@ def conversation(sample, stage: int, rng: np.random.Generator, image_token: str 
     return [{"role": "user", "content": img + pointing_count_question(subject)}, {"role": "assistant", "content": ans}]
 
 
+def _crowded(sample) -> bool:
+    counts = [q for q in sample.ann.qa if q.kind == "count"]
+    return bool(counts) and count_fact(counts[0])[2] >= CROWDED
+
+
 def parse_weights(text: str | dict | None, known: tuple[str, ...], what: str) -> dict | None:
     """"shape=3,color=2" (or a dict) -> {"shape": 3.0, "color": 2.0} over the names in `known`; names not
     given keep their default weight. `what` names the weights in errors ("QA", "conversation kind")."""
@@ -175,6 +181,7 @@ class WorldInstructions:
     max_len: int = 256
     qa_weights: dict | None = None  # question-type weights of "qa" conversations (see conversation)
     kind_p: tuple[float, ...] = WEIGHTS  # probabilities of the conversation kinds (KINDS), one kind per step
+    crowded: float = 0.0  # share of "count" conversations asked about a crowded scene (a count >= CROWDED)
     skipped: int = 0  # conversations with no supervised token left, reported by the trainer
 
     def batch(self, step: int, micro: int = 0, rank: int = 0, world_size: int = 1, accum: int = 1) -> dict:
@@ -183,10 +190,15 @@ class WorldInstructions:
         rows, labels, images = [], [], []
         i = start
         kind = KINDS[np.random.default_rng([self.seed, 8, step]).choice(len(KINDS), p=self.kind_p)]  # one per step
+        # The world's scenes count 4 or 5 of a thing in ~1 question of 9; `crowded` asks that share of count
+        # rows on such scenes (the next ones in order), so pointing is learnt where it has to pay.
+        want = np.random.default_rng([self.seed, 9, step]).random(per) < (self.crowded if kind == "count" else 0)
         while len(rows) < per:
             sample = self.world.sample("train", i)
             rng = np.random.default_rng([self.seed, 7, i])
             i += 1
+            if want[len(rows)] and not _crowded(sample):
+                continue
             msgs = conversation(sample, self.stage, rng, self.encoder.image_token, kind, self.qa_weights)
             try:
                 ex = self.encoder.example(msgs, "plain" if self.stage == 1 else "chat", self.max_len)
@@ -211,6 +223,7 @@ __all__ = [
     "pointing_count_question",
     "point_question",
     "QA_KINDS",
+    "CROWDED",
     "parse_qa_weights",
     "parse_weights",
     "kind_probabilities",

@@ -157,7 +157,7 @@ def add_image_layout(model: Llava) -> None:
 def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/llava", init=None, vision=None,
                       resume: bool = False, progress: bool = True, evaluate: bool = True, eval_n: int = 100,
                       qa_weights=None, kind_weights=None, pool_size: int | None = None, train_vision: bool = False,
-                      image_layout: bool = False, train_lm: bool = False, **overrides) -> dict:
+                      image_layout: bool = False, train_lm: bool = False, crowded: float = 0.0, **overrides) -> dict:
     """Stage 1 builds the model (vision tower from `vision`, default the shipped world CLIP) and writes
     out/stage1; stage 2 starts from `init` (default out/stage1/model), with its tower replaced by
     `vision`'s when given, and writes out/stage2. `qa_weights` ("shape=3,color=2" or a dict) weighs
@@ -166,13 +166,16 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     pooling (1: 64 tokens per image, 2: 16), also on a `--from` model; `train_vision` trains the vision
     tower with the rest, as Molmo does (LLaVA keeps it frozen); `image_layout` adds Molmo's start / column /
     end tokens around the image tokens (also on a `--from` model); `train_lm` trains the whole LM in stage 2
-    instead of LoRA adapters (as Molmo; the model folder then holds the LM). Each stage writes model/,
+    instead of LoRA adapters (as Molmo; the model folder then holds the LM); `crowded` (0-1) is the share of
+    stage 2's count conversations asked about a scene with 4 or more of the counted thing. Each stage writes model/,
     metrics.jsonl, curves.png and report.json."""
     if stage not in (1, 2):
         raise ConfigError(f"--stage must be 1 or 2, got {stage}")
     p = preset(preset_name)
     qa_weights = parse_qa_weights(qa_weights)
     kind_p = kind_probabilities(kind_weights)
+    if not 0.0 <= crowded <= 1.0:
+        raise ConfigError(f"--crowded-counts is a share between 0 and 1, got {crowded}")
     tcfg = TrainConfig(**p[f"stage{stage}"]).update(**overrides)
     tcfg.progress = progress
     out = Path(out) / f"stage{stage}"
@@ -196,11 +199,13 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     trainable = prepare_stage(model, stage, p.get("lora"), train_vision, train_lm)
     enc = model.conversation()
     data = WorldInstructions(enc, stage, tcfg.batch_size, model.config.image_mean, model.config.image_std,
-                             World(seed=tcfg.seed), seed=tcfg.seed, qa_weights=qa_weights, kind_p=kind_p)
+                             World(seed=tcfg.seed), seed=tcfg.seed, qa_weights=qa_weights, kind_p=kind_p,
+                             crowded=crowded)
     trainer = Trainer(FrozenLMTrainModule(model), tcfg, lambda s, m, r, w: data.batch(s, m, r, w, tcfg.accum), out)
     trainer.train(resume=resume)
     report = {"preset": preset_name, "stage": stage, "trainable_parameters": trainable, "qa_weights": qa_weights,
-              "kind_weights": dict(zip(KINDS, kind_p)), "tokens_per_image": model.tokens_per_image,
+              "kind_weights": dict(zip(KINDS, kind_p)), "crowded_counts": crowded,
+              "tokens_per_image": model.tokens_per_image,
               "train_vision": train_vision, "train_lm": train_lm, "image_layout": model.config.image_layout,
               "vision": str(vision) if vision else None,
               "train_seconds": round(time.perf_counter() - t0, 1), "skipped_conversations": data.skipped,
