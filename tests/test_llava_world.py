@@ -116,17 +116,20 @@ def test_crowded_counts_ask_count_questions_on_crowded_scenes():
 
 
 class _TinyEncoder:
-    """Stands in for the tokenizer: records each conversation's first question."""
+    """Stands in for the tokenizer: records each conversation (and so its first question)."""
 
     image_token = "<image>"
 
     def __init__(self):
-        self.asked, self.msgs = [], []
+        self.msgs = []
+
+    @property
+    def asked(self) -> list[str]:
+        return [m[0]["content"] for m in self.msgs]
 
     def example(self, msgs, template, max_len):
         from types import SimpleNamespace
 
-        self.asked.append(msgs[0]["content"])
         self.msgs.append(msgs)
         return SimpleNamespace(input_ids=[1, 2, 3], labels=[-100, 2, 3])
 

@@ -57,6 +57,11 @@ def point_question(query: str) -> str:
     return f"Point to the {query}."
 
 
+def scene_count_question(qas):
+    """The count question a "count" conversation asks of a scene (its first), or None when it has none."""
+    return next((q for q in qas if q.kind == "count"), None)
+
+
 def count_fact(qa) -> tuple:
     """(color, shape, true count) of a count question (None for a missing color or shape)."""
     (_, c, s, _, n), = [f for f in qa.facts if f[0] == "count"][:1]
@@ -102,8 +107,7 @@ def conversation(sample, stage: int, rng: np.random.Generator, image_token: str 
             {"role": "user", "content": img + point_question(pq.query)},
             {"role": "assistant", "content": pq.answer},
         ]
-    count_qa = [q for q in qas if q.kind == "count"][0]
-    c, s, n = count_fact(count_qa)
+    c, s, n = count_fact(scene_count_question(qas))
     subject = count_subject(c, s)
     if rng.random() < 0.5:
         return [
@@ -115,8 +119,8 @@ def conversation(sample, stage: int, rng: np.random.Generator, image_token: str 
 
 
 def _crowded(sample) -> bool:
-    counts = [q for q in sample.ann.qa if q.kind == "count"]
-    return bool(counts) and count_fact(counts[0])[2] >= CROWDED
+    q = scene_count_question(sample.ann.qa)
+    return q is not None and count_fact(q)[2] >= CROWDED
 
 
 def parse_weights(text: str | dict | None, known: tuple[str, ...], what: str) -> dict | None:
@@ -214,6 +218,7 @@ class WorldInstructions:
 __all__ = [
     "conversation",
     "count_fact",
+    "scene_count_question",
     "WorldInstructions",
     "collate",
     "world_pixels",
