@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from mmfm.data.llava_world import conversation
+from mmfm.data.llava_world import QA_KINDS, conversation
 from mmfm.eval.vqa import parse_count, point_scores
 from mmfm.text.pointing import parse_points
 from mmfm.weights import path as weights_path
@@ -307,10 +307,11 @@ def test_train_ask_point_eval_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "stage1" / "model" / "model.safetensors").is_file()
     r = _mmfm("train", "llava", "--stage", "2", "--steps", "2", "--batch-size", "2", "--out", out, "--no-eval",
-              "--vision", weights_path("clip-world-tiny"), "--qa-weights", "shape=3")
+              "--vision", weights_path("clip-world-tiny"), "--qa-weights", "shape=3", "--max-objects", "8")
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((out / "stage2" / "report.json").read_text())
     assert report["qa_weights"] == {"shape": 3.0} and report["vision"].endswith("clip-world-tiny")
+    assert report["max_objects"] == 8
     model = out / "stage2" / "model"
     cfg = json.loads((model / "config.json").read_text())
     assert cfg["base_lm"] == "smollm2" and cfg["lora"]["r"] == 16
@@ -324,11 +325,14 @@ def test_train_ask_point_eval_end_to_end(tmp_path):
     r = _mmfm("point", img, "the circles", "--model", model, "-o", tmp_path / "p.png", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "p.png").is_file()
-    r = _mmfm("eval", "llava", "--model", model, "--n", "2", "--seed", "3", "--out", tmp_path / "ev", "--crowded", "4")
+    r = _mmfm("eval", "llava", "--model", model, "--n", "2", "--seed", "3", "--out", tmp_path / "ev", "--crowded", "4",
+              "--count-objects", "2", "--count-n", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert ev["test"]["crowded"]["n"] == 2 and set(ev["heldout"]["crowded"]["direct"]["by_true_count"]) == {"4+"}
     assert "crowded (4+" in r.stdout
+    assert len(ev["heldout"]["by_objects"]["by_count"]) == 3 and (tmp_path / "ev" / "counting.png").is_file()
+    assert "scenes of up to 2 objects" in r.stdout
     assert set(ev["test"]["vqa"]) == {"count", "color", "shape", "existence", "relation", "overall"}
     assert set(ev["test"]["vqa_ci95"]) == set(ev["test"]["vqa"]) - {"overall"}
     assert all(0 <= h <= 1 for h in ev["test"]["vqa_ci95"].values())
@@ -369,6 +373,28 @@ def test_evaluation_without_grounding_and_on_crowded_scenes():
     crowd = evaluate_counting(model, n=3, min_count=4, progress=False)
     assert crowd["n"] == 3 and set(crowd["direct"]["by_true_count"]) == {"4+"}
     assert 0 <= crowd["pointing"]["points_f1"] <= 1
+
+
+def test_counting_by_number_of_objects_goes_past_the_training_scenes():
+    import mmfm
+    from mmfm.errors import ConfigError
+    from mmfm.eval.llava_world import counting_by_objects, counting_figure, format_report
+
+    model = mmfm.load(weights_path("llava-world-tiny"))
+    b = counting_by_objects(model, n=1, max_objects=6, progress=False)
+    assert list(b["by_count"]) == [str(k) for k in range(7)] and all(v["n"] == 1 for v in b["by_count"].values())
+    assert {k: v["n"] for k, v in b["ranges"].items()} == {"0-3": 4, "4-5": 2, "6-6": 1}
+    for v in b["by_count"].values():
+        assert all(0 <= v[m] <= 1 for m in ("direct", "pointing", "points_f1", "direct_within_1"))
+    assert counting_figure(b).size == (640, 400)
+    text = format_report({"test": {"vqa": {k: 0.5 for k in (*QA_KINDS, "overall")}, "counting": _NO_COUNT,
+                                   "pointing": {"precision": 0, "recall": 0, "f1": 0}, "by_objects": b}})
+    assert "up to 6 objects" in text and "counts 6-6 (n=1)" in text
+    with pytest.raises(ConfigError):
+        counting_by_objects(model, n=1, max_objects=13, progress=False)
+
+
+_NO_COUNT = {m: {"exact": 0.0, "within_1": 0.0, "by_true_count": {}} for m in ("direct", "pointing")}
 
 
 def test_cli_bad_input_is_one_clear_line(tmp_path):

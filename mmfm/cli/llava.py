@@ -114,6 +114,8 @@ def train_llava(
     ),
     crowded: float = typer.Option(0.0, "--crowded-counts", help="Stage 2 on the world: share (0-1) of the count "
                                   "conversations asked about a scene with 4 or more of the counted thing."),
+    max_objects: int = options.bounded(5, "--max-objects", lo=1, hi=12, help="On the world: the most objects a "
+                                       "training scene holds (the world's default 5)."),
     pool_size: int = options.bounded(None, "--pool-size", lo=1, hi=64, help="Molmo connector: p x p patches per "
                                      "image token (2: 16 tokens per world image; 1: 64), also on a --from model."),
     train_vision: bool = typer.Option(False, "--train-vision", help="On the world (ignored with --data): train the "
@@ -169,6 +171,7 @@ def train_llava(
         image_layout=image_layout,
         train_lm=train_lm,
         crowded=crowded,
+        max_objects=max_objects,
         precision=prec, compile=compile_step or None,
         steps=steps,
         batch_size=batch_size,
@@ -193,6 +196,10 @@ def eval_llava(
     max_bad: float = options.MAX_BAD,
     crowded: int = options.bounded(0, "--crowded", lo=0, hi=20, help="Also count on --n scenes with at least this "
                                    "many of the subject (4: where pointing first should pay); 0: off."),
+    count_objects: int = options.bounded(0, "--count-objects", lo=0, hi=12, help="Also count on scenes of up to "
+                                         "this many objects (the world's have at most 5), direct vs by pointing, "
+                                         "--count-n questions for each true count; writes counting.png. 0: off."),
+    count_n: int = options.bounded(20, "--count-n", lo=1, hi=10**4, help="With --count-objects: questions a count."),
 ) -> None:
     """VQA by question type, counting direct vs by pointing, and pointing F1 on new world scenes; with
     --data, exact match and answer loss on your LLaVA JSON."""
@@ -216,6 +223,7 @@ def eval_llava(
         typer.echo(f"wrote {path}")
         return
     m = _load_llava(model)
-    report = evaluate_llava_world(m, n=n, seed=seed, out=out or model, crowded=crowded)
+    report = evaluate_llava_world(m, n=n, seed=seed, out=out or model, crowded=crowded, count_objects=count_objects,
+                                  count_n=count_n)
     typer.echo(format_report(report))
     typer.echo(f"wrote {(out or model) / 'eval.json'}")

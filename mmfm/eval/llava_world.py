@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mmfm.data.llava_world import (
+    CROWDED,
     QA_KINDS,
     count_fact,
     count_subject,
@@ -21,7 +22,7 @@ from mmfm.data.llava_world import (
     point_question,
     pointing_count_question,
 )
-from mmfm.errors import InvalidText
+from mmfm.errors import ConfigError, InvalidText
 from mmfm.eval.vqa import parse_count, point_scores, vqa_accuracy
 from mmfm.text.pointing import parse_points
 from mmfm.vision.draw import grid
@@ -61,15 +62,18 @@ def _items(world: World, split: str, n: int, offset: int = 100_000):
 
 
 def evaluate_llava_world(model, n: int = 100, seed: int = 0, out=None, splits=("test", "heldout"),
-                         batch: int = 16, progress: bool = True, grounding: bool = True, crowded: int = 0) -> dict:
+                         batch: int = 16, progress: bool = True, grounding: bool = True, crowded: int = 0,
+                         count_objects: int = 0, count_n: int = 20) -> dict:
     """grounding=False: the VQA accuracies only, without counting and pointing (their answers run to 160
     tokens: most of the time). crowded=k: also count on n scenes with at least k of the subject
-    (evaluate_counting), where few of the n random ones have many."""
+    (evaluate_counting), where few of the n random ones have many. count_objects=m: also count on scenes
+    of up to m objects, count_n questions for each true count 0..m (counting_by_objects; its figure is
+    out/counting.png, of the first split)."""
     from tqdm.auto import tqdm
 
     world = World(seed=seed)
     report: dict = {"n_per_type": n}
-    examples = []
+    examples, figures = [], []
     for split in splits:
         by_kind, points, counts = _items(world, split, n)
         if not grounding:
@@ -94,12 +98,18 @@ def evaluate_llava_world(model, n: int = 100, seed: int = 0, out=None, splits=("
         bar.close()
         if crowded:
             report[split]["crowded"] = evaluate_counting(model, n, seed, split, crowded, batch, progress=progress)
+        if count_objects:
+            report[split]["by_objects"] = counting_by_objects(model, count_n, seed, split, count_objects, batch,
+                                                              progress=progress)
+            figures.append(counting_figure(report[split]["by_objects"]))
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval.json").write_text(json.dumps(report, indent=2))
         if examples:
             _sheet(examples[:8]).save(out / "points.png")
+        if figures:
+            figures[0].save(out / "counting.png")
     return report
 
 
@@ -118,8 +128,13 @@ def _pointing(model, points, batch: int, bar=None) -> tuple[dict, list[str]]:
     return pointing, answers
 
 
-def _counting(model, counts, batch: int, bar=None) -> dict:
+def _counting(model, counts, batch: int, bar=None, point_tokens: int = 160) -> dict:
     """The same scenes and subjects asked directly ("How many ...?") and asked to point first."""
+    return _count_summary(*_count_answers(model, counts, batch, bar, point_tokens))
+
+
+def _count_answers(model, counts, batch: int, bar, point_tokens: int) -> tuple[list, list, list, list]:
+    """(direct answers, pointing answers, true counts, the pointing answers' F1) of (rendered, question) pairs."""
     subjects, truths, gts = [], [], []
     for r, q in counts:
         c, s, k = count_fact(q)
@@ -128,10 +143,14 @@ def _counting(model, counts, batch: int, bar=None) -> dict:
         gts.append((r, c, s))
     images = [r.image for r, _ in counts]
     direct = _answers(model, images, [direct_count_question(s) for s in subjects], batch, 8, bar)
-    pointed = _answers(model, images, [pointing_count_question(s) for s in subjects], batch, 160, bar)
+    pointed = _answers(model, images, [pointing_count_question(s) for s in subjects], batch, point_tokens, bar)
+    f1 = [_point_f1(a, r, c, s)["f1"] for a, (r, c, s) in zip(pointed, gts)]
+    return direct, pointed, truths, f1
+
+
+def _count_summary(direct: list, pointed: list, truths: list, f1: list) -> dict:
     counting = {"direct": _count_scores(direct, truths), "pointing": _count_scores(pointed, truths)}
-    cp = [_point_f1(a, r, c, s) for a, (r, c, s) in zip(pointed, gts)]
-    counting["pointing"]["points_f1"] = float(np.mean([x["f1"] for x in cp]))
+    counting["pointing"]["points_f1"] = float(np.mean(f1))
     return counting
 
 
@@ -151,6 +170,73 @@ def evaluate_counting(model, n: int = 100, seed: int = 0, split: str = "test", m
     with tqdm(total=2 * len(counts), desc=f"counting ({split}, >= {min_count})", disable=not progress,
               dynamic_ncols=True) as bar:
         return {"n": len(counts), "min_count": min_count, **_counting(model, counts, batch, bar)}
+
+
+def counting_by_objects(model, n: int = 20, seed: int = 0, split: str = "test", max_objects: int = 10,
+                        batch: int = 16, offset: int = 100_000, progress: bool = True) -> dict:
+    """Counting on scenes of up to `max_objects` objects (1-12; the world's training scenes have at most 5):
+    n count questions for each true count 0..max_objects, direct vs by pointing first, with the pointing
+    answers' F1. This is the breakdown by number of objects the Molmo paper draws, where pointing should
+    pay as the count grows, and it shows whether either answer carries past the counts seen in training.
+    Counts the scenes cannot reach within the search get n=0 rows."""
+    from tqdm.auto import tqdm
+
+    if not 1 <= max_objects <= 12:
+        raise ConfigError(f"counting by objects needs 1 <= max_objects <= 12, got {max_objects}")
+    world = World(seed=seed, max_objects=max_objects)
+    items: dict[int, list] = {k: [] for k in range(max_objects + 1)}
+    i = offset
+    while min(len(v) for v in items.values()) < n and i < offset + 400 * n * max_objects:
+        s = world.sample(split, i)
+        i += 1
+        for q in s.ann.qa:
+            k = count_fact(q)[2] if q.kind == "count" else -1
+            if k in items and len(items[k]) < n:
+                items[k].append((s.rendered, q))
+    # a pointing answer spends ~13 tokens a point (x_i="..." y_i="..."), so the budget grows with the count
+    tokens = 48 + 16 * max_objects
+    flat = [it for its in items.values() for it in its]  # asked together: full batches across counts
+    with tqdm(total=2 * len(flat), desc=f"counting by objects ({split})", disable=not progress,
+              dynamic_ncols=True) as bar:
+        answers = _count_answers(model, flat, batch, bar, tokens)
+    rows, start = {}, 0
+    for k, its in items.items():
+        if not its:
+            rows[str(k)] = {"n": 0}
+            continue
+        c = _count_summary(*(a[start : start + len(its)] for a in answers))
+        start += len(its)
+        rows[str(k)] = {"n": len(its), "direct": c["direct"]["exact"], "pointing": c["pointing"]["exact"],
+                        "direct_within_1": c["direct"]["within_1"], "pointing_within_1": c["pointing"]["within_1"],
+                        "points_f1": c["pointing"]["points_f1"]}
+    return {"max_objects": max_objects, "n_per_count": n, "split": split, "by_count": rows,
+            "ranges": {f"{lo}-{hi}": _pool(rows, lo, hi) for lo, hi in _ranges(max_objects)}}
+
+
+def _ranges(m: int) -> list[tuple[int, int]]:
+    """0-3 (most of the world's training counts), 4-5 (its crowded ones), 6+ (never seen in training)."""
+    return [(lo, min(hi, m)) for lo, hi in ((0, CROWDED - 1), (CROWDED, 5), (6, m)) if lo <= m]
+
+
+def _pool(rows: dict, lo: int, hi: int) -> dict:
+    """Exact accuracies of rows lo..hi pooled over their questions."""
+    ks = [str(k) for k in range(lo, hi + 1) if rows.get(str(k), {}).get("n")]
+    n = sum(rows[k]["n"] for k in ks)
+    return {"n": n, **{m: (sum(rows[k][m] * rows[k]["n"] for k in ks) / n if n else float("nan"))
+                       for m in ("direct", "pointing", "points_f1")}}
+
+
+def counting_figure(by_objects: dict):
+    """Exact counting accuracy against the true count, direct vs by pointing (a PIL image)."""
+    from mmfm.vision.plot import line_plot
+
+    rows = {int(k): v for k, v in by_objects["by_count"].items() if v["n"]}
+    series = {mode: [(k, v[key]) for k, v in sorted(rows.items())]
+              for mode, key in (("direct answer", "direct"), ("point, then count", "pointing"))}
+    series["points F1"] = [(k, v["points_f1"]) for k, v in sorted(rows.items()) if k > 0]
+    return line_plot(series, title=f"Counting on scenes of up to {by_objects['max_objects']} objects "
+                     f"({by_objects['split']}, n={by_objects['n_per_count']} a count)",
+                     xlabel="true count", ylabel="exact / F1", markers=True)
 
 
 def _score_points(answer: str, r, masks) -> dict:
@@ -223,7 +309,14 @@ def format_report(report: dict) -> str:
             c = r["crowded"]
             lines.append(f"  crowded ({c['min_count']}+ of the subject, n={c['n']}): exact direct "
                          f"{c['direct']['exact']:.3f}, by pointing {c['pointing']['exact']:.3f}")
+        if "by_objects" in r:
+            b = r["by_objects"]
+            lines.append(f"  counting on scenes of up to {b['max_objects']} objects (exact direct / by pointing):")
+            lines.append("    " + " ".join(f"{k}:{v['direct']:.2f}/{v['pointing']:.2f}"
+                                          for k, v in b["by_count"].items() if v["n"]))
+            lines.append("    " + ", ".join(f"counts {k} (n={v['n']}) {v['direct']:.3f} / {v['pointing']:.3f}"
+                                           for k, v in b["ranges"].items() if v["n"]))
     return "\n".join(lines)
 
 
-__all__ = ["evaluate_llava_world", "evaluate_counting", "format_report"]
+__all__ = ["evaluate_llava_world", "evaluate_counting", "counting_by_objects", "counting_figure", "format_report"]

@@ -157,7 +157,8 @@ def add_image_layout(model: Llava) -> None:
 def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/llava", init=None, vision=None,
                       resume: bool = False, progress: bool = True, evaluate: bool = True, eval_n: int = 100,
                       qa_weights=None, kind_weights=None, pool_size: int | None = None, train_vision: bool = False,
-                      image_layout: bool = False, train_lm: bool = False, crowded: float = 0.0, **overrides) -> dict:
+                      image_layout: bool = False, train_lm: bool = False, crowded: float = 0.0, max_objects: int = 5,
+                      **overrides) -> dict:
     """Stage 1 builds the model (vision tower from `vision`, default the shipped world CLIP) and writes
     out/stage1; stage 2 starts from `init` (default out/stage1/model), with its tower replaced by
     `vision`'s when given, and writes out/stage2. `qa_weights` ("shape=3,color=2" or a dict) weighs
@@ -167,8 +168,9 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     tower with the rest, as Molmo does (LLaVA keeps it frozen); `image_layout` adds Molmo's start / column /
     end tokens around the image tokens (also on a `--from` model); `train_lm` trains the whole LM in stage 2
     instead of LoRA adapters (as Molmo; the model folder then holds the LM); `crowded` (0-1) is the share of
-    stage 2's count conversations asked about a scene with 4 or more of the counted thing. Each stage writes model/,
-    metrics.jsonl, curves.png and report.json."""
+    stage 2's count conversations asked about a scene with 4 or more of the counted thing; `max_objects` (1-12,
+    the world's default 5) the most objects a training scene holds. Each stage writes model/, metrics.jsonl,
+    curves.png and report.json."""
     if stage not in (1, 2):
         raise ConfigError(f"--stage must be 1 or 2, got {stage}")
     p = preset(preset_name)
@@ -198,13 +200,16 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
         add_image_layout(model)
     trainable = prepare_stage(model, stage, p.get("lora"), train_vision, train_lm)
     enc = model.conversation()
+    # 256 tokens hold every conversation of a 5-object scene; each further object can add a point (~13 tokens)
+    # to a count and a pointing answer, and an answer cut short would teach a count without its total
     data = WorldInstructions(enc, stage, tcfg.batch_size, model.config.image_mean, model.config.image_std,
-                             World(seed=tcfg.seed), seed=tcfg.seed, qa_weights=qa_weights, kind_p=kind_p,
+                             World(seed=tcfg.seed, max_objects=max_objects), seed=tcfg.seed, qa_weights=qa_weights,
+                             kind_p=kind_p, max_len=256 + 24 * max(0, max_objects - 5),
                              crowded=crowded)
     trainer = Trainer(FrozenLMTrainModule(model), tcfg, lambda s, m, r, w: data.batch(s, m, r, w, tcfg.accum), out)
     trainer.train(resume=resume)
     report = {"preset": preset_name, "stage": stage, "trainable_parameters": trainable, "qa_weights": qa_weights,
-              "kind_weights": dict(zip(KINDS, kind_p)), "crowded_counts": crowded,
+              "kind_weights": dict(zip(KINDS, kind_p)), "crowded_counts": crowded, "max_objects": max_objects,
               "tokens_per_image": model.tokens_per_image,
               "train_vision": train_vision, "train_lm": train_lm, "image_layout": model.config.image_layout,
               "vision": str(vision) if vision else None,
