@@ -214,7 +214,7 @@ def counting_by_objects(model, n: int = 20, seed: int = 0, split: str = "test", 
 
 
 def _ranges(m: int) -> list[tuple[int, int]]:
-    """0-3 (most of the world's training counts), 4-5 (its crowded ones), 6+ (never seen in training)."""
+    """0-3 (most counts of the world's default scenes), 4-5 (their crowded ones), 6+ (past them)."""
     return [(lo, min(hi, m)) for lo, hi in ((0, CROWDED - 1), (CROWDED, 5), (6, m)) if lo <= m]
 
 
