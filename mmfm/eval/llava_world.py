@@ -161,15 +161,24 @@ def evaluate_counting(model, n: int = 100, seed: int = 0, split: str = "test", m
     evaluate_llava_world's "counting"."""
     from tqdm.auto import tqdm
 
-    world, counts, i = World(seed=seed), [], offset
-    while len(counts) < n and i < offset + 200 * n:
-        s = world.sample(split, i)
-        i += 1
-        counts += [(s.rendered, q) for q in s.ann.qa if q.kind == "count" and count_fact(q)[2] >= min_count]
-    counts = counts[:n]
+    counts = []
+    for r, q, k in _count_questions(World(seed=seed), split, offset, offset + 200 * n):
+        if len(counts) >= n:
+            break
+        if k >= min_count:
+            counts.append((r, q))
     with tqdm(total=2 * len(counts), desc=f"counting ({split}, >= {min_count})", disable=not progress,
               dynamic_ncols=True) as bar:
         return {"n": len(counts), "min_count": min_count, **_counting(model, counts, batch, bar)}
+
+
+def _count_questions(world: World, split: str, start: int, stop: int):
+    """(rendered scene, count question, true count) of scenes start..stop-1 of a split, in order."""
+    for i in range(start, stop):
+        s = world.sample(split, i)
+        for q in s.ann.qa:
+            if q.kind == "count":
+                yield s.rendered, q, count_fact(q)[2]
 
 
 def counting_by_objects(model, n: int = 20, seed: int = 0, split: str = "test", max_objects: int = 10,
@@ -185,14 +194,11 @@ def counting_by_objects(model, n: int = 20, seed: int = 0, split: str = "test", 
         raise ConfigError(f"counting by objects needs 1 <= max_objects <= 12, got {max_objects}")
     world = World(seed=seed, max_objects=max_objects)
     items: dict[int, list] = {k: [] for k in range(max_objects + 1)}
-    i = offset
-    while min(len(v) for v in items.values()) < n and i < offset + 400 * n * max_objects:
-        s = world.sample(split, i)
-        i += 1
-        for q in s.ann.qa:
-            k = count_fact(q)[2] if q.kind == "count" else -1
-            if k in items and len(items[k]) < n:
-                items[k].append((s.rendered, q))
+    for r, q, k in _count_questions(world, split, offset, offset + 400 * n * max_objects):
+        if min(len(v) for v in items.values()) >= n:
+            break
+        if k in items and len(items[k]) < n:
+            items[k].append((r, q))
     # a pointing answer spends ~13 tokens a point (x_i="..." y_i="..."), so the budget grows with the count
     tokens = 48 + 16 * max_objects
     flat = [it for its in items.values() for it in its]  # asked together: full batches across counts
