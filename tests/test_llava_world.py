@@ -162,6 +162,46 @@ def test_pool_size_turns_16_tokens_into_64_and_is_saved(tmp_path):
         set_pool_size(mlp, 1)
 
 
+def test_crops_read_a_larger_image_whole_and_tile_by_tile(tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    import mmfm
+    from mmfm.errors import ConfigError, InvalidImage
+    from mmfm.models.llava import Llava, LlavaConfig
+    from mmfm.nn.decoder import DecoderConfig
+    from mmfm.train.llava import set_crops
+
+    vision = mmfm.load(weights_path("clip-world-tiny")).config.vision
+    lm = DecoderConfig(vocab_size=300, dim=32, layers=1, heads=4, hidden=64)
+    torch.manual_seed(0)
+    model = Llava(LlavaConfig(vision=vision, lm=lm, image_token_id=299, projector="molmo", vision_layers=(-2,))).eval()
+    pixels = torch.randn(2, 3, 128, 128)
+    low = model.encode_images(F.interpolate(pixels, size=(64, 64), mode="bilinear", antialias=True))
+    tiles = [[model.encode_images(pixels[:, :, 64 * i : 64 * i + 64, 64 * j : 64 * j + 64]) for j in range(2)]
+             for i in range(2)]
+    set_crops(model, 2)
+    assert model.input_size == 128 and model.preprocess.size == 128 and model.tokens_per_image == 16 + 64
+    out = model.encode_images(pixels)
+    assert out.shape == (2, 80, 32)
+    assert torch.allclose(out[:, :16], low, atol=1e-5)  # the low-resolution view first
+    high = out[:, 16:].view(2, 8, 8, 32)  # then one 8 x 8 grid of pooled tokens, tile (i, j) at its place in it
+    for i in range(2):
+        for j in range(2):
+            got = high[:, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4].reshape(2, 16, 32)
+            assert torch.allclose(got, tiles[i][j], atol=1e-5), (i, j)
+    with pytest.raises(InvalidImage, match="128"):
+        model.encode_images(torch.randn(1, 3, 64, 64))
+    model.save_pretrained(tmp_path / "m")
+    again = mmfm.load(tmp_path / "m").eval()
+    assert again.config.crops == 2 and torch.allclose(again.encode_images(pixels), out, atol=1e-6)
+    with pytest.raises(ConfigError, match="1-4"):
+        set_crops(model, 5)
+    mlp = Llava(LlavaConfig(vision=vision, lm=lm, image_token_id=299, projector="mlp2x_gelu"))
+    with pytest.raises(ConfigError, match="molmo"):
+        set_crops(mlp, 2)
+
+
 def test_image_layout_and_whole_lm_training_are_saved(tmp_path):
     import torch
 
@@ -338,13 +378,15 @@ def test_train_ask_point_eval_end_to_end(tmp_path):
     assert all(0 <= h <= 1 for h in ev["test"]["vqa_ci95"].values())
     assert "+-" in r.stdout  # the printed report gives each accuracy its interval
     assert (tmp_path / "ev" / "points.png").is_file()
-    # Molmo's recipe on top: its image layout tokens, the whole LM trained and saved with the model
+    # Molmo's recipe on top: its image layout tokens, its multi-crop (the world drawn at 128 px: a 64 px view of
+    # the whole, then 2 x 2 tiles), the whole LM trained and saved with the model
     r = _mmfm("train", "llava", "--stage", "2", "--steps", "1", "--batch-size", "1", "--out", tmp_path / "molmo",
-              "--no-eval", "--from", model, "--image-layout", "--train-lm")
+              "--no-eval", "--from", model, "--image-layout", "--train-lm", "--crops", "2")
     assert r.returncode == 0, r.stderr[-2000:]
     molmo = tmp_path / "molmo" / "stage2" / "model"
     report = json.loads((tmp_path / "molmo" / "stage2" / "report.json").read_text())
-    assert report["image_layout"] and report["train_lm"] and report["tokens_per_image"] == 16 + 4 + 2
+    assert report["image_layout"] and report["train_lm"] and report["crops"] == 2
+    assert report["tokens_per_image"] == (16 + 4 + 2) + (64 + 8 + 2)  # each view framed: start, a column a row, end
     cfg = json.loads((molmo / "config.json").read_text())
     assert cfg["base_lm"] == "" and cfg["lora"] is None and (molmo / "model.safetensors").stat().st_size > 400e6
     r = _mmfm("ask", img, "How many circles are there?", "--model", molmo, "--max-tokens", "4", "--json")
@@ -355,7 +397,7 @@ def test_train_ask_point_eval_end_to_end(tmp_path):
     summary = json.loads(r.stdout.splitlines()[-1])
     assert summary["adapters"] == 30 * 4 and 0 <= summary["adapter_rel_error_max"] <= 1
     cfg = json.loads((tmp_path / "adapters" / "config.json").read_text())
-    assert cfg["base_lm"] == "smollm2" and cfg["lora"]["r"] == 4 and cfg["image_layout"]
+    assert cfg["base_lm"] == "smollm2" and cfg["lora"]["r"] == 4 and cfg["image_layout"] and cfg["crops"] == 2
     assert (tmp_path / "adapters" / "model.safetensors").stat().st_size < 30e6
     r = _mmfm("point", img, "the circles", "--model", tmp_path / "adapters", "-o", tmp_path / "p2.png", "--json")
     assert r.returncode == 0, r.stderr[-2000:]

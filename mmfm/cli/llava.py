@@ -118,6 +118,9 @@ def train_llava(
                                        "training scene holds (the world's default 5)."),
     pool_size: int = options.bounded(None, "--pool-size", lo=1, hi=64, help="Molmo connector: p x p patches per "
                                      "image token (2: 16 tokens per world image; 1: 64), also on a --from model."),
+    crops: int = options.bounded(None, "--crops", lo=1, hi=4, help="Molmo connector, on the world: Molmo's "
+                                 "multi-crop, the world drawn at N x 64 px and read whole and as N x N tiles (2: "
+                                 "16 + 64 tokens at 2x2 pooling), also on a --from model."),
     train_vision: bool = typer.Option(False, "--train-vision", help="On the world (ignored with --data): train the "
                                       "vision tower too, as Molmo does (LLaVA keeps it frozen)."),
     image_layout: bool = typer.Option(False, "--image-layout", help="On the world: Molmo's start / column / end "
@@ -167,6 +170,7 @@ def train_llava(
         qa_weights=qa_weights,
         kind_weights=kind_weights,
         pool_size=pool_size,
+        crops=crops,
         train_vision=train_vision,
         image_layout=image_layout,
         train_lm=train_lm,

@@ -31,6 +31,11 @@ from mmfm.world.annotate import interior_points
 from mmfm.world.facts import select
 
 
+def _world(model, seed: int, **kw) -> World:
+    """The world drawn at the size the model reads (a multi-crop Molmo reads it at 2x or more)."""
+    return World(seed=seed, size=getattr(model, "input_size", 64), **kw)
+
+
 def _answers(model, images, questions, batch: int, max_new_tokens: int, progress=None) -> list[str]:
     ph = model.config.image_token
     out = []
@@ -71,7 +76,7 @@ def evaluate_llava_world(model, n: int = 100, seed: int = 0, out=None, splits=("
     out/counting.png, of the first split)."""
     from tqdm.auto import tqdm
 
-    world = World(seed=seed)
+    world = _world(model, seed)
     report: dict = {"n_per_type": n}
     examples, figures = [], []
     for split in splits:
@@ -162,7 +167,7 @@ def evaluate_counting(model, n: int = 100, seed: int = 0, split: str = "test", m
     from tqdm.auto import tqdm
 
     counts = []
-    for r, q, k in _count_questions(World(seed=seed), split, offset, offset + 200 * n):
+    for r, q, k in _count_questions(_world(model, seed), split, offset, offset + 200 * n):
         if len(counts) >= n:
             break
         if k >= min_count:
@@ -192,7 +197,7 @@ def counting_by_objects(model, n: int = 20, seed: int = 0, split: str = "test", 
 
     if not 1 <= max_objects <= 12:
         raise ConfigError(f"counting by objects needs 1 <= max_objects <= 12, got {max_objects}")
-    world = World(seed=seed, max_objects=max_objects)
+    world = _world(model, seed, max_objects=max_objects)
     items: dict[int, list] = {k: [] for k in range(max_objects + 1)}
     for r, q, k in _count_questions(world, split, offset, offset + 400 * n * max_objects):
         if min(len(v) for v in items.values()) >= n:

@@ -9,7 +9,10 @@ embedding space, stand in for the image placeholder tokens of the prompt.
 
 Projectors: "linear", "mlp2x_gelu" (any mlpNx_gelu), "molmo" (two layers concatenated, 2x2 attention
 pooling with the mean as query, SwiGLU; with image_layout, Molmo's start / column / end tokens frame the
-image tokens, so the placeholder run of an image includes them). The placeholder id may lie outside
+image tokens, so the placeholder run of an image includes them; with crops > 1, Molmo's multi-crop: an
+image of crops x the tower's size is read whole at the tower's size (the low-resolution view) and as a
+crops x crops grid of tiles, whose patch features are stitched into one grid before pooling, so the image
+gives its low-resolution tokens, then its high-resolution ones). The placeholder id may lie outside
 the LM's vocabulary (we never embed it), so a pretrained LM is used as it is, without resizing its
 embeddings.
 """
@@ -42,7 +45,7 @@ from mmfm.vision.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPPrepro
 
 @dataclass
 class LlavaConfig(Config):
-    POSITIVE: ClassVar[tuple[str, ...]] = ("pool_heads", "pool_hidden", "pool_size", "vision_norm_eps")
+    POSITIVE: ClassVar[tuple[str, ...]] = ("pool_heads", "pool_hidden", "pool_size", "crops", "vision_norm_eps")
 
     vision: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
     lm: DecoderConfig = field(default_factory=DecoderConfig)
@@ -55,6 +58,7 @@ class LlavaConfig(Config):
     pool_hidden: int | None = None  # molmo connector's SwiGLU width (None: 4 x ViT width)
     pool_size: int = 2  # molmo connector: p x p patches per image token (1: every patch is a token)
     image_layout: bool = False  # molmo connector: Molmo's start / column / end tokens around the image tokens
+    crops: int = 1  # molmo connector: > 1 reads images of crops x the tower's size as a low-res view + crops^2 tiles
     vision_norm_eps: float = 1e-5
     image_token: str = "<image>"
     image_token_id: int = 49152  # SmolLM2 has 49152 tokens: one past its vocabulary
@@ -73,6 +77,8 @@ class LlavaConfig(Config):
             raise ConfigError("the molmo connector pools a 2-D patch grid: use vision_features='patch'")
         if self.image_layout and kind != "molmo":
             raise ConfigError("image_layout (Molmo's start / column / end tokens) needs projector='molmo'")
+        if self.crops > 1 and kind != "molmo":
+            raise ConfigError("crops (Molmo's multi-crop) needs projector='molmo'")
 
 
 class Llava(nn.Module):
@@ -106,10 +112,16 @@ class Llava(nn.Module):
         return self.vision.grid
 
     @property
+    def input_size(self) -> int:
+        """The side in pixels an image is given at: the tower's, times the crops per side."""
+        return self.config.vision.image_size * self.config.crops
+
+    @property
     def tokens_per_image(self) -> int:
         g = self.grid
         if isinstance(self.projector, MolmoConnector):
-            return self.projector.tokens(g, g)
+            c = self.config.crops
+            return self.projector.tokens(g, g) + (self.projector.tokens(c * g, c * g) if c > 1 else 0)
         return g * g + (1 if self.config.vision_features == "cls_patch" else 0)
 
     def _layer_indices(self) -> list[int]:
@@ -121,6 +133,13 @@ class Llava(nn.Module):
         deepest selected layer run (LLaVA's default -2 skips the last one)."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise InvalidImage(f"images must be a (N, 3, H, W) tensor, got shape {tuple(pixels.shape)}")
+        c = self.config.crops
+        if c > 1:
+            return self._encode_crops(pixels, c)
+        return self._pool(self._features(pixels))
+
+    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) at the tower's size -> (N, g * g, C) patch features of the selected layers."""
         want = self._layer_indices()
         x = self.vision.ln_pre(self.vision.embed(pixels))
         states = {0: x}
@@ -130,11 +149,29 @@ class Llava(nn.Module):
         feats = [states[i] for i in want]
         if self.config.vision_features == "patch":
             feats = [f[:, self.vision.num_prefix_tokens :] for f in feats]
-        feats = torch.cat(feats, -1).to(next(self.projector.parameters()).dtype)  # the tower may run in fp32
+        return torch.cat(feats, -1).to(next(self.projector.parameters()).dtype)  # the tower may run in fp32
+
+    def _pool(self, feats: torch.Tensor) -> torch.Tensor:
         if isinstance(self.projector, MolmoConnector):
             g = int(round((feats.shape[1]) ** 0.5))
             return self.projector(feats, (g, g))
         return self.projector(feats)
+
+    def _encode_crops(self, pixels: torch.Tensor, c: int) -> torch.Tensor:
+        """Molmo's multi-crop on (N, 3, c * S, c * S): the whole image resized to S, then c x c tiles of S
+        (no overlap: the world's images are drawn at exactly c * S) whose (g, g) patch grids are stitched
+        into one (c * g, c * g) grid, so pooling and the layout tokens see one high-resolution image."""
+        s = self.config.vision.image_size
+        n = pixels.shape[0]
+        if pixels.shape[-2:] != (c * s, c * s):
+            raise InvalidImage(f"with {c} x {c} crops images must be {c * s} x {c * s}, got {tuple(pixels.shape[-2:])}")
+        low = torch.nn.functional.interpolate(pixels, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        tiles = pixels.unfold(2, s, s).unfold(3, s, s)  # (N, 3, c, c, S, S)
+        tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(n * c * c, 3, s, s)
+        feats = self._features(torch.cat([low, tiles]))
+        g = self.grid
+        high = feats[n:].view(n, c, c, g, g, -1).permute(0, 1, 3, 2, 4, 5).reshape(n, c * g * c * g, -1)
+        return torch.cat([self.projector(feats[:n], (g, g)), self.projector(high, (c * g, c * g))], 1)
 
     def embed(self, input_ids: torch.Tensor, pixels: torch.Tensor | None = None,
               image_features: torch.Tensor | None = None) -> torch.Tensor:
@@ -206,7 +243,7 @@ class Llava(nn.Module):
     @property
     def preprocess(self):
         c = self.config
-        return CLIPPreprocess(c.vision.image_size, c.image_mean, c.image_std)
+        return CLIPPreprocess(self.input_size, c.image_mean, c.image_std)
 
     def conversation(self):
         if self.tokenizer is None:

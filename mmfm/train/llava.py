@@ -134,6 +134,19 @@ def set_pool_size(model: Llava, pool: int) -> None:
     model.projector.pool = model.config.pool_size = pool
 
 
+def set_crops(model: Llava, crops: int) -> None:
+    """Let a Molmo connector read images as Molmo's multi-crop does: the whole image at the tower's size,
+    then a crops x crops grid of tiles of an image drawn crops times larger (crops = 1: the image alone).
+    No weight changes: the tower reads each tile at its own size, and the connector pools the stitched grid
+    of the tiles' patches as it pools one image's, so a model trained on one view starts from tokens it
+    knows, twice as fine (crops = 2), after the low-resolution view's."""
+    if not isinstance(model.projector, MolmoConnector):
+        raise ConfigError("--crops applies to the molmo connector only (preset world-tiny)")
+    if not 1 <= crops <= 4:
+        raise ConfigError(f"--crops must be 1-4 (crops x crops tiles), got {crops}")
+    model.config.crops = crops
+
+
 def add_image_layout(model: Llava) -> None:
     """Give a Molmo connector Molmo's image layout: a start token, a column token after each row of image
     tokens, an end token (new learned embeddings; a model trained without them learns to read them in the
@@ -158,7 +171,7 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
                       resume: bool = False, progress: bool = True, evaluate: bool = True, eval_n: int = 100,
                       qa_weights=None, kind_weights=None, pool_size: int | None = None, train_vision: bool = False,
                       image_layout: bool = False, train_lm: bool = False, crowded: float = 0.0, max_objects: int = 5,
-                      **overrides) -> dict:
+                      crops: int | None = None, **overrides) -> dict:
     """Stage 1 builds the model (vision tower from `vision`, default the shipped world CLIP) and writes
     out/stage1; stage 2 starts from `init` (default out/stage1/model), with its tower replaced by
     `vision`'s when given, and writes out/stage2. `qa_weights` ("shape=3,color=2" or a dict) weighs
@@ -169,8 +182,9 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     end tokens around the image tokens (also on a `--from` model); `train_lm` trains the whole LM in stage 2
     instead of LoRA adapters (as Molmo; the model folder then holds the LM); `crowded` (0-1) is the share of
     stage 2's count conversations asked about a scene with 4 or more of the counted thing; `max_objects` (1-12,
-    the world's default 5) the most objects a training scene holds. Each stage writes model/, metrics.jsonl,
-    curves.png and report.json."""
+    the world's default 5) the most objects a training scene holds; `crops` (molmo connector, also on a `--from`
+    model) Molmo's multi-crop: the world drawn at crops x the tower's size, read whole and as crops x crops
+    tiles. Each stage writes model/, metrics.jsonl, curves.png and report.json."""
     if stage not in (1, 2):
         raise ConfigError(f"--stage must be 1 or 2, got {stage}")
     p = preset(preset_name)
@@ -196,21 +210,24 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
             swap_tower(model, vision)
     if pool_size is not None:
         set_pool_size(model, pool_size)
+    if crops is not None:
+        set_crops(model, crops)
     if image_layout:
         add_image_layout(model)
     trainable = prepare_stage(model, stage, p.get("lora"), train_vision, train_lm)
     enc = model.conversation()
-    # 256 tokens hold every conversation of a 5-object scene; each further object can add a point (~13 tokens)
-    # to a count and a pointing answer, and an answer cut short would teach a count without its total
+    # 256 tokens hold every conversation of a 5-object scene at up to 74 image positions (64 tokens framed);
+    # each further object can add a point (~13 tokens) to a count and a pointing answer, each further image
+    # position (crops) a token, and an answer cut short would teach a count without its total
+    budget = 256 + 24 * max(0, max_objects - 5) + max(0, model.tokens_per_image - 74)
     data = WorldInstructions(enc, stage, tcfg.batch_size, model.config.image_mean, model.config.image_std,
-                             World(seed=tcfg.seed, max_objects=max_objects), seed=tcfg.seed, qa_weights=qa_weights,
-                             kind_p=kind_p, max_len=256 + 24 * max(0, max_objects - 5),
-                             crowded=crowded)
+                             World(seed=tcfg.seed, size=model.input_size, max_objects=max_objects), seed=tcfg.seed,
+                             qa_weights=qa_weights, kind_p=kind_p, max_len=budget, crowded=crowded)
     trainer = Trainer(FrozenLMTrainModule(model), tcfg, lambda s, m, r, w: data.batch(s, m, r, w, tcfg.accum), out)
     trainer.train(resume=resume)
     report = {"preset": preset_name, "stage": stage, "trainable_parameters": trainable, "qa_weights": qa_weights,
               "kind_weights": dict(zip(KINDS, kind_p)), "crowded_counts": crowded, "max_objects": max_objects,
-              "tokens_per_image": model.tokens_per_image,
+              "tokens_per_image": model.tokens_per_image, "crops": model.config.crops,
               "train_vision": train_vision, "train_lm": train_lm, "image_layout": model.config.image_layout,
               "vision": str(vision) if vision else None,
               "train_seconds": round(time.perf_counter() - t0, 1), "skipped_conversations": data.skipped,
@@ -223,5 +240,5 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     return report
 
 
-__all__ = ["train_world_llava", "build_world_llava", "swap_tower", "set_pool_size", "add_image_layout",
+__all__ = ["train_world_llava", "build_world_llava", "swap_tower", "set_pool_size", "set_crops", "add_image_layout",
            "prepare_stage", "PRESETS", "LORA_TARGETS"]
