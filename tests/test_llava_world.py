@@ -134,19 +134,28 @@ class _TinyEncoder:
         return SimpleNamespace(input_ids=[1, 2, 3], labels=[-100, 2, 3])
 
 
+def _tiny_llava(projector="molmo"):
+    """A LLaVA with the world CLIP's tower and a one-block LM of 32 wide, seeded: its config's pieces too."""
+    import torch
+
+    import mmfm
+    from mmfm.models.llava import Llava, LlavaConfig
+    from mmfm.nn.decoder import DecoderConfig
+
+    vision = mmfm.load(weights_path("clip-world-tiny")).config.vision
+    lm = DecoderConfig(vocab_size=300, dim=32, layers=1, heads=4, hidden=64)
+    torch.manual_seed(0)
+    return Llava(LlavaConfig(vision=vision, lm=lm, image_token_id=299, projector=projector, vision_layers=(-2,))).eval()
+
+
 def test_pool_size_turns_16_tokens_into_64_and_is_saved(tmp_path):
     import torch
 
     import mmfm
     from mmfm.errors import ConfigError
-    from mmfm.models.llava import Llava, LlavaConfig
-    from mmfm.nn.decoder import DecoderConfig
     from mmfm.train.llava import set_pool_size
 
-    vision = mmfm.load(weights_path("clip-world-tiny")).config.vision
-    lm = DecoderConfig(vocab_size=300, dim=32, layers=1, heads=4, hidden=64)
-    torch.manual_seed(0)
-    model = Llava(LlavaConfig(vision=vision, lm=lm, image_token_id=299, projector="molmo", vision_layers=(-2,))).eval()
+    model = _tiny_llava()
     pixels = torch.randn(2, 3, 64, 64)
     pooled = model.encode_images(pixels)
     set_pool_size(model, 1)
@@ -157,9 +166,8 @@ def test_pool_size_turns_16_tokens_into_64_and_is_saved(tmp_path):
     assert again.config.pool_size == 1 and torch.allclose(again.encode_images(pixels), every, atol=1e-6)
     with pytest.raises(ConfigError, match="divide"):
         set_pool_size(model, 3)
-    mlp = Llava(LlavaConfig(vision=vision, lm=lm, image_token_id=299, projector="mlp2x_gelu"))
     with pytest.raises(ConfigError, match="molmo"):
-        set_pool_size(mlp, 1)
+        set_pool_size(_tiny_llava("mlp2x_gelu"), 1)
 
 
 def test_crops_read_a_larger_image_whole_and_tile_by_tile(tmp_path):
@@ -168,14 +176,9 @@ def test_crops_read_a_larger_image_whole_and_tile_by_tile(tmp_path):
 
     import mmfm
     from mmfm.errors import ConfigError, InvalidImage
-    from mmfm.models.llava import Llava, LlavaConfig
-    from mmfm.nn.decoder import DecoderConfig
     from mmfm.train.llava import set_crops
 
-    vision = mmfm.load(weights_path("clip-world-tiny")).config.vision
-    lm = DecoderConfig(vocab_size=300, dim=32, layers=1, heads=4, hidden=64)
-    torch.manual_seed(0)
-    model = Llava(LlavaConfig(vision=vision, lm=lm, image_token_id=299, projector="molmo", vision_layers=(-2,))).eval()
+    model = _tiny_llava()
     pixels = torch.randn(2, 3, 128, 128)
     low = model.encode_images(F.interpolate(pixels, size=(64, 64), mode="bilinear", antialias=True))
     tiles = [[model.encode_images(pixels[:, :, 64 * i : 64 * i + 64, 64 * j : 64 * j + 64]) for j in range(2)]
@@ -197,9 +200,8 @@ def test_crops_read_a_larger_image_whole_and_tile_by_tile(tmp_path):
     assert again.config.crops == 2 and torch.allclose(again.encode_images(pixels), out, atol=1e-6)
     with pytest.raises(ConfigError, match="1-4"):
         set_crops(model, 5)
-    mlp = Llava(LlavaConfig(vision=vision, lm=lm, image_token_id=299, projector="mlp2x_gelu"))
     with pytest.raises(ConfigError, match="molmo"):
-        set_crops(mlp, 2)
+        set_crops(_tiny_llava("mlp2x_gelu"), 2)
 
 
 def test_image_layout_and_whole_lm_training_are_saved(tmp_path):
