@@ -137,9 +137,9 @@ def set_pool_size(model: Llava, pool: int) -> None:
 def set_crops(model: Llava, crops: int) -> None:
     """Let a Molmo connector read images as Molmo's multi-crop does: the whole image at the tower's size,
     then a crops x crops grid of tiles of an image drawn crops times larger (crops = 1: the image alone).
-    No weight changes: the tower reads each tile at its own size, and the connector pools the stitched grid
-    of the tiles' patches as it pools one image's, so a model trained on one view starts from tokens it
-    knows, twice as fine (crops = 2), after the low-resolution view's."""
+    No weight changes: the tower reads each tile at its own size and the connector pools the stitched grid
+    of the tiles' patches as it pools one image's, so a model trained on one view starts from tokens of the
+    same kind (though the tower now sees each object crops times larger than it was trained on)."""
     if not isinstance(model.projector, MolmoConnector):
         raise ConfigError("--crops applies to the molmo connector only (preset world-tiny)")
     if not 1 <= crops <= 4:
