@@ -115,6 +115,30 @@ def test_crowded_counts_ask_count_questions_on_crowded_scenes():
         train_world_llava(2, crowded=1.5)
 
 
+def test_crowded_points_ask_for_four_or_more_things():
+    from mmfm.data.llava_world import CROWDED, WorldInstructions, kind_probabilities
+    from mmfm.errors import ConfigError
+    from mmfm.train.llava import train_world_llava
+
+    only_point = kind_probabilities("qa=0,multi=0,caption=0,point=1,count=0")
+    points = {}
+    for share in (0.0, 0.5, 1.0):
+        enc = _TinyEncoder()
+        data = WorldInstructions(enc, 2, 4, (0.5,) * 3, (0.5,) * 3, World(seed=0), kind_p=only_point,
+                                 crowded_points=share)
+        for step in range(8):
+            data.batch(step)
+        assert all(m[0]["content"].startswith("<image>\nPoint to the ") for m in enc.msgs)
+        points[share] = [len(parse_points(m[1]["content"])) for m in enc.msgs]
+        answers = [m[1]["content"] for m in enc.msgs]
+    assert len(points[1.0]) == 32 and min(points[1.0]) >= CROWDED
+    assert len(set(answers)) == 32  # the rare crowded scenes are not repeated from step to step
+    many = {k: sum(n >= CROWDED for n in v) for k, v in points.items()}
+    assert many[0.0] < 6 < many[0.5] < 32  # the natural mix asks for 4+ things in ~1 query of 30
+    with pytest.raises(ConfigError):
+        train_world_llava(2, crowded_points=-0.1)
+
+
 class _TinyEncoder:
     """Stands in for the tokenizer: records each conversation (and so its first question)."""
 

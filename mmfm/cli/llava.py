@@ -114,6 +114,8 @@ def train_llava(
     ),
     crowded: float = typer.Option(0.0, "--crowded-counts", help="Stage 2 on the world: share (0-1) of the count "
                                   "conversations asked about a scene with 4 or more of the counted thing."),
+    crowded_points: float = typer.Option(0.0, "--crowded-points", help="Stage 2 on the world: share (0-1) of the "
+                                         "pointing conversations asking for 4 or more things."),
     max_objects: int = options.bounded(5, "--max-objects", lo=1, hi=12, help="On the world: the most objects a "
                                        "training scene holds (the world's default 5)."),
     pool_size: int = options.bounded(None, "--pool-size", lo=1, hi=64, help="Molmo connector: p x p patches per "
@@ -175,6 +177,7 @@ def train_llava(
         image_layout=image_layout,
         train_lm=train_lm,
         crowded=crowded,
+        crowded_points=crowded_points,
         max_objects=max_objects,
         precision=prec, compile=compile_step or None,
         steps=steps,

@@ -33,6 +33,7 @@ QA_KINDS = ("count", "color", "shape", "existence", "relation")
 KINDS = ("qa", "multi", "caption", "point", "count")
 WEIGHTS = (0.35, 0.20, 0.05, 0.20, 0.20)
 CROWDED = 4  # a count of 4 or more: the crowded scenes where Molmo's point-then-count should pay
+FAR = 1 << 40  # train-split scenes from here on are searched for crowded pointing queries (never the plain stream)
 
 
 def count_subject(c: str | None, s: str | None) -> str:
@@ -69,11 +70,12 @@ def count_fact(qa) -> tuple:
 
 
 def conversation(sample, stage: int, rng: np.random.Generator, image_token: str = "<image>",
-                 kind: str | None = None, qa_weights: dict | None = None) -> list[dict]:
+                 kind: str | None = None, qa_weights: dict | None = None, crowded: bool = False) -> list[dict]:
     """Messages for one world sample (every user turn is a question, the first carries the image).
     `kind` (stage 2): one of KINDS, else drawn with WEIGHTS. `qa_weights` ({question type: weight},
     missing types 1): how a "qa" conversation picks its question type among those the scene has
-    (default uniform)."""
+    (default uniform). `crowded`: a "point" conversation asks for a thing the scene holds CROWDED or more
+    of (the scene must have one: see crowded_points)."""
     ann, r = sample.ann, sample.rendered
     img = image_token + "\n"
     if stage == 1:
@@ -102,7 +104,8 @@ def conversation(sample, stage: int, rng: np.random.Generator, image_token: str 
                      {"role": "assistant", "content": qas[i].answer}]
         return msgs
     if kind == "point" and ann.points:
-        pq = ann.points[rng.integers(len(ann.points))]
+        queries = [p for p in ann.points if len(p.points) >= CROWDED] if crowded else ann.points
+        pq = queries[rng.integers(len(queries))]
         return [
             {"role": "user", "content": img + point_question(pq.query)},
             {"role": "assistant", "content": pq.answer},
@@ -121,6 +124,11 @@ def conversation(sample, stage: int, rng: np.random.Generator, image_token: str 
 def _crowded(sample) -> bool:
     q = scene_count_question(sample.ann.qa)
     return q is not None and count_fact(q)[2] >= CROWDED
+
+
+def crowded_points(sample) -> bool:
+    """Whether one of the scene's pointing queries has CROWDED or more targets (~6% of 5-object scenes)."""
+    return any(len(p.points) >= CROWDED for p in sample.ann.points)
 
 
 def parse_weights(text: str | dict | None, known: tuple[str, ...], what: str) -> dict | None:
@@ -186,6 +194,7 @@ class WorldInstructions:
     qa_weights: dict | None = None  # question-type weights of "qa" conversations (see conversation)
     kind_p: tuple[float, ...] = WEIGHTS  # probabilities of the conversation kinds (KINDS), one kind per step
     crowded: float = 0.0  # share of "count" conversations asked about a crowded scene (a count >= CROWDED)
+    crowded_points: float = 0.0  # share of "point" conversations asking for CROWDED or more things
     skipped: int = 0  # conversations with no supervised token left, reported by the trainer
 
     def batch(self, step: int, micro: int = 0, rank: int = 0, world_size: int = 1, accum: int = 1) -> dict:
@@ -194,16 +203,29 @@ class WorldInstructions:
         rows, labels, images = [], [], []
         i = start
         kind = KINDS[np.random.default_rng([self.seed, 8, step]).choice(len(KINDS), p=self.kind_p)]  # one per step
-        # The world's scenes count 4 or 5 of a thing in ~1 question of 9; `crowded` asks that share of count
-        # rows on such scenes (the next ones in order), so pointing is learnt where it has to pay.
-        want = np.random.default_rng([self.seed, 9, step]).random(per) < (self.crowded if kind == "count" else 0)
+        # The world's scenes count 4 or 5 of a thing in ~1 question of 9, and ~1 pointing query in 30 has 4 or
+        # more targets; `crowded` / `crowded_points` ask that share of count / point rows on such scenes, so
+        # pointing is learnt where it has to pay. Crowded count rows take the next such scenes in order (as
+        # recorded runs did; neighbouring steps share some); crowded point rows, rarer, search a window of
+        # their own far along the train split (a batch's own per x 64 scenes), so no two steps repeat them.
+        share = self.crowded if kind == "count" else self.crowded_points if kind == "point" else 0
+        want = np.random.default_rng([self.seed, 9, step]).random(per) < share
+        far = FAR + start * 64
         while len(rows) < per:
-            sample = self.world.sample("train", i)
-            rng = np.random.default_rng([self.seed, 7, i])
-            i += 1
-            if want[len(rows)] and not _crowded(sample):
-                continue
-            msgs = conversation(sample, self.stage, rng, self.encoder.image_token, kind, self.qa_weights)
+            crowded = bool(want[len(rows)])
+            if crowded and kind == "point":
+                j, far = far, far + 1
+                sample = self.world.sample("train", j)
+                if not crowded_points(sample):
+                    continue
+            else:
+                j, i = i, i + 1
+                sample = self.world.sample("train", j)
+                if crowded and not _crowded(sample):
+                    continue
+            rng = np.random.default_rng([self.seed, 7, j])
+            msgs = conversation(sample, self.stage, rng, self.encoder.image_token, kind, self.qa_weights,
+                                crowded=crowded and kind == "point")
             try:
                 ex = self.encoder.example(msgs, "plain" if self.stage == 1 else "chat", self.max_len)
             except InvalidPrompt:
@@ -229,6 +251,7 @@ __all__ = [
     "point_question",
     "QA_KINDS",
     "CROWDED",
+    "crowded_points",
     "parse_qa_weights",
     "parse_weights",
     "kind_probabilities",

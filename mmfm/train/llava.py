@@ -171,7 +171,7 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
                       resume: bool = False, progress: bool = True, evaluate: bool = True, eval_n: int = 100,
                       qa_weights=None, kind_weights=None, pool_size: int | None = None, train_vision: bool = False,
                       image_layout: bool = False, train_lm: bool = False, crowded: float = 0.0, max_objects: int = 5,
-                      crops: int | None = None, **overrides) -> dict:
+                      crops: int | None = None, crowded_points: float = 0.0, **overrides) -> dict:
     """Stage 1 builds the model (vision tower from `vision`, default the shipped world CLIP) and writes
     out/stage1; stage 2 starts from `init` (default out/stage1/model), with its tower replaced by
     `vision`'s when given, and writes out/stage2. `qa_weights` ("shape=3,color=2" or a dict) weighs
@@ -181,7 +181,8 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     tower with the rest, as Molmo does (LLaVA keeps it frozen); `image_layout` adds Molmo's start / column /
     end tokens around the image tokens (also on a `--from` model); `train_lm` trains the whole LM in stage 2
     instead of LoRA adapters (as Molmo; the model folder then holds the LM); `crowded` (0-1) is the share of
-    stage 2's count conversations asked about a scene with 4 or more of the counted thing; `max_objects` (1-12,
+    stage 2's count conversations asked about a scene with 4 or more of the counted thing, `crowded_points` (0-1)
+    the share of its pointing conversations asking for 4 or more things; `max_objects` (1-12,
     the world's default 5) the most objects a training scene holds; `crops` (molmo connector, also on a `--from`
     model) Molmo's multi-crop: the world drawn at crops x the tower's size, read whole and as crops x crops
     tiles. Each stage writes model/, metrics.jsonl, curves.png and report.json."""
@@ -190,8 +191,9 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     p = preset(preset_name)
     qa_weights = parse_qa_weights(qa_weights)
     kind_p = kind_probabilities(kind_weights)
-    if not 0.0 <= crowded <= 1.0:
-        raise ConfigError(f"--crowded-counts is a share between 0 and 1, got {crowded}")
+    for name, share in (("--crowded-counts", crowded), ("--crowded-points", crowded_points)):
+        if not 0.0 <= share <= 1.0:
+            raise ConfigError(f"{name} is a share between 0 and 1, got {share}")
     tcfg = TrainConfig(**p[f"stage{stage}"]).update(**overrides)
     tcfg.progress = progress
     out = Path(out) / f"stage{stage}"
@@ -222,11 +224,13 @@ def train_world_llava(stage: int, preset_name: str = "world-tiny", out="runs/lla
     budget = 256 + 24 * max(0, max_objects - 5) + max(0, model.tokens_per_image - 74)
     data = WorldInstructions(enc, stage, tcfg.batch_size, model.config.image_mean, model.config.image_std,
                              World(seed=tcfg.seed, size=model.input_size, max_objects=max_objects), seed=tcfg.seed,
-                             qa_weights=qa_weights, kind_p=kind_p, max_len=budget, crowded=crowded)
+                             qa_weights=qa_weights, kind_p=kind_p, max_len=budget, crowded=crowded,
+                             crowded_points=crowded_points)
     trainer = Trainer(FrozenLMTrainModule(model), tcfg, lambda s, m, r, w: data.batch(s, m, r, w, tcfg.accum), out)
     trainer.train(resume=resume)
     report = {"preset": preset_name, "stage": stage, "trainable_parameters": trainable, "qa_weights": qa_weights,
-              "kind_weights": dict(zip(KINDS, kind_p)), "crowded_counts": crowded, "max_objects": max_objects,
+              "kind_weights": dict(zip(KINDS, kind_p)), "crowded_counts": crowded,
+              "crowded_points": crowded_points, "max_objects": max_objects,
               "tokens_per_image": model.tokens_per_image, "crops": model.config.crops,
               "train_vision": train_vision, "train_lm": train_lm, "image_layout": model.config.image_layout,
               "vision": str(vision) if vision else None,
