@@ -137,6 +137,8 @@ def test_crowded_points_ask_for_four_or_more_things():
     assert many[0.0] < 6 < many[0.5] < 32  # the natural mix asks for 4+ things in ~1 query of 30
     with pytest.raises(ConfigError):
         train_world_llava(2, crowded_points=-0.1)
+    with pytest.raises(ConfigError, match="4\\+ objects"):  # no scene could ever hold one
+        WorldInstructions(_TinyEncoder(), 2, 4, (0.5,) * 3, (0.5,) * 3, World(seed=0, max_objects=3), crowded_points=1)
 
 
 class _TinyEncoder:

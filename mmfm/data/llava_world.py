@@ -127,7 +127,7 @@ def _crowded(sample) -> bool:
 
 
 def crowded_points(sample) -> bool:
-    """Whether one of the scene's pointing queries has CROWDED or more targets (~6% of 5-object scenes)."""
+    """Whether one of the scene's pointing queries has CROWDED or more targets."""
     return any(len(p.points) >= CROWDED for p in sample.ann.points)
 
 
@@ -196,6 +196,12 @@ class WorldInstructions:
     crowded: float = 0.0  # share of "count" conversations asked about a crowded scene (a count >= CROWDED)
     crowded_points: float = 0.0  # share of "point" conversations asking for CROWDED or more things
     skipped: int = 0  # conversations with no supervised token left, reported by the trainer
+
+    def __post_init__(self):
+        if (self.crowded or self.crowded_points) and self.world.max_objects < CROWDED:
+            # no scene could hold a crowded question: the search for one would never end
+            raise ConfigError(f"crowded counts or points need scenes of {CROWDED}+ objects; the world's scenes "
+                              f"hold at most {self.world.max_objects}")
 
     def batch(self, step: int, micro: int = 0, rank: int = 0, world_size: int = 1, accum: int = 1) -> dict:
         per = self.batch_size // (world_size * accum)
