@@ -263,6 +263,9 @@ def test_course_report_llm_claims(tmp_path):
     mp = {r["name"]: r["value"] for r in by["molmo_pointing"]["rows"]}
     assert mp["pointing F1 (point at every X)"] >= 0.45, by["molmo_pointing"]["why"]
     assert any(r["name"].startswith("crowded scenes") and r["n"] == 12 for r in by["molmo_pointing"]["rows"])
+    # and says what its crowded counts read: how many objects its points find, how many points it writes
+    assert 0 <= mp["crowded scenes: objects with a point on them (recall of its points)"] <= 1
+    assert mp["crowded scenes: points written per object"] > 0 and "points for" in by["molmo_pointing"]["why"]
     # and the bar is judged over the recorded training runs of its recipe, one per seed
     from mmfm.course.claims.base import RECORDED
 

@@ -398,7 +398,9 @@ def test_train_ask_point_eval_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert ev["test"]["crowded"]["n"] == 2 and set(ev["heldout"]["crowded"]["direct"]["by_true_count"]) == {"4+"}
-    assert "crowded (4+" in r.stdout
+    assert "crowded (4+" in r.stdout and "written for" in r.stdout
+    written = ev["test"]["crowded"]["pointing"]["points_written"]
+    assert f"{written:.2f} written for" in r.stdout
     assert len(ev["heldout"]["by_objects"]["by_count"]) == 3 and (tmp_path / "ev" / "counting.png").is_file()
     assert "scenes of up to 2 objects" in r.stdout
     assert set(ev["test"]["vqa"]) == {"count", "color", "shape", "existence", "relation", "overall"}
@@ -442,7 +444,9 @@ def test_evaluation_without_grounding_and_on_crowded_scenes():
     assert set(ev["test"]) == {"vqa", "vqa_ci95"} and "VQA" in format_report(ev) and "pointing" not in format_report(ev)
     crowd = evaluate_counting(model, n=3, min_count=4, progress=False)
     assert crowd["n"] == 3 and set(crowd["direct"]["by_true_count"]) == {"4+"}
-    assert 0 <= crowd["pointing"]["points_f1"] <= 1
+    pt = crowd["pointing"]
+    assert all(0 <= pt[f"points_{m}"] <= 1 for m in ("f1", "precision", "recall")) and pt["points_written"] >= 0
+    assert pt["objects"] >= 4  # the mean true count of crowded questions
 
 
 def test_counting_by_number_of_objects_goes_past_the_training_scenes():

@@ -139,7 +139,8 @@ def _counting(model, counts, batch: int, bar=None, point_tokens: int = 160) -> d
 
 
 def _count_answers(model, counts, batch: int, bar, point_tokens: int) -> tuple[list, list, list, list]:
-    """(direct answers, pointing answers, true counts, the pointing answers' F1) of (rendered, question) pairs."""
+    """(direct answers, pointing answers, true counts, the pointing answers' point scores: precision, recall,
+    F1 and the number of points written) of (rendered, question) pairs."""
     subjects, truths, gts = [], [], []
     for r, q in counts:
         c, s, k = count_fact(q)
@@ -149,13 +150,19 @@ def _count_answers(model, counts, batch: int, bar, point_tokens: int) -> tuple[l
     images = [r.image for r, _ in counts]
     direct = _answers(model, images, [direct_count_question(s) for s in subjects], batch, 8, bar)
     pointed = _answers(model, images, [pointing_count_question(s) for s in subjects], batch, point_tokens, bar)
-    f1 = [_point_f1(a, r, c, s)["f1"] for a, (r, c, s) in zip(pointed, gts)]
-    return direct, pointed, truths, f1
+    scores = [_point_f1(a, r, c, s) for a, (r, c, s) in zip(pointed, gts)]
+    return direct, pointed, truths, scores
 
 
-def _count_summary(direct: list, pointed: list, truths: list, f1: list) -> dict:
+def _count_summary(direct: list, pointed: list, truths: list, scores: list) -> dict:
+    """Exact / within-one counts of both answers; for the pointing answers also their points' precision,
+    recall and F1 against the subject's masks, and how many points they write for how many objects (a
+    count by pointing can come out right from points that miss: the number written is what it reads)."""
     counting = {"direct": _count_scores(direct, truths), "pointing": _count_scores(pointed, truths)}
-    counting["pointing"]["points_f1"] = float(np.mean(f1))
+    for m in ("f1", "precision", "recall"):
+        counting["pointing"][f"points_{m}"] = float(np.mean([x[m] for x in scores]))
+    counting["pointing"]["points_written"] = float(np.mean([x["points"] for x in scores]))
+    counting["pointing"]["objects"] = float(np.mean(truths))
     return counting
 
 
@@ -254,8 +261,8 @@ def _score_points(answer: str, r, masks) -> dict:
     try:
         pts = parse_points(answer, r.size, r.size)
     except InvalidText:
-        return {"precision": 0.0, "recall": 0.0, "f1": 0.0, "unparsable": 1}
-    return point_scores(pts, masks)
+        return {"precision": 0.0, "recall": 0.0, "f1": 0.0, "unparsable": 1, "points": 0}
+    return {**point_scores(pts, masks), "points": len(pts)}
 
 
 def _point_f1(answer: str, r, c, s) -> dict:
@@ -318,8 +325,11 @@ def format_report(report: dict) -> str:
         lines.append(f"  pointing P {p['precision']:.3f} R {p['recall']:.3f} F1 {p['f1']:.3f}")
         if "crowded" in r:
             c = r["crowded"]
+            p = c["pointing"]
             lines.append(f"  crowded ({c['min_count']}+ of the subject, n={c['n']}): exact direct "
-                         f"{c['direct']['exact']:.3f}, by pointing {c['pointing']['exact']:.3f}")
+                         f"{c['direct']['exact']:.3f}, by pointing {p['exact']:.3f} (its points P "
+                         f"{p['points_precision']:.2f} R {p['points_recall']:.2f}: {p['points_written']:.2f} "
+                         f"written for {p['objects']:.2f} objects)")
         if "by_objects" in r:
             b = r["by_objects"]
             lines.append(f"  counting on scenes of up to {b['max_objects']} objects (exact direct / by pointing):")

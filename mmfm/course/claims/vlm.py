@@ -67,8 +67,11 @@ def molmo_pointing(ctx: Context) -> Result:
         groups[f"{key} objects"] = g
     n = crowd["n"]
     direct, pointed = wilson(crowd["direct"]["exact"], n), wilson(crowd["pointing"]["exact"], n)
+    cp = crowd["pointing"]
     rows += [Row.of("crowded scenes (4+ of the subject): direct answer", direct, n),
-             Row.of("crowded scenes (4+ of the subject): point then count", pointed, n)]
+             Row.of("crowded scenes (4+ of the subject): point then count", pointed, n),
+             Row("crowded scenes: objects with a point on them (recall of its points)", round(cp["points_recall"], 4)),
+             Row("crowded scenes: points written per object", round(cp["points_written"] / cp["objects"], 4))]
     groups["4+ objects, crowded scenes"] = {"direct answer": direct, "point then count": pointed}
     records, source = ctx.records("molmo")
     seed_rows, holds, over = pointing_over_seeds(records)
@@ -78,8 +81,10 @@ def molmo_pointing(ctx: Context) -> Result:
     separate = pointed[1] > direct[2] or direct[1] > pointed[2]
     why = (f"Counting by pointing needs points good enough to count with: the shipped world Molmo points with F1 "
            f"{f1:.2f} here (bar 0.7) and on {n} crowded scenes counts {pointed[0]:.2f} by pointing against "
-           f"{direct[0]:.2f} directly ({'the intervals separate' if separate else 'the intervals overlap'}). "
-           f"{over} "
+           f"{direct[0]:.2f} directly ({'the intervals separate' if separate else 'the intervals overlap'}); "
+           f"there its points land on {cp['points_recall']:.2f} of the objects while it writes "
+           f"{cp['points_written']:.2f} points for {cp['objects']:.2f}, so a count by pointing reads how many points "
+           f"are written more than which objects were found (bench/RESULTS.md, sessions 59-60). {over} "
            "The world LLaVA it starts from points with F1 near 0.25: its LM reads a token's place only from its "
            "position in the sequence. Molmo's image layout (a column token after each row of image tokens) "
            "and training every LM weight on pointing give it both coordinates (bench/RESULTS.md, sessions "
