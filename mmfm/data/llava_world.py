@@ -220,15 +220,12 @@ class WorldInstructions:
         while len(rows) < per:
             crowded = bool(want[len(rows)])
             if crowded and kind == "point":
-                j, far = far, far + 1
-                sample = self.world.sample("train", j)
-                if not crowded_points(sample):
-                    continue
+                j, far, fits = far, far + 1, crowded_points
             else:
-                j, i = i, i + 1
-                sample = self.world.sample("train", j)
-                if crowded and not _crowded(sample):
-                    continue
+                j, i, fits = i, i + 1, _crowded
+            sample = self.world.sample("train", j)
+            if crowded and not fits(sample):
+                continue
             rng = np.random.default_rng([self.seed, 7, j])
             msgs = conversation(sample, self.stage, rng, self.encoder.image_token, kind, self.qa_weights,
                                 crowded=crowded and kind == "point")
