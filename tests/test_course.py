@@ -188,9 +188,10 @@ def test_negclip_claim_over_seeds(tmp_path):
 
 @pytest.mark.slow
 def test_molmo_recipe_retrains_for_a_seed(tmp_path):
-    """`--full`'s Molmo run (molmo-world-tiny's recipe, shortened to a wiring check): both whole-LM stages
-    from the shipped world LLaVA, rank-32 bf16 adapters over SmolLM2 as shipped, and a record in
-    recorded.json's shape that the claim reads; no optimizer checkpoints left behind."""
+    """`--full`'s Molmo run (molmo-world-tiny's recipe, shortened to a wiring check): the two whole-LM stages
+    from the shipped world LLaVA, rank-32 adapters, the crowded stage over them, rank-32 bf16 adapters over
+    SmolLM2 as shipped, and a record in recorded.json's shape that the claim reads; no optimizer checkpoints
+    left behind; a run stopped after its training resumes without training again."""
     from safetensors import safe_open
 
     import mmfm
@@ -206,8 +207,15 @@ def test_molmo_recipe_retrains_for_a_seed(tmp_path):
     with safe_open(folder / "model" / "model.safetensors", "pt") as f:  # stored in bf16, as shipped
         assert {f.get_slice(k).get_dtype() for k in f.keys() if k.endswith(".lora_a")} == {"BF16"}
     assert not list(folder.rglob("checkpoint*.pt"))
+    assert (folder / "mixed_adapters" / "config.json").is_file()
+    crowded = folder / "crowded" / "stage2" / "model" / "model.safetensors"
+    assert mmfm.load(crowded.parent).config.lora is None  # the crowded stage trained the whole LM
     rows, holds, why = pointing_over_seeds([rec])
     assert rows[0].value == round(rec["pointing_f1"], 4) and not holds and "(1 so far)" in why
+    before = crowded.stat().st_mtime_ns
+    (folder / "record.json").unlink()
+    (again,) = seed_records("molmo", tmp_path, seeds=(1,), scale=0.002, progress=False)
+    assert crowded.stat().st_mtime_ns == before and again["pointing_f1"] == rec["pointing_f1"]
 
 
 def test_molmo_claim_over_seeds():
