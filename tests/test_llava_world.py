@@ -305,7 +305,9 @@ def test_a_whole_lm_fine_tune_goes_back_to_adapters():
     assert abs(dropped["embed.weight"] - 0.1) < 1e-5 and max(list(dropped.values())[2:]) == 0
     assert sum(isinstance(m, LoRALinear) for m in model.lm.modules()) == 8
     with torch.no_grad():
-        assert torch.allclose(model.lm(ids).logits, expected.lm(ids).logits, atol=1e-5)
+        # equal up to the SVD's fp32 error (each adapter within 1e-4 of its change, asserted above): 8e-6 on
+        # two threads and 2e-5 on one on the 2026-12-06 Xeon, so not 1e-5
+        assert torch.allclose(model.lm(ids).logits, expected.lm(ids).logits, atol=1e-4)
         assert torch.equal(model.lm.embed.weight, base["embed.weight"])
     with pytest.raises(ConfigError, match="already"):
         to_adapters(model, r=2, targets=LORA_TARGETS, base=base)

@@ -181,7 +181,11 @@ def test_float_lm_is_quantized_to_int4(tmp_path, tiny_tok):
     assert q.generate("the red circle", max_new_tokens=4, chat=False)  # generation runs
 
 
-PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "List three colors.",
+# "Name the capital of France." rather than "What is the capital of France?": SmolLM2's first answer token to
+# the latter is a near-tie even in fp32 ("The" over "L" by under 0.1 logit), so 4-bit kernels tip it
+# either way by host (on the 2026-12-06 Xeon: "L'Étoile, ..." in int4); the former is decided by > 1 logit
+CAPITAL = "Name the capital of France."
+PROMPTS = [CAPITAL, "Write a haiku about the sea.", "List three colors.",
            "Explain gravity to a child."]
 
 
@@ -190,7 +194,7 @@ def test_shipped_smollm2_int4_answers_as_its_dequantized_self():
     assert len(int4_layers(q.model)) == 120
     ids = torch.arange(0, q.config.vocab_size, 5)  # the token table: the file's values, whatever holds them
     assert torch.equal(q.model.embed(ids), ref.model.embed(ids))
-    assert "Paris" in q.generate(PROMPTS[0], max_new_tokens=16)
+    assert "Paris" in q.generate(CAPITAL, max_new_tokens=16)
     agree = []
     for p in PROMPTS:
         a = q.complete(p, max_new_tokens=16)[0].tokens
@@ -250,7 +254,7 @@ def test_llava_lm_goes_int4_from_smollm2_blocks_or_int8():
 
 @pytest.mark.parametrize("dtype", ["int4", "int8"])
 def test_cli_dtype_lowbit_and_a_wrong_dtype(dtype):
-    ok = subprocess.run([sys.executable, "-m", "mmfm.cli.main", "chat", "What is the capital of France?",
+    ok = subprocess.run([sys.executable, "-m", "mmfm.cli.main", "chat", CAPITAL,
                          "--dtype", dtype, "--max-tokens", "12"], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0 and "Paris" in ok.stdout, ok.stderr[-2000:]
     if dtype == "int8":
