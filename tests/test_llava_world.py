@@ -396,9 +396,10 @@ def test_train_ask_point_eval_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "p.png").is_file()
     r = _mmfm("eval", "llava", "--model", model, "--n", "2", "--seed", "3", "--out", tmp_path / "ev", "--crowded", "4",
-              "--count-objects", "2", "--count-n", "1")
+              "--count-objects", "2", "--count-n", "1", "--apart")
     assert r.returncode == 0, r.stderr[-2000:]
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert ev["apart"] and ev["test"]["crowded"]["apart"] and "one colour apart" in r.stdout
     assert ev["test"]["crowded"]["n"] == 2 and set(ev["heldout"]["crowded"]["direct"]["by_true_count"]) == {"4+"}
     assert "crowded (4+" in r.stdout and "written for" in r.stdout
     written = ev["test"]["crowded"]["pointing"]["points_written"]
@@ -449,6 +450,11 @@ def test_evaluation_without_grounding_and_on_crowded_scenes():
     pt = crowd["pointing"]
     assert all(0 <= pt[f"points_{m}"] <= 1 for m in ("f1", "precision", "recall")) and pt["points_written"] >= 0
     assert pt["objects"] >= 4  # the mean true count of crowded questions
+    apart = evaluate_counting(model, n=2, min_count=4, progress=False, apart=True)
+    assert apart["n"] == 2 and apart["apart"] and not crowd["apart"]
+    text = format_report({"test": {"vqa": {k: 0.5 for k in (*QA_KINDS, "overall")}, "counting": _NO_COUNT,
+                                   "pointing": {"precision": 0, "recall": 0, "f1": 0}, "crowded": apart}})
+    assert "n=2, one colour apart)" in text
 
 
 def test_counting_by_number_of_objects_goes_past_the_training_scenes():

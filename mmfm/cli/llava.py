@@ -207,6 +207,9 @@ def eval_llava(
                                          "this many objects (the world's have at most 5), direct vs by pointing, "
                                          "--count-n questions for each true count; writes counting.png. 0: off."),
     count_n: int = options.bounded(20, "--count-n", lo=1, hi=10**4, help="With --count-objects: questions a count."),
+    apart: bool = typer.Option(False, "--apart", help="Draw every world scene with objects of one colour apart, "
+                               "so each count can be read by eye (by default same-coloured objects may overlap "
+                               "into one blob)."),
 ) -> None:
     """VQA by question type, counting direct vs by pointing, and pointing F1 on new world scenes; with
     --data, exact match and answer loss on your LLaVA JSON."""
@@ -231,6 +234,6 @@ def eval_llava(
         return
     m = _load_llava(model)
     report = evaluate_llava_world(m, n=n, seed=seed, out=out or model, crowded=crowded, count_objects=count_objects,
-                                  count_n=count_n)
+                                  count_n=count_n, apart=apart)
     typer.echo(format_report(report))
     typer.echo(f"wrote {(out or model) / 'eval.json'}")

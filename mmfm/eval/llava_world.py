@@ -68,16 +68,17 @@ def _items(world: World, split: str, n: int, offset: int = 100_000):
 
 def evaluate_llava_world(model, n: int = 100, seed: int = 0, out=None, splits=("test", "heldout"),
                          batch: int = 16, progress: bool = True, grounding: bool = True, crowded: int = 0,
-                         count_objects: int = 0, count_n: int = 20) -> dict:
+                         count_objects: int = 0, count_n: int = 20, apart: bool = False) -> dict:
     """grounding=False: the VQA accuracies only, without counting and pointing (their answers run to 160
     tokens: most of the time). crowded=k: also count on n scenes with at least k of the subject
     (evaluate_counting), where few of the n random ones have many. count_objects=m: also count on scenes
     of up to m objects, count_n questions for each true count 0..m (counting_by_objects; its figure is
-    out/counting.png, of the first split)."""
+    out/counting.png, of the first split). apart: every scene drawn with objects of one colour apart
+    (World(apart=True)), so each count can be read by eye."""
     from tqdm.auto import tqdm
 
-    world = _world(model, seed)
-    report: dict = {"n_per_type": n}
+    world = _world(model, seed, apart=apart)
+    report: dict = {"n_per_type": n, "apart": apart}
     examples, figures = [], []
     for split in splits:
         by_kind, points, counts = _items(world, split, n)
@@ -102,10 +103,11 @@ def evaluate_llava_world(model, n: int = 100, seed: int = 0, out=None, splits=("
             examples += [(r, point_question(pq.query), a) for (r, pq), a in list(zip(points, answers))[:8]]
         bar.close()
         if crowded:
-            report[split]["crowded"] = evaluate_counting(model, n, seed, split, crowded, batch, progress=progress)
+            report[split]["crowded"] = evaluate_counting(model, n, seed, split, crowded, batch, progress=progress,
+                                                         apart=apart)
         if count_objects:
             report[split]["by_objects"] = counting_by_objects(model, count_n, seed, split, count_objects, batch,
-                                                              progress=progress)
+                                                              progress=progress, apart=apart)
             figures.append(counting_figure(report[split]["by_objects"]))
     if out is not None:
         out = Path(out)
@@ -167,21 +169,21 @@ def _count_summary(direct: list, pointed: list, truths: list, scores: list) -> d
 
 
 def evaluate_counting(model, n: int = 100, seed: int = 0, split: str = "test", min_count: int = 1,
-                      batch: int = 16, offset: int = 100_000, progress: bool = True) -> dict:
+                      batch: int = 16, offset: int = 100_000, progress: bool = True, apart: bool = False) -> dict:
     """Counting alone on n count questions of new scenes whose answer is at least `min_count` (4: the
     crowded scenes where Molmo's point-then-count should pay), direct vs by pointing, as in
-    evaluate_llava_world's "counting"."""
+    evaluate_llava_world's "counting". apart: scenes whose objects of one colour never touch."""
     from tqdm.auto import tqdm
 
     counts = []
-    for r, q, k in _count_questions(_world(model, seed), split, offset, offset + 200 * n):
+    for r, q, k in _count_questions(_world(model, seed, apart=apart), split, offset, offset + 200 * n):
         if len(counts) >= n:
             break
         if k >= min_count:
             counts.append((r, q))
     with tqdm(total=2 * len(counts), desc=f"counting ({split}, >= {min_count})", disable=not progress,
               dynamic_ncols=True) as bar:
-        return {"n": len(counts), "min_count": min_count, **_counting(model, counts, batch, bar)}
+        return {"n": len(counts), "min_count": min_count, "apart": apart, **_counting(model, counts, batch, bar)}
 
 
 def _count_questions(world: World, split: str, start: int, stop: int):
@@ -194,7 +196,8 @@ def _count_questions(world: World, split: str, start: int, stop: int):
 
 
 def counting_by_objects(model, n: int = 20, seed: int = 0, split: str = "test", max_objects: int = 10,
-                        batch: int = 16, offset: int = 100_000, progress: bool = True) -> dict:
+                        batch: int = 16, offset: int = 100_000, progress: bool = True,
+                        apart: bool = False) -> dict:
     """Counting on scenes of up to `max_objects` objects (1-12; the world's training scenes have at most 5):
     n count questions for each true count 0..max_objects, direct vs by pointing first, with the pointing
     answers' F1. This is the breakdown by number of objects the Molmo paper draws, where pointing should
@@ -204,7 +207,7 @@ def counting_by_objects(model, n: int = 20, seed: int = 0, split: str = "test", 
 
     if not 1 <= max_objects <= 12:
         raise ConfigError(f"counting by objects needs 1 <= max_objects <= 12, got {max_objects}")
-    world = _world(model, seed, max_objects=max_objects)
+    world = _world(model, seed, max_objects=max_objects, apart=apart)
     items: dict[int, list] = {k: [] for k in range(max_objects + 1)}
     for r, q, k in _count_questions(world, split, offset, offset + 400 * n * max_objects):
         if min(len(v) for v in items.values()) >= n:
@@ -326,7 +329,8 @@ def format_report(report: dict) -> str:
         if "crowded" in r:
             c = r["crowded"]
             p = c["pointing"]
-            lines.append(f"  crowded ({c['min_count']}+ of the subject, n={c['n']}): exact direct "
+            lines.append(f"  crowded ({c['min_count']}+ of the subject, n={c['n']}"
+                         f"{', one colour apart' if c.get('apart') else ''}): exact direct "
                          f"{c['direct']['exact']:.3f}, by pointing {p['exact']:.3f} (its points P "
                          f"{p['points_precision']:.2f} R {p['points_recall']:.2f}: {p['points_written']:.2f} "
                          f"written for {p['objects']:.2f} objects)")

@@ -229,6 +229,28 @@ def sample_object(
     return Obj(shape, color, size, x, y, r, rot, sample_rgb(rng, color))
 
 
+def grow(mask: np.ndarray, px: int) -> np.ndarray:
+    """(S, S) bool grown by `px` pixels in every direction (8-connected: a square dilation)."""
+    out = mask.copy()
+    for _ in range(px):
+        p = np.pad(out, 1)
+        out = p[1:-1, 1:-1].copy()
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                out |= p[dy : dy + out.shape[0], dx : dx + out.shape[1]]
+    return out
+
+
+def keeps_apart(mask: np.ndarray, color: str, full: list[np.ndarray], objects: list, px: int) -> bool:
+    """Whether an object of `color` with whole mask `mask` keeps at least `px` pixels between itself and
+    every placed object of the same colour (their whole masks, so one never hides under the other)."""
+    same = [f for f, o in zip(full, objects) if o.color == color]
+    if not same:
+        return True
+    near = grow(mask, px)
+    return not any((near & f).any() for f in same)
+
+
 def sample_scene(
     rng: np.random.Generator,
     n_objects: int,
@@ -239,10 +261,15 @@ def sample_scene(
     repeat_prob: float = 0.3,
     rotate: bool = True,
     max_tries: int = 25,
+    apart: int = 0,
 ) -> Scene:
     """Place up to `n_objects` objects whose (color, shape) come from `pairs`. An object may overlap
     others, but every object keeps >= `min_visible` of its area visible at `check_size` px (else it is
-    placed again; after `max_tries` it is left out), so what a caption names can be seen."""
+    placed again; after `max_tries` it is left out), so what a caption names can be seen.
+
+    `apart` > 0: objects of one colour keep at least that many pixels (at `check_size`) between them, so
+    each can be counted by eye; by default two red hexagons may overlap into one red blob whose parts
+    differ only by their colour jitter. With 0 the draws are exactly those of a scene without the rule."""
     objects: list[Obj] = []
     full: list[np.ndarray] = []  # whole masks at check_size
     vis: list[np.ndarray] = []  # what stays visible of each, given the objects above it
@@ -256,6 +283,8 @@ def sample_scene(
             obj = sample_object(rng, color, shape, rotate=rotate)
             m = object_mask(obj, check_size)
             if m.sum() < min_pixels:
+                continue
+            if apart and not keeps_apart(m, color, full, objects, apart):
                 continue
             if all((v & ~m).sum() >= max(min_visible * f.sum(), min_pixels) for f, v in zip(full, vis)):
                 vis = [v & ~m for v in vis] + [m]

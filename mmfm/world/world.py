@@ -14,7 +14,17 @@ from mmfm.errors import ConfigError
 from mmfm.world.annotate import Annotations, Annotator
 from mmfm.world.concepts import concept_scene
 from mmfm.world.facts import select
-from mmfm.world.scene import Rendered, Scene, render, sample_background, sample_object, sample_scene
+from mmfm.world.scene import (
+    Rendered,
+    Scene,
+    grow,
+    keeps_apart,
+    object_mask,
+    render,
+    sample_background,
+    sample_object,
+    sample_scene,
+)
 from mmfm.world.vocab import (
     ALL_PAIRS,
     CONCEPT_NAMES,
@@ -29,6 +39,7 @@ from mmfm.world.vocab import (
 # train: seen compositions only. val/test: seen compositions in new scenes. heldout: every scene holds
 # at least one held-out composition. concepts: one composite concept per scene (evaluation only).
 SPLITS = {"train": 0, "val": 1, "test": 2, "heldout": 3, "concepts": 4}
+APART_PX = 2  # World(apart=True): background pixels kept between objects of one colour, at 64 px
 
 # Nonsense words for the few-shot "new names" task: only the demonstrations say what they mean.
 NEW_WORDS = ("dax", "wug", "blicket", "toma", "fep", "zup", "kiki", "gazzer", "modi", "tufa")
@@ -68,13 +79,17 @@ class Statement:
 
 
 class World:
-    def __init__(self, seed: int = 0, size: int = 64, min_objects: int = 1, max_objects: int = 5, rotate: bool = True):
+    def __init__(self, seed: int = 0, size: int = 64, min_objects: int = 1, max_objects: int = 5, rotate: bool = True,
+                 apart: bool = False):
+        """`apart`: objects of one colour never touch (APART_PX pixels between them at 64 px), so every
+        count can be read by eye; by default same-coloured objects may overlap into one blob (most scenes
+        with 3 or more of a kind), and the world's recorded runs all use that default."""
         if size < 16:
             raise ConfigError(f"world image size must be >= 16 px, got {size}")
         if not 1 <= min_objects <= max_objects <= 12:
             raise ConfigError(f"need 1 <= min_objects <= max_objects <= 12, got {min_objects}, {max_objects}")
         self.seed, self.size = int(seed), int(size)
-        self.min_objects, self.max_objects, self.rotate = min_objects, max_objects, rotate
+        self.min_objects, self.max_objects, self.rotate, self.apart = min_objects, max_objects, rotate, bool(apart)
         self._annotators = {k: Annotator(self.pairs(k)) for k in SPLITS}
 
     # -------------------------------------------------------------------------------- basics
@@ -93,12 +108,21 @@ class World:
         n = int(rng.integers(self.min_objects, self.max_objects + 1))
         if split == "concepts":
             return concept_scene(rng, CONCEPT_NAMES[index % len(CONCEPT_NAMES)])
-        scene = sample_scene(rng, n, self.pairs(split), check_size=64, rotate=self.rotate)
+        apart = APART_PX if self.apart else 0
+        scene = sample_scene(rng, n, self.pairs(split), check_size=64, rotate=self.rotate, apart=apart)
         if split == "heldout" and not any((o.color, o.shape) in HELD_OUT_PAIRS for o in scene.objects):
             # put one held-out composition on top, so every heldout scene has one
             c, s = UNSEEN_PAIRS[rng.integers(len(UNSEEN_PAIRS))]
             obj = sample_object(rng, c, s, rotate=self.rotate)
-            scene = Scene(scene.objects + (obj,), scene.background, scene.seed)
+            objects = scene.objects
+            if apart:  # it goes where no object of its colour is near, or those objects make way for it
+                for _ in range(25):
+                    if keeps_apart(object_mask(obj, 64), c, [object_mask(o, 64) for o in objects], objects, apart):
+                        break
+                    obj = sample_object(rng, c, s, rotate=self.rotate)
+                near = grow(object_mask(obj, 64), apart)
+                objects = tuple(o for o in objects if o.color != c or not (near & object_mask(o, 64)).any())
+            scene = Scene(objects + (obj,), scene.background, scene.seed)
         return scene
 
     def sample(self, split: str, index: int) -> Sample:
