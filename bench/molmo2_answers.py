@@ -8,8 +8,14 @@ split, kept as JSONL and laid on the clip's ground truth.
   (a track that copies the first frame's place scores in-mask where the object has not moved yet);
 - counting: (truth, answer) pairs.
 
+And how far a track can get by writing the right token's cell (`--ceiling`): for every track point of world
+clips, whether the centre of the cell that holds the object's point lies in its visible mask, for the shipped
+world Molmo2's pooled 16 px cells (video_pool 2x2 of 8 px patches) and for 8 px cells (no pooling). With
+`--summarize`, each track point is also checked against that 16 px cell: right cell, and in the mask when it is.
+
     python bench/molmo2_answers.py --model DIR [--n 20] [--out answers.jsonl]
     python bench/molmo2_answers.py --summarize answers.jsonl
+    python bench/molmo2_answers.py --ceiling [--n 120]
 """
 
 from __future__ import annotations
@@ -23,6 +29,32 @@ import numpy as np
 import torch
 
 KINDS = ("point", "track", "point_at", "count")
+CELL = 16  # px: the shipped world Molmo2 reads a 64 px frame as 4 x 4 tokens (8 px patches, pooled 2 x 2)
+
+
+def _cell(x: float, y: float, cell: float, size: int = 64) -> tuple[int, int]:
+    g = int(size // cell)
+    return min(int(x // cell), g - 1), min(int(y // cell), g - 1)
+
+
+def ceiling(n: int) -> None:
+    """In-mask of tracks that write the centre of the right cell, on n world clips a split."""
+    from mmfm.world.video import clip, video_tasks
+
+    for split in ("test", "heldout"):
+        hits: dict[int, list] = {16: [], 8: []}
+        for i in range(n):
+            c = clip(0, split, i)
+            for t in video_tasks(c):
+                if t["task"] != "track":
+                    continue
+                o = t["object"]
+                for f in np.nonzero(c.visible[:, o])[0]:
+                    for cell in hits:
+                        gx, gy = _cell(*c.points[f, o], cell, c.size)
+                        hits[cell].append(bool(c.masks[f, o, int((gy + 0.5) * cell), int((gx + 0.5) * cell)]))
+        print(f"{split}: {len(hits[16])} track points of {n} clips; the right cell's centre in the mask: "
+              + ", ".join(f"{cell} px cells {np.mean(v):.3f}" for cell, v in hits.items()), flush=True)
 
 
 def collect(model_dir: str, n: int, out: str) -> None:
@@ -93,7 +125,7 @@ def summarize(path: str) -> None:
         tracks = [r for r in rs if r["task"] == "track"]
         if tracks:
             by_frame, step, moved = defaultdict(list), defaultdict(list), defaultdict(list)
-            still = 0
+            still, cells = 0, []
             for r in tracks:
                 truth = {int(round(t * 2)): (x, y) for t, _, x, y in r["truth"]}  # world clips: 2 fps
                 pred = {p["frame"]: p for p in r["points"]}
@@ -102,11 +134,16 @@ def summarize(path: str) -> None:
                 for k, (x, y) in truth.items():
                     p = pred.get(k)
                     by_frame[k - f0].append(p is not None and r["object"] in p["under"])
+                    if p is not None:
+                        cells.append((_cell(p["x"], p["y"], CELL) == _cell(x, y, CELL), r["object"] in p["under"]))
                     moved[k - f0].append(np.hypot(x - truth[f0][0], y - truth[f0][1]))
                     if p is not None and k - 1 in pred:
                         step[k - f0].append(np.hypot(p["x"] - pred[k - 1]["x"], p["y"] - pred[k - 1]["y"]))
             print(f"track questions {len(tracks)}, in-mask {np.mean([r['score']['in_mask'] for r in tracks]):.3f}, "
                   f"tracks with one place for every frame {still}")
+            right = [inside for ok, inside in cells if ok]
+            print(f"  track points in the object's {CELL} px cell {len(right) / max(len(cells), 1):.2f} of "
+                  f"{len(cells)}; in the mask when in that cell {np.mean(right) if right else float('nan'):.2f}")
             for k in sorted(by_frame):
                 print(f"  frame +{k}: in-mask {np.mean(by_frame[k]):.2f}, object moved {np.median(moved[k]):.1f} px, "
                       f"the point moved {np.median(step[k]) if step[k] else 0:.1f} px since the frame before")
@@ -123,7 +160,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20, help="clips per split")
     ap.add_argument("--out", default="answers.jsonl")
     ap.add_argument("--summarize", help="a JSONL this script wrote: print where its answers land")
+    ap.add_argument("--ceiling", action="store_true", help="in-mask of tracks that write the right cell's centre")
     a = ap.parse_args()
+    if a.ceiling:
+        ceiling(a.n)
+        return
     if a.summarize:
         summarize(a.summarize)
         return
