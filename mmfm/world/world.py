@@ -176,7 +176,8 @@ class World:
                 obj = sample_object(rng, c, s, rotate=self.rotate)
                 r = render(Scene((obj,), sample_background(rng), int(rng.integers(2**31))), self.size)
             else:
-                scene = sample_scene(rng, int(rng.integers(1, self.max_objects + 1)), pairs, rotate=self.rotate)
+                scene = sample_scene(rng, int(rng.integers(1, self.max_objects + 1)), pairs, rotate=self.rotate,
+                                     apart=APART_PX if self.apart else 0)
                 r = render(scene, self.size)
                 c, s = None, None
             if task == "color":
