@@ -42,7 +42,7 @@ def ceiling(n: int) -> None:
     from mmfm.world.video import clip, video_tasks
 
     for split in ("test", "heldout"):
-        hits: dict[int, list] = {16: [], 8: []}
+        hits: dict[int, list] = {CELL: [], CELL // 2: []}  # pooled 2 x 2, and every patch its own token
         for i in range(n):
             c = clip(0, split, i)
             for t in video_tasks(c):
@@ -53,7 +53,7 @@ def ceiling(n: int) -> None:
                     for cell in hits:
                         gx, gy = _cell(*c.points[f, o], cell, c.size)
                         hits[cell].append(bool(c.masks[f, o, int((gy + 0.5) * cell), int((gx + 0.5) * cell)]))
-        print(f"{split}: {len(hits[16])} track points of {n} clips; the right cell's centre in the mask: "
+        print(f"{split}: {len(hits[CELL])} track points of {n} clips; the right cell's centre in the mask: "
               + ", ".join(f"{cell} px cells {np.mean(v):.3f}" for cell, v in hits.items()), flush=True)
 
 

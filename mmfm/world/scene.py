@@ -241,14 +241,19 @@ def grow(mask: np.ndarray, px: int) -> np.ndarray:
     return out
 
 
-def keeps_apart(mask: np.ndarray, color: str, full: list[np.ndarray], objects: list, px: int) -> bool:
-    """Whether an object of `color` with whole mask `mask` keeps at least `px` pixels between itself and
-    every placed object of the same colour (their whole masks, so one never hides under the other)."""
-    same = [f for f, o in zip(full, objects) if o.color == color]
+def too_near(mask: np.ndarray, color: str, full: list[np.ndarray], objects: list, px: int) -> list[int]:
+    """Indices of the placed objects of `color` (whole masks `full`) that come within `px` pixels of an
+    object of that colour with whole mask `mask`: those it would touch or hide under."""
+    same = [i for i, o in enumerate(objects) if o.color == color]
     if not same:
-        return True
+        return []
     near = grow(mask, px)
-    return not any((near & f).any() for f in same)
+    return [i for i in same if (near & full[i]).any()]
+
+
+def keeps_apart(mask: np.ndarray, color: str, full: list[np.ndarray], objects: list, px: int) -> bool:
+    """Whether that object keeps at least `px` pixels between itself and every object of its colour."""
+    return not too_near(mask, color, full, objects, px)
 
 
 def sample_scene(

@@ -17,13 +17,12 @@ from mmfm.world.facts import select
 from mmfm.world.scene import (
     Rendered,
     Scene,
-    grow,
-    keeps_apart,
     object_mask,
     render,
     sample_background,
     sample_object,
     sample_scene,
+    too_near,
 )
 from mmfm.world.vocab import (
     ALL_PAIRS,
@@ -116,12 +115,15 @@ class World:
             obj = sample_object(rng, c, s, rotate=self.rotate)
             objects = scene.objects
             if apart:  # it goes where no object of its colour is near, or those objects make way for it
+                full = [object_mask(o, 64) for o in objects]
                 for _ in range(25):
-                    if keeps_apart(object_mask(obj, 64), c, [object_mask(o, 64) for o in objects], objects, apart):
+                    near = too_near(object_mask(obj, 64), c, full, objects, apart)
+                    if not near:
                         break
                     obj = sample_object(rng, c, s, rotate=self.rotate)
-                near = grow(object_mask(obj, 64), apart)
-                objects = tuple(o for o in objects if o.color != c or not (near & object_mask(o, 64)).any())
+                else:  # the last draw is kept whatever it is near
+                    near = too_near(object_mask(obj, 64), c, full, objects, apart)
+                objects = tuple(o for i, o in enumerate(objects) if i not in near)
             scene = Scene(objects + (obj,), scene.background, scene.seed)
         return scene
 
