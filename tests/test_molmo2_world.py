@@ -107,8 +107,14 @@ def test_evaluation_and_cli_on_a_video_file(run, tmp_path):
     out, _ = run
     model = mmfm.load(out / "model")
     data = WorldVideoData(model, model.tokenizer, **DATA)
-    rep = evaluate_molmo2_world(model, data, n=1, splits=("heldout",), progress=False, max_new_tokens=6)
-    assert set(rep["heldout"]) == {"qa", "counting", "pointing", "tracking", "point_at"}
+    rep = evaluate_molmo2_world(model, data, n=1, splits=("heldout",), progress=False, max_new_tokens=6,
+                                frame_tracks=2.0)
+    assert set(rep["heldout"]) == {"qa", "counting", "pointing", "tracking", "point_at", "tracking_by_frames"}
+    by = rep["heldout"]["tracking_by_frames"]
+    assert by["zoom"] == 2.0 and by["n"] == rep["heldout"]["tracking"]["n"] > 0 and 0.0 <= by["in_mask"] <= 1.0
+    from mmfm.cli.molmo2 import format_scores
+
+    assert f"frame by frame {by['in_mask']:.2f}" in format_scores(rep["heldout"])
     assert rep["heldout"]["point_at"]["n"] > 0 and 0.0 <= rep["heldout"]["point_at"]["in_mask"] <= 1.0
     assert 0.0 <= rep["heldout"]["counting"]["exact"] <= 1.0
 

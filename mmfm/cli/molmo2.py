@@ -104,7 +104,7 @@ def _model_type(folder: Path) -> str:
     return "molmo2" if kind in ("molmo2", "mmfm-molmo2") else ""
 
 
-def _grounded(files, query, model, out, max_frames, fps, question, what):
+def _grounded(files, query, model, out, max_frames, fps, question, what, zoom: float = 0.0):
     from mmfm.text.pointing import parse_video_points
     from mmfm.vision.video import draw_points, write_video
 
@@ -112,9 +112,15 @@ def _grounded(files, query, model, out, max_frames, fps, question, what):
         raise InvalidPrompt(f"{what} takes one video")
     m = _load_molmo2(model)
     v = _video(files[0], m, max_frames, fps)
-    answer = m.ask(question, video=v, max_new_tokens=512)
     w, h = v.size
     duration = v.timestamps[-1] if v.timestamps else 0.0
+    if zoom:  # tracking frame by frame, with a second look (mmfm.models.molmo2_track)
+        from mmfm.models.molmo2_track import track_by_frames
+
+        q = query[4:] if query.lower().startswith("the ") else query
+        answer = track_by_frames(m, v.frames, v.timestamps, q, zoom).markup(w, h, q)
+    else:
+        answer = m.ask(question, video=v, max_new_tokens=512)
     pts = parse_video_points(answer, duration + 0.5, w, h)
     per_frame = [[] for _ in v.timestamps]
     for t, k, x, y in pts:
@@ -161,11 +167,17 @@ def track(
     max_frames: int = MAX_FRAMES,
     fps: float = FPS,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    per_frame: bool = typer.Option(False, "--per-frame", help="Ask about each frame alone (\"Point to the X.\"), "
+                                   "then again on a crop around the point, enlarged: tracking by detection with "
+                                   "the same model, instead of its one-pass answer."),
+    zoom: float = options.bounded(2.0, "--zoom", lo=1.0, hi=8.0, help="With --per-frame: how many times the "
+                                  "second look enlarges its crop (1: no second look)."),
 ) -> None:
     """Track an object through a video: a point on every sampled frame where it is, drawn as a trail."""
     files, query = _split(args, "object to track")
     q = query[4:] if query.lower().startswith("the ") else query
-    answer, pts = _grounded(files, query, model, out, max_frames, fps, f"Track the {q}.", "track")
+    answer, pts = _grounded(files, query, model, out, max_frames, fps, f"Track the {q}.", "track",
+                            zoom if per_frame else 0.0)
     _report(files[0], query, answer, pts, out, as_json, "frame(s) tracked")
 
 
@@ -301,8 +313,11 @@ def format_scores(r: dict) -> str:
     tm = "n/a" if t["in_mask"] is None else f"{t['in_mask']:.2f} +- {t['ci95']:.2f}"
     pa = r["point_at"]
     at = "n/a" if pa["in_mask"] is None else f"{pa['in_mask']:.2f} +- {pa['ci95']:.2f}"
+    bf = r.get("tracking_by_frames")
+    by = "" if not bf or bf["in_mask"] is None else (
+        f" (frame by frame {bf['in_mask']:.2f} +- {bf['ci95']:.2f}, first look {bf['first_look_in_mask']:.2f})")
     return (f"counting exact {c['exact']:.2f} +- {c['exact_ci95']:.2f} (within one {c['within_one']:.2f}); "
-            f"pointing F1 {f1}; tracking in-mask {tm}; pointing at a time in-mask {at}; {qa}" + _set_scores(r))
+            f"pointing F1 {f1}; tracking in-mask {tm}{by}; pointing at a time in-mask {at}; {qa}" + _set_scores(r))
 
 
 def _set_scores(r: dict) -> str:
@@ -330,6 +345,9 @@ def eval_molmo2(
                               "asked, exact match with the reference (--n records at most)."),
     images: Path = options.IMAGES,
     max_bad: float = options.MAX_BAD,
+    frame_tracks: float = options.bounded(0.0, "--frame-tracks", lo=0.0, hi=8.0, help="Also track frame by "
+                                          "frame (`mmfm track --per-frame`) with this zoom for the second look "
+                                          "(1: none; 0: off)."),
 ) -> None:
     """Video QA by type, counting, spatio-temporal pointing and tracking on test and held-out world videos;
     with --data, exact match on your videos and image sets."""
@@ -353,7 +371,9 @@ def eval_molmo2(
         typer.echo(f"wrote {path}")
         return
     data = WorldVideoData(m, m._tok(), seed=seed or 0, size=m.config.vision.image_size)
-    report = evaluate_molmo2_world(m, data, n=n, out=out, sets=sets)
+    if 0 < frame_tracks < 1:
+        raise ConfigError(f"--frame-tracks {frame_tracks}: 0 (off), or a zoom of 1 to 8")
+    report = evaluate_molmo2_world(m, data, n=n, out=out, sets=sets, frame_tracks=frame_tracks)
     if as_json:
         typer.echo(json.dumps(report, default=str))
     else:

@@ -23,6 +23,7 @@ from mmfm.eval.video import (
     track_scores,
 )
 from mmfm.eval.vqa import normalize_answer, parse_count
+from mmfm.models.molmo2_track import track_by_frames
 from mmfm.text.pointing import parse_points_v2, parse_video_points
 from mmfm.world.image_sets import LAYOUTS
 
@@ -101,10 +102,22 @@ def evaluate_sets(model, data, n: int, progress: bool = True, max_new_tokens: in
             "most_accuracy": _mean(scores["most"]), "count_all_exact": _mean(scores["count_all"])}
 
 
+def _track_by_frames(model, c, task: dict, zoom: float, into: dict) -> None:
+    """The track task asked frame by frame (mmfm.models.molmo2_track), scored before and after the second look."""
+    tr = track_by_frames(model, c.frames, [c.time(k) for k in range(len(c.frames))], task["name"], zoom)
+    s = track_scores(tr.points, c, task["object"])
+    into["in_mask"].append(s["in_mask"])
+    into["switches"].append(s["switches"])
+    into["first_look"].append(track_scores(tr.first_look, c, task["object"])["in_mask"])
+
+
 def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), out=None, progress: bool = True,
-                          examples: int = 8, max_new_tokens: int = 160, sets: int = 0) -> dict:
+                          examples: int = 8, max_new_tokens: int = 160, sets: int = 0,
+                          frame_tracks: float = 0.0) -> dict:
     """`data`: a WorldVideoData (its tokenizer and layout); n clips per split, and `sets` image sets
-    (evaluate_sets). max_new_tokens must hold a whole track (8 frames: about 130 tokens)."""
+    (evaluate_sets). max_new_tokens must hold a whole track (8 frames: about 130 tokens). frame_tracks > 0:
+    every track asked frame by frame too (mmfm.models.molmo2_track, that zoom for the second look; 1: none),
+    scored beside the one-pass answer as "tracking_by_frames"."""
     from tqdm.auto import tqdm
 
     report: dict = {"clips_per_split": n}
@@ -115,6 +128,7 @@ def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), 
         data.split = split
         acc: dict[str, list] = {k: [] for k in QA_TYPES}
         counts, truths, f1s, in_mask, switches, at = [], [], [], [], [], []
+        by_frames: dict[str, list] = {"in_mask": [], "first_look": [], "switches": []}
         for i in tqdm(range(n), desc=f"eval Molmo2 ({split})", disable=not progress, dynamic_ncols=True):
             ex, c, tasks = data.example(i)
             answers = ask_clip(model, data, ex.context, ex.patches, ex.pooling, [t["question"] for t in tasks],
@@ -133,6 +147,8 @@ def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), 
                     s = track_scores(_points(a, c), c, t["object"])
                     in_mask.append(s["in_mask"])
                     switches.append(s["switches"])
+                    if frame_tracks:
+                        _track_by_frames(model, c, t, frame_tracks, by_frames)
                 if len(samples) < examples:
                     samples.append({"split": split, "clip": i, "question": t["question"], "answer": a,
                                     "truth": t.get("answer") or t.get("points")})
@@ -145,6 +161,13 @@ def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), 
                          "switches_per_track": float(np.mean(switches)) if switches else None, "n": len(in_mask)},
             "point_at": {"in_mask": float(np.mean(at)) if at else None, "ci95": interval(at), "n": len(at)},
         }
+        if frame_tracks:
+            b = by_frames
+            report[split]["tracking_by_frames"] = {
+                "zoom": frame_tracks, "in_mask": float(np.mean(b["in_mask"])) if b["in_mask"] else None,
+                "ci95": interval(b["in_mask"]), "n": len(b["in_mask"]),
+                "first_look_in_mask": float(np.mean(b["first_look"])) if b["first_look"] else None,
+                "switches_per_track": float(np.mean(b["switches"])) if b["switches"] else None}
         if sets:
             report[split]["image_sets"] = evaluate_sets(model, data, sets, progress, max_new_tokens)
         data.split = data_split

@@ -1,0 +1,96 @@
+"""Tracking frame by frame with a second look (mmfm.models.molmo2_track), with the shipped world Molmo2:
+the track's shape (one point a frame, at the clip's times, each second-look point inside the crop around
+its first), how often it is in the object's mask on test clips it never saw against the one-pass answer,
+`mmfm track --per-frame` on a GIF, and bad requests."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import mmfm
+from mmfm.cli.main import app
+from mmfm.errors import ConfigError, InvalidPrompt
+from mmfm.eval.molmo2_world import _points
+from mmfm.eval.video import track_scores
+from mmfm.models.molmo2_track import track_by_frames
+from mmfm.text.pointing import parse_video_points
+from mmfm.vision.video import write_video
+from mmfm.weights import path
+from mmfm.world.video import clip, video_tasks
+from tests.test_reliability import refused
+
+
+@pytest.fixture(scope="module")
+def model():
+    return mmfm.load(path("molmo2-world-video"))
+
+
+def _times(c) -> list[float]:
+    return [c.time(k) for k in range(len(c.frames))]
+
+
+def test_a_track_by_frames_has_a_point_a_frame_and_looks_again_inside_its_crop(model):
+    c = clip(0, "test", 1)
+    task = next(t for t in video_tasks(c) if t["task"] == "track")
+    tr = track_by_frames(model, c.frames, _times(c), task["name"], zoom=2.0)
+    times = [t for t, _, _ in tr.points]
+    assert len(tr.answers) == len(c.frames) and len(set(times)) == len(times)  # at most one point a frame
+    assert times == [t for t, _, _ in tr.first_look] and set(times) <= set(_times(c))
+    for (_, x, y), (_, x1, y1) in zip(tr.points, tr.first_look):
+        assert 0 <= x < c.size and 0 <= y < c.size
+        assert abs(x - x1) <= c.size / 2 and abs(y - y1) <= c.size / 2  # inside the half-size crop around it
+    assert any(p != q for p, q in zip(tr.points, tr.first_look))  # the second look moved some point
+    # the markup is the track, in Molmo2's video format, at 0-1000
+    back = parse_video_points(tr.markup(c.size, c.size, task["name"]), times[-1], c.size, c.size)
+    assert [(t, k) for t, k, _, _ in back] == [(t, 1) for t in times]
+    assert all(abs(x - x0) <= 0.04 and abs(y - y0) <= 0.04 for (_, _, x, y), (_, x0, y0) in zip(back, tr.points))
+    once = track_by_frames(model, c.frames, _times(c), task["name"], zoom=1.0)  # no second look
+    assert once.points == once.first_look == tr.first_look
+
+
+def test_frame_by_frame_tracks_land_in_the_mask_more_often_than_the_one_pass_answer(model):
+    """On 4 test clips (12 tracks) the shipped model never saw."""
+    from mmfm.data.molmo2_world import WorldVideoData
+    from mmfm.eval.molmo2_world import ask_clip
+
+    data = WorldVideoData(model, model._tok(), seed=0, split="test", size=model.config.vision.image_size)
+    one_pass, by_frames = [], []
+    for i in range(4):
+        ex, c, tasks = data.example(i)
+        tracks = [t for t in tasks if t["task"] == "track"]
+        answers = ask_clip(model, data, ex.context, ex.patches, ex.pooling, [t["question"] for t in tracks])
+        for t, a in zip(tracks, answers):
+            one_pass.append(track_scores(_points(a, c), c, t["object"])["in_mask"])
+            by_frames.append(track_scores(track_by_frames(model, c.frames, _times(c), t["name"]).points, c,
+                                          t["object"])["in_mask"])
+    # measured on these tracks when written: one pass 0.46, frame by frame 0.77 (greedy: it repeats)
+    assert np.mean(by_frames) >= 0.6 and np.mean(by_frames) >= np.mean(one_pass) + 0.15, (one_pass, by_frames)
+
+
+def test_mmfm_track_per_frame_on_a_gif(tmp_path, capsys):
+    c = clip(0, "test", 1)
+    name = next(t for t in video_tasks(c) if t["task"] == "track")["name"]
+    write_video(c.frames, tmp_path / "c.gif", fps=c.fps)
+    r = CliRunner().invoke(app, ["track", str(tmp_path / "c.gif"), f"the {name}", "--per-frame", "--json",
+                                 "-o", str(tmp_path / "t.gif")])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.output.strip().splitlines()[-1])
+    assert got["answer"].startswith("<points coords=") and got["points"] and (tmp_path / "t.gif").is_file()
+    assert all(k == 1 for _, k, _, _ in got["points"])
+    refused(capsys, "track", tmp_path / "c.gif", "the red circle", "--per-frame", "--zoom", "9", match="--zoom")
+
+
+def test_bad_frame_tracking_requests_are_typed_errors(model):
+    c = clip(0, "test", 0)
+    with pytest.raises(ConfigError, match="zoom"):
+        track_by_frames(model, c.frames, _times(c), "red circle", zoom=0.5)
+    with pytest.raises(InvalidPrompt, match="timestamps"):
+        track_by_frames(model, c.frames, _times(c)[:-1], "red circle")
+    with pytest.raises(InvalidPrompt, match="uint8"):
+        track_by_frames(model, c.frames.astype(np.float32), _times(c), "red circle")
+    with pytest.raises(InvalidPrompt, match="empty"):
+        track_by_frames(model, c.frames, _times(c), "  ")
