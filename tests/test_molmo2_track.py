@@ -67,7 +67,7 @@ def test_frame_by_frame_tracks_land_in_the_mask_more_often_than_the_one_pass_ans
             one_pass.append(track_scores(_points(a, c), c, t["object"])["in_mask"])
             by_frames.append(track_scores(track_by_frames(model, c.frames, _times(c), t["name"]).points, c,
                                           t["object"])["in_mask"])
-    # measured on these tracks when written: one pass 0.46, frame by frame 0.77 (greedy: it repeats)
+    # measured on these tracks when written: one pass 0.38, frame by frame 0.83 (greedy: it repeats)
     assert np.mean(by_frames) >= 0.6 and np.mean(by_frames) >= np.mean(one_pass) + 0.15, (one_pass, by_frames)
 
 

@@ -84,7 +84,7 @@ def test_shipped_world_molmo2_points_and_tracks_in_new_clips():
     assert model.config.frame_col_tokens and not model.config.bidirectional_vision  # as it was trained
     data = WorldVideoData(model, model._tok(), seed=0, size=model.config.vision.image_size)
     r = evaluate_molmo2_world(model, data, n=4, splits=("test",), progress=False)["test"]
-    # measured on the same 4 test clips: pointing F1 0.41, tracking in-mask 0.46 (the adapters as first
+    # measured on the same 4 test clips: pointing F1 0.36, tracking in-mask 0.38 (the adapters as first
     # extracted, before their short retraining, wrote tracks past the clip's end: in-mask 0.0)
     assert r["pointing"]["f1"] >= 0.2 and r["tracking"]["in_mask"] >= 0.25, r
 
