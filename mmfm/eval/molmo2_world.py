@@ -33,19 +33,9 @@ QA_TYPES = ("first_move", "touch", "leaves_color", "end_position")
 def ask_clip(model, data, context_ids, patches, pooling, questions: list[str], max_new_tokens: int = 160) -> list[str]:
     """One generation per question, batched: each row is the clip's frames then one question turn."""
     rows = [context_ids + data.question_ids(q) for q in questions]
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):  # left padding: the new tokens follow every row's last token
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
     with torch.no_grad():
         feats = model.encode(patches, pooling)  # the clip is encoded once, then stands in every row
-    end = data.tok.token_to_id("<|im_end|>")
-    out = model.generate_ids(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             image_features=feats.repeat(len(rows), 1),
-                             eos_token_ids=[end] if end is not None else [])
-    return [data.tok.decode(o).strip() for o in out]
+    return model.answer_rows(rows, feats.repeat(len(rows), 1), max_new_tokens)
 
 
 def _points(text: str, c) -> list[tuple[float, float, float]]:

@@ -404,6 +404,21 @@ class Molmo2(nn.Module):
         out = self.generate_ids(ids, patches, pooling, max_new_tokens=max_new_tokens, eos_token_ids=eos)
         return self._tok().decode(out[0]).strip()
 
+    def answer_rows(self, rows: list[list[int]], image_features: torch.Tensor, max_new_tokens: int = 32) -> list[str]:
+        """Greedy answers to a batch of prompts (ids, vision tokens included; they take `image_features` from
+        `encode` in row order), left-padded so that the new tokens follow every row's last one; each stops at
+        the end of the assistant's turn."""
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+        end = self._tok().token_to_id(self.END)
+        out = self.generate_ids(ids, attention_mask=mask, max_new_tokens=max_new_tokens, image_features=image_features,
+                                eos_token_ids=[end] if end is not None else self._tok().eos_token_ids)
+        return [self._tok().decode(o).strip() for o in out]
+
     @torch.inference_mode()
     def generate_ids(self, input_ids: torch.Tensor, patches: torch.Tensor | None = None,
                      pooling: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,

@@ -45,28 +45,15 @@ def point_frames(model, images: list[np.ndarray], question: str, batch: int = 16
                  max_new_tokens: int = 48) -> tuple[list[list[tuple[float, float]]], list[str]]:
     """Each uint8 (H, W, 3) image as a one-frame video at 0.0 s, asked `question` -> the points of each
     answer in that image's pixels (none where the answer has no well-formed points), and the answers."""
-    tok = model._tok()
-    end = tok.token_to_id(model.END)
-    eos = [end] if end is not None else tok.eos_token_ids
     q_ids = model.turn_ids(question)
     points, answers = [], []
     for b in range(0, len(images), batch):
         chunk = images[b : b + batch]
         ctxs = [model.video_context(torch.from_numpy(np.array(im)).permute(2, 0, 1)[None].contiguous(),
                                     [0.0]) for im in chunk]
-        rows = [ids + q_ids for ids, _, _ in ctxs]
-        width = max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):  # left padding: the new tokens follow every row's last token
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
         with torch.inference_mode():
             feats = torch.cat([model.encode(p, pool) for _, p, pool in ctxs])
-            out = model.generate_ids(ids, attention_mask=mask, max_new_tokens=max_new_tokens, image_features=feats,
-                                     eos_token_ids=eos)
-        for im, o in zip(chunk, out):
-            text = tok.decode(o).strip()
+        for im, text in zip(chunk, model.answer_rows([ids + q_ids for ids, _, _ in ctxs], feats, max_new_tokens)):
             answers.append(text)
             h, w = im.shape[:2]
             try:
