@@ -104,6 +104,11 @@ def _model_type(folder: Path) -> str:
     return "molmo2" if kind in ("molmo2", "mmfm-molmo2") else ""
 
 
+def _object(query: str) -> str:
+    """"the red circles" -> "red circles": the question puts its own article."""
+    return query[4:] if query.lower().startswith("the ") else query
+
+
 def _grounded(files, query, model, out, max_frames, fps, question, what, zoom: float = 0.0):
     from mmfm.text.pointing import parse_video_points
     from mmfm.vision.video import draw_points, write_video
@@ -117,7 +122,7 @@ def _grounded(files, query, model, out, max_frames, fps, question, what, zoom: f
     if zoom:  # tracking frame by frame, with a second look (mmfm.models.molmo2_track)
         from mmfm.models.molmo2_track import track_by_frames
 
-        q = query[4:] if query.lower().startswith("the ") else query
+        q = _object(query)
         answer = track_by_frames(m, v.frames, v.timestamps, q, zoom).markup(w, h, q)
     else:
         answer = m.ask(question, video=v, max_new_tokens=512)
@@ -154,7 +159,7 @@ def point(
         from mmfm.cli import llava
 
         return llava.point(files[0], query, model=model, out=out or Path("points.png"), as_json=as_json)
-    q = query[4:] if query.lower().startswith("the ") else query
+    q = _object(query)
     out = out or Path("points.gif")
     answer, pts = _grounded(files, query, model, out, max_frames, fps, f"Point to every {q} when it appears.", "point")
     _report(files[0], query, answer, pts, out, as_json, "point(s)")
@@ -175,7 +180,7 @@ def track(
 ) -> None:
     """Track an object through a video: a point on every sampled frame where it is, drawn as a trail."""
     files, query = _split(args, "object to track")
-    q = query[4:] if query.lower().startswith("the ") else query
+    q = _object(query)
     answer, pts = _grounded(files, query, model, out, max_frames, fps, f"Track the {q}.", "track",
                             zoom if per_frame else 0.0)
     _report(files[0], query, answer, pts, out, as_json, "frame(s) tracked")

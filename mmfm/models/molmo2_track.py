@@ -90,6 +90,9 @@ def track_by_frames(model, frames: np.ndarray, timestamps, query: str, zoom: flo
         if pts:
             ref = _nearest(pts, ref)
             chosen.append((k, ref))
+    first_look = [(float(timestamps[k]), *p) for k, p in chosen]
+    if zoom == 1 or not chosen:  # no second look
+        return FrameTrack(first_look, first_look, answers)
     h, w = frames.shape[1:3]
     cw, ch = max(1, round(w / zoom)), max(1, round(h / zoom))
     boxes, crops = [], []
@@ -98,12 +101,12 @@ def track_by_frames(model, frames: np.ndarray, timestamps, query: str, zoom: flo
         y0 = int(min(max(round(y - ch / 2), 0), h - ch))
         boxes.append((x0, y0))
         crops.append(np.asarray(Image.fromarray(frames[k, y0 : y0 + ch, x0 : x0 + cw]).resize((w, h), Image.BILINEAR)))
-    second = point_frames(model, crops, question, batch)[0] if zoom > 1 and crops else [[] for _ in chosen]
+    second = point_frames(model, crops, question, batch)[0]
     points = []
     for (k, p), (x0, y0), pts in zip(chosen, boxes, second):
         cands = [(x0 + u * cw / w, y0 + v * ch / h) for u, v in pts]  # back to the frame's pixels
         points.append((float(timestamps[k]), *(_nearest(cands, p) if cands else p)))
-    return FrameTrack(points, [(float(timestamps[k]), *p) for k, p in chosen], answers)
+    return FrameTrack(points, first_look, answers)
 
 
 __all__ = ["FrameTrack", "track_by_frames", "point_frames"]
