@@ -109,12 +109,16 @@ def test_evaluation_and_cli_on_a_video_file(run, tmp_path):
     data = WorldVideoData(model, model.tokenizer, **DATA)
     rep = evaluate_molmo2_world(model, data, n=1, splits=("heldout",), progress=False, max_new_tokens=6,
                                 frame_tracks=2.0)
-    assert set(rep["heldout"]) == {"qa", "counting", "pointing", "tracking", "point_at", "tracking_by_frames"}
+    assert set(rep["heldout"]) == {"qa", "counting", "pointing", "tracking", "point_at", "tracking_by_frames",
+                                   "pointing_by_frames"}
+    pf = rep["heldout"]["pointing_by_frames"]
+    assert pf["n"] == rep["heldout"]["pointing"]["n"] > 0 and 0.0 <= pf["f1"] <= 1.0
     by = rep["heldout"]["tracking_by_frames"]
     assert by["zoom"] == 2.0 and by["n"] == rep["heldout"]["tracking"]["n"] > 0 and 0.0 <= by["in_mask"] <= 1.0
     from mmfm.cli.molmo2 import format_scores
 
     assert f"frame by frame {by['in_mask']:.2f}" in format_scores(rep["heldout"])
+    assert f"frame by frame {pf['f1']:.2f}" in format_scores(rep["heldout"])
     assert rep["heldout"]["point_at"]["n"] > 0 and 0.0 <= rep["heldout"]["point_at"]["in_mask"] <= 1.0
     assert 0.0 <= rep["heldout"]["counting"]["exact"] <= 1.0
 
@@ -167,7 +171,7 @@ def test_prepare_trains_the_adapter_and_lora_only():
 def test_world_training_options_are_checked_before_any_work(tmp_path, capsys):
     refused(capsys, "train", "molmo2", "--tasks", "point,jump", "--out", tmp_path / "x", match="task kinds")
     refused(capsys, "train", "molmo2", "--save-every", "0", "--out", tmp_path / "x", match="--save-every")
-    refused(capsys, "train", "molmo2", "--tasks", "none", "--out", tmp_path / "x", match="give --stills N or --sets N")
+    refused(capsys, "train", "molmo2", "--tasks", "none", "--out", tmp_path / "x", match="--frame-stills N or --sets N")
     data = tmp_path / "data.json"  # never read: the option checks come first
     refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--train-lm", "--tasks", "count",
             "--out", tmp_path / "x", match="--train-lm, --tasks: world-video options")
@@ -235,8 +239,8 @@ def test_a_world_run_goes_on_from_a_saved_molmo2(run, tmp_path):
         build_from(out / "model", frame_col_tokens=False, bidirectional=False)
 
     report = train_world_molmo2(out=tmp_path, steps=1, batch_size=1, progress=False, evaluate=False, seed=0,
-                                start=out / "model")
-    assert report["start"] == str(out / "model")
+                                start=out / "model", frame_stills=2)  # clips and single frames of others
+    assert report["start"] == str(out / "model") and report["frame_stills"] == 2
     after = mmfm.load(tmp_path / "model")
     assert after.config.lora == saved.config.lora  # its own adapters went on learning
     a, s = after.state_dict(), saved.state_dict()
@@ -314,6 +318,42 @@ def test_stills_are_one_frame_videos_whose_points_are_the_scene():
     assert int((only["labels"] != IGNORE).sum()) == extra and only["patches"].shape[0] == 3
     with pytest.raises(ConfigError, match="empty"):
         WorldVideoData(model, tok, tasks=(), **DATA)
+
+
+def test_frame_stills_are_single_frames_of_clips_asked_for_every_object_of_a_shape():
+    """--frame-stills: one frame of a training clip as a one-frame video, "Point to every <shape>." for each
+    shape of the clip and one it lacks, answered with every object of that shape visible in that frame, or
+    none."""
+    from mmfm.data.molmo2 import IGNORE
+
+    model = build_world_molmo2(lm_dtype="float32", **PRESETS["world-video"]["model"])
+    tok = model.tokenizer
+    data = WorldVideoData(model, tok, frame_stills=4, tasks=(), **DATA)
+    seen_none = seen_two = False
+    for i in range(12):
+        ex, c, k = data.frame_still(data._frame_index(i))
+        assert c.events == data.clip(i).events and k == (3 * i) % DATA["frames"]  # clip i, its frame (3 i) mod F
+        frame = torch.from_numpy(c.frames[k]).permute(2, 0, 1)[None]
+        assert ex.context == model.video_context(frame, [0.0])[0]
+        shapes = sorted({m.obj.shape for m in c.movers})
+        assert len(ex.qas) == len(shapes) + 1 and {qa.kind for qa in ex.qas} == {"pointing"}
+        lacking = tok.decode(ex.qas[-1].question).split("Point to every ")[1].split(".")[0]
+        assert lacking not in shapes and tok.decode(ex.qas[-1].answer).startswith("There are none")
+        shapes.append(lacking)
+        for qa, shape in zip(ex.qas, shapes):
+            assert tok.decode(qa.question).count(f"Point to every {shape}.") == 1
+            text = tok.decode(qa.answer)
+            want = [o for o, m in enumerate(c.movers) if m.obj.shape == shape and c.visible[k, o]]
+            got = parse_video_points(text, 0.0, DATA["size"], DATA["size"]) if want else []
+            assert text.startswith("There are none") == (not want) and len(got) == len(want)
+            for _, _, x, y in got:  # every point in the mask of one object of that shape, in that frame
+                assert any(c.masks[k, o, min(int(y), DATA["size"] - 1), min(int(x), DATA["size"] - 1)] for o in want)
+            seen_none |= not want
+            seen_two |= len(want) > 1
+    assert seen_none and seen_two
+    b = data.batch(0)
+    extra = sum(len(qa.answer) for i in range(4) for qa in data.frame_still(data._frame_index(i))[0].qas)
+    assert int((b["labels"] != IGNORE).sum()) == extra and b["patches"].shape[0] == 4
 
 
 def test_a_column_token_per_row_of_a_frame(run, tmp_path):

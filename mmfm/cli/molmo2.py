@@ -109,7 +109,9 @@ def _object(query: str) -> str:
     return query[4:] if query.lower().startswith("the ") else query
 
 
-def _grounded(files, query, model, out, max_frames, fps, question, what, zoom: float = 0.0):
+def _grounded(files, query, model, out, max_frames, fps, question, what, by_frames=None):
+    """The video's answer to `question` (or by_frames(model, video): the markup of an answer asked frame by
+    frame), its points drawn into `out`."""
     from mmfm.text.pointing import parse_video_points
     from mmfm.vision.video import draw_points, write_video
 
@@ -119,11 +121,8 @@ def _grounded(files, query, model, out, max_frames, fps, question, what, zoom: f
     v = _video(files[0], m, max_frames, fps)
     w, h = v.size
     duration = v.timestamps[-1] if v.timestamps else 0.0
-    if zoom:  # tracking frame by frame, with a second look (mmfm.models.molmo2_track)
-        from mmfm.models.molmo2_track import track_by_frames
-
-        q = _object(query)
-        answer = track_by_frames(m, v.frames, v.timestamps, q, zoom).markup(w, h, q)
+    if by_frames is not None:  # asked frame by frame (mmfm.models.molmo2_track)
+        answer = by_frames(m, v)
     else:
         answer = m.ask(question, video=v, max_new_tokens=512)
     pts = parse_video_points(answer, duration + 0.5, w, h)
@@ -152,6 +151,9 @@ def point(
     max_frames: int = MAX_FRAMES,
     fps: float = FPS,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    per_frame: bool = typer.Option(False, "--per-frame", help="In a video: ask about each frame alone (\"Point to "
+                                   "every X.\"), link the points frame to frame, and give each track's first: "
+                                   "pointing by detection with the same model, instead of its one-pass answer."),
 ) -> None:
     """Point at things: in an image (Molmo's format), or in a video at the time each appears (Molmo2's)."""
     files, query = _split(args, "query")
@@ -161,7 +163,14 @@ def point(
         return llava.point(files[0], query, model=model, out=out or Path("points.png"), as_json=as_json)
     q = _object(query)
     out = out or Path("points.gif")
-    answer, pts = _grounded(files, query, model, out, max_frames, fps, f"Point to every {q} when it appears.", "point")
+
+    def by_frames(m, v):
+        from mmfm.models.molmo2_track import point_by_frames
+
+        return point_by_frames(m, v.frames, v.timestamps, q).markup(*v.size, q)
+
+    answer, pts = _grounded(files, query, model, out, max_frames, fps, f"Point to every {q} when it appears.", "point",
+                            by_frames if per_frame else None)
     _report(files[0], query, answer, pts, out, as_json, "point(s)")
 
 
@@ -181,8 +190,14 @@ def track(
     """Track an object through a video: a point on every sampled frame where it is, drawn as a trail."""
     files, query = _split(args, "object to track")
     q = _object(query)
+
+    def by_frames(m, v):
+        from mmfm.models.molmo2_track import track_by_frames
+
+        return track_by_frames(m, v.frames, v.timestamps, q, zoom).markup(*v.size, q)
+
     answer, pts = _grounded(files, query, model, out, max_frames, fps, f"Track the {q}.", "track",
-                            zoom if per_frame else 0.0)
+                            by_frames if per_frame else None)
     _report(files[0], query, answer, pts, out, as_json, "frame(s) tracked")
 
 
@@ -213,6 +228,9 @@ def train_molmo2(
                                      "option; transformers cannot load it)."),
     stills: int = options.bounded(0, "--stills", lo=0, hi=4096, help="On world videos: that many world scenes per "
                                   "batch as one-frame videos with point questions (images beside the videos)."),
+    frame_stills: int = options.bounded(0, "--frame-stills", lo=0, hi=4096, help="On world videos: that many "
+                                        "single frames of clips per batch, 'Point to every <shape>.' about each "
+                                        "frame alone (what `mmfm point --per-frame` asks)."),
     sets: int = options.bounded(0, "--sets", lo=0, hi=4096, help="On world videos: that many image sets per batch "
                                 "(a few scenes as several images, or as a slideshow video), with multi-image "
                                 "pointing and QA and pointing at a time; the evaluation asks --eval-sets of them."),
@@ -252,7 +270,8 @@ def train_molmo2(
     prec = options.precision_of(precision, bf16)
     world_only = [o for o, on in (("--train-lm", train_lm), ("--frame-layout", frame_layout),
                                   ("--frame-rows", frame_rows), ("--frame-index", frame_index),
-                                  ("--stills", stills > 0), ("--sets", sets > 0), ("--eval-sets", eval_sets > 0),
+                                  ("--stills", stills > 0), ("--frame-stills", frame_stills > 0), ("--sets", sets > 0),
+                                  ("--eval-sets", eval_sets > 0),
                                   ("--tasks", tasks is not None)) if on]
     if data is not None and world_only:  # said rather than ignored: --data has its own switches
         raise ConfigError(f"{', '.join(world_only)}: world-video options; with --data the whole LM "
@@ -281,13 +300,15 @@ def train_molmo2(
         check_layouts(layouts)  # before the model loads
     except ConfigError as e:
         raise ConfigError(f"--set-layouts: {e}") from None
-    if kinds == () and not stills and not sets:
-        raise ConfigError("--tasks none trains on stills or image sets alone: give --stills N or --sets N")
+    if kinds == () and not stills and not sets and not frame_stills:
+        raise ConfigError("--tasks none trains on stills or image sets alone: give --stills N, --frame-stills N "
+                          "or --sets N")
     report = train_world_molmo2(preset, out, resume=resume, evaluate=evaluate, eval_n=eval_n, packed=packed,
                                 weighting=weighting, bidirectional=bidirectional, train_lm=train_lm,
                                 frame_layout=frame_layout, frame_rows=frame_rows, tasks=kinds,
                                 frame_index=preset_of(preset)["data"]["frames"] if frame_index else 0,
-                                stills=stills, sets=sets, eval_sets=eval_sets, set_layouts=layouts, precision=prec,
+                                stills=stills, sets=sets, frame_stills=frame_stills, eval_sets=eval_sets,
+                                set_layouts=layouts, precision=prec,
                                 compile=compile_step or None, steps=steps, batch_size=batch_size, lr=lr,
                                 seed=seed, save_every=save_every, start=init)
     for split in ("test", "heldout"):
@@ -321,6 +342,8 @@ def format_scores(r: dict) -> str:
     bf = r.get("tracking_by_frames")
     by = "" if not bf or bf["in_mask"] is None else (
         f" (frame by frame {bf['in_mask']:.2f} +- {bf['ci95']:.2f}, first look {bf['first_look_in_mask']:.2f})")
+    pf = r.get("pointing_by_frames")
+    f1 += "" if not pf or pf["f1"] is None else f" (frame by frame {pf['f1']:.2f} +- {pf['ci95']:.2f})"
     return (f"counting exact {c['exact']:.2f} +- {c['exact_ci95']:.2f} (within one {c['within_one']:.2f}); "
             f"pointing F1 {f1}; tracking in-mask {tm}{by}; pointing at a time in-mask {at}; {qa}" + _set_scores(r))
 
@@ -352,7 +375,8 @@ def eval_molmo2(
     max_bad: float = options.MAX_BAD,
     frame_tracks: float = options.bounded(0.0, "--frame-tracks", lo=0.0, hi=8.0, help="Also track frame by "
                                           "frame (`mmfm track --per-frame`) with this zoom for the second look "
-                                          "(1: none; 0: off)."),
+                                          "(1: none; 0: off), and point frame by frame (`mmfm point "
+                                          "--per-frame`)."),
 ) -> None:
     """Video QA by type, counting, spatio-temporal pointing and tracking on test and held-out world videos;
     with --data, exact match on your videos and image sets."""

@@ -16,6 +16,12 @@ same video markup at 0.0 s. Molmo2 trains on images and videos together; here a 
 clip's first frame, where the video tasks point most, at a fraction of a clip's tokens. With `tasks=()`
 a batch holds the stills alone (a first stage that teaches the place in Molmo2's layout).
 
+Frame stills (`frame_stills` per batch, off by default): single frames of training clips as one-frame videos,
+"Point to every <shape>." for each shape of the clip and for one shape it lacks, answered with every object of
+that shape visible in that frame (or "There are none."). The scenes' questions say the count by their grammar
+("the circle" / "the circles"); this one does not, so a model asked it about each frame alone has to find how
+many there are, and it sees the clips' frames (objects at the border, half hidden) rather than whole scenes.
+
 Image sets (`sets` per batch, off by default): a few world scenes asked about together
 (mmfm.world.image_sets), in turn as several images (multi-image pointing and QA, points in Molmo2's
 multi-image markup) and as a slideshow video of `frames` scenes ("Point to the red circles at 1.5 s.":
@@ -34,7 +40,7 @@ from mmfm.text.pointing import format_points_v2, format_video_points
 from mmfm.world import World
 from mmfm.world.image_sets import ImageSet, check_layouts, image_set, moved_set, set_tasks
 from mmfm.world.video import Clip, clip, video_tasks
-from mmfm.world.vocab import PLURAL
+from mmfm.world.vocab import PLURAL, SHAPES
 
 TASK_KINDS = {"point": "pointing", "track": "pointing", "point_at": "pointing", "point_in": "pointing",
               "point_every": "pointing"}
@@ -81,13 +87,13 @@ class WorldVideoData:
     def __init__(self, model, tokenizer, seed: int = 0, split: str = "train", frames: int = 8, size: int = 64,
                  fps: float = 2.0, batch_size: int = 8, max_len: int = 2048, weighting: bool = True,
                  packed: bool = True, tasks: tuple[str, ...] | None = None, max_qas: int = 0, stills: int = 0,
-                 sets: int = 0, set_layouts: tuple[str, ...] = SET_LAYOUTS):
-        if tasks == () and not stills and not sets:
+                 sets: int = 0, set_layouts: tuple[str, ...] = SET_LAYOUTS, frame_stills: int = 0):
+        if tasks == () and not stills and not sets and not frame_stills:
             raise ConfigError("no clip tasks, stills or image sets: the batches would be empty")
         self.model, self.tok = model, tokenizer
         self.seed, self.split, self.frames, self.size, self.fps = seed, split, frames, size, fps
         self.batch_size, self.max_len, self.weighting, self.packed = batch_size, max_len, weighting, packed
-        self.tasks, self.max_qas, self.stills = tasks, max_qas, stills
+        self.tasks, self.max_qas, self.stills, self.frame_stills = tasks, max_qas, stills, frame_stills
         self.sets, self.set_layouts = sets, check_layouts(set_layouts)
         self.world = World(seed=seed, size=size)
         self._end = tokenizer.encode(model.END, add_special_tokens=False)
@@ -123,6 +129,26 @@ class WorldVideoData:
                   + self._end, "pointing") for q in queries]
         return Example(ids, qas, patches, pooling), queries
 
+    def frame_still(self, index: int) -> tuple[Example, Clip, int]:
+        """Frame `index % frames` of clip `index // frames` of the split, alone as a one-frame video at 0.0 s;
+        a branch "Point to every <shape>." for each shape in the clip and for one shape not in it (a seeded
+        choice: "There are none." is as often right as a model asked about every frame needs it to be),
+        answered with the points of the objects of that shape visible in that frame; -> (example, clip, frame)."""
+        c = self.clip(index // self.frames)
+        k = index % self.frames
+        frame = torch.from_numpy(c.frames[k]).permute(2, 0, 1)[None].contiguous()
+        ids, patches, pooling = self.model.video_context(frame, [0.0])
+        qas = []
+        present = sorted({m.obj.shape for m in c.movers})
+        absent = [s for s in SHAPES if s not in present]
+        other = absent[np.random.default_rng([self.seed, 26, index]).integers(len(absent))] if absent else None
+        for shape in present + [other] * (other is not None):
+            pts = sorted((0.0, *map(float, c.points[k, o])) for o, m in enumerate(c.movers)
+                         if m.obj.shape == shape and c.visible[k, o])
+            qas.append(QA(self.question_ids(f"Point to every {shape}."),
+                          self.tok.encode_plain(point_answer(pts, c.size, PLURAL[shape])) + self._end, "pointing"))
+        return Example(ids, qas, patches, pooling), c, k
+
     def image_set(self, index: int, layout: str) -> ImageSet:
         if layout == "moved":
             return moved_set(self.seed, self.split, index, n=self.frames, size=self.size, fps=self.fps,
@@ -155,12 +181,20 @@ class WorldVideoData:
             per_still = max(1, self.stills // (world_size * accum))
             first = ((step * accum + micro) * world_size + rank) * per_still
             examples += [self.still(i)[0] for i in range(first, first + per_still)]
+        if self.frame_stills:  # frames of consecutive indices come from different clips (a stride of 3)
+            per_frame = max(1, self.frame_stills // (world_size * accum))
+            first = ((step * accum + micro) * world_size + rank) * per_frame
+            examples += [self.frame_still(self._frame_index(i))[0] for i in range(first, first + per_frame)]
         if self.sets:  # the layouts take turns, set by set
             per_set = max(1, self.sets // (world_size * accum))
             first = ((step * accum + micro) * world_size + rank) * per_set
             examples += [self._subset(self.set_example(i, self.set_layouts[i % len(self.set_layouts)])[0], step, i, 1)
                          for i in range(first, first + per_set)]
         return self.collate(examples).model_inputs()
+
+    def _frame_index(self, i: int) -> int:
+        """The i-th frame still: clip i, frame (3 i) mod frames, so a batch sees every frame position."""
+        return i * self.frames + (3 * i) % self.frames
 
     def _subset(self, ex: Example, step: int, i: int, stream: int = 0) -> Example:
         """At most max_qas of the example's branches, a seeded choice: batches stay a function of the step."""
