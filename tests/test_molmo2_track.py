@@ -54,21 +54,29 @@ def test_a_track_by_frames_has_a_point_a_frame_and_looks_again_inside_its_crop(m
     assert once.points == once.first_look == tr.first_look
 
 
-def test_frame_by_frame_tracks_land_in_the_mask_more_often_than_the_one_pass_answer(model):
-    """On 4 test clips (12 tracks) the shipped model never saw."""
+def _one_pass_and_by_frames(model, kind: str, clips: int, score, by_frames) -> tuple[list, list]:
+    """For each `kind` task of the first test clips: score(points, clip, task) of the one-pass answer and of
+    by_frames(clip, task)'s points."""
     from mmfm.data.molmo2_world import WorldVideoData
     from mmfm.eval.molmo2_world import ask_clip
 
     data = WorldVideoData(model, model._tok(), seed=0, split="test", size=model.config.vision.image_size)
-    one_pass, by_frames = [], []
-    for i in range(4):
+    one, frames = [], []
+    for i in range(clips):
         ex, c, tasks = data.example(i)
-        tracks = [t for t in tasks if t["task"] == "track"]
-        answers = ask_clip(model, data, ex.context, ex.patches, ex.pooling, [t["question"] for t in tracks])
-        for t, a in zip(tracks, answers):
-            one_pass.append(track_scores(_points(a, c), c, t["object"])["in_mask"])
-            by_frames.append(track_scores(track_by_frames(model, c.frames, _times(c), t["name"]).points, c,
-                                          t["object"])["in_mask"])
+        mine = [t for t in tasks if t["task"] == kind]
+        answers = ask_clip(model, data, ex.context, ex.patches, ex.pooling, [t["question"] for t in mine])
+        for t, a in zip(mine, answers):
+            one.append(score(_points(a, c), c, t))
+            frames.append(score(by_frames(c, t), c, t))
+    return one, frames
+
+
+def test_frame_by_frame_tracks_land_in_the_mask_more_often_than_the_one_pass_answer(model):
+    """On 4 test clips (12 tracks) the shipped model never saw."""
+    one_pass, by_frames = _one_pass_and_by_frames(
+        model, "track", 4, lambda pts, c, t: track_scores(pts, c, t["object"])["in_mask"],
+        lambda c, t: track_by_frames(model, c.frames, _times(c), t["name"]).points)
     # measured on these tracks when written: one pass 0.38, frame by frame 0.83 (greedy: it repeats)
     assert np.mean(by_frames) >= 0.6 and np.mean(by_frames) >= np.mean(one_pass) + 0.15, (one_pass, by_frames)
 
@@ -147,19 +155,9 @@ def test_pointing_by_frames_gives_each_object_once_where_its_track_starts(model)
 
 def test_pointing_by_frames_finds_more_objects_when_they_appear_than_the_one_pass_answer(model):
     """On 6 test clips (15 "Point to every X when it appears." tasks) the shipped model never saw."""
-    from mmfm.data.molmo2_world import WorldVideoData
-    from mmfm.eval.molmo2_world import ask_clip
-
-    data = WorldVideoData(model, model._tok(), seed=0, split="test", size=model.config.vision.image_size)
-    one_pass, by_frames = [], []
-    for i in range(6):
-        ex, c, tasks = data.example(i)
-        points = [t for t in tasks if t["task"] == "point"]
-        answers = ask_clip(model, data, ex.context, ex.patches, ex.pooling, [t["question"] for t in points])
-        for t, a in zip(points, answers):
-            one_pass.append(st_point_scores(_points(a, c), c, t["shape"])["f1"])
-            by_frames.append(st_point_scores(point_by_frames(model, c.frames, _times(c), t["shape"]).points, c,
-                                             t["shape"])["f1"])
+    one_pass, by_frames = _one_pass_and_by_frames(
+        model, "point", 6, lambda pts, c, t: st_point_scores(pts, c, t["shape"])["f1"],
+        lambda c, t: point_by_frames(model, c.frames, _times(c), t["shape"]).points)
     # measured on these tasks when written: one pass F1 0.38, frame by frame 0.47 (greedy: it repeats)
     assert len(by_frames) == 15 and np.mean(by_frames) >= np.mean(one_pass) + 0.04, (one_pass, by_frames)
 

@@ -112,7 +112,7 @@ def test_evaluation_and_cli_on_a_video_file(run, tmp_path):
     assert set(rep["heldout"]) == {"qa", "counting", "pointing", "tracking", "point_at", "tracking_by_frames",
                                    "pointing_by_frames"}
     pf = rep["heldout"]["pointing_by_frames"]
-    assert pf["n"] == rep["heldout"]["pointing"]["n"] > 0 and 0.0 <= pf["f1"] <= 1.0
+    assert pf["zoom"] == 2.0 and pf["n"] == rep["heldout"]["pointing"]["n"] > 0 and 0.0 <= pf["f1"] <= 1.0
     by = rep["heldout"]["tracking_by_frames"]
     assert by["zoom"] == 2.0 and by["n"] == rep["heldout"]["tracking"]["n"] > 0 and 0.0 <= by["in_mask"] <= 1.0
     from mmfm.cli.molmo2 import format_scores

@@ -376,7 +376,7 @@ def eval_molmo2(
     frame_tracks: float = options.bounded(0.0, "--frame-tracks", lo=0.0, hi=8.0, help="Also track frame by "
                                           "frame (`mmfm track --per-frame`) with this zoom for the second look "
                                           "(1: none; 0: off), and point frame by frame (`mmfm point "
-                                          "--per-frame`)."),
+                                          "--per-frame`) with the same zoom."),
 ) -> None:
     """Video QA by type, counting, spatio-temporal pointing and tracking on test and held-out world videos;
     with --data, exact match on your videos and image sets."""

@@ -107,8 +107,8 @@ def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), 
     """`data`: a WorldVideoData (its tokenizer and layout); n clips per split, and `sets` image sets
     (evaluate_sets). max_new_tokens must hold a whole track (8 frames: about 130 tokens). frame_tracks > 0:
     every track asked frame by frame too (mmfm.models.molmo2_track, that zoom for the second look; 1: none),
-    scored beside the one-pass answer as "tracking_by_frames", and every point task (point_by_frames) as
-    "pointing_by_frames"."""
+    scored beside the one-pass answer as "tracking_by_frames", and every point task (point_by_frames, the same
+    zoom) as "pointing_by_frames"."""
     from tqdm.auto import tqdm
 
     report: dict = {"clips_per_split": n}
@@ -133,7 +133,8 @@ def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), 
                 elif t["task"] == "point":
                     f1s.append(st_point_scores(_points(a, c), c, t["shape"])["f1"])
                     if frame_tracks:
-                        fp = point_by_frames(model, c.frames, [c.time(k) for k in range(len(c.frames))], t["shape"])
+                        fp = point_by_frames(model, c.frames, [c.time(k) for k in range(len(c.frames))], t["shape"],
+                                             zoom=frame_tracks)
                         by_frames["f1"].append(st_point_scores(fp.points, c, t["shape"])["f1"])
                 elif t["task"] == "point_at":
                     at.append(point_at_score(_points(a, c), c, t["object"], t["frame"]))
@@ -162,7 +163,8 @@ def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), 
                 "ci95": interval(b["in_mask"]), "n": len(b["in_mask"]),
                 "first_look_in_mask": float(np.mean(b["first_look"])) if b["first_look"] else None,
                 "switches_per_track": float(np.mean(b["switches"])) if b["switches"] else None}
-            report[split]["pointing_by_frames"] = {"f1": float(np.mean(b["f1"])) if b["f1"] else None,
+            report[split]["pointing_by_frames"] = {"zoom": frame_tracks,
+                                                   "f1": float(np.mean(b["f1"])) if b["f1"] else None,
                                                    "ci95": interval(b["f1"]), "n": len(b["f1"])}
         if sets:
             report[split]["image_sets"] = evaluate_sets(model, data, sets, progress, max_new_tokens)

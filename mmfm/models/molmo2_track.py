@@ -101,18 +101,10 @@ def point_by_frames(model, frames: np.ndarray, timestamps, query: str, zoom: flo
     first appears: "Point to every <query>." about each frame alone, each point then looked at again as
     `track_by_frames` does (zoom 1: not), linked frame to frame within `gate` times the frame's larger side
     (None: at any distance, so a new track starts only where a frame has more points than the tracks alive)."""
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise InvalidPrompt(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
-    if len(timestamps) != len(frames):
-        raise InvalidPrompt(f"{len(frames)} frames but {len(timestamps)} timestamps")
-    if not 1.0 <= zoom <= 8.0:
-        raise ConfigError(f"zoom {zoom}: the second look enlarges a crop 1 to 8 times (1: no second look)")
+    frames = _checked(frames, timestamps, zoom, query, "point to")
     if (gate is not None and not 0.0 < gate <= 1.0) or min_frames < 1:
         raise ConfigError(f"gate {gate}, min_frames {min_frames}: a gate in (0, 1] of the frame (or none), at least "
                           "one frame")
-    if not query.strip():
-        raise InvalidPrompt("the object to point to is empty")
     question = f"Point to every {query.strip()}."
     per_frame, answers = point_frames(model, list(frames), question, batch)
     if zoom > 1:
@@ -149,6 +141,20 @@ def point_frames(model, images: list[np.ndarray], question: str, batch: int = 16
     return points, answers
 
 
+def _checked(frames, timestamps, zoom: float, query: str, what: str) -> np.ndarray:
+    """The frames as an array, once they, their times, the zoom and the query are known to be usable."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise InvalidPrompt(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+    if len(timestamps) != len(frames):
+        raise InvalidPrompt(f"{len(frames)} frames but {len(timestamps)} timestamps")
+    if not 1.0 <= zoom <= 8.0:
+        raise ConfigError(f"zoom {zoom}: the second look enlarges a crop 1 to 8 times (1: no second look)")
+    if not query.strip():
+        raise InvalidPrompt(f"the object to {what} is empty")
+    return frames
+
+
 def _nearest(cands: list[tuple[float, float]], ref: tuple[float, float] | None) -> tuple[float, float]:
     if ref is None:
         return cands[0]
@@ -159,15 +165,7 @@ def track_by_frames(model, frames: np.ndarray, timestamps, query: str, zoom: flo
                     batch: int = 16) -> FrameTrack:
     """frames uint8 (F, H, W, 3) and their times -> the track of `query` ("red circle"), one point a frame
     where the model finds it; zoom 1 skips the second look."""
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise InvalidPrompt(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
-    if len(timestamps) != len(frames):
-        raise InvalidPrompt(f"{len(frames)} frames but {len(timestamps)} timestamps")
-    if not 1.0 <= zoom <= 8.0:
-        raise ConfigError(f"zoom {zoom}: the second look enlarges a crop 1 to 8 times (1: no second look)")
-    if not query.strip():
-        raise InvalidPrompt("the object to track is empty")
+    frames = _checked(frames, timestamps, zoom, query, "track")
     question = f"Point to the {query.strip()}."
     first, answers = point_frames(model, list(frames), question, batch)
     chosen: list[tuple[int, tuple[float, float]]] = []
