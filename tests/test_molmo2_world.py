@@ -187,6 +187,12 @@ def test_world_training_options_are_checked_before_any_work(tmp_path, capsys):
             "--out", tmp_path / "x", match="--sets: world-video options")
     refused(capsys, "train", "molmo2", "--sets", "2", "--set-layouts", "images,grid", "--out", tmp_path / "x",
             match="--set-layouts")
+    refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--entering-stills", "3",
+            "--out", tmp_path / "x", match="--entering-stills: world-video options")
+    refused(capsys, "train", "molmo2", "--tasks", "none", "--stills", "2", "--entering-stills", "3",
+            "--out", tmp_path / "x", match="with --frame-stills N")
+    refused(capsys, "train", "molmo2", "--frame-stills", "2", "--entering-stills", "1",
+            "--out", tmp_path / "x", match="K >= 2")
     refused(capsys, "train", "molmo2", "--from", "llava-world-tiny", "--out", tmp_path / "x",
             match="Molmo's connector and image layout")
     assert not (tmp_path / "x").exists()
@@ -239,8 +245,8 @@ def test_a_world_run_goes_on_from_a_saved_molmo2(run, tmp_path):
         build_from(out / "model", frame_col_tokens=False, bidirectional=False)
 
     report = train_world_molmo2(out=tmp_path, steps=1, batch_size=1, progress=False, evaluate=False, seed=0,
-                                start=out / "model", frame_stills=2)  # clips and single frames of others
-    assert report["start"] == str(out / "model") and report["frame_stills"] == 2
+                                start=out / "model", frame_stills=2, entering=2)  # clips and frames of others
+    assert report["start"] == str(out / "model") and report["frame_stills"] == 2 and report["entering"] == 2
     after = mmfm.load(tmp_path / "model")
     assert after.config.lora == saved.config.lora  # its own adapters went on learning
     a, s = after.state_dict(), saved.state_dict()
@@ -354,6 +360,31 @@ def test_frame_stills_are_single_frames_of_clips_asked_for_every_object_of_a_sha
     b = data.batch(0)
     extra = sum(len(qa.answer) for i in range(4) for qa in data.frame_still(data._frame_index(i))[0].qas)
     assert int((b["labels"] != IGNORE).sum()) == extra and b["patches"].shape[0] == 4
+
+
+def test_entering_stills_show_the_frame_after_an_object_came_into_view():
+    """--entering-stills K: K - 1 of every K frame stills are the frame after an entry of their clip (clips
+    with none, and every K-th still, keep frame (3 i) mod F); the other frame stills are unchanged."""
+    model = build_world_molmo2(lm_dtype="float32", **PRESETS["world-video"]["model"])
+    plain = WorldVideoData(model, model.tokenizer, frame_stills=4, tasks=(), **DATA)
+    data = WorldVideoData(model, model.tokenizer, frame_stills=4, tasks=(), entering=3, **DATA)
+    f = DATA["frames"]
+    at_entry = 0
+    for i in range(24):
+        c, index = data.clip(i), data._frame_index(i)
+        firsts = [int(c.visible[:, o].nonzero()[0][0]) for o in range(len(c.movers)) if c.visible[:, o].any()]
+        entries = [e for e in firsts if 0 < e < f - 1]  # seen first after the clip's start, not in its last frame
+        assert index // f == i
+        if i % 3 and entries:
+            assert index % f - 1 in entries
+            at_entry += 1
+        else:
+            assert index == plain._frame_index(i)
+    assert at_entry >= 8  # most clips have an object entering later
+    with pytest.raises(ConfigError, match="K >= 2"):
+        WorldVideoData(model, model.tokenizer, frame_stills=4, tasks=(), entering=1, **DATA)
+    with pytest.raises(ConfigError, match="frame stills"):
+        WorldVideoData(model, model.tokenizer, stills=4, tasks=(), entering=3, **DATA)
 
 
 def test_a_column_token_per_row_of_a_frame(run, tmp_path):

@@ -231,6 +231,9 @@ def train_molmo2(
     frame_stills: int = options.bounded(0, "--frame-stills", lo=0, hi=4096, help="On world videos: that many "
                                         "single frames of clips per batch, 'Point to every <shape>.' about each "
                                         "frame alone (what `mmfm point --per-frame` asks)."),
+    entering_stills: int = options.bounded(0, "--entering-stills", lo=0, hi=4096, help="With --frame-stills: K - 1 "
+                                           "of every K of them one frame after an object of their clip came into "
+                                           "view (K >= 2; 0: off), the objects `mmfm point --per-frame` misses most."),
     sets: int = options.bounded(0, "--sets", lo=0, hi=4096, help="On world videos: that many image sets per batch "
                                 "(a few scenes as several images, or as a slideshow video), with multi-image "
                                 "pointing and QA and pointing at a time; the evaluation asks --eval-sets of them."),
@@ -271,6 +274,7 @@ def train_molmo2(
     world_only = [o for o, on in (("--train-lm", train_lm), ("--frame-layout", frame_layout),
                                   ("--frame-rows", frame_rows), ("--frame-index", frame_index),
                                   ("--stills", stills > 0), ("--frame-stills", frame_stills > 0), ("--sets", sets > 0),
+                                  ("--entering-stills", entering_stills > 0),
                                   ("--eval-sets", eval_sets > 0),
                                   ("--tasks", tasks is not None)) if on]
     if data is not None and world_only:  # said rather than ignored: --data has its own switches
@@ -303,12 +307,15 @@ def train_molmo2(
     if kinds == () and not stills and not sets and not frame_stills:
         raise ConfigError("--tasks none trains on stills or image sets alone: give --stills N, --frame-stills N "
                           "or --sets N")
+    if entering_stills == 1 or (entering_stills and not frame_stills):
+        raise ConfigError(f"--entering-stills {entering_stills}: K - 1 of every K frame stills, so K >= 2 (0: off), "
+                          "with --frame-stills N")
     report = train_world_molmo2(preset, out, resume=resume, evaluate=evaluate, eval_n=eval_n, packed=packed,
                                 weighting=weighting, bidirectional=bidirectional, train_lm=train_lm,
                                 frame_layout=frame_layout, frame_rows=frame_rows, tasks=kinds,
                                 frame_index=preset_of(preset)["data"]["frames"] if frame_index else 0,
                                 stills=stills, sets=sets, frame_stills=frame_stills, eval_sets=eval_sets,
-                                set_layouts=layouts, precision=prec,
+                                entering=entering_stills, set_layouts=layouts, precision=prec,
                                 compile=compile_step or None, steps=steps, batch_size=batch_size, lr=lr,
                                 seed=seed, save_every=save_every, start=init)
     for split in ("test", "heldout"):

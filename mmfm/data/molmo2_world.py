@@ -21,6 +21,9 @@ Frame stills (`frame_stills` per batch, off by default): single frames of traini
 that shape visible in that frame (or "There are none."). The scenes' questions say the count by their grammar
 ("the circle" / "the circles"); this one does not, so a model asked it about each frame alone has to find how
 many there are, and it sees the clips' frames (objects at the border, half hidden) rather than whole scenes.
+With `entering` K > 1, K - 1 of every K frame stills show their clip one frame after one of its objects came
+into view (clips where none does keep their usual frame): an object entering at the border is what a model
+asked frame by frame misses most, and the frame after its entry is the last one where pointing at it is in time.
 
 Image sets (`sets` per batch, off by default): a few world scenes asked about together
 (mmfm.world.image_sets), in turn as several images (multi-image pointing and QA, points in Molmo2's
@@ -87,14 +90,18 @@ class WorldVideoData:
     def __init__(self, model, tokenizer, seed: int = 0, split: str = "train", frames: int = 8, size: int = 64,
                  fps: float = 2.0, batch_size: int = 8, max_len: int = 2048, weighting: bool = True,
                  packed: bool = True, tasks: tuple[str, ...] | None = None, max_qas: int = 0, stills: int = 0,
-                 sets: int = 0, set_layouts: tuple[str, ...] = SET_LAYOUTS, frame_stills: int = 0):
+                 sets: int = 0, set_layouts: tuple[str, ...] = SET_LAYOUTS, frame_stills: int = 0,
+                 entering: int = 0):
         if tasks == () and not stills and not sets and not frame_stills:
             raise ConfigError("no clip tasks, stills or image sets: the batches would be empty")
+        if entering == 1 or entering < 0 or (entering and not frame_stills):
+            raise ConfigError(f"entering {entering}: K - 1 of every K frame stills at an entry needs K >= 2 (0: off) "
+                              "and frame stills")
         self.model, self.tok = model, tokenizer
         self.seed, self.split, self.frames, self.size, self.fps = seed, split, frames, size, fps
         self.batch_size, self.max_len, self.weighting, self.packed = batch_size, max_len, weighting, packed
         self.tasks, self.max_qas, self.stills, self.frame_stills = tasks, max_qas, stills, frame_stills
-        self.sets, self.set_layouts = sets, check_layouts(set_layouts)
+        self.sets, self.set_layouts, self.entering = sets, check_layouts(set_layouts), entering
         self.world = World(seed=seed, size=size)
         self._end = tokenizer.encode(model.END, add_special_tokens=False)
 
@@ -193,7 +200,14 @@ class WorldVideoData:
         return self.collate(examples).model_inputs()
 
     def _frame_index(self, i: int) -> int:
-        """The i-th frame still: clip i, frame (3 i) mod frames, so a batch sees every frame position."""
+        """The i-th frame still: clip i, frame (3 i) mod frames, so a batch sees every frame position; with
+        `entering` K, unless K divides i, the frame after an entry of clip i (its entries in turn), if it has one."""
+        if self.entering and i % self.entering:
+            c = self.clip(i)
+            entries = [int(seen[0]) for seen in map(np.flatnonzero, c.visible.T) if len(seen) and seen[0] > 0]
+            entries = [k for k in entries if k + 1 < self.frames]
+            if entries:
+                return i * self.frames + entries[(i // self.entering) % len(entries)] + 1
         return i * self.frames + (3 * i) % self.frames
 
     def _subset(self, ex: Example, step: int, i: int, stream: int = 0) -> Example:

@@ -303,7 +303,7 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
                        weighting: bool = True, bidirectional: bool = True, train_lm: bool = False,
                        frame_layout: bool = False, tasks: tuple[str, ...] | None = None, start=None,
                        frame_rows: bool = False, frame_index: int = 0, frame_index_init: str = "random",
-                       stills: int = 0, sets: int = 0, frame_stills: int = 0,
+                       stills: int = 0, sets: int = 0, frame_stills: int = 0, entering: int = 0,
                        eval_sets: int = 0,
                        set_layouts: tuple[str, ...] = SET_LAYOUTS, **overrides) -> dict:
     """`train_lm`: every LM weight learns (at LM_LR_SCALE of the lr) instead of LoRA adapters;
@@ -315,6 +315,7 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
     `()`: no clips, the stills alone);
     `stills`: that many world scenes per batch as one-frame videos with point questions (WorldVideoData.still);
     `frame_stills`: that many single frames of clips per batch, "Point to every <shape>." (WorldVideoData.frame_still);
+    `entering`: K - 1 of every K of them one frame after an object of their clip entered (0: off);
     `sets`: that many world image sets per batch, in `set_layouts` in turn (WorldVideoData.set_example);
     `eval_sets`: image sets per split in the evaluation;
     `start`: a Molmo2 to train further, or an mmfm LLaVA with Molmo's connector to start from
@@ -340,14 +341,14 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
     model.config.bidirectional_vision = bidirectional  # the model is asked as it was trained
     data = WorldVideoData(model, model.tokenizer, seed=tcfg.seed, batch_size=tcfg.batch_size, packed=packed,
                           weighting=weighting, tasks=tasks, stills=stills, sets=sets, frame_stills=frame_stills,
-                          set_layouts=set_layouts, **p["data"])
+                          entering=entering, set_layouts=set_layouts, **p["data"])
     source = data if bidirectional else CausalVisionData(data)
     trainer = Trainer(Molmo2TrainModule(model), tcfg, lambda s, m, r, w: source.batch(s, m, r, w, tcfg.accum), out)
     trainer.train(resume=resume)
     report = {"preset": preset_name, "trainable_parameters": trainable, "packed": packed, "weighting": weighting,
               "bidirectional": bidirectional, "train_lm": train_lm, "frame_layout": frame_layout,
               "frame_rows": frame_rows, "frame_index": len(model.config.frame_index_ids), "stills": stills,
-              "frame_stills": frame_stills, "sets": sets, "set_layouts": list(set_layouts),
+              "frame_stills": frame_stills, "entering": entering, "sets": sets, "set_layouts": list(set_layouts),
               "tasks": None if tasks is None else list(tasks), "start": None if start is None else str(start),
               "train_seconds": round(time.perf_counter() - t0, 1),
               "train_config": {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "seed")}}
