@@ -307,9 +307,12 @@ def train_molmo2(
     if kinds == () and not stills and not sets and not frame_stills:
         raise ConfigError("--tasks none trains on stills or image sets alone: give --stills N, --frame-stills N "
                           "or --sets N")
-    if entering_stills == 1 or (entering_stills and not frame_stills):
-        raise ConfigError(f"--entering-stills {entering_stills}: K - 1 of every K frame stills, so K >= 2 (0: off), "
-                          "with --frame-stills N")
+    from mmfm.data.molmo2_world import check_entering
+
+    try:
+        check_entering(entering_stills, frame_stills)  # before the model loads
+    except ConfigError as e:
+        raise ConfigError(f"--entering-stills {e}") from None
     report = train_world_molmo2(preset, out, resume=resume, evaluate=evaluate, eval_n=eval_n, packed=packed,
                                 weighting=weighting, bidirectional=bidirectional, train_lm=train_lm,
                                 frame_layout=frame_layout, frame_rows=frame_rows, tasks=kinds,

@@ -84,6 +84,13 @@ def set_answer_text(task: dict, s: ImageSet, layout: str) -> str:
     return format_points_v2(by_image, sizes, task["label"]) or "There are none."
 
 
+def check_entering(entering: int, frame_stills: int) -> None:
+    """K - 1 of every K frame stills at an entry: K >= 2 (0: off), and frame stills to take them from."""
+    if entering == 1 or entering < 0 or (entering and not frame_stills):
+        raise ConfigError(f"{entering}: K - 1 of every K frame stills at an entry, so K >= 2 (0: off), "
+                          "with --frame-stills N (frame stills)")
+
+
 class WorldVideoData:
     """Examples and batches of world-video tasks for a Molmo2 `model` with its LM `tokenizer`."""
 
@@ -94,9 +101,7 @@ class WorldVideoData:
                  entering: int = 0):
         if tasks == () and not stills and not sets and not frame_stills:
             raise ConfigError("no clip tasks, stills or image sets: the batches would be empty")
-        if entering == 1 or entering < 0 or (entering and not frame_stills):
-            raise ConfigError(f"entering {entering}: K - 1 of every K frame stills at an entry needs K >= 2 (0: off) "
-                              "and frame stills")
+        check_entering(entering, frame_stills)
         self.model, self.tok = model, tokenizer
         self.seed, self.split, self.frames, self.size, self.fps = seed, split, frames, size, fps
         self.batch_size, self.max_len, self.weighting, self.packed = batch_size, max_len, weighting, packed
