@@ -162,7 +162,28 @@ def test_pointing_by_frames_finds_more_objects_when_they_appear_than_the_one_pas
     assert len(by_frames) == 15 and np.mean(by_frames) >= np.mean(one_pass) + 0.04, (one_pass, by_frames)
 
 
-def test_bad_frame_pointing_requests_are_typed_errors(model):
+def test_pointing_by_frames_in_grey_asks_both_looks_about_the_grey_frames(model):
+    """grey=True: the same procedure on the frames in grey (each pixel the mean of its channels), first look and
+    second look alike."""
+    from mmfm.errors import InvalidImage
+    from mmfm.vision.transforms import greyscale
+
+    c = clip(0, "heldout", 1)
+    g = greyscale(c.frames)
+    assert g.shape == c.frames.shape and g.dtype == np.uint8
+    assert (g == g[..., :1]).all() and np.abs(g[..., 0] - c.frames.mean(-1)).max() <= 0.5
+    with pytest.raises(InvalidImage, match="uint8 images with 3 channels"):
+        greyscale(c.frames[..., :2])
+    shape = next(t for t in video_tasks(c) if t["task"] == "point")["shape"]
+    grey = point_by_frames(model, c.frames, _times(c), shape, grey=True)
+    want = point_by_frames(model, g, _times(c), shape)
+    assert grey.answers == want.answers and grey.tracks == want.tracks
+
+
+def test_bad_frame_pointing_requests_are_typed_errors(model, capsys):
+    refused(capsys, "point", "clip.gif", "the circles", "--grey", match="--grey: with --per-frame")
+    refused(capsys, "eval", "molmo2", "--model", "molmo2-world-video", "--grey-frames",
+            match="--grey-frames: with --frame-tracks")
     c = clip(0, "test", 0)
     for kw, match in (({"gate": 0.0}, "gate"), ({"gate": 1.5}, "gate"), ({"min_frames": 0}, "gate"),
                       ({"zoom": 9.0}, "zoom")):

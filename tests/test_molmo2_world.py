@@ -193,6 +193,12 @@ def test_world_training_options_are_checked_before_any_work(tmp_path, capsys):
             "--out", tmp_path / "x", match="with --frame-stills N")
     refused(capsys, "train", "molmo2", "--frame-stills", "2", "--entering-stills", "1",
             "--out", tmp_path / "x", match="K >= 2")
+    refused(capsys, "train", "molmo2", "--data", data, "--from", tmp_path, "--grey-stills", "0.5",
+            "--tower-lr-scale", "0.1", "--out", tmp_path / "x", match="--grey-stills, --tower-lr-scale: world-video")
+    refused(capsys, "train", "molmo2", "--tasks", "none", "--stills", "2", "--grey-stills", "0.5",
+            "--out", tmp_path / "x", match="--grey-stills 0.5: the share of frame stills drawn in grey")
+    refused(capsys, "train", "molmo2", "--frame-stills", "2", "--grey-stills", "1.5", "--out", tmp_path / "x",
+            match="--grey-stills must be in 0.0..1.0")
     refused(capsys, "train", "molmo2", "--from", "llava-world-tiny", "--out", tmp_path / "x",
             match="Molmo's connector and image layout")
     assert not (tmp_path / "x").exists()
@@ -245,13 +251,19 @@ def test_a_world_run_goes_on_from_a_saved_molmo2(run, tmp_path):
         build_from(out / "model", frame_col_tokens=False, bidirectional=False)
 
     report = train_world_molmo2(out=tmp_path, steps=1, batch_size=1, progress=False, evaluate=False, seed=0,
-                                start=out / "model", frame_stills=2, entering=2)  # clips and frames of others
+                                start=out / "model", frame_stills=2, entering=2,  # clips and frames of others
+                                grey=0.5, tower_lr_scale=1.0)
     assert report["start"] == str(out / "model") and report["frame_stills"] == 2 and report["entering"] == 2
+    assert report["grey"] == 0.5 and report["tower_lr_scale"] == 1.0
     after = mmfm.load(tmp_path / "model")
     assert after.config.lora == saved.config.lora  # its own adapters went on learning
     a, s = after.state_dict(), saved.state_dict()
     lora_keys = [k for k in s if "lora_" in k]
     assert lora_keys and any(not torch.equal(a[k].float(), s[k].float()) for k in lora_keys)
+    stem = [k for k in s if k.startswith("vision.vit.patch_embed.") and k.endswith("weight")]
+    stats = [k for k in s if k.startswith("vision.") and k.endswith(("running_mean", "running_var"))]
+    assert stem and any(not torch.equal(a[k].float(), s[k].float()) for k in stem)  # the tower learned
+    assert stats and all(torch.equal(a[k].float(), s[k].float()) for k in stats)  # its BatchNorm kept its statistics
 
 
 def test_the_whole_lm_learns_with_column_tokens_in_frames(tmp_path):
@@ -385,6 +397,33 @@ def test_entering_stills_show_the_frame_after_an_object_came_into_view():
         WorldVideoData(model, model.tokenizer, frame_stills=4, tasks=(), entering=1, **DATA)
     with pytest.raises(ConfigError, match="frame stills"):
         WorldVideoData(model, model.tokenizer, stills=4, tasks=(), entering=3, **DATA)
+
+
+def test_grey_stills_are_frame_stills_drawn_in_grey():
+    """--grey-stills P: that share of the frame stills (a seeded choice per still) shows its frame in grey, the
+    same questions and answers; P = 0 is the plain frame still."""
+    from mmfm.data.molmo2_world import check_grey
+    from mmfm.vision.transforms import greyscale
+
+    model = build_world_molmo2(lm_dtype="float32", **PRESETS["world-video"]["model"])
+    plain = WorldVideoData(model, model.tokenizer, frame_stills=4, tasks=(), **DATA)
+    half = WorldVideoData(model, model.tokenizer, frame_stills=4, tasks=(), grey=0.5, **DATA)
+    greys = 0
+    for index in range(0, 160, 7):
+        (p, c, k), (h, _, _) = plain.frame_still(index), half.frame_still(index)
+        g = torch.from_numpy(greyscale(c.frames[k])).permute(2, 0, 1)[None].contiguous()
+        grey_patches = model.video_context(g, [0.0])[1]
+        assert [(qa.question, qa.answer) for qa in h.qas] == [(qa.question, qa.answer) for qa in p.qas]
+        is_grey = torch.equal(h.patches, grey_patches)
+        assert is_grey or torch.equal(h.patches, p.patches)
+        assert not torch.equal(p.patches, grey_patches)  # the world's objects have colours
+        greys += is_grey
+    assert 6 <= greys <= 17  # about half of 23
+    check_grey(0.0, 0)
+    with pytest.raises(ConfigError, match="in \\[0, 1\\], with frame stills"):
+        check_grey(0.5, 0)
+    with pytest.raises(ConfigError, match="in \\[0, 1\\]"):
+        WorldVideoData(model, model.tokenizer, frame_stills=4, tasks=(), grey=1.5, **DATA)
 
 
 def test_a_column_token_per_row_of_a_frame(run, tmp_path):

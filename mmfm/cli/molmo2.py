@@ -154,8 +154,12 @@ def point(
     per_frame: bool = typer.Option(False, "--per-frame", help="In a video: ask about each frame alone (\"Point to "
                                    "every X.\"), link the points frame to frame, and give each track's first: "
                                    "pointing by detection with the same model, instead of its one-pass answer."),
+    grey: bool = typer.Option(False, "--grey", help="With --per-frame: ask about the frames in grey, for a query that "
+                              "names no colour and a model trained with --grey-stills."),
 ) -> None:
     """Point at things: in an image (Molmo's format), or in a video at the time each appears (Molmo2's)."""
+    if grey and not per_frame:
+        raise ConfigError("--grey: with --per-frame (the frames asked about one by one)")
     files, query = _split(args, "query")
     if len(files) == 1 and not is_video(files[0]):
         from mmfm.cli import llava
@@ -167,7 +171,7 @@ def point(
     def by_frames(m, v):
         from mmfm.models.molmo2_track import point_by_frames
 
-        return point_by_frames(m, v.frames, v.timestamps, q).markup(*v.size, q)
+        return point_by_frames(m, v.frames, v.timestamps, q, grey=grey).markup(*v.size, q)
 
     answer, pts = _grounded(files, query, model, out, max_frames, fps, f"Point to every {q} when it appears.", "point",
                             by_frames if per_frame else None)
@@ -234,6 +238,12 @@ def train_molmo2(
     entering_stills: int = options.bounded(0, "--entering-stills", lo=0, hi=4096, help="With --frame-stills: K - 1 "
                                            "of every K of them one frame after an object of their clip came into "
                                            "view (K >= 2; 0: off), the objects `mmfm point --per-frame` misses most."),
+    grey_stills: float = options.bounded(0.0, "--grey-stills", lo=0.0, hi=1.0, help="With --frame-stills: that share "
+                                         "of them drawn in grey (the mean of the channels), for `mmfm point "
+                                         "--per-frame --grey`."),
+    tower_lr_scale: float = options.bounded(0.0, "--tower-lr-scale", lo=0.0, hi=100.0, help="On world videos: the "
+                                            "vision tower learns at this share of --lr, its BatchNorm statistics "
+                                            "kept (0: frozen)."),
     sets: int = options.bounded(0, "--sets", lo=0, hi=4096, help="On world videos: that many image sets per batch "
                                 "(a few scenes as several images, or as a slideshow video), with multi-image "
                                 "pointing and QA and pointing at a time; the evaluation asks --eval-sets of them."),
@@ -274,7 +284,8 @@ def train_molmo2(
     world_only = [o for o, on in (("--train-lm", train_lm), ("--frame-layout", frame_layout),
                                   ("--frame-rows", frame_rows), ("--frame-index", frame_index),
                                   ("--stills", stills > 0), ("--frame-stills", frame_stills > 0), ("--sets", sets > 0),
-                                  ("--entering-stills", entering_stills > 0),
+                                  ("--entering-stills", entering_stills > 0), ("--grey-stills", grey_stills > 0),
+                                  ("--tower-lr-scale", tower_lr_scale > 0),
                                   ("--eval-sets", eval_sets > 0),
                                   ("--tasks", tasks is not None)) if on]
     if data is not None and world_only:  # said rather than ignored: --data has its own switches
@@ -307,18 +318,21 @@ def train_molmo2(
     if kinds == () and not stills and not sets and not frame_stills:
         raise ConfigError("--tasks none trains on stills or image sets alone: give --stills N, --frame-stills N "
                           "or --sets N")
-    from mmfm.data.molmo2_world import check_entering
+    from mmfm.data.molmo2_world import check_entering, check_grey
 
-    try:
-        check_entering(entering_stills, frame_stills)  # before the model loads
-    except ConfigError as e:
-        raise ConfigError(f"--entering-stills {e}") from None
+    for flag, check, value in (("--entering-stills", check_entering, entering_stills),
+                               ("--grey-stills", check_grey, grey_stills)):
+        try:
+            check(value, frame_stills)  # before the model loads
+        except ConfigError as e:
+            raise ConfigError(f"{flag} {e}") from None
     report = train_world_molmo2(preset, out, resume=resume, evaluate=evaluate, eval_n=eval_n, packed=packed,
                                 weighting=weighting, bidirectional=bidirectional, train_lm=train_lm,
                                 frame_layout=frame_layout, frame_rows=frame_rows, tasks=kinds,
                                 frame_index=preset_of(preset)["data"]["frames"] if frame_index else 0,
                                 stills=stills, sets=sets, frame_stills=frame_stills, eval_sets=eval_sets,
-                                entering=entering_stills, set_layouts=layouts, precision=prec,
+                                entering=entering_stills, grey=grey_stills, tower_lr_scale=tower_lr_scale,
+                                set_layouts=layouts, precision=prec,
                                 compile=compile_step or None, steps=steps, batch_size=batch_size, lr=lr,
                                 seed=seed, save_every=save_every, start=init)
     for split in ("test", "heldout"):
@@ -353,7 +367,8 @@ def format_scores(r: dict) -> str:
     by = "" if not bf or bf["in_mask"] is None else (
         f" (frame by frame {bf['in_mask']:.2f} +- {bf['ci95']:.2f}, first look {bf['first_look_in_mask']:.2f})")
     pf = r.get("pointing_by_frames")
-    f1 += "" if not pf or pf["f1"] is None else f" (frame by frame {pf['f1']:.2f} +- {pf['ci95']:.2f})"
+    f1 += "" if not pf or pf["f1"] is None else (f" (frame by frame{' in grey' if pf.get('grey') else ''} "
+                                                 f"{pf['f1']:.2f} +- {pf['ci95']:.2f})")
     return (f"counting exact {c['exact']:.2f} +- {c['exact_ci95']:.2f} (within one {c['within_one']:.2f}); "
             f"pointing F1 {f1}; tracking in-mask {tm}{by}; pointing at a time in-mask {at}; {qa}" + _set_scores(r))
 
@@ -387,12 +402,18 @@ def eval_molmo2(
                                           "frame (`mmfm track --per-frame`) with this zoom for the second look "
                                           "(1: none; 0: off), and point frame by frame (`mmfm point "
                                           "--per-frame`) with the same zoom."),
+    grey_frames: bool = typer.Option(False, "--grey-frames", help="With --frame-tracks: point frame by frame in grey "
+                                     "(`mmfm point --per-frame --grey`; tracks name a colour and stay in colour)."),
 ) -> None:
     """Video QA by type, counting, spatio-temporal pointing and tracking on test and held-out world videos;
     with --data, exact match on your videos and image sets."""
     from mmfm.data.molmo2_world import WorldVideoData
     from mmfm.eval.molmo2_world import evaluate_molmo2_world
 
+    if 0 < frame_tracks < 1:
+        raise ConfigError(f"--frame-tracks {frame_tracks}: 0 (off), or a zoom of 1 to 8")
+    if grey_frames and not frame_tracks:
+        raise ConfigError("--grey-frames: with --frame-tracks (pointing frame by frame)")
     m = _load_molmo2(model)
     if data is not None:
         from mmfm.data.files import detect_format
@@ -410,9 +431,8 @@ def eval_molmo2(
         typer.echo(f"wrote {path}")
         return
     data = WorldVideoData(m, m._tok(), seed=seed or 0, size=m.config.vision.image_size)
-    if 0 < frame_tracks < 1:
-        raise ConfigError(f"--frame-tracks {frame_tracks}: 0 (off), or a zoom of 1 to 8")
-    report = evaluate_molmo2_world(m, data, n=n, out=out, sets=sets, frame_tracks=frame_tracks)
+    report = evaluate_molmo2_world(m, data, n=n, out=out, sets=sets, frame_tracks=frame_tracks,
+                                   grey_frames=grey_frames)
     if as_json:
         typer.echo(json.dumps(report, default=str))
     else:

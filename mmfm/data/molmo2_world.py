@@ -24,6 +24,9 @@ many there are, and it sees the clips' frames (objects at the border, half hidde
 With `entering` K > 1, K - 1 of every K frame stills show their clip one frame after one of its objects came
 into view (clips where none does keep their usual frame): an object entering at the border is what a model
 asked frame by frame misses most, and the frame after its entry is the last one where pointing at it is in time.
+With `grey` P > 0, that share of the frame stills (a seeded choice per still) is drawn in grey (the mean of its
+channels; mmfm.vision.transforms.greyscale): the question names a shape, not a colour, and a frame in grey shows the
+shape of a colour-shape pair never trained on as it shows any other (what `point_by_frames(grey=True)` asks).
 
 Image sets (`sets` per batch, off by default): a few world scenes asked about together
 (mmfm.world.image_sets), in turn as several images (multi-image pointing and QA, points in Molmo2's
@@ -40,6 +43,7 @@ import torch
 from mmfm.data.molmo2 import QA, Batch, Example, pack, unpacked
 from mmfm.errors import ConfigError
 from mmfm.text.pointing import format_points_v2, format_video_points
+from mmfm.vision.transforms import greyscale
 from mmfm.world import World
 from mmfm.world.image_sets import ImageSet, check_layouts, image_set, moved_set, set_tasks
 from mmfm.world.video import Clip, clip, video_tasks
@@ -91,6 +95,12 @@ def check_entering(entering: int, frame_stills: int) -> None:
                           "with --frame-stills N (frame stills)")
 
 
+def check_grey(share: float, frame_stills: int) -> None:
+    """A share of the frame stills in grey: in [0, 1], and only with frame stills to draw."""
+    if not 0.0 <= share <= 1.0 or (share and not frame_stills):
+        raise ConfigError(f"{share}: the share of frame stills drawn in grey, in [0, 1], with frame stills")
+
+
 class WorldVideoData:
     """Examples and batches of world-video tasks for a Molmo2 `model` with its LM `tokenizer`."""
 
@@ -98,15 +108,16 @@ class WorldVideoData:
                  fps: float = 2.0, batch_size: int = 8, max_len: int = 2048, weighting: bool = True,
                  packed: bool = True, tasks: tuple[str, ...] | None = None, max_qas: int = 0, stills: int = 0,
                  sets: int = 0, set_layouts: tuple[str, ...] = SET_LAYOUTS, frame_stills: int = 0,
-                 entering: int = 0):
+                 entering: int = 0, grey: float = 0.0):
         if tasks == () and not stills and not sets and not frame_stills:
             raise ConfigError("no clip tasks, stills or image sets: the batches would be empty")
         check_entering(entering, frame_stills)
+        check_grey(grey, frame_stills)
         self.model, self.tok = model, tokenizer
         self.seed, self.split, self.frames, self.size, self.fps = seed, split, frames, size, fps
         self.batch_size, self.max_len, self.weighting, self.packed = batch_size, max_len, weighting, packed
         self.tasks, self.max_qas, self.stills, self.frame_stills = tasks, max_qas, stills, frame_stills
-        self.sets, self.set_layouts, self.entering = sets, check_layouts(set_layouts), entering
+        self.sets, self.set_layouts, self.entering, self.grey = sets, check_layouts(set_layouts), entering, grey
         self.world = World(seed=seed, size=size)
         self._end = tokenizer.encode(model.END, add_special_tokens=False)
 
@@ -148,7 +159,10 @@ class WorldVideoData:
         answered with the points of the objects of that shape visible in that frame; -> (example, clip, frame)."""
         c = self.clip(index // self.frames)
         k = index % self.frames
-        frame = torch.from_numpy(c.frames[k]).permute(2, 0, 1)[None].contiguous()
+        image = c.frames[k]
+        if self.grey and np.random.default_rng([self.seed, 27, index]).random() < self.grey:
+            image = greyscale(image)
+        frame = torch.from_numpy(image).permute(2, 0, 1)[None].contiguous()
         ids, patches, pooling = self.model.video_context(frame, [0.0])
         qas = []
         present = sorted({m.obj.shape for m in c.movers})

@@ -103,12 +103,12 @@ def _track_by_frames(model, c, task: dict, zoom: float, into: dict) -> None:
 
 def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), out=None, progress: bool = True,
                           examples: int = 8, max_new_tokens: int = 160, sets: int = 0,
-                          frame_tracks: float = 0.0) -> dict:
+                          frame_tracks: float = 0.0, grey_frames: bool = False) -> dict:
     """`data`: a WorldVideoData (its tokenizer and layout); n clips per split, and `sets` image sets
     (evaluate_sets). max_new_tokens must hold a whole track (8 frames: about 130 tokens). frame_tracks > 0:
     every track asked frame by frame too (mmfm.models.molmo2_track, that zoom for the second look; 1: none),
     scored beside the one-pass answer as "tracking_by_frames", and every point task (point_by_frames, the same
-    zoom) as "pointing_by_frames"."""
+    zoom; `grey_frames`: its frames in grey, point_by_frames(grey=True)) as "pointing_by_frames"."""
     from tqdm.auto import tqdm
 
     report: dict = {"clips_per_split": n}
@@ -134,7 +134,7 @@ def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), 
                     f1s.append(st_point_scores(_points(a, c), c, t["shape"])["f1"])
                     if frame_tracks:
                         fp = point_by_frames(model, c.frames, [c.time(k) for k in range(len(c.frames))], t["shape"],
-                                             zoom=frame_tracks)
+                                             zoom=frame_tracks, grey=grey_frames)
                         by_frames["f1"].append(st_point_scores(fp.points, c, t["shape"])["f1"])
                 elif t["task"] == "point_at":
                     at.append(point_at_score(_points(a, c), c, t["object"], t["frame"]))
@@ -163,7 +163,7 @@ def evaluate_molmo2_world(model, data, n: int = 50, splits=("test", "heldout"), 
                 "ci95": interval(b["in_mask"]), "n": len(b["in_mask"]),
                 "first_look_in_mask": float(np.mean(b["first_look"])) if b["first_look"] else None,
                 "switches_per_track": float(np.mean(b["switches"])) if b["switches"] else None}
-            report[split]["pointing_by_frames"] = {"zoom": frame_tracks,
+            report[split]["pointing_by_frames"] = {"zoom": frame_tracks, "grey": grey_frames,
                                                    "f1": float(np.mean(b["f1"])) if b["f1"] else None,
                                                    "ci95": interval(b["f1"]), "n": len(b["f1"])}
         if sets:

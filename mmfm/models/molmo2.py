@@ -247,6 +247,9 @@ class Molmo2(nn.Module):
     def train(self, mode: bool = True) -> Molmo2:
         super().train(mode)
         frozen_to_eval(self.vision)  # a frozen tower's BatchNorm (the world CLIP's conv stem) must not drift
+        for m in self.vision.modules():  # nor a learning one's: its batches here are a few frames
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
         return self
 
     @staticmethod

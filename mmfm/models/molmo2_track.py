@@ -33,6 +33,7 @@ from PIL import Image
 
 from mmfm.errors import ConfigError, InvalidPrompt, InvalidText
 from mmfm.text.pointing import format_video_points, parse_video_points
+from mmfm.vision.transforms import greyscale
 
 
 @dataclass
@@ -96,12 +97,17 @@ def link_points(per_frame: list[list[tuple[float, float]]], gate: float | None =
 
 
 def point_by_frames(model, frames: np.ndarray, timestamps, query: str, zoom: float = 2.0,
-                    gate: float | None = None, min_frames: int = 3, batch: int = 16) -> FramePoints:
+                    gate: float | None = None, min_frames: int = 3, batch: int = 16, grey: bool = False) -> FramePoints:
     """frames uint8 (F, H, W, 3) and their times -> where and when each `query` ("circle", "red squares")
     first appears: "Point to every <query>." about each frame alone, each point then looked at again as
     `track_by_frames` does (zoom 1: not), linked frame to frame within `gate` times the frame's larger side
-    (None: at any distance, so a new track starts only where a frame has more points than the tracks alive)."""
+    (None: at any distance, so a new track starts only where a frame has more points than the tracks alive).
+    `grey`: the frames are asked about in grey (mmfm.vision.transforms.greyscale), for a query that names no colour
+    and a model trained on grey frames (`--grey-stills`): a tower trained on some colour-shape pairs codes the
+    pairs, so a shape in a colour it was never drawn in is read poorly, and in grey as any other
+    (bench/molmo2_tower_probe.py)."""
     frames = _checked(frames, timestamps, zoom, query, "point to")
+    frames = greyscale(frames) if grey else frames
     if (gate is not None and not 0.0 < gate <= 1.0) or min_frames < 1:
         raise ConfigError(f"gate {gate}, min_frames {min_frames}: a gate in (0, 1] of the frame (or none), at least "
                           "one frame")

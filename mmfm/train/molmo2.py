@@ -244,15 +244,20 @@ def build_from(source=None, seed: int = 0, lm_dtype: str = "bfloat16", frame_col
     return model
 
 
-def prepare(model: Molmo2, lora: dict | None, lm_lr_scale: float = 1.0) -> int:
-    """Freeze the tower; the adapter learns, and LoRA adapters on the LM (`lora`: added unless the model
-    has its own) or, with `lora=None` and no adapters, the whole LM (at `lm_lr_scale` of the lr).
-    Trainable weights in fp32; returns their number."""
+def prepare(model: Molmo2, lora: dict | None, lm_lr_scale: float = 1.0, tower_lr_scale: float = 0.0) -> int:
+    """Freeze the tower (unless `tower_lr_scale` > 0: then it learns at that share of the lr, as Molmo trains
+    its ViT, its BatchNorm statistics kept; Molmo2.train); the adapter learns, and LoRA adapters on the LM
+    (`lora`: added unless the model has its own) or, with `lora=None` and no adapters, the whole LM (at
+    `lm_lr_scale` of the lr). Trainable weights in fp32; returns their number."""
     model.requires_grad_(False)
     if lora and not model.config.lora:
         apply_lora(model.lm, lora["targets"], r=lora["r"], alpha=lora["alpha"])
         model.config.lora = {"r": lora["r"], "alpha": lora["alpha"], "targets": list(lora["targets"])}
     model.adapter.requires_grad_(True)
+    if tower_lr_scale > 0:
+        model.vision.requires_grad_(True)
+        for p in model.vision.parameters():
+            p.lr_scale = tower_lr_scale
     if not model.config.lora:
         model.lm.requires_grad_(True)
         for p in model.lm.parameters():
@@ -304,7 +309,7 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
                        frame_layout: bool = False, tasks: tuple[str, ...] | None = None, start=None,
                        frame_rows: bool = False, frame_index: int = 0, frame_index_init: str = "random",
                        stills: int = 0, sets: int = 0, frame_stills: int = 0, entering: int = 0,
-                       eval_sets: int = 0,
+                       grey: float = 0.0, tower_lr_scale: float = 0.0, eval_sets: int = 0,
                        set_layouts: tuple[str, ...] = SET_LAYOUTS, **overrides) -> dict:
     """`train_lm`: every LM weight learns (at LM_LR_SCALE of the lr) instead of LoRA adapters;
     `frame_layout`: a column token after each row of a frame's patches (Molmo2Config.frame_col_tokens);
@@ -316,6 +321,7 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
     `stills`: that many world scenes per batch as one-frame videos with point questions (WorldVideoData.still);
     `frame_stills`: that many single frames of clips per batch, "Point to every <shape>." (WorldVideoData.frame_still);
     `entering`: K - 1 of every K of them one frame after an object of their clip entered (0: off);
+    `grey`: that share of them drawn in grey; `tower_lr_scale` > 0: the vision tower learns at that share of the lr;
     `sets`: that many world image sets per batch, in `set_layouts` in turn (WorldVideoData.set_example);
     `eval_sets`: image sets per split in the evaluation;
     `start`: a Molmo2 to train further, or an mmfm LLaVA with Molmo's connector to start from
@@ -337,18 +343,19 @@ def train_world_molmo2(preset_name: str = "world-video", out="runs/molmo2", resu
         probe = WorldVideoData(model, model.tokenizer, seed=tcfg.seed, **p["data"])
         times = [probe.clip(0).time(k) for k in range(frame_index)] if frame_index_init == "time" else None
         add_frame_index(model, frame_index, frame_index_scale(model, probe), tcfg.seed, times)
-    trainable = prepare(model, None if train_lm else p["lora"], LM_LR_SCALE)
+    trainable = prepare(model, None if train_lm else p["lora"], LM_LR_SCALE, tower_lr_scale)
     model.config.bidirectional_vision = bidirectional  # the model is asked as it was trained
     data = WorldVideoData(model, model.tokenizer, seed=tcfg.seed, batch_size=tcfg.batch_size, packed=packed,
                           weighting=weighting, tasks=tasks, stills=stills, sets=sets, frame_stills=frame_stills,
-                          entering=entering, set_layouts=set_layouts, **p["data"])
+                          entering=entering, grey=grey, set_layouts=set_layouts, **p["data"])
     source = data if bidirectional else CausalVisionData(data)
     trainer = Trainer(Molmo2TrainModule(model), tcfg, lambda s, m, r, w: source.batch(s, m, r, w, tcfg.accum), out)
     trainer.train(resume=resume)
     report = {"preset": preset_name, "trainable_parameters": trainable, "packed": packed, "weighting": weighting,
               "bidirectional": bidirectional, "train_lm": train_lm, "frame_layout": frame_layout,
               "frame_rows": frame_rows, "frame_index": len(model.config.frame_index_ids), "stills": stills,
-              "frame_stills": frame_stills, "entering": entering, "sets": sets, "set_layouts": list(set_layouts),
+              "frame_stills": frame_stills, "entering": entering, "grey": grey,
+              "tower_lr_scale": tower_lr_scale, "sets": sets, "set_layouts": list(set_layouts),
               "tasks": None if tasks is None else list(tasks), "start": None if start is None else str(start),
               "train_seconds": round(time.perf_counter() - t0, 1),
               "train_config": {k: getattr(tcfg, k) for k in ("steps", "batch_size", "lr", "seed")}}

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmfm.errors import InvalidImage
 from mmfm.vision.io import load_image
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -21,6 +22,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def greyscale(images: np.ndarray) -> np.ndarray:
+    """uint8 (..., 3) -> the same shape, each pixel the mean of its channels in all three (a grey picture the
+    model takes as it takes any other)."""
+    if images.dtype != np.uint8 or images.shape[-1:] != (3,):
+        raise InvalidImage(f"greyscale takes uint8 images with 3 channels last, got {images.dtype} {images.shape}")
+    return np.repeat(images.mean(-1, dtype=np.float32, keepdims=True), 3, -1).round().astype(np.uint8)
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
