@@ -24,6 +24,7 @@ import torch
 import mmfm
 from mmfm.eval.linear_probe import linear_probe
 from mmfm.models.molmo2 import Molmo2
+from mmfm.vision.transforms import greyscale
 from mmfm.world import World
 from mmfm.world.vocab import HELD_OUT_PAIRS, SHAPES
 
@@ -49,9 +50,7 @@ def objects(model: Molmo2, split: str, n: int, layers: list[int], grey: bool):
     xs, ys, unseen = [], [], []
     for i in range(n):
         s = world.sample(split, i)
-        img = s.rendered.image
-        if grey:
-            img = np.repeat(img.astype(np.float32).mean(-1, keepdims=True), 3, -1).round().astype(np.uint8)
+        img = greyscale(s.rendered.image) if grey else s.rendered.image
         _, patches, _ = model.video_context(torch.from_numpy(img).permute(2, 0, 1)[None].contiguous(), [0.0])
         f = model.vision.features(patches, layers)[0]  # (g * g, D)
         for o, mask in zip(s.rendered.scene.objects, s.rendered.masks):
