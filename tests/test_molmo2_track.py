@@ -184,6 +184,8 @@ def test_bad_frame_pointing_requests_are_typed_errors(model, capsys):
     refused(capsys, "point", "clip.gif", "the circles", "--grey", match="--grey: with --per-frame")
     refused(capsys, "eval", "molmo2", "--model", "molmo2-world-video", "--grey-frames",
             match="--grey-frames: with --frame-tracks")
+    refused(capsys, "eval", "molmo2", "--model", "molmo2-world-video", "--split", "train",
+            match="test, heldout or both")
     c = clip(0, "test", 0)
     for kw, match in (({"gate": 0.0}, "gate"), ({"gate": 1.5}, "gate"), ({"min_frames": 0}, "gate"),
                       ({"zoom": 9.0}, "zoom")):

@@ -404,6 +404,8 @@ def eval_molmo2(
                                           "--per-frame`) with the same zoom."),
     grey_frames: bool = typer.Option(False, "--grey-frames", help="With --frame-tracks: point frame by frame in grey "
                                      "(`mmfm point --per-frame --grey`; tracks name a colour and stay in colour)."),
+    split: str = typer.Option("both", "--split", help="World clips of `test`, `heldout` (colour-shape pairs no "
+                              "training clip has) or `both`."),
 ) -> None:
     """Video QA by type, counting, spatio-temporal pointing and tracking on test and held-out world videos;
     with --data, exact match on your videos and image sets."""
@@ -414,6 +416,9 @@ def eval_molmo2(
         raise ConfigError(f"--frame-tracks {frame_tracks}: 0 (off), or a zoom of 1 to 8")
     if grey_frames and not frame_tracks:
         raise ConfigError("--grey-frames: with --frame-tracks (pointing frame by frame)")
+    splits = {"test": ("test",), "heldout": ("heldout",), "both": ("test", "heldout")}.get(split)
+    if splits is None:
+        raise ConfigError(f"--split {split!r}: test, heldout or both")
     m = _load_molmo2(model)
     if data is not None:
         from mmfm.data.files import detect_format
@@ -431,10 +436,10 @@ def eval_molmo2(
         typer.echo(f"wrote {path}")
         return
     data = WorldVideoData(m, m._tok(), seed=seed or 0, size=m.config.vision.image_size)
-    report = evaluate_molmo2_world(m, data, n=n, out=out, sets=sets, frame_tracks=frame_tracks,
+    report = evaluate_molmo2_world(m, data, n=n, splits=splits, out=out, sets=sets, frame_tracks=frame_tracks,
                                    grey_frames=grey_frames)
     if as_json:
         typer.echo(json.dumps(report, default=str))
     else:
-        for split in ("test", "heldout"):
-            typer.echo(f"{split}: {format_scores(report[split])}")
+        for name in splits:
+            typer.echo(f"{name}: {format_scores(report[name])}")
