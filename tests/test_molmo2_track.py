@@ -77,7 +77,7 @@ def test_frame_by_frame_tracks_land_in_the_mask_more_often_than_the_one_pass_ans
     one_pass, by_frames = _one_pass_and_by_frames(
         model, "track", 4, lambda pts, c, t: track_scores(pts, c, t["object"])["in_mask"],
         lambda c, t: track_by_frames(model, c.frames, _times(c), t["name"]).points)
-    # measured on these tracks when written: one pass 0.38, frame by frame 0.83 (greedy: it repeats)
+    # measured on these tracks when written: one pass 0.33, frame by frame 0.83 (greedy: it repeats)
     assert np.mean(by_frames) >= 0.6 and np.mean(by_frames) >= np.mean(one_pass) + 0.15, (one_pass, by_frames)
 
 
@@ -158,7 +158,7 @@ def test_pointing_by_frames_finds_more_objects_when_they_appear_than_the_one_pas
     one_pass, by_frames = _one_pass_and_by_frames(
         model, "point", 6, lambda pts, c, t: st_point_scores(pts, c, t["shape"])["f1"],
         lambda c, t: point_by_frames(model, c.frames, _times(c), t["shape"]).points)
-    # measured on these tasks when written: one pass F1 0.38, frame by frame 0.47 (greedy: it repeats)
+    # measured on these tasks when written: one pass F1 0.38, frame by frame 0.54 (greedy: it repeats)
     assert len(by_frames) == 15 and np.mean(by_frames) >= np.mean(one_pass) + 0.04, (one_pass, by_frames)
 
 
@@ -179,6 +179,24 @@ def test_pointing_by_frames_in_grey_asks_both_looks_about_the_grey_frames(model)
     want = point_by_frames(model, g, _times(c), shape)
     assert grey.answers == want.answers and grey.tracks == want.tracks
 
+
+def test_pointing_by_frames_in_grey_finds_shapes_in_colours_no_training_clip_has(model):
+    """Held-out clips hold colour-shape pairs no training clip has, which a tower trained on the pairs misses in
+    colour; asked about the grey frames, the shipped model finds such an object where it comes into view (on 6
+    held-out clips)."""
+    from mmfm.eval.video import _frame
+    from mmfm.world import HELD_OUT_PAIRS
+
+    found = []
+    for i in range(2, 8):
+        c = clip(0, "heldout", i)
+        obj, t0 = next((e["object"], e["time"]) for e in c.events if e["event"] == "appears" and (
+            c.movers[e["object"]].obj.color, c.movers[e["object"]].obj.shape) in HELD_OUT_PAIRS)
+        fp = point_by_frames(model, c.frames, _times(c), c.movers[obj].obj.shape, grey=True)
+        found.append(any(abs(t - t0) <= 0.5 + 1e-9 and 0 <= int(x) < c.size and 0 <= int(y) < c.size
+                         and c.masks[_frame(t, c.fps, len(c.frames)), obj, int(y), int(x)] for t, x, y in fp.points))
+    # measured when written: found in 5 of these 6 clips in grey, in 2 asked about the frames in colour
+    assert sum(found) >= 4, found
 
 def test_bad_frame_pointing_requests_are_typed_errors(model, capsys):
     refused(capsys, "point", "clip.gif", "the circles", "--grey", match="--grey: with --per-frame")

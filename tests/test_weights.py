@@ -74,7 +74,8 @@ def test_shipped_world_molmo_is_the_llava_with_molmo_layout_and_adapters():
 
 
 def test_shipped_world_molmo2_points_and_tracks_in_new_clips():
-    """The shipped Molmo2 (adapters over SmolLM2, molmo-world-tiny's tower) on test clips it never saw."""
+    """The shipped Molmo2 (adapters over SmolLM2, molmo-world-tiny's tower trained on grey frame stills) on test
+    clips it never saw: the one-pass answers keep their form (a track writes a point a frame)."""
     from mmfm.data.molmo2_world import WorldVideoData
     from mmfm.eval.molmo2_world import evaluate_molmo2_world
     from mmfm.models.molmo2 import Molmo2
@@ -84,7 +85,7 @@ def test_shipped_world_molmo2_points_and_tracks_in_new_clips():
     assert model.config.frame_col_tokens and not model.config.bidirectional_vision  # as it was trained
     data = WorldVideoData(model, model._tok(), seed=0, size=model.config.vision.image_size)
     r = evaluate_molmo2_world(model, data, n=4, splits=("test",), progress=False)["test"]
-    # measured on the same 4 test clips: pointing F1 0.36, tracking in-mask 0.38 (the adapters as first
+    # measured on the same 4 test clips: pointing F1 0.27, tracking in-mask 0.33 (the adapters as first
     # extracted, before their short retraining, wrote tracks past the clip's end: in-mask 0.0)
     assert r["pointing"]["f1"] >= 0.2 and r["tracking"]["in_mask"] >= 0.25, r
 
